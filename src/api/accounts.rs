@@ -1,0 +1,117 @@
+//! Accounts: register, login, logout, me, password.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::extract::{ApiJson, ClientAddr};
+use crate::app::AppState;
+use crate::auth::sessions::{self, ClientInfo};
+use crate::auth::{password, CurrentUser, Role};
+use crate::error::Error;
+use crate::users;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/user/me", get(me))
+        .route("/api/user/password", post(change_password))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+async fn register(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
+    if !state.settings.get().await?.registration_enabled {
+        return Err(Error::forbidden("registration_closed", "registration is closed on this site").into());
+    }
+    let user = users::create(&state.db, &body.email, &body.password, Role::User, state.now()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "user": user.view(state.calendar()) }))))
+}
+
+/// Client details for the session row.
+pub fn client_info(headers: &HeaderMap, addr: Option<std::net::SocketAddr>) -> ClientInfo {
+    ClientInfo {
+        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        ip: addr.map(|a| a.ip().to_string()),
+    }
+}
+
+/// Checks credentials; the same answer for a wrong email and a wrong password.
+pub async fn check_credentials(state: &AppState, email: &str, plain: &str) -> Result<users::User, Error> {
+    let wrong = || Error::Unauthorized("wrong email or password".into());
+    let Some(user) = users::find_by_email(&state.db, email).await? else {
+        password::verify_dummy(plain).await;
+        return Err(wrong());
+    };
+    let Some(hash) = user.password_hash.as_deref() else {
+        password::verify_dummy(plain).await;
+        return Err(wrong());
+    };
+    if !password::verify(plain, hash).await {
+        return Err(wrong());
+    }
+    if !user.is_active() {
+        return Err(Error::forbidden("account_suspended", "this account is suspended"));
+    }
+    Ok(user)
+}
+
+async fn login(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<impl IntoResponse> {
+    let user = check_credentials(&state, &body.email, &body.password).await?;
+    let client = client_info(&headers, client.0);
+    let session = sessions::create(&state.db, user.id, &client, state.now()).await?;
+    Ok(Json(json!({
+        "token": session.token,
+        "expires_at": state.calendar().format(session.expires_at),
+        "user": user.view(state.calendar()),
+    })))
+}
+
+async fn logout(State(state): State<AppState>, current: CurrentUser) -> ApiResult<StatusCode> {
+    sessions::revoke(&state.db, current.session_id, state.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, current: CurrentUser) -> ApiResult<impl IntoResponse> {
+    Ok(Json(current.user.view(state.calendar())))
+}
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    old_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    let matches = match current.user.password_hash.as_deref() {
+        Some(hash) => password::verify(&body.old_password, hash).await,
+        None => false,
+    };
+    if !matches {
+        return Err(Error::validation("old_password", "is not the current password").into());
+    }
+    let now = state.now();
+    users::set_password(&state.db, current.user.id, &body.new_password, now).await?;
+    sessions::revoke_others(&state.db, current.user.id, current.session_id, now).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

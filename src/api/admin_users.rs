@@ -1,0 +1,151 @@
+//! Admin user management: search, suspend, role, daily cap, balance adjustments.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
+use super::pagination::PageQuery;
+use crate::app::AppState;
+use crate::audit::{self, AuditEvent};
+use crate::auth::{AdminUser, Role, Status};
+use crate::error::Error;
+use crate::ledger::{self, EntryDetails, Overdraft};
+use crate::money::Money;
+use crate::users::{self, UserFilter, UserPatch};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/users", get(list))
+        .route("/api/admin/users/{id}", patch(update).get(show))
+        .route("/api/admin/users/{id}/balance", post(adjust_balance))
+        .route("/api/admin/ledger", get(all_ledger))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    q: Option<String>,
+    role: Option<String>,
+    status: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+async fn list(State(state): State<AppState>, _admin: AdminUser, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<impl IntoResponse> {
+    let page = PageQuery::new(query.page, query.per_page);
+    let filter = UserFilter {
+        query: query.q.filter(|q| !q.trim().is_empty()),
+        role: query.role.as_deref().map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin"))).transpose()?,
+        status: query
+            .status
+            .as_deref()
+            .map(|s| Status::parse(s).ok_or_else(|| Error::validation("status", "must be active or suspended")))
+            .transpose()?,
+    };
+    let (rows, total) = users::list(&state.db, &filter, page.limit(), page.offset()).await?;
+    let items = rows.iter().map(|u| u.view(state.calendar())).collect();
+    Ok(Json(page.wrap(items, total)))
+}
+
+async fn show(State(state): State<AppState>, _admin: AdminUser, ApiPath(id): ApiPath<i64>) -> ApiResult<impl IntoResponse> {
+    let user = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
+    Ok(Json(user.view(state.calendar())))
+}
+
+#[derive(Deserialize)]
+struct UpdateUser {
+    status: Option<String>,
+    role: Option<String>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    daily_cap: Option<Option<Money>>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<UpdateUser>,
+) -> ApiResult<impl IntoResponse> {
+    let patch = UserPatch {
+        status: body
+            .status
+            .as_deref()
+            .map(|s| Status::parse(s).ok_or_else(|| Error::validation("status", "must be active or suspended")))
+            .transpose()?,
+        role: body.role.as_deref().map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin"))).transpose()?,
+        daily_cap: body.daily_cap,
+    };
+    if id == admin.user.id && (patch.status == Some(Status::Suspended) || patch.role == Some(Role::User)) {
+        return Err(Error::conflict("cannot_demote_self", "an admin cannot suspend or demote their own account").into());
+    }
+    let before = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
+    let now = state.now();
+    let after = users::update(&state.db, id, &patch, now).await?;
+    let mut conn = state.db.pool().acquire().await?;
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "user.update",
+        target: Some(format!("user:{id}")),
+        before: audit::snapshot(&before.view(state.calendar())),
+        after: audit::snapshot(&after.view(state.calendar())),
+        ip: client.ip(),
+    };
+    audit::record(&mut conn, &event, now).await?;
+    Ok(Json(after.view(state.calendar())))
+}
+
+#[derive(Deserialize)]
+struct BalanceAdjustment {
+    amount: Money,
+    reason: String,
+}
+
+async fn adjust_balance(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<BalanceAdjustment>,
+) -> ApiResult<impl IntoResponse> {
+    let reason = body.reason.trim();
+    if reason.is_empty() {
+        return Err(Error::validation("reason", "is required for every balance adjustment").into());
+    }
+    if body.amount == Money::ZERO {
+        return Err(Error::validation("amount", "must not be zero").into());
+    }
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let details = EntryDetails { note: Some(reason), actor_id: Some(admin.user.id), reference: Some("admin"), ..Default::default() };
+    let balance = ledger::change_balance(tx.conn(), id, ledger::kind::ADMIN_ADJUST, body.amount, Overdraft::Refuse, &details, now).await?;
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "user.balance_adjust",
+        target: Some(format!("user:{id}")),
+        before: Some(json!({ "balance": balance.checked_sub(body.amount).unwrap_or(balance) })),
+        after: Some(json!({ "balance": balance, "amount": body.amount, "reason": reason })),
+        ip: client.ip(),
+    };
+    audit::record(tx.conn(), &event, now).await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "user_id": id, "balance": balance, "amount": body.amount })))
+}
+
+#[derive(Deserialize)]
+struct LedgerQuery {
+    user_id: Option<i64>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+async fn all_ledger(State(state): State<AppState>, _admin: AdminUser, ApiQuery(query): ApiQuery<LedgerQuery>) -> ApiResult<impl IntoResponse> {
+    let page = PageQuery::new(query.page, query.per_page);
+    let (rows, total) = ledger::list(&state.db, query.user_id, page.limit(), page.offset()).await?;
+    let items = rows.iter().map(|e| e.view(state.calendar())).collect();
+    Ok(Json(page.wrap(items, total)))
+}

@@ -1,0 +1,115 @@
+//! Extractors whose rejections use the API's error shape instead of axum's plain text.
+//!
+//! [`ApiJson`] does not insist on a `Content-Type` (curl users forget it) and reads an
+//! empty body as `{}` so optional bodies (`POST /api/packages/1/purchase`) need nothing.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::error::Error;
+
+/// Parsed JSON request body.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Error::bad_request("body_unreadable", format!("cannot read the request body: {e}")))?;
+        parse_body(&bytes).map(ApiJson).map_err(ApiError)
+    }
+}
+
+/// Query string parameters.
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError(Error::bad_request("invalid_query", e.body_text())))
+    }
+}
+
+/// Path parameters (`/api/user/keys/{id}`).
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError(Error::bad_request("invalid_path", e.body_text())))
+    }
+}
+
+/// The peer address of the connection (when served with connect info), for audits
+/// and rate limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::SocketAddr>);
+
+impl ClientAddr {
+    pub fn ip(&self) -> Option<String> {
+        self.0.map(|a| a.ip().to_string())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
+        ))
+    }
+}
+
+/// Parses a JSON body, distinguishing syntax errors from wrong fields.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Error::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        } else {
+            Error::bad_request("invalid_body", format!("the body does not match what this route expects: {e}"))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Login {
+        #[allow(dead_code)]
+        email: String,
+    }
+
+    #[derive(serde::Deserialize, Debug, Default)]
+    struct Optional {
+        #[allow(dead_code)]
+        coupon: Option<String>,
+    }
+
+    #[test]
+    fn syntax_and_shape_errors_have_distinct_codes() {
+        assert_eq!(parse_body::<Login>(b"{").unwrap_err().code(), "invalid_json");
+        assert_eq!(parse_body::<Login>(b"{}").unwrap_err().code(), "invalid_body");
+        assert!(parse_body::<Optional>(b"").is_ok());
+        assert!(parse_body::<Optional>(b"  \n").is_ok());
+    }
+}

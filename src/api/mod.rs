@@ -1,0 +1,39 @@
+//! The JSON API under `/api`: thin handlers over the domain modules, one file per area.
+//! Errors leave as `{"error": {"code", "message"}}` through [`error::ApiError`].
+
+pub mod accounts;
+pub mod admin_users;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod pagination;
+pub mod settings;
+
+use axum::Router;
+use serde::{Deserialize, Deserializer};
+
+use crate::app::AppState;
+use crate::error::Error;
+
+/// Every `/api` route.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(accounts::router())
+        .merge(keys::router())
+        .merge(admin_users::router())
+        .merge(settings::router())
+}
+
+/// The JSON answer for an unknown `/api` path.
+pub fn not_found() -> error::ApiError {
+    error::ApiError(Error::NotFound("route"))
+}
+
+/// For PATCH bodies: absent field = `None`, explicit `null` = `Some(None)`.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

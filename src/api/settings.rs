@@ -1,0 +1,162 @@
+//! `GET/PUT /api/admin/settings`: run-time settings, the Credit merchant key write-only.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::error::ApiResult;
+use super::extract::{ApiJson, ClientAddr};
+use crate::app::AppState;
+use crate::audit::{self, AuditEvent};
+use crate::auth::AdminUser;
+use crate::error::Error;
+use crate::settings::Settings;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/admin/settings", get(show).put(update))
+}
+
+/// Settings as the API shows them: the merchant key replaced by `key_set`.
+pub fn public_view(settings: &Settings, public_url: &str) -> Value {
+    let mut value = serde_json::to_value(settings).unwrap_or(Value::Null);
+    if let Some(credit) = value.get_mut("credit").and_then(Value::as_object_mut) {
+        credit.remove("key");
+        credit.insert("key_set".into(), json!(!settings.credit.key.is_empty()));
+        credit.insert("effective_notify_url".into(), json!(settings.credit.notify_url_or_default(public_url)));
+        credit.insert("effective_return_url".into(), json!(settings.credit.return_url_or_default(public_url)));
+        credit.insert("usable".into(), json!(settings.credit.is_usable()));
+    }
+    value
+}
+
+async fn show(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<impl IntoResponse> {
+    let settings = state.settings.get().await?;
+    Ok(Json(public_view(&settings, &state.config.public_url)))
+}
+
+/// Merges `patch` into `base` (objects recursively, everything else replaced).
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (k, v) in patch {
+                merge(base.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Applies a partial update to settings and checks the result.
+pub fn apply_patch(current: &Settings, mut patch: Value) -> Result<Settings, Error> {
+    if !patch.is_object() {
+        return Err(Error::bad_request("invalid_body", "settings must be a JSON object"));
+    }
+    // The key is write-only: an empty or absent key keeps the stored one.
+    if let Some(credit) = patch.get_mut("credit").and_then(Value::as_object_mut) {
+        credit.remove("key_set");
+        credit.remove("usable");
+        credit.remove("effective_notify_url");
+        credit.remove("effective_return_url");
+        if credit.get("key").and_then(Value::as_str).is_some_and(str::is_empty) {
+            credit.remove("key");
+        }
+    }
+    let mut merged = serde_json::to_value(current).map_err(|e| Error::internal(e.to_string()))?;
+    merge(&mut merged, patch);
+    // Through text, so money fields are parsed exactly from their JSON tokens.
+    let settings: Settings = serde_json::from_str(&merged.to_string())
+        .map_err(|e| Error::bad_request("invalid_body", format!("settings do not match the expected shape: {e}")))?;
+    validate(&settings)?;
+    Ok(settings)
+}
+
+fn validate(s: &Settings) -> Result<(), Error> {
+    if s.max_keys_per_user < 1 {
+        return Err(Error::validation("max_keys_per_user", "must be at least 1"));
+    }
+    if !s.markup.is_positive() {
+        return Err(Error::validation("markup", "must be greater than 0"));
+    }
+    if s.default_daily_cap.is_some_and(|c| c.is_negative()) {
+        return Err(Error::validation("default_daily_cap", "must not be negative"));
+    }
+    if !["queue", "switch"].contains(&s.package_switch_mode.as_str()) {
+        return Err(Error::validation("package_switch_mode", "must be queue or switch"));
+    }
+    let c = &s.credit;
+    if !(1..=1440).contains(&c.order_ttl_minutes) {
+        return Err(Error::validation("credit.order_ttl_minutes", "must be between 1 and 1440"));
+    }
+    for (field, value) in [("credit.gateway_url", &c.gateway_url), ("credit.notify_url", &c.notify_url), ("credit.return_url", &c.return_url)] {
+        if !value.is_empty() && url::Url::parse(value).map(|u| !u.scheme().starts_with("http")).unwrap_or(true) {
+            return Err(Error::validation(field, "must be an http(s) URL"));
+        }
+    }
+    if c.pay_type.trim().is_empty() {
+        return Err(Error::validation("credit.pay_type", "must not be empty (epay for LINUX DO Credit)"));
+    }
+    if !["linuxdo", "classic"].contains(&c.flavour.as_str()) {
+        return Err(Error::validation("credit.flavour", "must be linuxdo or classic"));
+    }
+    if !c.topup_min.is_positive() || c.topup_max < c.topup_min || !c.topup_min.is_whole_cents() || !c.topup_max.is_whole_cents() {
+        return Err(Error::validation("credit.topup_min", "top-up bounds must be whole cents with 0 < min <= max"));
+    }
+    if !c.topup_rate.is_positive() {
+        return Err(Error::validation("credit.topup_rate", "must be greater than 0"));
+    }
+    Ok(())
+}
+
+async fn update(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiJson(patch): ApiJson<Value>,
+) -> ApiResult<impl IntoResponse> {
+    let current = state.settings.get().await?;
+    let next = apply_patch(&current, patch)?;
+    let now = state.now();
+    let saved = state.settings.save(next, now).await?;
+    let mut conn = state.db.pool().acquire().await?;
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "settings.update",
+        target: Some("settings".into()),
+        before: Some(public_view(&current, &state.config.public_url)),
+        after: Some(public_view(&saved, &state.config.public_url)),
+        ip: client.ip(),
+    };
+    audit::record(&mut conn, &event, now).await?;
+    Ok(Json(public_view(&saved, &state.config.public_url)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_write_only_and_kept_when_blank() {
+        let mut s = Settings::default();
+        s.credit.key = "SECRET".into();
+        let view = public_view(&s, "http://x");
+        assert!(view["credit"].get("key").is_none());
+        assert_eq!(view["credit"]["key_set"], json!(true));
+        let next = apply_patch(&s, json!({"credit": {"key": "", "pid": "1001"}})).unwrap();
+        assert_eq!(next.credit.key, "SECRET");
+        assert_eq!(next.credit.pid, "1001");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let s = Settings::default();
+        let err = apply_patch(&s, json!({"markup": "0"})).unwrap_err();
+        assert_eq!(err.field(), Some("markup"));
+        let err = apply_patch(&s, json!({"credit": {"gateway_url": "ftp://x"}})).unwrap_err();
+        assert_eq!(err.field(), Some("credit.gateway_url"));
+        let ok = apply_patch(&s, json!({"markup": 1.5, "registration_enabled": false})).unwrap();
+        assert_eq!(ok.markup.micros(), 1_500_000);
+        assert!(!ok.registration_enabled);
+    }
+}

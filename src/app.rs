@@ -1,0 +1,94 @@
+//! Start-up split from serving: [`Application::build`] opens the database, migrates
+//! and binds the listener (port 0 in tests); [`Application::run_until_stopped`] serves
+//! until the shutdown future resolves, then waits for tracked background work.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{BusinessCalendar, SharedClock};
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::settings::SettingsStore;
+
+/// Everything a handler may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub settings: SettingsStore,
+    /// Work that must finish even if the client goes away (billing, logs).
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    pub fn calendar(&self) -> &BusinessCalendar {
+        &self.config.calendar
+    }
+}
+
+/// A built, bound, migrated application.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens and migrates the database and binds `config.listen`.
+    pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<Application> {
+        let db = open_database(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (GATEWAY_LISTEN): {e}", config.listen))?;
+        Self::with_listener(config, clock, db, listener).await
+    }
+
+    /// Builds on an already-open database and bound listener (tests, embedding).
+    pub async fn with_listener(config: Config, clock: SharedClock, db: Db, listener: TcpListener) -> anyhow::Result<Application> {
+        let settings = SettingsStore::load(db.clone()).await?;
+        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new() };
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets tracked tasks finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let router: Router = crate::routes::router(state.clone());
+        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        state.tasks.close();
+        state.tasks.wait().await;
+        Ok(())
+    }
+}
+
+/// Connects and migrates, with the pool size the backend can take.
+pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
+    let max_connections = std::env::var("DATABASE_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if config.database_kind() == "sqlite" { 8 } else { 16 });
+    let db = Db::connect(&config.database_url, max_connections)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the database (DATABASE_URL): {e}"))?;
+    db::migrate(&db).await.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
+    Ok(db)
+}

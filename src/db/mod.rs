@@ -1,0 +1,124 @@
+//! Database access with one code path for SQLite and PostgreSQL.
+//!
+//! Queries go through sqlx's `Any` driver with `$1`-style placeholders, which both
+//! backends accept. Portable SQL only: `CASE` instead of `GREATEST`/`MAX(a, b)`,
+//! `CAST(SUM(x) AS BIGINT)` so PostgreSQL does not answer NUMERIC, `BOOLEAN` columns
+//! compared with `TRUE`/`FALSE`, instants as BIGINT micro-seconds.
+//!
+//! SQLite allows one writer at a time; [`Db::begin`] serialises write transactions
+//! in-process so concurrent requests queue instead of failing with `SQLITE_BUSY`.
+
+mod migrations;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use migrations::{migrate, MIGRATIONS};
+
+/// Which backend a URL points at; only migrations and pool set-up care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Pool plus what is needed to write safely on either backend.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("backend", &self.backend).finish()
+    }
+}
+
+/// A write transaction; on SQLite it also holds the process-wide writer slot.
+pub struct Tx {
+    inner: Transaction<'static, Any>,
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    /// The connection to run statements on.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+}
+
+impl Db {
+    /// Opens a pool for `url` (`sqlite://...` or `postgres://...`).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db { pool, backend, sqlite_writer: Arc::new(Mutex::new(())) })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a transaction for writes (see the module doc for SQLite).
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let writer = match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let inner = self.pool.begin().await?;
+        Ok(Tx { inner, _writer: writer })
+    }
+
+    /// Cheap round trip for `/readyz`.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// True when the error is a unique-constraint violation (both backends), so callers
+/// can answer 409 instead of 500.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+                || db.code().as_deref() == Some("23505")
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,28 @@
+//! codex-gateway: an API gateway that resells OpenAI-compatible models and bills
+//! every request against package allowances and balances.
+//!
+//! A tour of the tree:
+//! - [`config`]: start-up settings from the environment (and an optional TOML file).
+//! - [`clock`]: "now" and the business day (00:00 Asia/Shanghai by default).
+//! - [`money`]: exact integer micro-units; parsing and printing of decimals.
+//! - [`db`]: one code path for SQLite and PostgreSQL, and the migrations.
+//! - [`error`]: the domain error every surface maps to HTTP once.
+//! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
+//! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
+//! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
+//! - [`app`], [`routes`]: building, binding and serving the application.
+
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod ledger;
+pub mod money;
+pub mod routes;
+pub mod settings;
+pub mod users;
+pub mod web;

@@ -1,0 +1,146 @@
+//! The `codex-gateway` command: serve (default), migrate, admin create, version.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use codex_gateway::app::{open_database, Application};
+use codex_gateway::auth::Role;
+use codex_gateway::clock::SystemClock;
+use codex_gateway::config::Config;
+use codex_gateway::{error, users};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "codex-gateway", version, about = "OpenAI-compatible API gateway with packages and billing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage admin accounts.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Create an admin account (fails clearly if the email exists).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "GATEWAY_ADMIN_PASSWORD")]
+        password: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Version) = cli.command {
+        println!("codex-gateway {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Migrate => {
+                let db = open_database(&config).await?;
+                println!("database is up to date ({})", config.database_kind());
+                db.close().await;
+                Ok(())
+            }
+            Command::Admin { action: AdminAction::Create { email, password } } => create_admin(&config, &email, &password).await,
+            Command::Version => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    if json {
+        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let first_admin = std::env::var("GATEWAY_ADMIN_EMAIL").ok().zip(std::env::var("GATEWAY_ADMIN_PASSWORD").ok());
+    let app = Application::build(config, Arc::new(SystemClock)).await?;
+    let state = app.state().clone();
+    if let Some((email, password)) = first_admin {
+        if !users::admin_exists(&state.db).await? {
+            users::create(&state.db, &email, &password, Role::Admin, state.now()).await?;
+            tracing::info!(%email, "created the first admin account from GATEWAY_ADMIN_EMAIL");
+        }
+    }
+    let url = state.config.public_url.clone();
+    if !users::admin_exists(&state.db).await? {
+        tracing::warn!("no admin account yet: open {url}/setup to create one (or run `codex-gateway admin create`)");
+    }
+    tracing::info!(listen = %app.local_addr(), database = state.config.database_kind(), timezone = state.calendar().zone_name(), "codex-gateway is serving at {url}");
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn create_admin(config: &Config, email: &str, password: &str) -> anyhow::Result<()> {
+    let db = open_database(config).await?;
+    match users::create(&db, email, password, Role::Admin, chrono::Utc::now()).await {
+        Ok(user) => {
+            println!("created admin {} (id {})", user.email, user.id);
+            Ok(())
+        }
+        Err(error::Error::Conflict { message, .. }) => anyhow::bail!("{message}; nothing was changed"),
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutting down: finishing in-flight requests and billing");
+}

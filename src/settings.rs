@@ -1,0 +1,171 @@
+//! Settings an admin changes at run time, stored as one JSON document in
+//! `system_settings` and cached in memory for a few seconds (so other instances
+//! pick changes up quickly without a query on every request).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::clock::to_micros;
+use crate::db::Db;
+use crate::error::Result;
+use crate::money::Money;
+
+const SETTINGS_KEY: &str = "settings";
+/// How stale a cached copy may be before it is re-read (cross-instance propagation).
+const CACHE_TTL: Duration = Duration::from_secs(3);
+
+/// All run-time settings. New fields must have defaults so old documents still load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub registration_enabled: bool,
+    pub max_keys_per_user: i64,
+    /// Global per-user daily spending cap (USD); `None` = no cap.
+    pub default_daily_cap: Option<Money>,
+    /// Price multiplier applied to every model price (1.00 = list price).
+    pub markup: Money,
+    /// What buying a different package while one is active does: `queue` or `switch`.
+    pub package_switch_mode: String,
+    pub credit: CreditSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            registration_enabled: true,
+            max_keys_per_user: 20,
+            default_daily_cap: None,
+            markup: Money::units(1),
+            package_switch_mode: "queue".into(),
+            credit: CreditSettings::default(),
+        }
+    }
+}
+
+/// The LINUX DO Credit / EasyPay merchant settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreditSettings {
+    pub enabled: bool,
+    pub gateway_url: String,
+    pub pid: String,
+    /// Merchant secret; never returned by the API (reads show `key_set`).
+    pub key: String,
+    pub pay_type: String,
+    /// Empty = derived from the public URL.
+    pub notify_url: String,
+    pub return_url: String,
+    pub order_ttl_minutes: i64,
+    /// `linuxdo` (refund via `api.php`) or `classic` (`api.php?act=refund`).
+    pub flavour: String,
+    pub topup_enabled: bool,
+    pub topup_min: Money,
+    pub topup_max: Money,
+    /// USD of balance credited per 1.00 paid.
+    pub topup_rate: Money,
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        CreditSettings {
+            enabled: false,
+            gateway_url: "https://credit.linux.do/epay".into(),
+            pid: String::new(),
+            key: String::new(),
+            pay_type: "epay".into(),
+            notify_url: String::new(),
+            return_url: String::new(),
+            order_ttl_minutes: 15,
+            flavour: "linuxdo".into(),
+            topup_enabled: true,
+            topup_min: Money::units(1),
+            topup_max: Money::units(1000),
+            topup_rate: Money::units(1),
+        }
+    }
+}
+
+impl CreditSettings {
+    /// Payments are offered only when switched on and every merchant field is set.
+    pub fn is_usable(&self) -> bool {
+        self.enabled && !self.gateway_url.is_empty() && !self.pid.is_empty() && !self.key.is_empty()
+    }
+
+    pub fn notify_url_or_default(&self, public_url: &str) -> String {
+        if self.notify_url.is_empty() {
+            format!("{public_url}/api/payment/credit/notify")
+        } else {
+            self.notify_url.clone()
+        }
+    }
+
+    pub fn return_url_or_default(&self, public_url: &str) -> String {
+        if self.return_url.is_empty() {
+            format!("{public_url}/packages")
+        } else {
+            self.return_url.clone()
+        }
+    }
+}
+
+/// Cached settings shared by all handlers of one process.
+#[derive(Clone)]
+pub struct SettingsStore {
+    db: Db,
+    cache: Arc<RwLock<(Arc<Settings>, Instant)>>,
+}
+
+impl SettingsStore {
+    pub async fn load(db: Db) -> Result<Self> {
+        let settings = read(&db).await?;
+        Ok(SettingsStore { db, cache: Arc::new(RwLock::new((Arc::new(settings), Instant::now()))) })
+    }
+
+    /// Current settings (re-read when the cached copy is older than a few seconds).
+    pub async fn get(&self) -> Result<Arc<Settings>> {
+        {
+            let guard = self.cache.read().await;
+            if guard.1.elapsed() < CACHE_TTL {
+                return Ok(guard.0.clone());
+            }
+        }
+        let fresh = Arc::new(read(&self.db).await?);
+        *self.cache.write().await = (fresh.clone(), Instant::now());
+        Ok(fresh)
+    }
+
+    /// Stores new settings and refreshes this process's cache at once.
+    pub async fn save(&self, settings: Settings, now: DateTime<Utc>) -> Result<Arc<Settings>> {
+        let json = serde_json::to_string(&settings).map_err(|e| crate::error::Error::internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO system_settings (key, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(SETTINGS_KEY)
+        .bind(json)
+        .bind(to_micros(now))
+        .execute(self.db.pool())
+        .await?;
+        let settings = Arc::new(settings);
+        *self.cache.write().await = (settings.clone(), Instant::now());
+        Ok(settings)
+    }
+}
+
+async fn read(db: &Db) -> Result<Settings> {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM system_settings WHERE key = $1")
+        .bind(SETTINGS_KEY)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(match value {
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "stored settings are unreadable; using defaults");
+            Settings::default()
+        }),
+        None => Settings::default(),
+    })
+}

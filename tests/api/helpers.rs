@@ -1,0 +1,267 @@
+#![allow(dead_code)] // shared by many test modules; not every module uses every helper
+//! Test harness: spawns the real application on an ephemeral port, on a fresh SQLite
+//! file or a fresh PostgreSQL database, with a fake clock the test drives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use codex_gateway::app::{open_database, AppState, Application};
+use codex_gateway::auth::Role;
+use codex_gateway::clock::Clock;
+use codex_gateway::config::Config;
+use codex_gateway::db::Db;
+use codex_gateway::users;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor};
+
+/// A clock tests move by hand; never sleeps.
+#[derive(Debug)]
+pub struct FakeClock(Mutex<DateTime<Utc>>);
+
+impl FakeClock {
+    pub fn at(rfc3339: &str) -> Arc<Self> {
+        Arc::new(FakeClock(Mutex::new(parse_time(rfc3339))))
+    }
+
+    pub fn set(&self, rfc3339: &str) {
+        *self.0.lock().unwrap() = parse_time(rfc3339);
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+pub fn parse_time(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339).unwrap().with_timezone(&Utc)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The running application and handles to poke it.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<FakeClock>,
+    pub db: Db,
+    pub state: AppState,
+    pub backend: Backend,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: TempDir,
+}
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn unique_name() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("cg_{}_{n:x}", std::process::id())
+}
+
+/// Creates a fresh, empty database and returns its URL.
+pub async fn fresh_database_url(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("test.db").display()),
+        Backend::Postgres => {
+            let admin = std::env::var("TEST_POSTGRES_URL").expect(
+                "TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+            );
+            let name = unique_name();
+            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to TEST_POSTGRES_URL");
+            conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+            conn.close().await.ok();
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// Start-up configuration for a test instance.
+pub fn test_config(database_url: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("DATABASE_URL".into(), database_url.into());
+    vars.insert("GATEWAY_LISTEN".into(), "127.0.0.1:0".into());
+    vars.insert("GATEWAY_SECRET".into(), "test-secret-0123456789abcdef".into());
+    vars.insert("GATEWAY_DATA_DIR".into(), dir.display().to_string());
+    vars.insert("GATEWAY_RUN_JOBS".into(), "false".into());
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    Config::from_vars(&vars).unwrap()
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+/// Spawns the app with extra configuration variables.
+pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let dir = TempDir(std::env::temp_dir().join(unique_name()));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let url = fresh_database_url(backend, &dir.0).await;
+    let config = test_config(&url, &dir.0, extra);
+    let clock = FakeClock::at("2026-01-15T04:00:00Z");
+    let db = open_database(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::with_listener(config, clock.clone(), db.clone(), listener).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        clock,
+        db,
+        state,
+        backend,
+        shutdown: Some(tx),
+        _dir: dir,
+    }
+}
+
+/// Status and JSON body (Null when the body is empty or not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub text: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        Self::answer(resp).await
+    }
+
+    pub async fn answer(resp: reqwest::Response) -> Answer {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, body, text, headers }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.send(reqwest::Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::PATCH, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Answer {
+        self.send(reqwest::Method::DELETE, path, Some(token), None).await
+    }
+
+    /// POST without authentication.
+    pub async fn post_public(&self, path: &str, body: Value) -> Answer {
+        self.send(reqwest::Method::POST, path, None, Some(body)).await
+    }
+
+    /// Registers through the API and logs in; returns (user id, token).
+    pub async fn register_and_login(&self, email: &str) -> (i64, String) {
+        let reg = self.post_public("/api/auth/register", json!({"email": email, "password": "password123"})).await;
+        assert_eq!(reg.status, StatusCode::CREATED, "register {email}: {}", reg.text);
+        let token = self.login(email, "password123").await;
+        (reg.body["user"]["id"].as_i64().unwrap(), token)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let login = self.post_public("/api/auth/login", json!({"email": email, "password": password})).await;
+        assert_eq!(login.status, StatusCode::OK, "login {email}: {}", login.text);
+        login.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// Creates an admin directly (as `codex-gateway admin create` does) and logs in.
+    pub async fn admin_token(&self) -> String {
+        let email = format!("admin-{}@example.com", unique_name());
+        users::create(&self.db, &email, "password123", Role::Admin, self.clock.now()).await.unwrap();
+        self.login(&email, "password123").await
+    }
+
+    /// Gives a user balance through the admin API (leaves a ledger entry).
+    pub async fn fund(&self, admin: &str, user_id: i64, amount: &str) {
+        let r = self.post(&format!("/api/admin/users/{user_id}/balance"), admin, json!({"amount": amount, "reason": "test funding"})).await;
+        assert_eq!(r.status, StatusCode::OK, "fund: {}", r.text);
+    }
+
+    /// Fails the test if any user's balance differs from their ledger sum.
+    pub async fn assert_money_invariants(&self) {
+        let mismatches = codex_gateway::ledger::balance_mismatches(&self.db).await.unwrap();
+        assert!(mismatches.is_empty(), "balance != ledger sum for {mismatches:?}");
+    }
+}
+
+/// Declares each listed `async fn(TestApp)` as two tests: on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await).await
+                }
+            }
+        )*
+    };
+}
