@@ -53,7 +53,12 @@ impl Application {
     }
 
     /// Builds on an already-open database and bound listener (tests, embedding).
-    pub async fn with_listener(config: Config, clock: SharedClock, db: Db, listener: TcpListener) -> anyhow::Result<Application> {
+    pub async fn with_listener(
+        config: Config,
+        clock: SharedClock,
+        db: Db,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
         let settings = SettingsStore::load(db.clone()).await?;
         let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new() };
         Ok(Application { listener, state })

@@ -260,8 +260,9 @@ mod tests {
         let err = Config::from_vars(&vars(&[("GATEWAY_LISTEN", "nope"), ("GATEWAY_SECRET", "0123456789abcdef")]))
             .unwrap_err();
         assert_eq!(err.name, "GATEWAY_LISTEN");
-        let err = Config::from_vars(&vars(&[("GATEWAY_TIMEZONE", "Nowhere/City"), ("GATEWAY_SECRET", "0123456789abcdef")]))
-            .unwrap_err();
+        let err =
+            Config::from_vars(&vars(&[("GATEWAY_TIMEZONE", "Nowhere/City"), ("GATEWAY_SECRET", "0123456789abcdef")]))
+                .unwrap_err();
         assert_eq!(err.name, "GATEWAY_TIMEZONE");
         let err = Config::from_vars(&vars(&[("DATABASE_URL", "mysql://x"), ("GATEWAY_SECRET", "0123456789abcdef")]))
             .unwrap_err();

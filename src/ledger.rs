@@ -73,8 +73,10 @@ pub async fn change_balance(
     let balance_after = match balance_after {
         Some(b) => Money::from_micros(b),
         None => {
-            let exists: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *conn).await?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *conn)
+                .await?;
             return Err(match exists {
                 None => Error::NotFound("user"),
                 Some(_) => Error::conflict("insufficient_balance", "the balance is too low for this change"),

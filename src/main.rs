@@ -74,7 +74,9 @@ fn main() -> ExitCode {
                 db.close().await;
                 Ok(())
             }
-            Command::Admin { action: AdminAction::Create { email, password } } => create_admin(&config, &email, &password).await,
+            Command::Admin { action: AdminAction::Create { email, password } } => {
+                create_admin(&config, &email, &password).await
+            }
             Command::Version => Ok(()),
         }
     });

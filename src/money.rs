@@ -120,11 +120,7 @@ impl Money {
             return Err(MoneyParseError::TooPrecise(trimmed.to_string(), max_decimals));
         }
         let too_large = || MoneyParseError::TooLarge(trimmed.to_string());
-        let whole_value: i64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse::<i64>().map_err(|_| too_large())?
-        };
+        let whole_value: i64 = if whole.is_empty() { 0 } else { whole.parse::<i64>().map_err(|_| too_large())? };
         let mut fraction_value: i64 = 0;
         for (i, b) in significant.bytes().enumerate() {
             fraction_value += i64::from(b - b'0') * 10_i64.pow(5 - i as u32);

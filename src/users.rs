@@ -109,7 +109,9 @@ pub async fn create(db: &Db, email: &str, plain_password: &str, role: Role, now:
     .await;
     match inserted {
         Ok(user) => Ok(user),
-        Err(e) if is_unique_violation(&e) => Err(Error::conflict("email_taken", format!("{email} is already registered"))),
+        Err(e) if is_unique_violation(&e) => {
+            Err(Error::conflict("email_taken", format!("{email} is already registered")))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -139,9 +141,8 @@ pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<User>> {
 
 /// Whether any admin exists (first-run setup is offered until one does).
 pub async fn admin_exists(db: &Db) -> Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' LIMIT 1")
-        .fetch_optional(db.pool())
-        .await?;
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' LIMIT 1").fetch_optional(db.pool()).await?;
     Ok(found.is_some())
 }
 
@@ -156,7 +157,8 @@ pub struct UserFilter {
 /// One page of users, newest first, plus the total matching.
 pub async fn list(db: &Db, filter: &UserFilter, limit: i64, offset: i64) -> Result<(Vec<User>, i64)> {
     let pattern = filter.query.as_ref().map(|q| format!("%{}%", q.trim().to_lowercase()));
-    let where_clause = "WHERE ($1 IS NULL OR email LIKE $1) AND ($2 IS NULL OR role = $2) AND ($3 IS NULL OR status = $3)";
+    let where_clause =
+        "WHERE ($1 IS NULL OR email LIKE $1) AND ($2 IS NULL OR role = $2) AND ($3 IS NULL OR status = $3)";
     let role = filter.role.map(Role::as_str);
     let status = filter.status.map(Status::as_str);
     let rows = sqlx::query_as::<_, User>(&format!(

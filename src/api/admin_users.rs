@@ -35,11 +35,19 @@ struct ListQuery {
     per_page: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, _admin: AdminUser, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<impl IntoResponse> {
+async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
     let page = PageQuery::new(query.page, query.per_page);
     let filter = UserFilter {
         query: query.q.filter(|q| !q.trim().is_empty()),
-        role: query.role.as_deref().map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin"))).transpose()?,
+        role: query
+            .role
+            .as_deref()
+            .map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin")))
+            .transpose()?,
         status: query
             .status
             .as_deref()
@@ -51,7 +59,11 @@ async fn list(State(state): State<AppState>, _admin: AdminUser, ApiQuery(query):
     Ok(Json(page.wrap(items, total)))
 }
 
-async fn show(State(state): State<AppState>, _admin: AdminUser, ApiPath(id): ApiPath<i64>) -> ApiResult<impl IntoResponse> {
+async fn show(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<impl IntoResponse> {
     let user = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
     Ok(Json(user.view(state.calendar())))
 }
@@ -77,7 +89,11 @@ async fn update(
             .as_deref()
             .map(|s| Status::parse(s).ok_or_else(|| Error::validation("status", "must be active or suspended")))
             .transpose()?,
-        role: body.role.as_deref().map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin"))).transpose()?,
+        role: body
+            .role
+            .as_deref()
+            .map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin")))
+            .transpose()?,
         daily_cap: body.daily_cap,
     };
     if id == admin.user.id && (patch.status == Some(Status::Suspended) || patch.role == Some(Role::User)) {
@@ -121,8 +137,22 @@ async fn adjust_balance(
     }
     let now = state.now();
     let mut tx = state.db.begin().await?;
-    let details = EntryDetails { note: Some(reason), actor_id: Some(admin.user.id), reference: Some("admin"), ..Default::default() };
-    let balance = ledger::change_balance(tx.conn(), id, ledger::kind::ADMIN_ADJUST, body.amount, Overdraft::Refuse, &details, now).await?;
+    let details = EntryDetails {
+        note: Some(reason),
+        actor_id: Some(admin.user.id),
+        reference: Some("admin"),
+        ..Default::default()
+    };
+    let balance = ledger::change_balance(
+        tx.conn(),
+        id,
+        ledger::kind::ADMIN_ADJUST,
+        body.amount,
+        Overdraft::Refuse,
+        &details,
+        now,
+    )
+    .await?;
     let event = AuditEvent {
         actor_id: Some(admin.user.id),
         action: "user.balance_adjust",
@@ -143,7 +173,11 @@ struct LedgerQuery {
     per_page: Option<i64>,
 }
 
-async fn all_ledger(State(state): State<AppState>, _admin: AdminUser, ApiQuery(query): ApiQuery<LedgerQuery>) -> ApiResult<impl IntoResponse> {
+async fn all_ledger(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(query): ApiQuery<LedgerQuery>,
+) -> ApiResult<impl IntoResponse> {
     let page = PageQuery::new(query.page, query.per_page);
     let (rows, total) = ledger::list(&state.db, query.user_id, page.limit(), page.offset()).await?;
     let items = rows.iter().map(|e| e.view(state.calendar())).collect();

@@ -43,14 +43,19 @@ pub fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, Error> {
         .map_err(|_| Error::validation(field, "must be an RFC 3339 time such as 2026-12-31T00:00:00+08:00"))
 }
 
-async fn create(State(state): State<AppState>, current: CurrentUser, ApiJson(body): ApiJson<CreateKey>) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> ApiResult<impl IntoResponse> {
     let settings = state.settings.get().await?;
     let new = NewKey {
         name: body.name.unwrap_or_else(|| "default".into()),
         spend_limit: body.spend_limit,
         expires_at: body.expires_at.as_deref().map(|t| parse_instant("expires_at", t)).transpose()?,
     };
-    let (key, secret) = api_keys::create(&state.db, current.user.id, &new, settings.max_keys_per_user, state.now()).await?;
+    let (key, secret) =
+        api_keys::create(&state.db, current.user.id, &new, settings.max_keys_per_user, state.now()).await?;
     let mut view = serde_json::to_value(key.view(state.calendar())).map_err(|e| Error::internal(e.to_string()))?;
     view["key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(view)))
@@ -74,7 +79,11 @@ async fn update(
     Ok(Json(key.view(state.calendar())))
 }
 
-async fn revoke(State(state): State<AppState>, current: CurrentUser, ApiPath(id): ApiPath<i64>) -> ApiResult<StatusCode> {
+async fn revoke(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
     api_keys::revoke(&state.db, current.user.id, id, state.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

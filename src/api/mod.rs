@@ -17,11 +17,7 @@ use crate::error::Error;
 
 /// Every `/api` route.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .merge(accounts::router())
-        .merge(keys::router())
-        .merge(admin_users::router())
-        .merge(settings::router())
+    Router::new().merge(accounts::router()).merge(keys::router()).merge(admin_users::router()).merge(settings::router())
 }
 
 /// The JSON answer for an unknown `/api` path.

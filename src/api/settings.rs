@@ -89,7 +89,11 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if !(1..=1440).contains(&c.order_ttl_minutes) {
         return Err(Error::validation("credit.order_ttl_minutes", "must be between 1 and 1440"));
     }
-    for (field, value) in [("credit.gateway_url", &c.gateway_url), ("credit.notify_url", &c.notify_url), ("credit.return_url", &c.return_url)] {
+    for (field, value) in [
+        ("credit.gateway_url", &c.gateway_url),
+        ("credit.notify_url", &c.notify_url),
+        ("credit.return_url", &c.return_url),
+    ] {
         if !value.is_empty() && url::Url::parse(value).map(|u| !u.scheme().starts_with("http")).unwrap_or(true) {
             return Err(Error::validation(field, "must be an http(s) URL"));
         }
@@ -100,7 +104,11 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if !["linuxdo", "classic"].contains(&c.flavour.as_str()) {
         return Err(Error::validation("credit.flavour", "must be linuxdo or classic"));
     }
-    if !c.topup_min.is_positive() || c.topup_max < c.topup_min || !c.topup_min.is_whole_cents() || !c.topup_max.is_whole_cents() {
+    if !c.topup_min.is_positive()
+        || c.topup_max < c.topup_min
+        || !c.topup_min.is_whole_cents()
+        || !c.topup_max.is_whole_cents()
+    {
         return Err(Error::validation("credit.topup_min", "top-up bounds must be whole cents with 0 < min <= max"));
     }
     if !c.topup_rate.is_positive() {

@@ -24,8 +24,7 @@ pub struct ApiKey {
     pub created_at: i64,
 }
 
-const KEY_COLUMNS: &str =
-    "id, user_id, name, prefix, status, spend_limit, spent, expires_at, last_used_at, created_at";
+const KEY_COLUMNS: &str = "id, user_id, name, prefix, status, spend_limit, spent, expires_at, last_used_at, created_at";
 
 /// What the API shows of a key.
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +75,13 @@ pub fn validate_name(name: &str) -> Result<String> {
 
 /// Creates a key if the user holds fewer than `max_keys` active ones; returns the
 /// row and the secret, which is never retrievable again.
-pub async fn create(db: &Db, user_id: i64, new: &NewKey, max_keys: i64, now: DateTime<Utc>) -> Result<(ApiKey, String)> {
+pub async fn create(
+    db: &Db,
+    user_id: i64,
+    new: &NewKey,
+    max_keys: i64,
+    now: DateTime<Utc>,
+) -> Result<(ApiKey, String)> {
     let name = validate_name(&new.name)?;
     if let Some(limit) = new.spend_limit {
         if limit.is_negative() {
@@ -108,18 +113,19 @@ pub async fn create(db: &Db, user_id: i64, new: &NewKey, max_keys: i64, now: Dat
     .await?;
     match row {
         Some(key) => Ok((key, secret)),
-        None => Err(Error::conflict("key_limit_reached", format!("you already have {max_keys} active keys; revoke one first"))),
+        None => Err(Error::conflict(
+            "key_limit_reached",
+            format!("you already have {max_keys} active keys; revoke one first"),
+        )),
     }
 }
 
 /// The user's keys, newest first (revoked ones included, marked).
 pub async fn list_for_user(db: &Db, user_id: i64) -> Result<Vec<ApiKey>> {
-    Ok(sqlx::query_as::<_, ApiKey>(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY id DESC"
-    ))
-    .bind(user_id)
-    .fetch_all(db.pool())
-    .await?)
+    Ok(sqlx::query_as::<_, ApiKey>(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY id DESC"))
+        .bind(user_id)
+        .fetch_all(db.pool())
+        .await?)
 }
 
 /// Changes to a key; `None` leaves a field unchanged, `Some(None)` clears it.
@@ -256,7 +262,10 @@ mod tests {
         let now = Utc::now();
         assert!(check_owner(Some(owner()), now).is_ok());
         assert_eq!(check_owner(None, now).unwrap_err(), KeyRefusal::Unknown);
-        assert_eq!(check_owner(Some(KeyOwner { key_status: "revoked".into(), ..owner() }), now).unwrap_err(), KeyRefusal::Revoked);
+        assert_eq!(
+            check_owner(Some(KeyOwner { key_status: "revoked".into(), ..owner() }), now).unwrap_err(),
+            KeyRefusal::Revoked
+        );
         assert_eq!(
             check_owner(Some(KeyOwner { user_status: "suspended".into(), ..owner() }), now).unwrap_err(),
             KeyRefusal::UserSuspended

@@ -50,7 +50,8 @@ pub async fn verify(password: &str, stored: &str) -> bool {
 /// A fixed hash to verify against when the account does not exist, so login takes
 /// the same time whether or not the email is registered.
 pub async fn verify_dummy(password: &str) {
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1IYlbHc6CxLquKDxg/3qpkLQrCnzxQw40nMflI/Sugo";
+    const DUMMY: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1IYlbHc6CxLquKDxg/3qpkLQrCnzxQw40nMflI/Sugo";
     let _ = verify(password, DUMMY).await;
 }
 

@@ -3,12 +3,12 @@
 //! For now: the first-run setup page that creates the admin account, and readable
 //! error pages. The user and admin pages build on the same session cookie.
 
+use askama::Template;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
-use askama::Template;
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -53,14 +53,27 @@ pub fn render<T: Template>(status: StatusCode, template: &T) -> Response {
 pub fn error_page(err: &Error) -> Response {
     err.log_if_internal();
     let message = err.public_message();
-    render(err.status_code(), &MessagePage { title: "Something went wrong", message: &message, link: "/", link_text: "Back to the start page" })
+    render(
+        err.status_code(),
+        &MessagePage {
+            title: "Something went wrong",
+            message: &message,
+            link: "/",
+            link_text: "Back to the start page",
+        },
+    )
 }
 
 /// The HTML 404 for unknown paths.
 pub fn not_found_page() -> Response {
     render(
         StatusCode::NOT_FOUND,
-        &MessagePage { title: "Page not found", message: "There is no page at this address.", link: "/", link_text: "Back to the start page" },
+        &MessagePage {
+            title: "Page not found",
+            message: "There is no page at this address.",
+            link: "/",
+            link_text: "Back to the start page",
+        },
     )
 }
 
@@ -83,7 +96,9 @@ async fn home(State(state): State<AppState>) -> Response {
 async fn setup_form(State(state): State<AppState>) -> Response {
     match users::admin_exists(&state.db).await {
         Ok(true) => Redirect::to("/").into_response(),
-        Ok(false) => render(StatusCode::OK, &SetupPage { email: String::new(), email_error: None, password_error: None }),
+        Ok(false) => {
+            render(StatusCode::OK, &SetupPage { email: String::new(), email_error: None, password_error: None })
+        }
         Err(e) => error_page(&e),
     }
 }
@@ -106,7 +121,10 @@ async fn setup_submit(State(state): State<AppState>, Form(form): Form<SetupForm>
         Err(Error::Validation { field, message }) => {
             let (email_error, password_error) =
                 if field == "email" { (Some(message), None) } else { (None, Some(message)) };
-            return render(StatusCode::UNPROCESSABLE_ENTITY, &SetupPage { email: form.email, email_error, password_error });
+            return render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &SetupPage { email: form.email, email_error, password_error },
+            );
         }
         Err(e) => return error_page(&e),
     };

@@ -16,7 +16,8 @@ on_both_databases!(
 );
 
 async fn a_user_registers_logs_in_reads_themselves_and_logs_out(app: TestApp) {
-    let reg = app.post_public("/api/auth/register", json!({"email": "Alice@Example.com", "password": "password123"})).await;
+    let reg =
+        app.post_public("/api/auth/register", json!({"email": "Alice@Example.com", "password": "password123"})).await;
     assert_eq!(reg.status, StatusCode::CREATED);
     assert_eq!(reg.body["user"]["email"], "alice@example.com");
     assert_eq!(reg.body["user"]["role"], "user");
@@ -55,8 +56,10 @@ async fn registration_errors_are_clear_and_change_nothing(app: TestApp) {
 
 async fn login_refuses_wrong_credentials_the_same_way(app: TestApp) {
     app.register_and_login("c@example.com").await;
-    let wrong_pw = app.post_public("/api/auth/login", json!({"email": "c@example.com", "password": "password999"})).await;
-    let no_user = app.post_public("/api/auth/login", json!({"email": "zz@example.com", "password": "password123"})).await;
+    let wrong_pw =
+        app.post_public("/api/auth/login", json!({"email": "c@example.com", "password": "password999"})).await;
+    let no_user =
+        app.post_public("/api/auth/login", json!({"email": "zz@example.com", "password": "password123"})).await;
     assert_eq!(wrong_pw.status, StatusCode::UNAUTHORIZED);
     assert_eq!(no_user.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong_pw.body, no_user.body);
@@ -74,10 +77,14 @@ async fn registration_can_be_switched_off(app: TestApp) {
 async fn changing_the_password_ends_other_sessions(app: TestApp) {
     let (_, first) = app.register_and_login("e@example.com").await;
     let second = app.login("e@example.com", "password123").await;
-    let wrong = app.post("/api/user/password", &first, json!({"old_password": "nope-nope", "new_password": "newpassword1"})).await;
+    let wrong = app
+        .post("/api/user/password", &first, json!({"old_password": "nope-nope", "new_password": "newpassword1"}))
+        .await;
     assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(wrong.body["error"]["field"], "old_password");
-    let ok = app.post("/api/user/password", &first, json!({"old_password": "password123", "new_password": "newpassword1"})).await;
+    let ok = app
+        .post("/api/user/password", &first, json!({"old_password": "password123", "new_password": "newpassword1"}))
+        .await;
     assert_eq!(ok.status, StatusCode::NO_CONTENT);
     assert_eq!(app.get("/api/user/me", &first).await.status, StatusCode::OK);
     assert_eq!(app.get("/api/user/me", &second).await.status, StatusCode::UNAUTHORIZED);
@@ -116,18 +123,37 @@ async fn first_run_setup_creates_the_admin_once(app: TestApp) {
     let page = app.client.get(app.url("/setup")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("Create admin account"));
 
-    let bad = app.client.post(app.url("/setup")).form(&[("email", "root@example.com"), ("password", "short")]).send().await.unwrap();
+    let bad = app
+        .client
+        .post(app.url("/setup"))
+        .form(&[("email", "root@example.com"), ("password", "short")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.text().await.unwrap().contains("at least 8"));
 
-    let ok = app.client.post(app.url("/setup")).form(&[("email", "root@example.com"), ("password", "password123")]).send().await.unwrap();
+    let ok = app
+        .client
+        .post(app.url("/setup"))
+        .form(&[("email", "root@example.com"), ("password", "password123")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), StatusCode::SEE_OTHER);
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
 
-    let again = app.client.post(app.url("/setup")).form(&[("email", "evil@example.com"), ("password", "password123")]).send().await.unwrap();
+    let again = app
+        .client
+        .post(app.url("/setup"))
+        .form(&[("email", "evil@example.com"), ("password", "password123")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), StatusCode::SEE_OTHER);
-    let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'").fetch_one(app.db.pool()).await.unwrap();
+    let admins: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'").fetch_one(app.db.pool()).await.unwrap();
     assert_eq!(admins, 1);
     let token = app.login("root@example.com", "password123").await;
     assert_eq!(app.get("/api/admin/users", &token).await.status, StatusCode::OK);

@@ -79,7 +79,9 @@ async fn balance_adjustments_need_a_reason_and_leave_ledger_rows(app: TestApp) {
 
 async fn settings_hide_the_merchant_key(app: TestApp) {
     let admin = app.admin_token().await;
-    let r = app.put("/api/admin/settings", &admin, json!({"credit": {"pid": "1001", "key": "TOPSECRET", "enabled": true}})).await;
+    let r = app
+        .put("/api/admin/settings", &admin, json!({"credit": {"pid": "1001", "key": "TOPSECRET", "enabled": true}}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(!r.text.contains("TOPSECRET"));
     assert_eq!(r.body["credit"]["key_set"], true);

@@ -90,9 +90,8 @@ pub async fn fresh_database_url(backend: Backend, dir: &std::path::Path) -> Stri
     match backend {
         Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("test.db").display()),
         Backend::Postgres => {
-            let admin = std::env::var("TEST_POSTGRES_URL").expect(
-                "TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
-            );
+            let admin = std::env::var("TEST_POSTGRES_URL")
+                .expect("TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL");
             let name = unique_name();
             let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to TEST_POSTGRES_URL");
             conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
@@ -236,7 +235,13 @@ impl TestApp {
 
     /// Gives a user balance through the admin API (leaves a ledger entry).
     pub async fn fund(&self, admin: &str, user_id: i64, amount: &str) {
-        let r = self.post(&format!("/api/admin/users/{user_id}/balance"), admin, json!({"amount": amount, "reason": "test funding"})).await;
+        let r = self
+            .post(
+                &format!("/api/admin/users/{user_id}/balance"),
+                admin,
+                json!({"amount": amount, "reason": "test funding"}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::OK, "fund: {}", r.text);
     }
 

@@ -27,7 +27,8 @@ async fn keys_are_shown_once_listed_renamed_and_revoked(app: TestApp) {
     assert!(!list.text.contains(secret));
 
     let id = created.body["id"].as_i64().unwrap();
-    let renamed = app.patch(&format!("/api/user/keys/{id}"), &token, json!({"name": "desktop", "spend_limit": null})).await;
+    let renamed =
+        app.patch(&format!("/api/user/keys/{id}"), &token, json!({"name": "desktop", "spend_limit": null})).await;
     assert_eq!(renamed.status, StatusCode::OK);
     assert_eq!(renamed.body["name"], "desktop");
     assert!(renamed.body["spend_limit"].is_null());
@@ -87,7 +88,10 @@ async fn users_cannot_touch_each_others_keys(app: TestApp) {
     let created = app.post("/api/user/keys", &alice, json!({"name": "mine"})).await;
     let id = created.body["id"].as_i64().unwrap();
     assert_eq!(app.delete(&format!("/api/user/keys/{id}"), &mallory).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.patch(&format!("/api/user/keys/{id}"), &mallory, json!({"name": "x"})).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.patch(&format!("/api/user/keys/{id}"), &mallory, json!({"name": "x"})).await.status,
+        StatusCode::NOT_FOUND
+    );
     let theirs = app.get("/api/user/keys", &mallory).await;
     assert_eq!(theirs.body["items"].as_array().unwrap().len(), 0);
 }

@@ -1,4 +1,5 @@
 //! HTTP tests against the real application; each runs on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
 
