@@ -8,6 +8,7 @@
 //! - [`db`]: one code path for SQLite and PostgreSQL, and the migrations.
 //! - [`error`]: the domain error every surface maps to HTTP once.
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
+//! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`app`], [`routes`]: building, binding and serving the application.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin_users;
+pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod keys;
