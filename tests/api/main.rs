@@ -5,4 +5,5 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod billing;
 mod keys;
