@@ -7,3 +7,4 @@ mod accounts;
 mod admin;
 mod billing;
 mod keys;
+mod ops;
