@@ -24,6 +24,8 @@ pub struct AppState {
     pub settings: SettingsStore,
     /// Work that must finish even if the client goes away (billing, logs).
     pub tasks: TaskTracker,
+    /// Outgoing HTTP (payment gateway calls, sandbox notifies); one pool for the process.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -60,7 +62,11 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
         let settings = SettingsStore::load(db.clone()).await?;
-        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new() };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new(), http };
         Ok(Application { listener, state })
     }
 

@@ -10,6 +10,7 @@
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
+//! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod api;
@@ -22,6 +23,9 @@ pub mod db;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod orders;
+pub mod packages;
+pub mod payment;
 pub mod routes;
 pub mod settings;
 pub mod users;

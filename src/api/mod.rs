@@ -6,7 +6,9 @@ pub mod admin_users;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod packages;
 pub mod pagination;
+pub mod payments;
 pub mod settings;
 
 use axum::Router;
@@ -17,7 +19,13 @@ use crate::error::Error;
 
 /// Every `/api` route.
 pub fn router() -> Router<AppState> {
-    Router::new().merge(accounts::router()).merge(keys::router()).merge(admin_users::router()).merge(settings::router())
+    Router::new()
+        .merge(accounts::router())
+        .merge(keys::router())
+        .merge(admin_users::router())
+        .merge(settings::router())
+        .merge(packages::router())
+        .merge(payments::router())
 }
 
 /// The JSON answer for an unknown `/api` path.
