@@ -75,7 +75,7 @@ impl PackageBody {
             duration_days: self.duration_days.unwrap_or(p.duration_days),
             daily_limit: self.daily_limit.unwrap_or(Money::from_micros(p.daily_limit)),
             sort_order: self.sort_order.unwrap_or(p.sort_order),
-            enabled: self.enabled.unwrap_or(p.enabled),
+            enabled: self.enabled.unwrap_or(p.is_enabled()),
             stock: self.stock.unwrap_or(p.stock),
             per_user_limit: self.per_user_limit.unwrap_or(p.per_user_limit),
         }

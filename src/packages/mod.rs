@@ -16,7 +16,9 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::money::Money;
 
-const COLUMNS: &str = "id, name, description, price, duration_days, daily_limit, sort_order, enabled, stock, \
+/// `enabled` is read as an integer: the `Any` driver cannot decode SQLite booleans.
+const COLUMNS: &str = "id, name, description, price, duration_days, daily_limit, sort_order, \
+                       CAST(CASE WHEN enabled = TRUE THEN 1 ELSE 0 END AS BIGINT) AS enabled, stock, \
                        per_user_limit, sold, created_at, updated_at";
 
 /// A row of `packages`.
@@ -31,7 +33,8 @@ pub struct Package {
     /// USD of API usage per business day (micro-units).
     pub daily_limit: i64,
     pub sort_order: i64,
-    pub enabled: bool,
+    /// 1 = on sale (see [`Package::is_enabled`]).
+    pub enabled: i64,
     /// How many can still be sold; `None` = unlimited.
     pub stock: Option<i64>,
     pub per_user_limit: Option<i64>,
@@ -60,6 +63,10 @@ pub struct PackageView {
 }
 
 impl Package {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled != 0
+    }
+
     pub fn price(&self) -> Money {
         Money::from_micros(self.price)
     }
@@ -73,7 +80,7 @@ impl Package {
             duration_days: self.duration_days,
             daily_limit: Money::from_micros(self.daily_limit),
             sort_order: self.sort_order,
-            enabled: self.enabled,
+            enabled: self.is_enabled(),
             stock: self.stock,
             per_user_limit: self.per_user_limit,
             sold: self.sold,

@@ -17,7 +17,7 @@ use crate::orders::{self, kind, to_balance, NewOrder, Order};
 
 /// Checks a package can be bought by this user now (enabled, in stock, under the per-user limit).
 pub async fn ensure_buyable(state: &AppState, package: &Package, user_id: i64) -> Result<()> {
-    if !package.enabled {
+    if !package.is_enabled() {
         return Err(Error::NotFound("package"));
     }
     if package.stock == Some(0) {

@@ -6,3 +6,5 @@ mod helpers;
 mod accounts;
 mod admin;
 mod keys;
+mod packages;
+mod payments;
