@@ -1,10 +1,12 @@
 //! Packages (套餐): the catalog admins sell, and the packages users hold.
 //!
 //! - this file: the catalog (CRUD, validation, stock);
+//! - [`held`]: the packages users hold, which one applies now, the hourly expiry job;
 //! - [`activation`]: what buying or being granted a package does to a user's packages;
 //! - [`purchase`]: buying from the balance in one transaction, and admin grants.
 
 pub mod activation;
+pub mod held;
 pub mod purchase;
 
 use chrono::{DateTime, Utc};

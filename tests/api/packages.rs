@@ -18,6 +18,8 @@ on_both_databases!(
     the_last_unit_goes_to_exactly_one_of_many_concurrent_buyers,
     admins_grant_and_end_packages_with_ledger_and_audit_records,
     coupons_and_unknown_payment_methods_are_refused_clearly,
+    a_refunded_balance_purchase_returns_the_money_and_moves_the_queue_up,
+    the_per_user_purchase_limit_is_enforced,
 );
 
 fn seed_package() -> Value {
@@ -338,4 +340,42 @@ async fn coupons_and_unknown_payment_methods_are_refused_clearly(app: TestApp) {
     assert_eq!(no_gateway.status, StatusCode::CONFLICT, "{}", no_gateway.text);
     assert_eq!(no_gateway.error_code(), "payments_unavailable");
     assert_eq!(app.balance(&user).await, "100.00");
+}
+
+async fn a_refunded_balance_purchase_returns_the_money_and_moves_the_queue_up(app: TestApp) {
+    let admin = app.admin_token().await;
+    let month = app.create_package(&admin, seed_package()).await;
+    let week =
+        app.create_package(&admin, json!({"name": "周卡", "price": 10, "duration_days": 7, "daily_limit": 2})).await;
+    let (user_id, user) = funded_user(&app, &admin, "u@example.com", "100").await;
+    let first = buy_with_balance(&app, &user, month).await;
+    buy_with_balance(&app, &user, week).await;
+    app.clock.advance(Duration::days(2));
+    let otn = first.body["order"]["out_trade_no"].as_str().unwrap();
+    let refund = app.post(&format!("/api/admin/orders/{otn}/refund"), &admin, json!({})).await;
+    assert_eq!(refund.status, StatusCode::OK, "{}", refund.text);
+    assert_eq!(app.balance(&user).await, "90.00");
+    let current = activation::current(&app.db, user_id, app.clock.now()).await.unwrap().unwrap();
+    assert_eq!(current.package_id, week, "the queued week starts as soon as the refunded month ends");
+    let mine = app.get("/api/user/packages", &user).await;
+    assert_eq!(mine.body["items"][0]["status"], "active");
+    assert_eq!(mine.body["items"][0]["starts_at"], "2026-01-17T12:00:00+08:00");
+    assert_eq!(mine.body["items"][1]["status"], "refunded");
+    app.assert_money_invariants().await;
+}
+
+async fn the_per_user_purchase_limit_is_enforced(app: TestApp) {
+    let admin = app.admin_token().await;
+    let trial = app
+        .create_package(
+            &admin,
+            json!({"name": "体验", "price": 1, "duration_days": 1, "daily_limit": 1, "per_user_limit": 1}),
+        )
+        .await;
+    let (_, user) = funded_user(&app, &admin, "u@example.com", "10").await;
+    assert_eq!(buy_with_balance(&app, &user, trial).await.status, StatusCode::CREATED);
+    let second = buy_with_balance(&app, &user, trial).await;
+    assert_eq!(second.status, StatusCode::CONFLICT);
+    assert_eq!(second.error_code(), "purchase_limit_reached");
+    assert_eq!(app.balance(&user).await, "9.00");
 }
