@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,7 +20,7 @@ use crate::clock::to_micros;
 use crate::error::Error;
 use crate::money::Money;
 use crate::orders::refund::RefundBy;
-use crate::orders::{self, jobs, kind, to_balance, NewOrder, OrderFilter};
+use crate::orders::{self, jobs, OrderFilter};
 use crate::payment::{self, notify, page};
 
 pub fn router() -> Router<AppState> {
@@ -58,37 +57,9 @@ async fn topup(
     current: CurrentUser,
     ApiJson(body): ApiJson<TopupBody>,
 ) -> ApiResult<impl IntoResponse> {
+    let order = orders::create_topup(&state, current.user.id, body.amount).await?;
     let settings = state.settings.get().await?;
-    let credit = &settings.credit;
-    orders::ensure_payments_usable(credit)?;
-    if !credit.topup_enabled {
-        return Err(Error::conflict("topup_disabled", "balance top-ups are switched off").into());
-    }
-    let amount = body.amount;
-    if !amount.is_whole_cents() {
-        return Err(Error::validation("amount", "must have at most two decimals").into());
-    }
-    if amount < credit.topup_min || amount > credit.topup_max {
-        let message =
-            format!("must be between {} and {}", credit.topup_min.format_2dp(), credit.topup_max.format_2dp());
-        return Err(Error::validation("amount", message).into());
-    }
-    let credit_amount = to_balance(amount, credit.topup_rate);
-    let subject = format!("Balance top-up {}", amount.format_2dp());
-    let new = NewOrder {
-        user_id: current.user.id,
-        kind: kind::TOPUP,
-        package_id: None,
-        amount,
-        credit_amount,
-        pay_method: "credit",
-        pay_type: Some(&credit.pay_type),
-        subject: &subject,
-        ttl: Duration::minutes(credit.order_ttl_minutes),
-    };
-    let mut conn = state.db.pool().acquire().await?;
-    let order = orders::insert(&mut conn, &new, state.now()).await?;
-    let (url, params) = page::gateway_form(credit, &state.config.public_url, &order);
+    let (url, params) = page::gateway_form(&settings.credit, &state.config.public_url, &order);
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -49,6 +49,8 @@ pub struct Fulfilment {
     /// Balance value of the payment (top-up credit, package paid value or sold-out credit).
     pub credit_amount: Money,
     pub flag: Option<&'static str>,
+    /// Days of package given (package orders).
+    pub granted_days: Option<i64>,
 }
 
 /// Settings that shape a fulfilment, read once per call.
@@ -113,7 +115,7 @@ pub async fn mark_fulfilled(
 ) -> Result<Order> {
     let sql = format!(
         "UPDATE payment_orders SET status = 'fulfilled', fulfilled_at = $1, paid_at = COALESCE(paid_at, $1), \
-           updated_at = $1, user_package_id = $2, fulfilment = $3, credit_amount = $4, \
+           updated_at = $1, user_package_id = $2, fulfilment = $3, credit_amount = $4, granted_days = $7, \
            flags = CASE WHEN $5 IS NULL THEN flags WHEN flags IS NULL OR flags = '' THEN $5 ELSE flags || ',' || $5 END \
          WHERE id = $6 RETURNING {COLUMNS}"
     );
@@ -124,6 +126,7 @@ pub async fn mark_fulfilled(
         .bind(done.credit_amount.micros())
         .bind(done.flag)
         .bind(order_id)
+        .bind(done.granted_days)
         .fetch_one(conn)
         .await?)
 }
@@ -136,7 +139,13 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
         let credit = Money::from_micros(order.credit_amount);
         ledger::change_balance(conn, order.user_id, ledger::kind::TOPUP, credit, Overdraft::Refuse, &details, now)
             .await?;
-        return Ok(Fulfilment { effect: "topup", user_package_id: None, credit_amount: credit, flag: None });
+        return Ok(Fulfilment {
+            effect: "topup",
+            user_package_id: None,
+            credit_amount: credit,
+            flag: None,
+            granted_days: None,
+        });
     }
     let package_id = order.package_id.ok_or_else(|| Error::internal("package order without a package"))?;
     let paid_value = to_balance(order.amount(), rules.rate);
@@ -154,6 +163,7 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
             user_package_id: None,
             credit_amount: paid_value,
             flag: Some("sold_out_credited"),
+            granted_days: None,
         });
     }
     let package = packages::find_on(conn, package_id).await?.ok_or(Error::NotFound("package"))?;
@@ -171,6 +181,7 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
         user_package_id: Some(activation.user_package_id),
         credit_amount: paid_value,
         flag: None,
+        granted_days: Some(package.duration_days),
     })
 }
 

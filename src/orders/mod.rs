@@ -37,7 +37,7 @@ pub mod status {
 
 pub(crate) const COLUMNS: &str = "id, out_trade_no, user_id, kind, package_id, amount, list_amount, credit_amount, \
     status, pay_method, pay_type, trade_no, subject, flags, expires_at, paid_at, fulfilled_at, refunded_at, \
-    created_at, updated_at, user_package_id, fulfilment";
+    created_at, updated_at, user_package_id, fulfilment, granted_days";
 
 /// A row of `payment_orders`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -70,6 +70,8 @@ pub struct Order {
     pub user_package_id: Option<i64>,
     /// What fulfilment did: `started`, `extended`, `queued`, `switched`, `sold_out_credit`, `topup`.
     pub fulfilment: Option<String>,
+    /// Days of package the fulfilment gave (what a refund of an extension takes back).
+    pub granted_days: Option<i64>,
 }
 
 /// What the API shows of an order.
@@ -224,6 +226,39 @@ pub async fn list(db: &Db, filter: &OrderFilter, limit: i64, offset: i64) -> Res
         .fetch_one(db.pool())
         .await?;
     Ok((rows, total))
+}
+
+/// Creates a pending balance top-up order after checking `settings.credit`'s switch,
+/// bounds and whole cents; the balance it will credit is fixed now, at today's rate.
+pub async fn create_topup(state: &crate::app::AppState, user_id: i64, amount: Money) -> Result<Order> {
+    let settings = state.settings.get().await?;
+    let credit = &settings.credit;
+    ensure_payments_usable(credit)?;
+    if !credit.topup_enabled {
+        return Err(Error::conflict("topup_disabled", "balance top-ups are switched off"));
+    }
+    if !amount.is_whole_cents() {
+        return Err(Error::validation("amount", "must have at most two decimals"));
+    }
+    if amount < credit.topup_min || amount > credit.topup_max {
+        let message =
+            format!("must be between {} and {}", credit.topup_min.format_2dp(), credit.topup_max.format_2dp());
+        return Err(Error::validation("amount", message));
+    }
+    let subject = format!("Balance top-up {}", amount.format_2dp());
+    let new = NewOrder {
+        user_id,
+        kind: kind::TOPUP,
+        package_id: None,
+        amount,
+        credit_amount: to_balance(amount, credit.topup_rate),
+        pay_method: "credit",
+        pay_type: Some(&credit.pay_type),
+        subject: &subject,
+        ttl: Duration::minutes(credit.order_ttl_minutes),
+    };
+    let mut conn = state.db.pool().acquire().await?;
+    insert(&mut conn, &new, state.now()).await
 }
 
 /// Refuses payment routes while the merchant settings are incomplete or switched off.

@@ -114,6 +114,10 @@ async fn reverse(state: &AppState, order: &Order, by: RefundBy) -> Result<Order>
         actor_id: Some(by.actor_id),
         ..Default::default()
     };
+    // Packages before users, the lock order every other money path uses.
+    if let (Some(_), Some(package_id)) = (order.user_package_id, order.package_id) {
+        packages::return_stock(tx.conn(), package_id, now).await?;
+    }
     let take_back = balance_to_take_back(order);
     if take_back.is_positive() {
         // The buyer has their money back from the gateway: take the credit back even if
@@ -137,12 +141,14 @@ async fn reverse(state: &AppState, order: &Order, by: RefundBy) -> Result<Order>
     if let (Some(up_id), Some(package_id)) = (order.user_package_id, order.package_id) {
         let row = activation::find_on(tx.conn(), up_id).await?.ok_or(Error::NotFound("user package"))?;
         if order.fulfilment.as_deref() == Some("extended") {
-            let days = packages::find_on(tx.conn(), package_id).await?.map(|p| p.duration_days).unwrap_or(0);
+            let days = match order.granted_days {
+                Some(d) => d,
+                None => packages::find_on(tx.conn(), package_id).await?.map(|p| p.duration_days).unwrap_or(0),
+            };
             activation::shorten(tx.conn(), &row, days, Money::from_micros(order.credit_amount), now).await?;
         } else {
             activation::terminate(tx.conn(), &row, activation::status::REFUNDED, now).await?;
         }
-        packages::return_stock(tx.conn(), package_id, now).await?;
     }
     let sql = format!(
         "UPDATE payment_orders SET status = 'refunded', refunded_at = $1, updated_at = $1 WHERE id = $2 RETURNING {COLUMNS}"

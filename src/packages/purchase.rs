@@ -90,6 +90,7 @@ pub async fn buy_with_balance(state: &AppState, user_id: i64, package_id: i64) -
         user_package_id: Some(activation.user_package_id),
         credit_amount: value,
         flag: None,
+        granted_days: Some(package.duration_days),
     };
     let order = mark_fulfilled(tx.conn(), order.id, &done, now).await?;
     tx.commit().await?;

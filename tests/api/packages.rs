@@ -20,6 +20,7 @@ on_both_databases!(
     coupons_and_unknown_payment_methods_are_refused_clearly,
     a_refunded_balance_purchase_returns_the_money_and_moves_the_queue_up,
     the_per_user_purchase_limit_is_enforced,
+    refunding_a_renewal_takes_back_only_its_days,
 );
 
 fn seed_package() -> Value {
@@ -378,4 +379,23 @@ async fn the_per_user_purchase_limit_is_enforced(app: TestApp) {
     assert_eq!(second.status, StatusCode::CONFLICT);
     assert_eq!(second.error_code(), "purchase_limit_reached");
     assert_eq!(app.balance(&user).await, "9.00");
+}
+
+async fn refunding_a_renewal_takes_back_only_its_days(app: TestApp) {
+    let admin = app.admin_token().await;
+    let month = app.create_package(&admin, seed_package()).await;
+    let (_, user) = funded_user(&app, &admin, "u@example.com", "100").await;
+    buy_with_balance(&app, &user, month).await;
+    let renewal = buy_with_balance(&app, &user, month).await;
+    // The catalog changing afterwards does not change what the renewal gave.
+    app.put(&format!("/api/admin/packages/{month}"), &admin, json!({"duration_days": 90})).await;
+    let otn = renewal.body["order"]["out_trade_no"].as_str().unwrap();
+    let refund = app.post(&format!("/api/admin/orders/{otn}/refund"), &admin, json!({})).await;
+    assert_eq!(refund.status, StatusCode::OK, "{}", refund.text);
+    let mine = app.get("/api/user/packages", &user).await;
+    assert_eq!(mine.body["items"][0]["status"], "active");
+    assert_eq!(mine.body["items"][0]["ends_at"], "2026-02-14T12:00:00+08:00");
+    assert_eq!(mine.body["items"][0]["paid_amount"], "30.00");
+    assert_eq!(app.balance(&user).await, "70.00");
+    app.assert_money_invariants().await;
 }

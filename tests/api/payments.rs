@@ -257,6 +257,11 @@ async fn a_purchase_clicks_through_the_sandbox_and_is_refunded(app: TestApp) {
     let s = shop(&app).await;
     let purchase = order_package(&app, &s.user, s.package_id).await;
     let otn = purchase["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let mut forged: HashMap<String, String> = serde_json::from_value(purchase["gateway"]["params"].clone()).unwrap();
+    forged.insert("money".into(), "0.01".into());
+    let refused = app.client.post(app.url("/sandbox/epay/pay/submit.php")).form(&forged).send().await.unwrap();
+    let refused: Value = refused.json().await.unwrap();
+    assert!(refused["error_msg"].as_str().unwrap().contains("bad signature"), "{refused}");
     let trade_no = submit_to_sandbox(&app, &purchase).await;
     let cashier = app.client.get(app.url(&format!("/sandbox/epay/cashier/{trade_no}"))).send().await.unwrap();
     let html = cashier.text().await.unwrap();

@@ -3,6 +3,7 @@
 
 ALTER TABLE payment_orders ADD COLUMN user_package_id BIGINT;
 ALTER TABLE payment_orders ADD COLUMN fulfilment TEXT;
+ALTER TABLE payment_orders ADD COLUMN granted_days BIGINT;
 
 CREATE TABLE sandbox_trades (
     id {{ID}},
