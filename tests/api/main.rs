@@ -8,3 +8,5 @@ mod admin;
 mod billing;
 mod keys;
 mod ops;
+mod packages;
+mod payments;
