@@ -41,7 +41,7 @@ impl Snapshot {
 
 /// Priority groups high to low; within a group, weighted sampling without replacement.
 fn order(mut pool: Vec<&Arc<Upstream>>, rng: &mut impl Rng) -> Vec<Arc<Upstream>> {
-    pool.sort_by(|a, b| b.priority.cmp(&a.priority));
+    pool.sort_by_key(|u| std::cmp::Reverse(u.priority));
     let mut ordered = Vec::with_capacity(pool.len());
     let mut start = 0;
     while start < pool.len() {

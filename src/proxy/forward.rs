@@ -116,13 +116,13 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
             Err(failure) => {
                 tracing::warn!(upstream = %upstream.name, request_id = %request_id, error = %failure.message(), "upstream attempt failed");
                 record.upstream_id = Some(upstream.id);
-                let state2 = state.clone();
-                let (id, message) = (upstream.id, failure.message());
-                state.tasks.spawn(async move {
-                    if let Ok(true) = upstreams::record_failure(&state2.db, id, &message, state2.now()).await {
-                        state2.catalog.invalidate();
-                    }
-                });
+                // Recorded before the next attempt, so the catalog skips it at once
+                // when this failure made it unhealthy.
+                match upstreams::record_failure(&state.db, upstream.id, &failure.message(), state.now()).await {
+                    Ok(true) => state.catalog.invalidate(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot record an upstream failure"),
+                }
                 last_failure = Some(failure);
             }
         }

@@ -361,7 +361,11 @@ fn sse(pieces: Vec<Piece>, options: Arc<MockOptions>) -> Response {
         }
         let item = match piece {
             Piece::Event(bytes) => Ok(bytes),
-            Piece::Die => Err(std::io::Error::other("mock upstream died mid-stream")),
+            Piece::Die => {
+                // Let what was sent reach the wire first, like a real crash mid-stream.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("mock upstream died mid-stream"))
+            }
         };
         Some((item, (it, options)))
     });

@@ -114,7 +114,7 @@ pub async fn seed_defaults(db: &Db, now: DateTime<Utc>) -> Result<usize> {
     Ok(inserted)
 }
 
-type PriceRow = (String, i64, i64, i64, Option<i64>, bool);
+type PriceRow = (String, i64, i64, i64, Option<i64>, i64);
 
 fn from_row((model, input, cached_input, output, cache_write, enabled): PriceRow) -> ModelPrice {
     ModelPrice {
@@ -123,11 +123,13 @@ fn from_row((model, input, cached_input, output, cache_write, enabled): PriceRow
         cached_input: Money::from_micros(cached_input),
         output: Money::from_micros(output),
         cache_write: cache_write.map(Money::from_micros),
-        enabled,
+        enabled: enabled != 0,
     }
 }
 
-const PRICE_COLUMNS: &str = "model, input, cached_input, output, cache_write, enabled";
+/// Booleans are read as integers: the Any driver cannot decode SQLite's BOOLEAN.
+const PRICE_COLUMNS: &str =
+    "model, input, cached_input, output, cache_write, CASE WHEN enabled = TRUE THEN 1 ELSE 0 END AS enabled";
 
 /// Every price, by model name.
 pub async fn list(db: &Db) -> Result<Vec<ModelPrice>> {

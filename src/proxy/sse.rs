@@ -25,8 +25,6 @@ pub struct SseParser {
     block: BytesMut,
     event: Option<String>,
     data: Option<String>,
-    /// The previous chunk ended in `\r`: a leading `\n` belongs to that line ending.
-    after_cr: bool,
 }
 
 impl SseParser {
@@ -37,26 +35,15 @@ impl SseParser {
     /// Feeds one chunk; returns the events it completed.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        let mut chunk = chunk;
-        if self.after_cr {
-            self.after_cr = false;
-            if let Some(rest) = chunk.strip_prefix(b"\n") {
-                self.block.extend_from_slice(b"\n");
-                chunk = rest;
-            }
-        }
         self.pending.extend_from_slice(chunk);
         while let Some(end) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
             let terminator_len = if self.pending[end] == b'\r' {
                 match self.pending.get(end + 1) {
                     Some(b'\n') => 2,
                     Some(_) => 1,
-                    None => {
-                        // A lone `\r` at the end of the buffer is a line ending; a `\n`
-                        // may follow in the next chunk and must not make an empty line.
-                        self.after_cr = true;
-                        1
-                    }
+                    // A `\r` ending the chunk may be the first half of `\r\n`: wait for
+                    // the next chunk (or the end of the stream) to know.
+                    None => break,
                 }
             } else {
                 1
@@ -74,9 +61,14 @@ impl SseParser {
     /// carried data) and any unterminated bytes, so nothing received is lost.
     pub fn finish(&mut self) -> (Option<SseEvent>, Bytes) {
         if !self.pending.is_empty() {
-            let line = self.pending.split().freeze();
-            self.block.extend_from_slice(&line);
-            self.field(&line);
+            // Unterminated bytes, or a line whose `\r` ending was held back in `feed`.
+            let raw = self.pending.split().freeze();
+            self.block.extend_from_slice(&raw);
+            let line = raw.strip_suffix(b"\r").unwrap_or(&raw);
+            if line.is_empty() {
+                return (self.dispatch(), Bytes::new());
+            }
+            self.field(line);
         }
         if self.data.is_some() || self.event.is_some() {
             (self.dispatch(), Bytes::new())
@@ -153,12 +145,17 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].data.as_deref(), Some("one"));
         assert_eq!(events[1].data.as_deref(), Some("two"));
-        // No byte is lost or duplicated (a `\n` completing a split `\r\n` after a
-        // blank line travels with the next event).
+        assert_eq!(&events[0].raw[..], b"data: one\r\n\r\n");
         let joined: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
         assert_eq!(joined, b"data: one\r\n\r\ndata: two\r\n\r\n");
-        let (cr_only, _) = feed_all(&[b"data: a\r\rdata: b\r\r"]);
+        let (mut cr_only, mut parser) = feed_all(&[b"data: a\r\rdata: b\r\r"]);
+        // The final `\r` might still become `\r\n`: the last event waits for the end.
+        assert_eq!(cr_only.len(), 1);
+        let (last, rest) = parser.finish();
+        cr_only.extend(last);
+        assert!(rest.is_empty());
         assert_eq!(cr_only.iter().map(|e| e.data.clone().unwrap()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(&cr_only[1].raw[..], b"data: b\r\r");
     }
 
     #[test]

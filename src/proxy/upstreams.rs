@@ -38,9 +38,12 @@ pub struct Upstream {
 }
 
 type UpstreamRow =
-    (i64, String, String, String, Option<String>, i64, i64, bool, bool, i64, Option<String>, Option<i64>, i64, i64);
+    (i64, String, String, String, Option<String>, i64, i64, i64, i64, i64, Option<String>, Option<i64>, i64, i64);
 
-const COLUMNS: &str = "id, name, base_url, api_key, models, priority, weight, enabled, healthy, consecutive_failures, \
+/// Booleans are read as integers: the Any driver cannot decode SQLite's BOOLEAN.
+const COLUMNS: &str = "id, name, base_url, api_key, models, priority, weight, \
+                       CASE WHEN enabled = TRUE THEN 1 ELSE 0 END AS enabled, \
+                       CASE WHEN healthy = TRUE THEN 1 ELSE 0 END AS healthy, consecutive_failures, \
                        last_error, last_checked_at, created_at, updated_at";
 
 fn from_row(r: UpstreamRow) -> Upstream {
@@ -52,8 +55,8 @@ fn from_row(r: UpstreamRow) -> Upstream {
         models: r.4.and_then(|m| serde_json::from_str(&m).ok()),
         priority: r.5,
         weight: r.6,
-        enabled: r.7,
-        healthy: r.8,
+        enabled: r.7 != 0,
+        healthy: r.8 != 0,
         consecutive_failures: r.9,
         last_error: r.10,
         last_checked_at: r.11,
