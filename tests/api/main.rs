@@ -10,3 +10,5 @@ mod keys;
 mod ops;
 mod packages;
 mod payments;
+mod proxy;
+mod proxy_failures;
