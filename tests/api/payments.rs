@@ -91,6 +91,36 @@ async fn submit_to_sandbox(app: &TestApp, purchase: &Value) -> String {
     location.rsplit('/').next().unwrap().to_string()
 }
 
+/// The hidden fields and action of the auto-submitting form on `/pay/{out_trade_no}`, as a
+/// browser would read them (HTML entities decoded).
+async fn pay_page_form(app: &TestApp, out_trade_no: &str) -> (String, Vec<(String, String)>) {
+    let html = app.client.get(app.url(&format!("/pay/{out_trade_no}"))).send().await.unwrap().text().await.unwrap();
+    let unescape = |s: &str| {
+        s.replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&#x2f;", "/")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    let attr = |tag: &str, name: &str| {
+        let start = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        unescape(&tag[start..start + tag[start..].find('"').unwrap()])
+    };
+    let form_tag = &html[html.find("<form").unwrap()..];
+    let action = attr(&form_tag[..form_tag.find('>').unwrap()], "action");
+    let fields = html
+        .split("<input ")
+        .skip(1)
+        .map(|rest| {
+            let tag = &rest[..rest.find('>').unwrap()];
+            (attr(tag, "name"), attr(tag, "value"))
+        })
+        .collect();
+    (action, fields)
+}
+
 async fn sandbox_pay(app: &TestApp, trade_no: &str, deliver_notify: bool) -> reqwest::Response {
     let notify = if deliver_notify { "yes" } else { "no" };
     app.client
@@ -262,7 +292,15 @@ async fn a_purchase_clicks_through_the_sandbox_and_is_refunded(app: TestApp) {
     let refused = app.client.post(app.url("/sandbox/epay/pay/submit.php")).form(&forged).send().await.unwrap();
     let refused: Value = refused.json().await.unwrap();
     assert!(refused["error_msg"].as_str().unwrap().contains("bad signature"), "{refused}");
-    let trade_no = submit_to_sandbox(&app, &purchase).await;
+    // Submit exactly what the browser would post from our /pay page.
+    let (action, fields) = pay_page_form(&app, &otn).await;
+    assert_eq!(action, app.url("/sandbox/epay/pay/submit.php"));
+    assert!(fields.iter().any(|(k, v)| k == "name" && v == "月度会员"));
+    assert!(fields.iter().any(|(k, v)| k == "notify_url" && v == &app.url("/api/payment/credit/notify")));
+    let submitted = app.client.post(&action).form(&fields).send().await.unwrap();
+    assert_eq!(submitted.status(), StatusCode::SEE_OTHER);
+    let location = submitted.headers()["location"].to_str().unwrap().to_string();
+    let trade_no = location.rsplit('/').next().unwrap().to_string();
     let cashier = app.client.get(app.url(&format!("/sandbox/epay/cashier/{trade_no}"))).send().await.unwrap();
     let html = cashier.text().await.unwrap();
     assert!(html.contains("SANDBOX") && html.contains("月度会员") && html.contains("30.00"), "{html}");
