@@ -21,6 +21,7 @@ use crate::packages::purchase::{self, AdminAction};
 use crate::packages::{self, Package, PackageInput};
 use crate::payment::page;
 
+/// The Packages routes of `docs/api.md`, plus admin listing and ending of a user's packages.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/admin/packages", get(admin_list).post(create))
