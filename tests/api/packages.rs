@@ -305,6 +305,9 @@ async fn admins_grant_and_end_packages_with_ledger_and_audit_records(app: TestAp
     let ledger = app.get(&format!("/api/admin/ledger?user_id={user_id}"), &admin).await;
     assert_eq!(ledger.body["items"][0]["kind"], "package_grant");
     assert_eq!(ledger.body["items"][0]["amount"], "0.00");
+    let listed = app.get(&format!("/api/admin/users/{user_id}/packages"), &admin).await;
+    assert_eq!(listed.body["items"][0]["id"], up);
+    assert_eq!(app.get(&format!("/api/admin/users/{user_id}/packages"), &user).await.status, StatusCode::FORBIDDEN);
     let missing = app.post("/api/admin/users/9999/packages", &admin, json!({"package_id": id})).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
