@@ -45,6 +45,8 @@ async fn admins_create_packages_with_the_seed_example_and_validation_names_the_f
     assert_eq!(created.body["daily_limit"], "5.00");
     assert_eq!(created.body["duration_days"], 30);
     assert_eq!(created.body["enabled"], true);
+    assert_eq!(created.body["package"]["id"], created.body["id"]);
+    assert_eq!(created.body["package"]["name"], "基础套餐");
     assert_eq!(created.body["stock"], Value::Null);
     let id = created.body["id"].as_i64().unwrap();
 
