@@ -21,6 +21,7 @@ on_both_databases_with_sandbox!(
     an_admin_check_fulfils_a_paid_order_whose_notify_was_lost,
     a_refund_the_gateway_refuses_changes_nothing,
     order_lists_filter_by_user_status_and_date,
+    a_cancelled_sandbox_payment_leaves_the_order_pending,
 );
 
 struct Shop {
@@ -430,4 +431,41 @@ async fn order_lists_filter_by_user_status_and_date(app: TestApp) {
     let bad = app.get("/api/admin/orders?from=yesterday", &s.admin).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.get("/api/admin/orders", &s.user).await.status, StatusCode::FORBIDDEN);
+}
+
+async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
+    let s = shop(&app).await;
+    let purchase = order_package(&app, &s.user, s.package_id).await;
+    let otn = purchase["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let trade_no = submit_to_sandbox(&app, &purchase).await;
+    assert_eq!(submit_to_sandbox(&app, &purchase).await, trade_no, "re-submitting the same order reuses the trade");
+    let cancel = app.client.post(app.url(&format!("/sandbox/epay/cashier/{trade_no}/cancel"))).send().await.unwrap();
+    assert_eq!(cancel.status(), StatusCode::SEE_OTHER);
+    assert_eq!(cancel.headers()["location"].to_str().unwrap(), app.url("/packages"));
+    let late_click = sandbox_pay(&app, &trade_no, true).await;
+    assert_eq!(late_click.status(), StatusCode::OK, "a cancelled trade cannot be paid");
+    let query = app
+        .client
+        .get(app.url("/sandbox/epay/api.php"))
+        .query(&[("act", "order"), ("pid", TEST_PID), ("key", TEST_KEY), ("out_trade_no", &otn)])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!((query["code"].as_i64(), query["status"].as_i64()), (Some(1), Some(0)), "{query}");
+    let wrong_key = app
+        .client
+        .get(app.url("/sandbox/epay/api.php"))
+        .query(&[("act", "order"), ("pid", TEST_PID), ("key", "guess"), ("out_trade_no", &otn)])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key["code"], -1);
+    assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending");
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 0);
 }
