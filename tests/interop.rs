@@ -51,8 +51,8 @@ type UsageRow = (String, String, i64, i64, i64, i64, i64, i64);
 async fn usage_rows(app: &TestApp, n: usize) -> Vec<UsageRow> {
     for _ in 0..500 {
         let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT endpoint, model, CASE WHEN streamed = TRUE THEN 1 ELSE 0 END, input_tokens, cached_tokens, \
-               output_tokens, cost, CASE WHEN estimated = TRUE THEN 1 ELSE 0 END FROM usage_logs ORDER BY id",
+            "SELECT endpoint, model, streamed, input_tokens, cached_tokens, \
+               output_tokens, cost, estimated FROM usage_logs ORDER BY id",
         )
         .fetch_all(app.db.pool())
         .await
