@@ -38,6 +38,10 @@ async fn a_job_lease_is_held_by_one_instance_until_it_expires(app: TestApp) {
 async fn jobs_can_be_run_once_by_name(app: TestApp) {
     let summary = jobs::run_once(&app.state, "release_expired_holds").await.unwrap();
     assert_eq!(summary, "released 0 holds");
+    for job in jobs::all_jobs() {
+        let summary = jobs::run_once(&app.state, job.name).await;
+        assert!(summary.is_ok(), "{} failed on an empty install: {summary:?}", job.name);
+    }
     assert!(jobs::run_once(&app.state, "nope").await.is_err());
 }
 
