@@ -38,7 +38,8 @@ struct UpstreamBody {
 }
 
 async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<impl IntoResponse> {
-    let items: Vec<_> = upstreams::list(&state.db).await?.iter().map(|u| u.view(state.calendar())).collect();
+    let items: Vec<_> =
+        upstreams::list(&state.db, &state.secrets).await?.iter().map(|u| u.view(state.calendar())).collect();
     Ok(Json(json!({ "items": items })))
 }
 
@@ -47,7 +48,7 @@ async fn show(
     _admin: AdminUser,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(upstreams::find(&state.db, id).await?.view(state.calendar())))
+    Ok(Json(upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar())))
 }
 
 async fn create(
@@ -65,7 +66,7 @@ async fn create(
         weight: body.weight.unwrap_or(1),
         enabled: body.enabled.unwrap_or(true),
     };
-    let created = upstreams::create(&state.db, input, state.now()).await?;
+    let created = upstreams::create(&state.db, &state.secrets, input, state.now()).await?;
     state.catalog.invalidate();
     let view = created.view(state.calendar());
     audit_write(&state, &admin, &addr, ("upstream.create", created.id), (None, audit::snapshot(&view))).await?;
@@ -79,7 +80,7 @@ async fn update(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<UpstreamBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let current = upstreams::find(&state.db, id).await?;
+    let current = upstreams::find(&state.db, &state.secrets, id).await?;
     let before = current.view(state.calendar());
     let input = UpstreamInput {
         name: body.name.unwrap_or(current.name),
@@ -90,7 +91,7 @@ async fn update(
         weight: body.weight.unwrap_or(current.weight),
         enabled: body.enabled.unwrap_or(current.enabled),
     };
-    let updated = upstreams::update(&state.db, id, input, state.now()).await?;
+    let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
     state.catalog.invalidate();
     let view = updated.view(state.calendar());
     let snapshots = (audit::snapshot(&before), audit::snapshot(&view));
@@ -104,7 +105,7 @@ async fn remove(
     addr: ClientAddr,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    let before = upstreams::find(&state.db, id).await?.view(state.calendar());
+    let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
     upstreams::delete(&state.db, id).await?;
     state.catalog.invalidate();
     audit_write(&state, &admin, &addr, ("upstream.delete", id), (audit::snapshot(&before), None)).await?;

@@ -15,6 +15,7 @@ use super::pricing::{self, ModelPrice};
 use super::upstreams::{self, Upstream};
 use crate::db::Db;
 use crate::error::Result;
+use crate::secrets::SecretBox;
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
@@ -74,15 +75,21 @@ fn order(mut pool: Vec<&Arc<Upstream>>, rng: &mut impl Rng) -> Vec<Arc<Upstream>
 #[derive(Clone)]
 pub struct Catalog {
     db: Db,
+    secrets: SecretBox,
     cache: Arc<RwLock<(Arc<Snapshot>, Instant)>>,
     stale: Arc<AtomicBool>,
 }
 
 impl Catalog {
     /// Loads the catalog once at start-up.
-    pub async fn load(db: Db) -> Result<Self> {
-        let snapshot = read(&db).await?;
-        Ok(Catalog { db, cache: Arc::new(RwLock::new((Arc::new(snapshot), Instant::now()))), stale: Arc::default() })
+    pub async fn load(db: Db, secrets: SecretBox) -> Result<Self> {
+        let snapshot = read(&db, &secrets).await?;
+        Ok(Catalog {
+            db,
+            secrets,
+            cache: Arc::new(RwLock::new((Arc::new(snapshot), Instant::now()))),
+            stale: Arc::default(),
+        })
     }
 
     /// The current snapshot, reloaded when invalidated or older than a few seconds.
@@ -99,7 +106,7 @@ impl Catalog {
             return guard.0.clone();
         }
         self.stale.store(false, Ordering::Release);
-        match read(&self.db).await {
+        match read(&self.db, &self.secrets).await {
             Ok(fresh) => *guard = (Arc::new(fresh), Instant::now()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reload upstreams and prices; serving the previous copy");
@@ -115,8 +122,8 @@ impl Catalog {
     }
 }
 
-async fn read(db: &Db) -> Result<Snapshot> {
-    let upstreams = upstreams::list(db).await?.into_iter().filter(|u| u.enabled).map(Arc::new).collect();
+async fn read(db: &Db, secrets: &SecretBox) -> Result<Snapshot> {
+    let upstreams = upstreams::list(db, secrets).await?.into_iter().filter(|u| u.enabled).map(Arc::new).collect();
     let prices = pricing::list(db).await?.into_iter().filter(|p| p.enabled).map(|p| (p.model.clone(), p)).collect();
     Ok(Snapshot { upstreams, prices })
 }

@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::clock::{from_micros, to_micros, BusinessCalendar};
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::secrets::SecretBox;
 
 /// Consecutive failures after which an upstream is skipped until a probe succeeds.
 pub const UNHEALTHY_AFTER_FAILURES: i64 = 3;
@@ -46,12 +47,17 @@ const COLUMNS: &str = "id, name, base_url, api_key, models, priority, weight, \
                        healthy, consecutive_failures, \
                        last_error, last_checked_at, created_at, updated_at";
 
-fn from_row(r: UpstreamRow) -> Upstream {
+/// Builds an upstream from its row, opening the sealed credential.
+fn from_row(r: UpstreamRow, secrets: &SecretBox) -> Upstream {
+    let api_key = secrets.open(&r.3).unwrap_or_else(|| {
+        tracing::error!(upstream = %r.1, "the upstream credential cannot be decrypted (GATEWAY_SECRET changed?)");
+        String::new()
+    });
     Upstream {
         id: r.0,
         name: r.1,
         base_url: r.2,
-        api_key: SecretString::from(r.3),
+        api_key: SecretString::from(api_key),
         models: r.4.and_then(|m| serde_json::from_str(&m).ok()),
         priority: r.5,
         weight: r.6,
@@ -162,19 +168,19 @@ fn models_json(models: &Option<Vec<String>>) -> Option<String> {
     models.as_ref().map(|m| serde_json::Value::from(m.clone()).to_string())
 }
 
-pub async fn list(db: &Db) -> Result<Vec<Upstream>> {
+pub async fn list(db: &Db, secrets: &SecretBox) -> Result<Vec<Upstream>> {
     let rows: Vec<UpstreamRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM upstreams ORDER BY priority DESC, id"))
         .fetch_all(db.pool())
         .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    Ok(rows.into_iter().map(|r| from_row(r, secrets)).collect())
 }
 
-pub async fn find(db: &Db, id: i64) -> Result<Upstream> {
+pub async fn find(db: &Db, secrets: &SecretBox, id: i64) -> Result<Upstream> {
     let row: Option<UpstreamRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM upstreams WHERE id = $1"))
         .bind(id)
         .fetch_optional(db.pool())
         .await?;
-    row.map(from_row).ok_or(Error::NotFound("upstream"))
+    row.map(|r| from_row(r, secrets)).ok_or(Error::NotFound("upstream"))
 }
 
 fn name_taken(e: sqlx::Error, name: &str) -> Error {
@@ -185,7 +191,8 @@ fn name_taken(e: sqlx::Error, name: &str) -> Error {
     }
 }
 
-pub async fn create(db: &Db, mut input: UpstreamInput, now: DateTime<Utc>) -> Result<Upstream> {
+/// Stores a new upstream; the credential is sealed at rest.
+pub async fn create(db: &Db, secrets: &SecretBox, mut input: UpstreamInput, now: DateTime<Utc>) -> Result<Upstream> {
     validate(&mut input)?;
     let row: UpstreamRow = sqlx::query_as(&format!(
         "INSERT INTO upstreams (name, base_url, api_key, models, priority, weight, enabled, healthy, \
@@ -194,7 +201,7 @@ pub async fn create(db: &Db, mut input: UpstreamInput, now: DateTime<Utc>) -> Re
     ))
     .bind(&input.name)
     .bind(&input.base_url)
-    .bind(input.api_key.expose_secret())
+    .bind(secrets.seal(input.api_key.expose_secret()))
     .bind(models_json(&input.models))
     .bind(input.priority)
     .bind(input.weight)
@@ -203,11 +210,17 @@ pub async fn create(db: &Db, mut input: UpstreamInput, now: DateTime<Utc>) -> Re
     .fetch_one(db.pool())
     .await
     .map_err(|e| name_taken(e, &input.name))?;
-    Ok(from_row(row))
+    Ok(from_row(row, secrets))
 }
 
 /// Stores merged fields; re-enabling or editing resets the health record.
-pub async fn update(db: &Db, id: i64, mut input: UpstreamInput, now: DateTime<Utc>) -> Result<Upstream> {
+pub async fn update(
+    db: &Db,
+    secrets: &SecretBox,
+    id: i64,
+    mut input: UpstreamInput,
+    now: DateTime<Utc>,
+) -> Result<Upstream> {
     validate(&mut input)?;
     let row: Option<UpstreamRow> = sqlx::query_as(&format!(
         "UPDATE upstreams SET name = $1, base_url = $2, api_key = $3, models = $4, priority = $5, weight = $6, \
@@ -215,7 +228,7 @@ pub async fn update(db: &Db, id: i64, mut input: UpstreamInput, now: DateTime<Ut
     ))
     .bind(&input.name)
     .bind(&input.base_url)
-    .bind(input.api_key.expose_secret())
+    .bind(secrets.seal(input.api_key.expose_secret()))
     .bind(models_json(&input.models))
     .bind(input.priority)
     .bind(input.weight)
@@ -225,7 +238,7 @@ pub async fn update(db: &Db, id: i64, mut input: UpstreamInput, now: DateTime<Ut
     .fetch_optional(db.pool())
     .await
     .map_err(|e| name_taken(e, &input.name))?;
-    row.map(from_row).ok_or(Error::NotFound("upstream"))
+    row.map(|r| from_row(r, secrets)).ok_or(Error::NotFound("upstream"))
 }
 
 pub async fn delete(db: &Db, id: i64) -> Result<()> {
@@ -268,7 +281,8 @@ pub async fn record_success(db: &Db, id: i64, now: DateTime<Utc>) -> Result<()> 
 /// and marks those that answer 2xx healthy again. The job scheduler calls this
 /// periodically; returns how many recovered.
 pub async fn probe_unhealthy_once(state: &AppState) -> Result<usize> {
-    let unhealthy: Vec<Upstream> = list(&state.db).await?.into_iter().filter(|u| u.enabled && !u.healthy).collect();
+    let unhealthy: Vec<Upstream> =
+        list(&state.db, &state.secrets).await?.into_iter().filter(|u| u.enabled && !u.healthy).collect();
     let mut recovered = 0;
     for upstream in unhealthy {
         let response = state
