@@ -24,6 +24,10 @@ pub struct AppState {
     pub settings: SettingsStore,
     /// Work that must finish even if the client goes away (billing, logs).
     pub tasks: TaskTracker,
+    /// The one HTTP client for upstream calls (connection pooling, connect timeout).
+    pub http: reqwest::Client,
+    /// Cached enabled upstreams and prices for the proxy's hot path.
+    pub catalog: crate::proxy::catalog::Catalog,
 }
 
 impl AppState {
@@ -60,7 +64,16 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
         let settings = SettingsStore::load(db.clone()).await?;
-        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new() };
+        crate::proxy::pricing::seed_defaults(&db, clock.now()).await?;
+        let catalog = crate::proxy::catalog::Catalog::load(db.clone()).await?;
+        // No total timeout: streams may run for many minutes; the first-byte timeout
+        // is applied per attempt by the proxy.
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build()?;
+        let state =
+            AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new(), http, catalog };
         Ok(Application { listener, state })
     }
 

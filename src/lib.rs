@@ -10,6 +10,7 @@
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
 //! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
+//! - [`proxy`]: the OpenAI-compatible `/v1` gateway: upstreams, prices, metering.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
@@ -24,6 +25,7 @@ pub mod db;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod proxy;
 pub mod routes;
 pub mod settings;
 pub mod users;

@@ -17,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(crate::api::router())
+        .merge(crate::proxy::router())
         .merge(crate::web::router())
         .fallback(fallback)
         .layer(TraceLayer::new_for_http())

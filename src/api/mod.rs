@@ -8,7 +8,9 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod pagination;
+pub mod prices;
 pub mod settings;
+pub mod upstreams;
 
 use axum::Router;
 use serde::{Deserialize, Deserializer};
@@ -18,7 +20,13 @@ use crate::error::Error;
 
 /// Every `/api` route.
 pub fn router() -> Router<AppState> {
-    Router::new().merge(accounts::router()).merge(keys::router()).merge(admin_users::router()).merge(settings::router())
+    Router::new()
+        .merge(accounts::router())
+        .merge(keys::router())
+        .merge(admin_users::router())
+        .merge(settings::router())
+        .merge(upstreams::router())
+        .merge(prices::router())
 }
 
 /// The JSON answer for an unknown `/api` path.
