@@ -48,7 +48,7 @@ struct MockArgs {
     /// Answer length in bytes (0 = the short default text).
     #[arg(long, default_value_t = 0)]
     response_bytes: usize,
-    /// Fault for every request: fail-500, fail-429, die, no-usage (per request: header x-mock-fault).
+    /// Fault for every request: fail-500, fail-429, fail-400, die, no-usage (per request: header x-mock-fault).
     #[arg(long)]
     fault: Option<String>,
 }

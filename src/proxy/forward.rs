@@ -198,7 +198,7 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
             .await
             .map_err(|e| if e.is_timeout() { Failure::Timeout } else { Failure::Connect(without_url(&e)) })?;
         let status = response.status();
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        if is_upstream_failure(status) {
             let text = response.text().await.unwrap_or_default();
             return Err(Failure::Status(status.as_u16(), text.chars().take(300).collect()));
         }
@@ -212,6 +212,14 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
         Ok(Answer { status, headers, first, rest })
     };
     tokio::time::timeout(timeout, send).await.map_err(|_| Failure::Timeout)?
+}
+
+/// Answers that say "this upstream cannot serve now", not "this request is wrong":
+/// 5xx, 429, and 401/403 (the upstream's credential is the gateway's problem, never
+/// shown to the user as theirs). Other 4xx are passed through to the client.
+fn is_upstream_failure(status: StatusCode) -> bool {
+    status.is_server_error()
+        || matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
 }
 
 /// reqwest errors name the URL; upstream URLs are not secret but keep logs short.

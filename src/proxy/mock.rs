@@ -3,8 +3,8 @@
 //! benchmarks (`codex-gateway mock-upstream`).
 //!
 //! Faults are chosen per instance ([`MockOptions::fault`]) or per request, by header
-//! `x-mock-fault: fail-500 | fail-429 | die | no-usage` or by model name
-//! `mock-fail-500`, `mock-fail-429`, `mock-die`, `mock-no-usage`.
+//! `x-mock-fault: fail-500 | fail-429 | fail-400 | die | no-usage` or by model name
+//! `mock-fail-500`, `mock-fail-429`, `mock-fail-400`, `mock-die`, `mock-no-usage`.
 //!
 //! The Responses stream follows what the Codex CLI consumes: `response.created`,
 //! `response.output_item.added`, `response.content_part.added`, text deltas,
@@ -32,6 +32,8 @@ use tokio::sync::Semaphore;
 pub enum Fault {
     Fail500,
     Fail429,
+    /// Refuse the request as malformed (a client error the gateway passes through).
+    Fail400,
     /// Send the first events, then break the connection.
     DieMidStream,
     /// Answer normally but never report usage.
@@ -43,6 +45,7 @@ impl Fault {
         match text.trim_start_matches("mock-") {
             "fail-500" => Some(Fault::Fail500),
             "fail-429" => Some(Fault::Fail429),
+            "fail-400" => Some(Fault::Fail400),
             "die" => Some(Fault::DieMidStream),
             "no-usage" => Some(Fault::NoUsage),
             _ => None,
@@ -62,6 +65,8 @@ pub struct MockUsage {
 /// How the mock behaves.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
+    /// Pause before answering at all (drives first-byte timeouts).
+    pub initial_delay: Duration,
     /// Pause before each event after the first.
     pub delay: Duration,
     /// Number of text deltas the answer is split into.
@@ -78,6 +83,7 @@ pub struct MockOptions {
 impl Default for MockOptions {
     fn default() -> Self {
         MockOptions {
+            initial_delay: Duration::ZERO,
             delay: Duration::ZERO,
             chunks: 4,
             response_bytes: 0,
@@ -161,6 +167,9 @@ async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, bo
     if let Ok(mut seen) = state.seen.lock() {
         seen.push(Seen { path: uri.path().to_string(), headers: headers.clone(), body: body.clone() });
     }
+    if !state.options.initial_delay.is_zero() {
+        tokio::time::sleep(state.options.initial_delay).await;
+    }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = request["model"].as_str().unwrap_or("mock").to_string();
     let fault = headers
@@ -172,6 +181,7 @@ async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, bo
     match fault {
         Some(Fault::Fail500) => return error(StatusCode::INTERNAL_SERVER_ERROR, "mock upstream failure"),
         Some(Fault::Fail429) => return error(StatusCode::TOO_MANY_REQUESTS, "mock upstream rate limit"),
+        Some(Fault::Fail400) => return error(StatusCode::BAD_REQUEST, "mock upstream refuses this request"),
         _ => {}
     }
     let chat = uri.path().ends_with("/chat/completions");

@@ -7,3 +7,4 @@ mod accounts;
 mod admin;
 mod keys;
 mod proxy;
+mod proxy_failures;
