@@ -17,12 +17,13 @@ use secrecy::ExposeSecret;
 use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
 use super::metering::{estimate_tokens, Api, Meter};
-use super::pricing::{self, Usage};
+use super::pricing::{self, ModelPrice, Usage};
 use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, ClientRequest};
 use super::upstreams::{self, Upstream};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, KeyOwner};
-use crate::billing::{self, AdmissionRequest, UsageRecord};
+use crate::billing::{self, AdmissionRequest, Hold, UsageRecord};
+use crate::money::Money;
 
 /// Checks the `sk-...` key of a `/v1` request.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyOwner, ProxyError> {
@@ -52,6 +53,7 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
             format!("no upstream is configured to serve `{}`", request.model),
         ));
     }
+    let upstream_body = request.upstream_body(api, bytes.clone())?;
     let settings = state.settings.get().await?;
     let worst_case = Usage {
         input: estimate_tokens(bytes.len() as u64),
@@ -65,7 +67,58 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         &AdmissionRequest { user_id: owner.user_id, api_key_id: owner.key_id, hold: hold_amount },
     )
     .await?;
+    let admitted = Admitted {
+        state: state.clone(),
+        api,
+        hold,
+        request,
+        request_bytes: bytes.len(),
+        upstream_body,
+        outgoing: forwarded_headers(&headers),
+        price,
+        markup: settings.markup,
+        attempts: usize::try_from(settings.upstream_max_attempts.clamp(1, 10)).unwrap_or(1),
+        candidates,
+    };
+    // From here on the request must settle. The rest runs in a tracked task, so a
+    // client that goes away while an upstream is being tried cannot cancel it (the
+    // response it then produces is dropped, which settles it as a disconnect).
+    match state.tasks.spawn(forward_admitted(admitted)).await {
+        Ok(result) => result,
+        Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
+    }
+}
 
+/// An admitted request on its way upstream.
+struct Admitted {
+    state: AppState,
+    api: Api,
+    hold: Hold,
+    request: ClientRequest,
+    request_bytes: usize,
+    upstream_body: Bytes,
+    outgoing: reqwest::header::HeaderMap,
+    price: ModelPrice,
+    markup: Money,
+    attempts: usize,
+    candidates: Vec<Arc<Upstream>>,
+}
+
+/// Tries the candidates in order until one answers; settles at no cost if none does.
+async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
+    let Admitted {
+        state,
+        api,
+        hold,
+        request,
+        request_bytes,
+        upstream_body,
+        outgoing,
+        price,
+        markup,
+        attempts,
+        candidates,
+    } = a;
     let request_id = format!("req_{}", crate::auth::random_token(24));
     let mut record = UsageRecord {
         request_id: request_id.clone(),
@@ -74,18 +127,7 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         streamed: request.stream,
         ..UsageRecord::default()
     };
-    let upstream_body = match request.upstream_body(api, bytes.clone()) {
-        Ok(b) => b,
-        Err(e) => {
-            record.status_code = e.status.as_u16();
-            record.error = Some(e.message.clone());
-            spawn_settle(state, hold, record, false);
-            return Err(e);
-        }
-    };
-    let outgoing = forwarded_headers(&headers);
     let started = Instant::now();
-    let attempts = usize::try_from(settings.upstream_max_attempts.clamp(1, 10)).unwrap_or(1);
     let mut last_failure: Option<Failure> = None;
     for upstream in candidates.iter().take(attempts) {
         let call = Call { state: &state, upstream, api, headers: &outgoing, body: upstream_body.clone() };
@@ -101,16 +143,8 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
                 if !billable {
                     record.error = Some(format!("upstream answered {}", answer.status));
                 }
-                let settlement = Settlement {
-                    state: state.clone(),
-                    hold,
-                    record,
-                    price,
-                    markup: settings.markup,
-                    request_bytes: bytes.len(),
-                    started,
-                    billable,
-                };
+                let settlement =
+                    Settlement { state: state.clone(), hold, record, price, markup, request_bytes, started, billable };
                 return Ok(respond(answer, &request, api, settlement, &request_id));
             }
             Err(failure) => {

@@ -13,6 +13,7 @@ use crate::proxy::{add_upstream, balance_and_held, mock, setup, usage_rows, v1};
 on_both_databases!(
     upstream_client_errors_are_passed_through_and_logged_at_no_cost,
     a_stream_that_never_reports_usage_is_billed_on_the_documented_estimate,
+    a_client_leaving_before_the_first_byte_still_settles_its_hold,
 );
 
 async fn upstream_client_errors_are_passed_through_and_logged_at_no_cost(app: TestApp) {
@@ -56,6 +57,23 @@ async fn a_stream_that_never_reports_usage_is_billed_on_the_documented_estimate(
     let total: i64 = rows.iter().map(|r| r.cost).sum();
     assert!(total > 0);
     assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - total, 0));
+    app.assert_money_invariants().await;
+}
+
+async fn a_client_leaving_before_the_first_byte_still_settles_its_hold(app: TestApp) {
+    let slow = MockOptions { initial_delay: Duration::from_millis(600), ..MockOptions::default() };
+    let s = setup(&app, slow, Some("10")).await;
+    let gone = v1(&app, "/v1/responses", &s.key)
+        .timeout(Duration::from_millis(150))
+        .json(&json!({"model": "gpt-5", "stream": true, "input": "hi"}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up before the upstream answered");
+    let row = usage_rows(&app, 1).await.remove(0);
+    assert_eq!(row.status_code, 200, "the upstream did answer");
+    assert!(row.error.as_deref().unwrap().contains("client disconnected"), "{row:?}");
+    assert!(row.estimated && row.tokens.2 == 0, "nothing was streamed: {row:?}");
+    assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - row.cost, 0), "hold released");
     app.assert_money_invariants().await;
 }
 
