@@ -7,4 +7,5 @@ mod accounts;
 mod admin;
 mod keys;
 mod proxy;
+mod proxy_admin;
 mod proxy_failures;

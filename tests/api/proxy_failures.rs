@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 use crate::on_both_databases;
-use crate::proxy::{add_upstream, balance_and_held, mock, setup, usage_rows, v1};
+use crate::proxy::{add_upstream, assert_openai_error, balance_and_held, mock, setup, usage_rows, v1};
 
 on_both_databases!(
     upstream_client_errors_are_passed_through_and_logged_at_no_cost,
@@ -109,4 +109,28 @@ async fn a_slow_upstream_is_abandoned_at_the_first_byte_timeout_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_is_abandoned_at_the_first_byte_timeout_on_postgres() {
     a_slow_upstream_is_abandoned_at_the_first_byte_timeout(Backend::Postgres).await;
+}
+
+async fn oversized_bodies_get_a_413(backend: Backend) {
+    let app = spawn_app_with(backend, &[("GATEWAY_MAX_BODY_BYTES", "2000")]).await;
+    let s = setup(&app, MockOptions::default(), Some("10")).await;
+    let huge = json!({"model": "gpt-5", "input": "x".repeat(5000)});
+    let resp = v1(&app, "/v1/responses", &s.key).json(&huge).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_openai_error(&resp.json().await.unwrap(), "request_too_large");
+    // Without a Content-Length (chunked), the limit still applies while reading.
+    let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 500])));
+    let resp = v1(&app, "/v1/responses", &s.key).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(s.mock.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_a_413_on_sqlite() {
+    oversized_bodies_get_a_413(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_a_413_on_postgres() {
+    oversized_bodies_get_a_413(Backend::Postgres).await;
 }
