@@ -38,6 +38,8 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyOw
 
 /// Handles one `/v1/responses` or `/v1/chat/completions` request end to end.
 pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Result<Response, ProxyError> {
+    // Latencies in the usage log count from arrival, gateway work included.
+    let arrived = Instant::now();
     let owner = authenticate(&state, &headers).await?;
     let bytes = read_body(&headers, body, state.config.max_body_bytes).await?;
     let request = ClientRequest::parse(&bytes)?;
@@ -79,6 +81,7 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         markup: settings.markup,
         attempts: usize::try_from(settings.upstream_max_attempts.clamp(1, 10)).unwrap_or(1),
         candidates,
+        arrived,
     };
     // From here on the request must settle. The rest runs in a tracked task, so a
     // client that goes away while an upstream is being tried cannot cancel it (the
@@ -102,6 +105,7 @@ struct Admitted {
     markup: Money,
     attempts: usize,
     candidates: Vec<Arc<Upstream>>,
+    arrived: Instant,
 }
 
 /// Tries the candidates in order until one answers; settles at no cost if none does.
@@ -118,6 +122,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         markup,
         attempts,
         candidates,
+        arrived,
     } = a;
     let request_id = format!("req_{}", crate::auth::random_token(24));
     let mut record = UsageRecord {
@@ -127,7 +132,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         streamed: request.stream,
         ..UsageRecord::default()
     };
-    let started = Instant::now();
+    let started = arrived;
     let mut last_failure: Option<Failure> = None;
     for upstream in candidates.iter().take(attempts) {
         let call = Call { state: &state, upstream, api, headers: &outgoing, body: upstream_body.clone() };

@@ -91,6 +91,8 @@ async fn admins_manage_prices_and_the_model_list_follows(app: TestApp) {
     assert_eq!(usage_rows(&app, 1).await[0].cost, 1_010);
 
     assert_eq!(app.delete("/api/admin/prices/house-model", &s.admin).await.status, StatusCode::NO_CONTENT);
+    let dotted = app.put("/api/admin/prices/gpt-5.1-codex", &s.admin, json!({"output": "12.5"})).await;
+    assert_eq!((dotted.status, dotted.body["output"].clone()), (StatusCode::OK, json!("12.50")));
     let gone =
         v1(&app, "/v1/responses", &s.key).json(&json!({"model": "house-model", "input": "hi"})).send().await.unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
