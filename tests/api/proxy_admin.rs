@@ -82,6 +82,10 @@ async fn admins_manage_prices_and_the_model_list_follows(app: TestApp) {
     assert_eq!(models["object"], "list");
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"house-model") && ids.contains(&"gpt-5"), "{ids:?}");
+    let one = app.client.get(app.url("/v1/models/house-model")).bearer_auth(&s.key).send().await.unwrap();
+    assert_eq!(one.json::<Value>().await.unwrap()["id"], "house-model");
+    let none = app.client.get(app.url("/v1/models/nope")).bearer_auth(&s.key).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::NOT_FOUND);
 
     // Repricing applies to the next request: 800×0.5 + 200×0.05 + 300×2 = 1010 micro-USD.
     let r =
