@@ -18,7 +18,7 @@ use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
 use super::metering::{estimate_tokens, Api, Meter};
 use super::pricing::{self, ModelPrice, Usage};
-use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, ClientRequest};
+use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest};
 use super::upstreams::{self, Upstream};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, KeyOwner};
@@ -135,7 +135,12 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
     let started = arrived;
     let mut last_failure: Option<Failure> = None;
     for upstream in candidates.iter().take(attempts) {
-        let call = Call { state: &state, upstream, api, headers: &outgoing, body: upstream_body.clone() };
+        let body = match upstream.mapped_model(&request.model) {
+            // Cannot fail: the body was parsed as JSON before admission.
+            Some(name) => with_model(&upstream_body, name).unwrap_or_else(|_| upstream_body.clone()),
+            None => upstream_body.clone(),
+        };
+        let call = Call { state: &state, upstream, api, headers: &outgoing, body };
         match attempt(call).await {
             Ok(answer) => {
                 if upstream.consecutive_failures > 0 || !upstream.healthy {

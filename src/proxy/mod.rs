@@ -57,7 +57,7 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     let snapshot = state.catalog.get().await;
     let mut names: Vec<&String> = snapshot.prices.keys().collect();
     names.sort();
-    let data: Vec<_> = names.into_iter().map(|id| model_object(id)).collect::<Vec<_>>();
+    let data: Vec<_> = names.into_iter().map(|id| model_object(id)).collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
 

@@ -4,6 +4,8 @@
 //! The credential (`api_key`) is write-only: it is stored, sent upstream, and never
 //! returned (views show `api_key_set` and a masked hint) nor logged (`Debug` redacts it).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -26,6 +28,8 @@ pub struct Upstream {
     pub api_key: SecretString,
     /// Models it serves; `None` = all.
     pub models: Option<Vec<String>>,
+    /// Model names rewritten for this upstream (client's name → upstream's name).
+    pub model_map: Option<BTreeMap<String, String>>,
     pub priority: i64,
     pub weight: i64,
     pub enabled: bool,
@@ -37,14 +41,29 @@ pub struct Upstream {
     pub updated_at: i64,
 }
 
-type UpstreamRow =
-    (i64, String, String, String, Option<String>, i64, i64, i64, i64, i64, Option<String>, Option<i64>, i64, i64);
+type UpstreamRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+    Option<String>,
+);
 
 /// Booleans are read as integers: the Any driver cannot decode SQLite's BOOLEAN.
 const COLUMNS: &str = "id, name, base_url, api_key, models, priority, weight, \
                        CASE WHEN enabled = TRUE THEN 1 ELSE 0 END AS enabled, \
                        CASE WHEN healthy = TRUE THEN 1 ELSE 0 END AS healthy, consecutive_failures, \
-                       last_error, last_checked_at, created_at, updated_at";
+                       last_error, last_checked_at, created_at, updated_at, model_map";
 
 fn from_row(r: UpstreamRow) -> Upstream {
     Upstream {
@@ -62,6 +81,7 @@ fn from_row(r: UpstreamRow) -> Upstream {
         last_checked_at: r.11,
         created_at: r.12,
         updated_at: r.13,
+        model_map: r.14.and_then(|m| serde_json::from_str(&m).ok()),
     }
 }
 
@@ -69,6 +89,11 @@ impl Upstream {
     /// Whether this upstream may be asked for `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|models| models.iter().any(|m| m == model))
+    }
+
+    /// The model name to send this upstream for the client's `model`, when it differs.
+    pub fn mapped_model(&self, model: &str) -> Option<&str> {
+        self.model_map.as_ref()?.get(model).map(String::as_str)
     }
 
     /// `{base_url}{path}`, e.g. `.../v1` + `/responses`.
@@ -86,6 +111,7 @@ impl Upstream {
             api_key_set: !key.is_empty(),
             api_key_hint: hint,
             models: self.models.clone(),
+            model_map: self.model_map.clone(),
             priority: self.priority,
             weight: self.weight,
             enabled: self.enabled,
@@ -108,6 +134,7 @@ pub struct UpstreamView {
     pub api_key_set: bool,
     pub api_key_hint: String,
     pub models: Option<Vec<String>>,
+    pub model_map: Option<BTreeMap<String, String>>,
     pub priority: i64,
     pub weight: i64,
     pub enabled: bool,
@@ -126,6 +153,7 @@ pub struct UpstreamInput {
     pub base_url: String,
     pub api_key: SecretString,
     pub models: Option<Vec<String>>,
+    pub model_map: Option<BTreeMap<String, String>>,
     pub priority: i64,
     pub weight: i64,
     pub enabled: bool,
@@ -149,6 +177,11 @@ pub fn validate(input: &mut UpstreamInput) -> Result<()> {
         models.retain(|m| !m.trim().is_empty());
         models.iter_mut().for_each(|m| *m = m.trim().to_string());
     }
+    if let Some(map) = &input.model_map {
+        if map.iter().any(|(from, to)| from.trim().is_empty() || to.trim().is_empty()) {
+            return Err(Error::validation("model_map", "names must not be empty"));
+        }
+    }
     if !(1..=1000).contains(&input.weight) {
         return Err(Error::validation("weight", "must be between 1 and 1000"));
     }
@@ -160,6 +193,10 @@ pub fn validate(input: &mut UpstreamInput) -> Result<()> {
 
 fn models_json(models: &Option<Vec<String>>) -> Option<String> {
     models.as_ref().map(|m| serde_json::Value::from(m.clone()).to_string())
+}
+
+fn model_map_json(map: &Option<BTreeMap<String, String>>) -> Option<String> {
+    map.as_ref().and_then(|m| serde_json::to_string(m).ok())
 }
 
 pub async fn list(db: &Db) -> Result<Vec<Upstream>> {
@@ -189,8 +226,8 @@ pub async fn create(db: &Db, mut input: UpstreamInput, now: DateTime<Utc>) -> Re
     validate(&mut input)?;
     let row: UpstreamRow = sqlx::query_as(&format!(
         "INSERT INTO upstreams (name, base_url, api_key, models, priority, weight, enabled, healthy, \
-           consecutive_failures, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, 0, $8, $8) \
-         RETURNING {COLUMNS}"
+           consecutive_failures, created_at, updated_at, model_map) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, 0, $8, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(&input.name)
     .bind(&input.base_url)
@@ -200,6 +237,7 @@ pub async fn create(db: &Db, mut input: UpstreamInput, now: DateTime<Utc>) -> Re
     .bind(input.weight)
     .bind(input.enabled)
     .bind(to_micros(now))
+    .bind(model_map_json(&input.model_map))
     .fetch_one(db.pool())
     .await
     .map_err(|e| name_taken(e, &input.name))?;
@@ -211,7 +249,8 @@ pub async fn update(db: &Db, id: i64, mut input: UpstreamInput, now: DateTime<Ut
     validate(&mut input)?;
     let row: Option<UpstreamRow> = sqlx::query_as(&format!(
         "UPDATE upstreams SET name = $1, base_url = $2, api_key = $3, models = $4, priority = $5, weight = $6, \
-           enabled = $7, healthy = TRUE, consecutive_failures = 0, updated_at = $8 WHERE id = $9 RETURNING {COLUMNS}"
+           enabled = $7, healthy = TRUE, consecutive_failures = 0, updated_at = $8, model_map = $10 \
+         WHERE id = $9 RETURNING {COLUMNS}"
     ))
     .bind(&input.name)
     .bind(&input.base_url)
@@ -222,6 +261,7 @@ pub async fn update(db: &Db, id: i64, mut input: UpstreamInput, now: DateTime<Ut
     .bind(input.enabled)
     .bind(to_micros(now))
     .bind(id)
+    .bind(model_map_json(&input.model_map))
     .fetch_optional(db.pool())
     .await
     .map_err(|e| name_taken(e, &input.name))?;

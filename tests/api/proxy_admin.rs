@@ -11,7 +11,27 @@ use crate::proxy::{setup, usage_rows, v1};
 on_both_databases!(
     admins_manage_upstreams_without_ever_seeing_the_credential,
     admins_manage_prices_and_the_model_list_follows,
+    an_upstream_model_map_renames_the_model_only_upstream,
 );
+
+async fn an_upstream_model_map_renames_the_model_only_upstream(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("10")).await;
+    let id = app.get("/api/admin/upstreams", &s.admin).await.body["items"][0]["id"].as_i64().unwrap();
+    let path = format!("/api/admin/upstreams/{id}");
+    let r = app.put(&path, &s.admin, json!({"model_map": {"gpt-5": "vendor-gpt-5-2025"}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["model_map"]["gpt-5"], "vendor-gpt-5-2025");
+    let resp = v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "input": "hi"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.bytes().await.unwrap();
+    let sent: Value = serde_json::from_slice(&s.mock.last().unwrap().body).unwrap();
+    assert_eq!((sent["model"].clone(), sent["input"].clone()), (json!("vendor-gpt-5-2025"), json!("hi")));
+    let row = usage_rows(&app, 1).await.remove(0);
+    assert_eq!((row.model.as_str(), row.cost), ("gpt-5", 4_025), "billed under the client's model");
+    let cleared = app.put(&path, &s.admin, json!({"model_map": null})).await;
+    assert_eq!(cleared.body["model_map"], Value::Null);
+    app.assert_money_invariants().await;
+}
 
 async fn admins_manage_upstreams_without_ever_seeing_the_credential(app: TestApp) {
     let s = setup(&app, MockOptions::default(), Some("10")).await;
