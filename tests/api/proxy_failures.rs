@@ -14,7 +14,19 @@ on_both_databases!(
     upstream_client_errors_are_passed_through_and_logged_at_no_cost,
     a_stream_that_never_reports_usage_is_billed_on_the_documented_estimate,
     a_client_leaving_before_the_first_byte_still_settles_its_hold,
+    bodies_of_several_megabytes_pass_under_the_default_limit,
 );
+
+async fn bodies_of_several_megabytes_pass_under_the_default_limit(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("10")).await;
+    let big = json!({"model": "gpt-5", "input": "x".repeat(3 * 1024 * 1024)});
+    let resp = v1(&app, "/v1/responses", &s.key).json(&big).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.bytes().await.unwrap();
+    assert_eq!(s.mock.last().unwrap().body.len(), serde_json::to_vec(&big).unwrap().len(), "forwarded whole");
+    assert_eq!(usage_rows(&app, 1).await[0].cost, 4_025);
+    app.assert_money_invariants().await;
+}
 
 async fn upstream_client_errors_are_passed_through_and_logged_at_no_cost(app: TestApp) {
     let s = setup(&app, MockOptions::default(), Some("10")).await;
