@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::proxy::mock::{Fault, MockOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -15,7 +15,45 @@ on_both_databases!(
     a_stream_that_never_reports_usage_is_billed_on_the_documented_estimate,
     a_client_leaving_before_the_first_byte_still_settles_its_hold,
     bodies_of_several_megabytes_pass_under_the_default_limit,
+    a_rate_limited_upstream_is_skipped_before_the_first_byte,
+    concurrent_streams_are_each_billed_exactly_once,
 );
+
+async fn a_rate_limited_upstream_is_skipped_before_the_first_byte(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("10")).await;
+    let limited = mock(MockOptions { fault: Some(Fault::Fail429), ..MockOptions::default() }).await;
+    add_upstream(&app, &s.admin, "limited", &limited, 10).await;
+    let resp = v1(&app, "/v1/chat/completions", &s.key)
+        .json(&json!({"model": "gpt-5", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!((limited.requests(), s.mock.requests()), (1, 1));
+    assert_eq!(usage_rows(&app, 1).await[0].cost, 4_025);
+    app.assert_money_invariants().await;
+}
+
+async fn concurrent_streams_are_each_billed_exactly_once(app: TestApp) {
+    let s = setup(&app, MockOptions { chunks: 10, ..MockOptions::default() }, Some("10")).await;
+    let requests = (0..16).map(|i| {
+        let path = if i % 2 == 0 { "/v1/responses" } else { "/v1/chat/completions" };
+        let body =
+            json!({"model": "gpt-5", "stream": true, "input": "hi", "messages": [{"role": "user", "content": "hi"}]});
+        let request = v1(&app, path, &s.key).json(&body);
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.bytes().await.unwrap()
+        }
+    });
+    futures::future::join_all(requests).await;
+    let rows = usage_rows(&app, 16).await;
+    assert!(rows.iter().all(|r| r.cost == 4_025 && !r.estimated));
+    assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - 16 * 4_025, 0));
+    app.assert_money_invariants().await;
+}
 
 async fn bodies_of_several_megabytes_pass_under_the_default_limit(app: TestApp) {
     let s = setup(&app, MockOptions::default(), Some("10")).await;
