@@ -32,6 +32,8 @@ struct UpstreamBody {
     api_key: Option<String>,
     #[serde(default, deserialize_with = "super::nullable")]
     models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    model_map: Option<Option<std::collections::BTreeMap<String, String>>>,
     priority: Option<i64>,
     weight: Option<i64>,
     enabled: Option<bool>,
@@ -62,6 +64,7 @@ async fn create(
         base_url: body.base_url.ok_or_else(|| Error::validation("base_url", "is required"))?,
         api_key: SecretString::from(body.api_key.ok_or_else(|| Error::validation("api_key", "is required"))?),
         models: body.models.flatten(),
+        model_map: body.model_map.flatten(),
         priority: body.priority.unwrap_or(0),
         weight: body.weight.unwrap_or(1),
         enabled: body.enabled.unwrap_or(true),
@@ -87,6 +90,7 @@ async fn update(
         base_url: body.base_url.unwrap_or(current.base_url),
         api_key: body.api_key.map(SecretString::from).unwrap_or(current.api_key),
         models: body.models.unwrap_or(current.models),
+        model_map: body.model_map.unwrap_or(current.model_map),
         priority: body.priority.unwrap_or(current.priority),
         weight: body.weight.unwrap_or(current.weight),
         enabled: body.enabled.unwrap_or(current.enabled),

@@ -141,6 +141,7 @@ mod tests {
             base_url: "http://x/v1".into(),
             api_key: SecretString::from("k"),
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            model_map: None,
             priority,
             weight,
             enabled: true,

@@ -17,12 +17,13 @@ use secrecy::ExposeSecret;
 use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
 use super::metering::{estimate_tokens, Api, Meter};
-use super::pricing::{self, Usage};
-use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, ClientRequest};
+use super::pricing::{self, ModelPrice, Usage};
+use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest};
 use super::upstreams::{self, Upstream};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, KeyOwner};
-use crate::billing::{self, AdmissionRequest, UsageRecord};
+use crate::billing::{self, AdmissionRequest, Hold, UsageRecord};
+use crate::money::Money;
 
 /// Checks the `sk-...` key of a `/v1` request.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyOwner, ProxyError> {
@@ -37,6 +38,8 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyOw
 
 /// Handles one `/v1/responses` or `/v1/chat/completions` request end to end.
 pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Result<Response, ProxyError> {
+    // Latencies in the usage log count from arrival, gateway work included.
+    let arrived = Instant::now();
     let owner = authenticate(&state, &headers).await?;
     let bytes = read_body(&headers, body, state.config.max_body_bytes).await?;
     let request = ClientRequest::parse(&bytes)?;
@@ -52,6 +55,7 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
             format!("no upstream is configured to serve `{}`", request.model),
         ));
     }
+    let upstream_body = request.upstream_body(api, bytes.clone())?;
     let settings = state.settings.get().await?;
     let worst_case = Usage {
         input: estimate_tokens(bytes.len() as u64),
@@ -65,7 +69,61 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         &AdmissionRequest { user_id: owner.user_id, api_key_id: owner.key_id, hold: hold_amount },
     )
     .await?;
+    let admitted = Admitted {
+        state: state.clone(),
+        api,
+        hold,
+        request,
+        request_bytes: bytes.len(),
+        upstream_body,
+        outgoing: forwarded_headers(&headers),
+        price,
+        markup: settings.markup,
+        attempts: usize::try_from(settings.upstream_max_attempts.clamp(1, 10)).unwrap_or(1),
+        candidates,
+        arrived,
+    };
+    // From here on the request must settle. The rest runs in a tracked task, so a
+    // client that goes away while an upstream is being tried cannot cancel it (the
+    // response it then produces is dropped, which settles it as a disconnect).
+    match state.tasks.spawn(forward_admitted(admitted)).await {
+        Ok(result) => result,
+        Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
+    }
+}
 
+/// An admitted request on its way upstream.
+struct Admitted {
+    state: AppState,
+    api: Api,
+    hold: Hold,
+    request: ClientRequest,
+    request_bytes: usize,
+    upstream_body: Bytes,
+    outgoing: reqwest::header::HeaderMap,
+    price: ModelPrice,
+    markup: Money,
+    attempts: usize,
+    candidates: Vec<Arc<Upstream>>,
+    arrived: Instant,
+}
+
+/// Tries the candidates in order until one answers; settles at no cost if none does.
+async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
+    let Admitted {
+        state,
+        api,
+        hold,
+        request,
+        request_bytes,
+        upstream_body,
+        outgoing,
+        price,
+        markup,
+        attempts,
+        candidates,
+        arrived,
+    } = a;
     let request_id = format!("req_{}", crate::auth::random_token(24));
     let mut record = UsageRecord {
         request_id: request_id.clone(),
@@ -74,21 +132,15 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         streamed: request.stream,
         ..UsageRecord::default()
     };
-    let upstream_body = match request.upstream_body(api, bytes.clone()) {
-        Ok(b) => b,
-        Err(e) => {
-            record.status_code = e.status.as_u16();
-            record.error = Some(e.message.clone());
-            spawn_settle(state, hold, record, false);
-            return Err(e);
-        }
-    };
-    let outgoing = forwarded_headers(&headers);
-    let started = Instant::now();
-    let attempts = usize::try_from(settings.upstream_max_attempts.clamp(1, 10)).unwrap_or(1);
+    let started = arrived;
     let mut last_failure: Option<Failure> = None;
     for upstream in candidates.iter().take(attempts) {
-        let call = Call { state: &state, upstream, api, headers: &outgoing, body: upstream_body.clone() };
+        let body = match upstream.mapped_model(&request.model) {
+            // Cannot fail: the body was parsed as JSON before admission.
+            Some(name) => with_model(&upstream_body, name).unwrap_or_else(|_| upstream_body.clone()),
+            None => upstream_body.clone(),
+        };
+        let call = Call { state: &state, upstream, api, headers: &outgoing, body };
         match attempt(call).await {
             Ok(answer) => {
                 if upstream.consecutive_failures > 0 || !upstream.healthy {
@@ -101,16 +153,8 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
                 if !billable {
                     record.error = Some(format!("upstream answered {}", answer.status));
                 }
-                let settlement = Settlement {
-                    state: state.clone(),
-                    hold,
-                    record,
-                    price,
-                    markup: settings.markup,
-                    request_bytes: bytes.len(),
-                    started,
-                    billable,
-                };
+                let settlement =
+                    Settlement { state: state.clone(), hold, record, price, markup, request_bytes, started, billable };
                 return Ok(respond(answer, &request, api, settlement, &request_id));
             }
             Err(failure) => {

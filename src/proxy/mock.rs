@@ -144,6 +144,8 @@ pub async fn serve_mock(listener: TcpListener, options: MockOptions) -> std::io:
         .route("/v1/responses", post(answer))
         .route("/v1/chat/completions", post(answer))
         .route("/v1/models", get(models))
+        // Codex prompts with long histories are large; accept what the gateway accepts.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)

@@ -21,7 +21,7 @@ pub mod sse;
 pub mod upstreams;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/responses", post(responses))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
 }
 
 async fn responses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -56,9 +57,24 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     let snapshot = state.catalog.get().await;
     let mut names: Vec<&String> = snapshot.prices.keys().collect();
     names.sort();
-    let data: Vec<_> = names
-        .into_iter()
-        .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "codex-gateway" }))
-        .collect();
+    let data: Vec<_> = names.into_iter().map(|id| model_object(id)).collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// One priced model (`client.models.retrieve`), 404 `model_not_found` otherwise.
+async fn model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
+    forward::authenticate(&state, &headers).await?;
+    let snapshot = state.catalog.get().await;
+    if !snapshot.prices.contains_key(&model) {
+        return Err(ProxyError::model_not_found(&model));
+    }
+    Ok(Json(model_object(&model)).into_response())
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({ "id": id, "object": "model", "created": 0, "owned_by": "codex-gateway" })
 }

@@ -1,6 +1,7 @@
 //! What the gateway reads from a client's request: the key, the body (size-limited),
 //! and from the JSON only `model`, `stream` and the output-token limits. The body is
-//! forwarded as received, except one documented rewrite: a streaming Chat
+//! forwarded as received, except two documented rewrites: an upstream's `model_map`
+//! ([`with_model`]), and a streaming Chat
 //! Completions request that did not ask for usage gets
 //! `stream_options.include_usage: true` added (the usage chunk is then hidden from
 //! the client again, see [`super::metering`]).
@@ -95,6 +96,19 @@ impl ClientRequest {
             .map(Bytes::from)
             .map_err(|e| ProxyError::from(crate::error::Error::internal(e.to_string())))
     }
+}
+
+/// The body with `model` replaced, for an upstream that names the model differently
+/// (its `model_map`); the usage log and price keep the client's name.
+pub fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ProxyError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::invalid_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("model".into(), Value::String(model.to_string()));
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::from(crate::error::Error::internal(e.to_string())))
 }
 
 /// Reads the body, refusing (413) once it passes `limit` bytes.
@@ -201,6 +215,8 @@ mod tests {
         let r = ClientRequest::parse(&asked).unwrap();
         assert!(!r.needs_usage_rewrite(Api::Chat));
         assert_eq!(r.upstream_body(Api::Chat, asked.clone()).unwrap(), asked);
+        let mapped: Value = serde_json::from_slice(&with_model(&asked, "other").unwrap()).unwrap();
+        assert_eq!((mapped["model"].clone(), mapped["stream"].clone()), (Value::from("other"), Value::from(true)));
     }
 
     #[test]

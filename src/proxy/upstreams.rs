@@ -4,6 +4,8 @@
 //! The credential (`api_key`) is write-only: it is stored, sent upstream, and never
 //! returned (views show `api_key_set` and a masked hint) nor logged (`Debug` redacts it).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -27,6 +29,8 @@ pub struct Upstream {
     pub api_key: SecretString,
     /// Models it serves; `None` = all.
     pub models: Option<Vec<String>>,
+    /// Model names rewritten for this upstream (client's name → upstream's name).
+    pub model_map: Option<BTreeMap<String, String>>,
     pub priority: i64,
     pub weight: i64,
     pub enabled: bool,
@@ -38,14 +42,29 @@ pub struct Upstream {
     pub updated_at: i64,
 }
 
-type UpstreamRow =
-    (i64, String, String, String, Option<String>, i64, i64, i64, i64, i64, Option<String>, Option<i64>, i64, i64);
+type UpstreamRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+    Option<String>,
+);
 
 /// Flags are 0/1 integers: the Any driver cannot decode SQLite's BOOLEAN.
 const COLUMNS: &str = "id, name, base_url, api_key, models, priority, weight, \
                        enabled, \
                        healthy, consecutive_failures, \
-                       last_error, last_checked_at, created_at, updated_at";
+                       last_error, last_checked_at, created_at, updated_at, model_map";
 
 /// Builds an upstream from its row, opening the sealed credential.
 fn from_row(r: UpstreamRow, secrets: &SecretBox) -> Upstream {
@@ -68,6 +87,7 @@ fn from_row(r: UpstreamRow, secrets: &SecretBox) -> Upstream {
         last_checked_at: r.11,
         created_at: r.12,
         updated_at: r.13,
+        model_map: r.14.and_then(|m| serde_json::from_str(&m).ok()),
     }
 }
 
@@ -75,6 +95,11 @@ impl Upstream {
     /// Whether this upstream may be asked for `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|models| models.iter().any(|m| m == model))
+    }
+
+    /// The model name to send this upstream for the client's `model`, when it differs.
+    pub fn mapped_model(&self, model: &str) -> Option<&str> {
+        self.model_map.as_ref()?.get(model).map(String::as_str)
     }
 
     /// `{base_url}{path}`, e.g. `.../v1` + `/responses`.
@@ -92,6 +117,7 @@ impl Upstream {
             api_key_set: !key.is_empty(),
             api_key_hint: hint,
             models: self.models.clone(),
+            model_map: self.model_map.clone(),
             priority: self.priority,
             weight: self.weight,
             enabled: self.enabled,
@@ -114,6 +140,7 @@ pub struct UpstreamView {
     pub api_key_set: bool,
     pub api_key_hint: String,
     pub models: Option<Vec<String>>,
+    pub model_map: Option<BTreeMap<String, String>>,
     pub priority: i64,
     pub weight: i64,
     pub enabled: bool,
@@ -132,6 +159,7 @@ pub struct UpstreamInput {
     pub base_url: String,
     pub api_key: SecretString,
     pub models: Option<Vec<String>>,
+    pub model_map: Option<BTreeMap<String, String>>,
     pub priority: i64,
     pub weight: i64,
     pub enabled: bool,
@@ -155,6 +183,11 @@ pub fn validate(input: &mut UpstreamInput) -> Result<()> {
         models.retain(|m| !m.trim().is_empty());
         models.iter_mut().for_each(|m| *m = m.trim().to_string());
     }
+    if let Some(map) = &input.model_map {
+        if map.iter().any(|(from, to)| from.trim().is_empty() || to.trim().is_empty()) {
+            return Err(Error::validation("model_map", "names must not be empty"));
+        }
+    }
     if !(1..=1000).contains(&input.weight) {
         return Err(Error::validation("weight", "must be between 1 and 1000"));
     }
@@ -166,6 +199,10 @@ pub fn validate(input: &mut UpstreamInput) -> Result<()> {
 
 fn models_json(models: &Option<Vec<String>>) -> Option<String> {
     models.as_ref().map(|m| serde_json::Value::from(m.clone()).to_string())
+}
+
+fn model_map_json(map: &Option<BTreeMap<String, String>>) -> Option<String> {
+    map.as_ref().and_then(|m| serde_json::to_string(m).ok())
 }
 
 pub async fn list(db: &Db, secrets: &SecretBox) -> Result<Vec<Upstream>> {
@@ -196,8 +233,8 @@ pub async fn create(db: &Db, secrets: &SecretBox, mut input: UpstreamInput, now:
     validate(&mut input)?;
     let row: UpstreamRow = sqlx::query_as(&format!(
         "INSERT INTO upstreams (name, base_url, api_key, models, priority, weight, enabled, healthy, \
-           consecutive_failures, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 0, $8, $8) \
-         RETURNING {COLUMNS}"
+           consecutive_failures, created_at, updated_at, model_map) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 0, $8, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(&input.name)
     .bind(&input.base_url)
@@ -207,6 +244,7 @@ pub async fn create(db: &Db, secrets: &SecretBox, mut input: UpstreamInput, now:
     .bind(input.weight)
     .bind(i64::from(input.enabled))
     .bind(to_micros(now))
+    .bind(model_map_json(&input.model_map))
     .fetch_one(db.pool())
     .await
     .map_err(|e| name_taken(e, &input.name))?;
@@ -224,7 +262,8 @@ pub async fn update(
     validate(&mut input)?;
     let row: Option<UpstreamRow> = sqlx::query_as(&format!(
         "UPDATE upstreams SET name = $1, base_url = $2, api_key = $3, models = $4, priority = $5, weight = $6, \
-           enabled = $7, healthy = 1, consecutive_failures = 0, updated_at = $8 WHERE id = $9 RETURNING {COLUMNS}"
+           enabled = $7, healthy = 1, consecutive_failures = 0, updated_at = $8, model_map = $10 \
+         WHERE id = $9 RETURNING {COLUMNS}"
     ))
     .bind(&input.name)
     .bind(&input.base_url)
@@ -235,6 +274,7 @@ pub async fn update(
     .bind(i64::from(input.enabled))
     .bind(to_micros(now))
     .bind(id)
+    .bind(model_map_json(&input.model_map))
     .fetch_optional(db.pool())
     .await
     .map_err(|e| name_taken(e, &input.name))?;

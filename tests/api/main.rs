@@ -11,4 +11,5 @@ mod ops;
 mod packages;
 mod payments;
 mod proxy;
+mod proxy_admin;
 mod proxy_failures;

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::helpers::TestApp;
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -24,8 +24,6 @@ on_both_databases!(
     missing_bad_and_revoked_keys_get_openai_shaped_401s,
     unpriced_models_and_malformed_bodies_are_refused_before_forwarding,
     a_user_who_cannot_pay_is_refused_before_anything_is_forwarded,
-    admins_manage_upstreams_without_ever_seeing_the_credential,
-    admins_manage_prices_and_the_model_list_follows,
 );
 
 /// gpt-5 list price (1.25 / 0.125 / 10 per 1M) for the mock's usage (1000 input of
@@ -356,7 +354,7 @@ async fn a_client_disconnecting_mid_stream_is_still_billed(app: TestApp) {
     app.assert_money_invariants().await;
 }
 
-fn assert_openai_error(body: &Value, code: &str) {
+pub fn assert_openai_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(body["error"]["type"].is_string(), "{body}");
@@ -414,112 +412,4 @@ async fn a_user_who_cannot_pay_is_refused_before_anything_is_forwarded(app: Test
     assert_eq!(s.mock.requests(), 0, "the upstream received nothing");
     assert_eq!(balance_and_held(&app, s.user_id).await, (0, 0));
     app.assert_money_invariants().await;
-}
-
-async fn admins_manage_upstreams_without_ever_seeing_the_credential(app: TestApp) {
-    let s = setup(&app, MockOptions::default(), Some("10")).await;
-    let list = app.get("/api/admin/upstreams", &s.admin).await;
-    assert_eq!(list.status, StatusCode::OK);
-    assert!(!list.text.contains("sk-upstream-secret-1234"), "{}", list.text);
-    let item = &list.body["items"][0];
-    assert_eq!(item["api_key_set"], true);
-    assert_eq!(item["api_key_hint"], "sk-…1234");
-    assert_eq!(item["base_url"], s.mock.base_url(), "the trailing slash is dropped");
-    let id = item["id"].as_i64().unwrap();
-    let path = format!("/api/admin/upstreams/{id}");
-    let bad = app.put(&path, &s.admin, json!({"base_url": "ftp://x"})).await;
-    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(bad.body["error"]["field"], "base_url");
-    let updated = app.put(&path, &s.admin, json!({"models": ["gpt-5-mini"], "weight": 5})).await;
-    assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
-    assert_eq!((updated.body["weight"].clone(), updated.body["models"].clone()), (json!(5), json!(["gpt-5-mini"])));
-    // gpt-5 now has no upstream: refused without forwarding.
-    let resp = v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "input": "hi"})).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let dup = app
-        .post("/api/admin/upstreams", &s.admin, json!({"name": "primary", "base_url": "http://x/v1", "api_key": "k"}))
-        .await;
-    assert_eq!(dup.status, StatusCode::CONFLICT);
-    let user = app.get("/api/admin/upstreams", &s.user_token).await;
-    assert_eq!(user.status, StatusCode::FORBIDDEN);
-    assert_eq!(app.delete(&path, &s.admin).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.get(&path, &s.admin).await.status, StatusCode::NOT_FOUND);
-    let audit: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_logs WHERE action LIKE 'upstream.%'")
-        .fetch_one(app.db.pool())
-        .await
-        .unwrap();
-    assert_eq!(audit, 3);
-    let leaked: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM audit_logs WHERE after_value LIKE '%secret%' OR before_value LIKE '%secret%'",
-    )
-    .fetch_one(app.db.pool())
-    .await
-    .unwrap();
-    assert_eq!(leaked, 0);
-}
-
-async fn admins_manage_prices_and_the_model_list_follows(app: TestApp) {
-    let s = setup(&app, MockOptions::default(), Some("10")).await;
-    let prices = app.get("/api/admin/prices", &s.admin).await;
-    let codex = prices.body["items"].as_array().unwrap().iter().find(|p| p["model"] == "gpt-5-codex").unwrap().clone();
-    assert_eq!(
-        (codex["input"].clone(), codex["cached_input"].clone(), codex["output"].clone()),
-        (json!("1.25"), json!("0.125"), json!("10.00"))
-    );
-    let created = app
-        .post(
-            "/api/admin/prices",
-            &s.admin,
-            json!({"model": "house-model", "input": "0.5", "cached_input": 0.05, "output": 2}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    assert_eq!(
-        app.post("/api/admin/prices", &s.admin, json!({"model": "house-model", "input": 1, "output": 1})).await.status,
-        StatusCode::CONFLICT
-    );
-    let negative = app.put("/api/admin/prices/house-model", &s.admin, json!({"output": "-1"})).await;
-    assert_eq!(negative.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let models = app.client.get(app.url("/v1/models")).bearer_auth(&s.key).send().await.unwrap();
-    let models: Value = models.json().await.unwrap();
-    assert_eq!(models["object"], "list");
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"house-model") && ids.contains(&"gpt-5"), "{ids:?}");
-
-    // Repricing applies to the next request: 800×0.5 + 200×0.05 + 300×2 = 1010 micro-USD.
-    let r =
-        v1(&app, "/v1/responses", &s.key).json(&json!({"model": "house-model", "input": "hi"})).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.bytes().await.unwrap();
-    assert_eq!(usage_rows(&app, 1).await[0].cost, 1_010);
-
-    assert_eq!(app.delete("/api/admin/prices/house-model", &s.admin).await.status, StatusCode::NO_CONTENT);
-    let gone =
-        v1(&app, "/v1/responses", &s.key).json(&json!({"model": "house-model", "input": "hi"})).send().await.unwrap();
-    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
-    app.assert_money_invariants().await;
-}
-
-async fn oversized_bodies_get_a_413(backend: Backend) {
-    let app = spawn_app_with(backend, &[("GATEWAY_MAX_BODY_BYTES", "2000")]).await;
-    let s = setup(&app, MockOptions::default(), Some("10")).await;
-    let huge = json!({"model": "gpt-5", "input": "x".repeat(5000)});
-    let resp = v1(&app, "/v1/responses", &s.key).json(&huge).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_openai_error(&resp.json().await.unwrap(), "request_too_large");
-    // Without a Content-Length (chunked), the limit still applies while reading.
-    let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 500])));
-    let resp = v1(&app, "/v1/responses", &s.key).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(s.mock.requests(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_bodies_get_a_413_on_sqlite() {
-    oversized_bodies_get_a_413(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_bodies_get_a_413_on_postgres() {
-    oversized_bodies_get_a_413(Backend::Postgres).await;
 }
