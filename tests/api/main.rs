@@ -13,3 +13,4 @@ mod payments;
 mod proxy;
 mod proxy_admin;
 mod proxy_failures;
+mod scale_out;
