@@ -24,6 +24,8 @@ pub struct AppState {
     pub settings: SettingsStore,
     /// Work that must finish even if the client goes away (billing, logs).
     pub tasks: TaskTracker,
+    /// Shared outbound HTTP client (connection pooling); set per-request timeouts.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -60,7 +62,11 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
         let settings = SettingsStore::load(db.clone()).await?;
-        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new() };
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new(), http };
         Ok(Application { listener, state })
     }
 

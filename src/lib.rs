@@ -13,6 +13,7 @@
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
+pub mod announcements;
 pub mod api;
 pub mod app;
 pub mod audit;
@@ -23,7 +24,10 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod ledger;
+pub mod markdown;
 pub mod money;
+pub mod oauth;
+pub mod redemption;
 pub mod routes;
 pub mod settings;
 pub mod users;

@@ -31,6 +31,8 @@ pub struct Settings {
     /// What buying a different package while one is active does: `queue` or `switch`.
     pub package_switch_mode: String,
     pub credit: CreditSettings,
+    /// LINUX DO Connect (OAuth2) sign-in.
+    pub oauth: OAuthSettings,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             markup: Money::units(1),
             package_switch_mode: "queue".into(),
             credit: CreditSettings::default(),
+            oauth: OAuthSettings::default(),
         }
     }
 }
@@ -109,6 +112,50 @@ impl CreditSettings {
         } else {
             self.return_url.clone()
         }
+    }
+}
+
+/// LINUX DO Connect (OAuth2 authorization code + PKCE) sign-in; the endpoints default to
+/// LINUX DO and may point at any compatible provider. Password registration stays
+/// governed by `registration_enabled`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OAuthSettings {
+    pub enabled: bool,
+    pub client_id: String,
+    /// Never returned by the API (reads show `client_secret_set`).
+    pub client_secret: String,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub userinfo_url: String,
+    /// Whether a first LINUX DO sign-in may create an account.
+    pub allow_oauth_registration: bool,
+    /// Lowest LINUX DO trust level (0-4) allowed to sign in; 0 = everyone.
+    pub min_trust_level: i64,
+    /// Turns password sign-in and registration off for everyone but admins.
+    pub linuxdo_only: bool,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        OAuthSettings {
+            enabled: false,
+            client_id: String::new(),
+            client_secret: String::new(),
+            authorize_url: "https://connect.linux.do/oauth2/authorize".into(),
+            token_url: "https://connect.linux.do/oauth2/token".into(),
+            userinfo_url: "https://connect.linux.do/api/user".into(),
+            allow_oauth_registration: true,
+            min_trust_level: 0,
+            linuxdo_only: false,
+        }
+    }
+}
+
+impl OAuthSettings {
+    /// Sign-in is offered only when switched on and the client is configured.
+    pub fn is_usable(&self) -> bool {
+        self.enabled && !self.client_id.is_empty() && !self.client_secret.is_empty()
     }
 }
 

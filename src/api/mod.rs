@@ -3,11 +3,15 @@
 
 pub mod accounts;
 pub mod admin_users;
+pub mod announcements;
+pub mod audit;
 pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod oauth;
 pub mod pagination;
+pub mod redemption;
 pub mod settings;
 
 use axum::Router;
@@ -25,6 +29,10 @@ pub fn router() -> Router<AppState> {
         .merge(admin_users::router())
         .merge(settings::router())
         .merge(billing::router())
+        .merge(audit::router())
+        .merge(redemption::router())
+        .merge(announcements::router())
+        .merge(oauth::router())
 }
 
 /// The JSON answer for an unknown `/api` path.
