@@ -3,9 +3,9 @@
 //! navigations, so failures answer with a readable HTML page, not JSON.
 
 use axum::extract::{Query, State};
-use axum::http::header;
 use axum::http::request::Parts;
-use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
@@ -28,6 +28,21 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/auth/oauth/linuxdo", get(start)).route("/api/auth/oauth/linuxdo/callback", get(callback))
 }
 
+/// A `302 Found` to `location` setting `cookies` (the status the API contract names).
+fn found(location: &str, cookies: &[String]) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, value);
+    }
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
 fn secure(state: &AppState) -> bool {
     state.config.public_url.starts_with("https://")
 }
@@ -47,7 +62,7 @@ async fn start_flow(state: &AppState) -> Result<Response, Error> {
     let flow = FlowCookie::new(state.now());
     let target = provider::authorize_url(&settings.oauth, &oauth::redirect_uri(&state.config.public_url), &flow)?;
     let cookie = flow.set_cookie(state.config.secret_bytes(), secure(state));
-    Ok((AppendHeaders([(header::SET_COOKIE, cookie)]), Redirect::to(&target)).into_response())
+    Ok(found(&target, &[cookie]))
 }
 
 #[derive(Deserialize)]
@@ -109,13 +124,9 @@ async fn finish_flow(
     let outcome = accounts::sign_in(&state.db, &settings.oauth, &profile, signed_in.as_ref(), now).await?;
     let clear = oauth::clear_flow_cookie();
     if let Outcome::Linked(_) = outcome {
-        return Ok((AppendHeaders([(header::SET_COOKIE, clear)]), Redirect::to(AFTER_LINK)).into_response());
+        return Ok(found(AFTER_LINK, &[clear]));
     }
     let session = sessions::create(&state.db, outcome.user().id, &client_info(&parts.headers, client.0), now).await?;
     let session_cookie = web::session_cookie(&session.token, secure(state));
-    Ok((
-        AppendHeaders([(header::SET_COOKIE, clear), (header::SET_COOKIE, session_cookie)]),
-        Redirect::to(AFTER_SIGN_IN),
-    )
-        .into_response())
+    Ok(found(AFTER_SIGN_IN, &[clear, session_cookie]))
 }

@@ -5,5 +5,9 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod announcements;
+mod audit;
 mod billing;
 mod keys;
+mod oauth;
+mod redemption;
