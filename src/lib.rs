@@ -11,6 +11,7 @@
 //! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
+//! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod announcements;
@@ -23,12 +24,15 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod jobs;
 pub mod ledger;
 pub mod markdown;
 pub mod money;
 pub mod oauth;
 pub mod redemption;
 pub mod routes;
+pub mod secrets;
 pub mod settings;
+pub mod telemetry;
 pub mod users;
 pub mod web;

@@ -10,4 +10,5 @@ mod audit;
 mod billing;
 mod keys;
 mod oauth;
+mod ops;
 mod redemption;

@@ -171,6 +171,11 @@ async fn a_first_linuxdo_sign_in_creates_an_account_and_the_next_one_reuses_it(a
     let settings = app.get("/api/admin/settings", &admin).await;
     assert!(settings.body["oauth"].get("client_secret").is_none(), "{}", settings.text);
     assert_eq!(settings.body["oauth"]["client_secret_set"], true);
+    let stored: String = sqlx::query_scalar("SELECT value FROM system_settings WHERE key = 'settings'")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert!(!stored.contains(CLIENT_SECRET) && stored.contains("enc:v1:"), "the client secret is sealed at rest");
 
     let neo = json!({"id": 1001, "username": "neo", "trust_level": 2, "active": true});
     let r = sign_in_as(&app, &mock, neo.clone(), None).await;
