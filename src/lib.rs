@@ -10,6 +10,8 @@
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
 //! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
+//! - [`redemption`], [`announcements`] (with [`markdown`]), [`oauth`]: redemption codes, site
+//!   announcements, LINUX DO sign-in.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
 //! - [`app`], [`routes`]: building, binding and serving the application.
