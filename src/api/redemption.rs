@@ -80,7 +80,8 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     match query.format.as_deref() {
@@ -98,6 +99,17 @@ async fn list(
             };
             let disposition = format!("attachment; filename=\"{name}\"");
             let csv = redemption::to_csv(&rows, state.calendar());
+            // Exporting hands out spendable codes, so it is on the trail like a write.
+            let event = AuditEvent {
+                actor_id: Some(admin.user.id),
+                action: "redemption.export",
+                target: query.batch.map(|id| format!("redemption_batch:{id}")),
+                before: None,
+                after: Some(json!({ "batch_id": query.batch, "rows": rows.len() })),
+                ip: client.ip(),
+            };
+            let mut conn = state.db.pool().acquire().await?;
+            audit::record(&mut conn, &event, state.now()).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

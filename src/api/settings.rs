@@ -141,6 +141,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if !(0..=4).contains(&o.min_trust_level) {
         return Err(Error::validation("oauth.min_trust_level", "must be between 0 and 4"));
     }
+    if o.linuxdo_only && !o.enabled {
+        return Err(Error::validation("oauth.linuxdo_only", "needs LINUX DO sign-in enabled (oauth.enabled)"));
+    }
     Ok(())
 }
 
@@ -196,6 +199,8 @@ mod tests {
         assert_eq!(next.oauth.client_id, "abc");
         let err = apply_patch(&s, json!({"oauth": {"min_trust_level": 5}})).unwrap_err();
         assert_eq!(err.field(), Some("oauth.min_trust_level"));
+        let err = apply_patch(&s, json!({"oauth": {"linuxdo_only": true}})).unwrap_err();
+        assert_eq!(err.field(), Some("oauth.linuxdo_only"), "users would have no way to sign in");
     }
 
     #[test]

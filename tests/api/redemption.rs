@@ -154,4 +154,8 @@ async fn a_batch_exports_as_csv_with_a_header_row(app: TestApp) {
     assert!(lines[2].starts_with(code) && lines[2].contains("c@example.com"), "{}", lines[2]);
     let all = app.get("/api/admin/redemption-codes?format=csv", &admin).await;
     assert_eq!(all.text.lines().count(), 7);
+    let exports = app.get("/api/admin/audit?action=redemption.export", &admin).await;
+    assert_eq!(exports.body["total"], 2, "exports are on the audit trail");
+    assert_eq!(exports.body["items"][1]["target"], format!("redemption_batch:{batch_id}"));
+    assert_eq!(exports.body["items"][1]["after"]["rows"], 2);
 }
