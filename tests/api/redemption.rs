@@ -130,6 +130,14 @@ async fn batch_requests_are_checked_and_package_codes_refused_until_packages_exi
     assert_eq!(none, 0, "refused batches leave nothing behind");
     let bad_format = app.get("/api/admin/redemption-codes?format=xml", &admin).await;
     assert_eq!(bad_format.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let started = std::time::Instant::now();
+    let largest = app.post(path, &admin, json!({"count": 1000, "amount": "0.01"})).await;
+    assert_eq!(largest.status, StatusCode::CREATED, "{}", largest.text);
+    eprintln!("a 1000-code batch took {:?} on {:?}", started.elapsed(), app.backend);
+    let distinct: std::collections::HashSet<&str> =
+        largest.body["codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), 1000);
 }
 
 async fn a_batch_exports_as_csv_with_a_header_row(app: TestApp) {
