@@ -28,7 +28,7 @@ pub struct AppState {
     pub login_throttle: crate::auth::throttle::LoginThrottle,
     /// Seals credentials stored in the database.
     pub secrets: crate::secrets::SecretBox,
-    /// Shared outbound HTTP client (connection pooling); set per-request timeouts.
+    /// Outgoing HTTP (payment gateway calls, sandbox notifies); one pool for the process.
     pub http: reqwest::Client,
 }
 
@@ -68,9 +68,9 @@ impl Application {
         let secrets = crate::secrets::SecretBox::new(config.secret_bytes());
         let settings = SettingsStore::load(db.clone(), secrets.clone()).await?;
         let http = reqwest::Client::builder()
-            .connect_timeout(config.upstream_connect_timeout)
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+            .timeout(std::time::Duration::from_secs(15))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()?;
         let state = AppState {
             db,
             config: Arc::new(config),

@@ -14,6 +14,7 @@
 //!   announcements, LINUX DO sign-in.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
+//! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod announcements;
@@ -31,6 +32,9 @@ pub mod ledger;
 pub mod markdown;
 pub mod money;
 pub mod oauth;
+pub mod orders;
+pub mod packages;
+pub mod payment;
 pub mod redemption;
 pub mod routes;
 pub mod secrets;

@@ -10,7 +10,9 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod oauth;
+pub mod packages;
 pub mod pagination;
+pub mod payments;
 pub mod redemption;
 pub mod settings;
 
@@ -29,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .merge(admin_users::router())
         .merge(settings::router())
         .merge(billing::router())
+        .merge(packages::router())
+        .merge(payments::router())
         .merge(audit::router())
         .merge(redemption::router())
         .merge(announcements::router())

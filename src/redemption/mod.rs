@@ -16,6 +16,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryDetails, Overdraft};
 use crate::money::Money;
+use crate::packages::activation::Effect;
 
 pub mod packages;
 
@@ -128,7 +129,7 @@ pub async fn create_batch(conn: &mut sqlx::AnyConnection, request: &BatchRequest
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Credited {
     Balance { code: String, amount: Money, balance: Money },
-    Package { code: String, package_id: i64, user_package_id: i64 },
+    Package { code: String, package_id: i64, package_name: String, user_package_id: i64, effect: Effect },
 }
 
 #[derive(sqlx::FromRow)]
@@ -184,8 +185,14 @@ pub async fn redeem(db: &Db, user_id: i64, input: &str, now: DateTime<Utc>) -> R
         }
         (None, Some(package_id)) => {
             let grant = packages::Grant { user_id, package_id, reference: &reference };
-            let user_package_id = packages::activate(tx.conn(), &grant, now).await?;
-            Credited::Package { code, package_id, user_package_id }
+            let done = packages::activate(tx.conn(), &grant, now).await?;
+            Credited::Package {
+                code,
+                package_id,
+                package_name: done.package_name,
+                user_package_id: done.user_package_id,
+                effect: done.effect,
+            }
         }
         (None, None) => return Err(Error::internal(format!("redemption code {} has no value", found.id))),
     };

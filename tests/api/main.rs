@@ -11,4 +11,6 @@ mod billing;
 mod keys;
 mod oauth;
 mod ops;
+mod packages;
+mod payments;
 mod redemption;

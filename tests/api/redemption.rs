@@ -7,7 +7,8 @@ use crate::on_both_databases;
 on_both_databases!(
     admins_generate_codes_and_users_redeem_each_once,
     twenty_concurrent_redemptions_of_one_code_credit_it_once,
-    batch_requests_are_checked_and_package_codes_refused_until_packages_exist,
+    batch_requests_are_checked,
+    package_codes_activate_the_package_once_and_queue_behind_a_current_one,
     a_batch_exports_as_csv_with_a_header_row,
 );
 
@@ -108,7 +109,7 @@ async fn twenty_concurrent_redemptions_of_one_code_credit_it_once(app: TestApp) 
     app.assert_money_invariants().await;
 }
 
-async fn batch_requests_are_checked_and_package_codes_refused_until_packages_exist(app: TestApp) {
+async fn batch_requests_are_checked(app: TestApp) {
     let admin = app.admin_token().await;
     let (_, user) = app.register_and_login("u@example.com").await;
     let path = "/api/admin/redemption-codes";
@@ -118,7 +119,7 @@ async fn batch_requests_are_checked_and_package_codes_refused_until_packages_exi
         (json!({"count": 1}), "amount"),
         (json!({"count": 1, "amount": "0"}), "amount"),
         (json!({"count": 1, "amount": "1", "package_id": 1}), "amount"),
-        (json!({"count": 1, "package_id": 1}), "package_id"),
+        (json!({"count": 1, "package_id": 999}), "package_id"),
     ] {
         let r = app.post(path, &admin, body.clone()).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.text);
@@ -166,4 +167,58 @@ async fn a_batch_exports_as_csv_with_a_header_row(app: TestApp) {
     assert_eq!(exports.body["total"], 2, "exports are on the audit trail");
     assert_eq!(exports.body["items"][1]["target"], format!("redemption_batch:{batch_id}"));
     assert_eq!(exports.body["items"][1]["after"]["rows"], 2);
+}
+
+async fn package_codes_activate_the_package_once_and_queue_behind_a_current_one(app: TestApp) {
+    let admin = app.admin_token().await;
+    let (user_id, user) = app.register_and_login("p@example.com").await;
+    let plan = json!({"name": "Monthly", "price": "30", "duration_days": 30, "daily_limit": "5"});
+    let monthly = app.create_package(&admin, plan).await;
+    let private = app
+        .create_package(&admin, json!({"name": "Private", "price": "99", "duration_days": 7, "daily_limit": "50"}))
+        .await;
+    let disabled = app.delete(&format!("/api/admin/packages/{private}"), &admin).await;
+    assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.text);
+
+    let batch = app.post("/api/admin/redemption-codes", &admin, json!({"count": 2, "package_id": monthly})).await;
+    assert_eq!(batch.status, StatusCode::CREATED, "{}", batch.text);
+    let codes = batch.body["codes"].as_array().unwrap().clone();
+    let private_batch =
+        app.post("/api/admin/redemption-codes", &admin, json!({"count": 1, "package_id": private})).await;
+    assert_eq!(private_batch.status, StatusCode::CREATED, "codes may grant a package that is not on sale");
+
+    // Ten concurrent attempts on the first code: one activation.
+    let attempts = (0..10).map(|_| {
+        let request = app.client.post(app.url("/api/user/redeem")).bearer_auth(&user).json(&json!({"code": codes[0]}));
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
+    let mine = app.get("/api/user/packages", &user).await;
+    let items = mine.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", mine.text);
+    assert_eq!(items[0]["source"], "redeem");
+    assert_eq!(items[0]["status"], "active");
+    assert_eq!(items[0]["paid_amount"], "0.00");
+
+    let second = app.post("/api/user/redeem", &user, json!({"code": codes[1]})).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(second.body["kind"], "package");
+    assert_eq!(second.body["package_id"], monthly);
+    assert_eq!(second.body["package_name"], "Monthly");
+    assert_eq!(second.body["effect"], "extended");
+    let queued = app.post("/api/user/redeem", &user, json!({"code": private_batch.body["codes"][0]})).await;
+    assert_eq!(queued.body["effect"], "queued", "a free code never replaces the current package");
+
+    let ledger = app.get(&format!("/api/admin/ledger?user_id={user_id}"), &admin).await;
+    assert_eq!(ledger.body["total"], 3);
+    assert!(ledger.body["items"].as_array().unwrap().iter().all(|e| e["kind"] == "redeem" && e["amount"] == "0.00"));
+    assert_eq!(app.get("/api/user/me", &user).await.body["balance"], "0.00");
+    let listed = app.get(&format!("/api/admin/redemption-codes?batch={}", batch.body["batch_id"]), &admin).await;
+    assert!(listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["used_by"] == user_id && c["package_id"] == monthly));
+    app.assert_money_invariants().await;
 }
