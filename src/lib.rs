@@ -25,6 +25,7 @@ pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod config;
+pub mod coupons;
 pub mod db;
 pub mod error;
 pub mod jobs;

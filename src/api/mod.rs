@@ -6,6 +6,7 @@ pub mod admin_users;
 pub mod announcements;
 pub mod audit;
 pub mod billing;
+pub mod coupons;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .merge(redemption::router())
         .merge(announcements::router())
         .merge(oauth::router())
+        .merge(coupons::router())
 }
 
 /// The JSON answer for an unknown `/api` path.

@@ -8,6 +8,7 @@ mod admin;
 mod announcements;
 mod audit;
 mod billing;
+mod coupons;
 mod keys;
 mod oauth;
 mod ops;
