@@ -16,8 +16,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::app::AppState;
 use crate::audit::{self, AuditEvent};
-use crate::auth::AdminUser;
-use crate::coupons::{self, CouponInput};
+use crate::auth::{AdminUser, CurrentUser};
+use crate::coupons::{self, pricing, CouponInput};
 use crate::error::Error;
 use crate::money::Money;
 
@@ -25,6 +25,28 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/admin/coupons", get(list).post(create))
         .route("/api/admin/coupons/{id}", put(update).delete(remove))
+        .route("/api/packages/{id}/quote", get(quote))
+}
+
+#[derive(Deserialize)]
+struct QuoteQuery {
+    coupon: String,
+}
+
+/// `GET /api/packages/{id}/quote?coupon=CODE`: the price a purchase with this coupon would
+/// ask for, so the purchase page can show it before paying (nothing is reserved).
+async fn quote(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<QuoteQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let package =
+        crate::packages::find(&state.db, id).await?.filter(|p| p.is_enabled()).ok_or(Error::NotFound("package"))?;
+    let mut conn = state.db.pool().acquire().await?;
+    let target = pricing::Target::Package(package.id);
+    let q = pricing::quote(&mut conn, &query.coupon, current.user.id, target, package.price(), state.now()).await?;
+    Ok(Json(json!({ "code": q.code, "list_price": q.list_price, "discount": q.discount, "price": q.price })))
 }
 
 #[derive(Deserialize)]

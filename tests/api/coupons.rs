@@ -82,6 +82,13 @@ async fn a_coupon_discounts_a_balance_purchase_within_its_rules(app: TestApp) {
     app.fund(&admin, user_id, "100").await;
     app.post("/api/admin/coupons", &admin, spring(json!({"package_ids": [month]}))).await;
 
+    let quoted = app.get(&format!("/api/packages/{month}/quote?coupon=spring"), &user).await;
+    assert_eq!(quoted.status, StatusCode::OK, "{}", quoted.text);
+    assert_eq!((quoted.body["list_price"].as_str(), quoted.body["price"].as_str()), (Some("30.00"), Some("22.50")));
+    assert_eq!(quoted.body["discount"], "7.50");
+    let not_here = app.get(&format!("/api/packages/{week}/quote?coupon=spring"), &user).await;
+    assert_eq!(not_here.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(coupon_used(&app, "SPRING").await, 0, "a quote reserves nothing");
     let bought = buy(&app, &user, month, " spring ").await;
     assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.text);
     assert_eq!(bought.body["order"]["amount"], "22.50");
