@@ -5,12 +5,17 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod announcements;
+mod audit;
 mod billing;
+mod coupons;
 mod keys;
+mod oauth;
 mod ops;
 mod packages;
 mod payments;
 mod proxy;
 mod proxy_admin;
 mod proxy_failures;
+mod redemption;
 mod scale_out;
