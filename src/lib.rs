@@ -12,6 +12,7 @@
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
+pub mod admin_actions;
 pub mod api;
 pub mod app;
 pub mod audit;
