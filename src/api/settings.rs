@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiResult;
 use super::extract::{ApiJson, ClientAddr};
-use crate::app::AppState;
 use crate::admin_actions::{self, Actor};
+use crate::app::AppState;
 use crate::auth::AdminUser;
 use crate::error::Error;
 use crate::settings::Settings;

@@ -76,7 +76,8 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
     let ctx = &signed.ctx;
     let loaded = async {
         let total = count_users(&state, UserFilter::default()).await?;
-        let suspended = count_users(&state, UserFilter { status: Some(Status::Suspended), ..Default::default() }).await?;
+        let suspended =
+            count_users(&state, UserFilter { status: Some(Status::Suspended), ..Default::default() }).await?;
         let admins = count_users(&state, UserFilter { role: Some(Role::Admin), ..Default::default() }).await?;
         let newest = users::list(&state.db, &UserFilter::default(), 5, 0).await?.0;
         let settings = state.settings.get().await?;
@@ -137,7 +138,8 @@ async fn users_page(
         Ok(found) => found,
         Err(e) => return error_page_for(ctx, &e),
     };
-    let base = serde_urlencoded::to_string([("q", query.q.as_str()), ("status", query.status.as_str())]).unwrap_or_default();
+    let base =
+        serde_urlencoded::to_string([("q", query.q.as_str()), ("status", query.status.as_str())]).unwrap_or_default();
     let pager = Pager::new(ctx, &format!("/admin/users?{base}"), page, USERS_PER_PAGE, total);
     let users = rows.iter().map(|u| UserRow::new(u, &state)).collect();
     render(ctx, StatusCode::OK, &UsersPage { ctx, q: &query.q, status: &query.status, users, pager })
@@ -286,13 +288,20 @@ struct SettingsPage<'a> {
     errors: FieldErrors,
 }
 
-async fn render_settings(state: &AppState, ctx: &Ctx, form: Option<SettingsForm>, saved: bool, errors: FieldErrors) -> Response {
+async fn render_settings(
+    state: &AppState,
+    ctx: &Ctx,
+    form: Option<SettingsForm>,
+    saved: bool,
+    errors: FieldErrors,
+) -> Response {
     let settings = match state.settings.get().await {
         Ok(s) => s,
         Err(e) => return error_page_for(ctx, &e),
     };
     let public_url = state.config.public_url.trim_end_matches('/');
-    let blank = crate::settings::CreditSettings { notify_url: String::new(), return_url: String::new(), ..Default::default() };
+    let blank =
+        crate::settings::CreditSettings { notify_url: String::new(), return_url: String::new(), ..Default::default() };
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let page = SettingsPage {
         ctx,

@@ -49,7 +49,9 @@ struct SetupPage<'a> {
 async fn setup_form(State(state): State<AppState>, guest: Guest) -> Response {
     match users::admin_exists(&state.db).await {
         Ok(true) => Redirect::to("/").into_response(),
-        Ok(false) => render(&guest.ctx, StatusCode::OK, &SetupPage { ctx: &guest.ctx, email: "", errors: FieldErrors::none() }),
+        Ok(false) => {
+            render(&guest.ctx, StatusCode::OK, &SetupPage { ctx: &guest.ctx, email: "", errors: FieldErrors::none() })
+        }
         Err(e) => error_page_for(&guest.ctx, &e),
     }
 }

@@ -222,7 +222,12 @@ impl FromRequestParts<AppState> for AdminPage {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let signed = Signed::from_request_parts(parts, state).await?;
         if !signed.user.is_admin() {
-            let page = super::message_page(signed.ctx.lang, StatusCode::FORBIDDEN, "error.forbidden_title", "error.admin_only");
+            let page = super::message_page(
+                signed.ctx.lang,
+                StatusCode::FORBIDDEN,
+                "error.forbidden_title",
+                "error.admin_only",
+            );
             return Err(page);
         }
         Ok(AdminPage(signed))

@@ -33,7 +33,11 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("pager.summary", "{first}–{last} of {total}", "第 {first}–{last} 条，共 {total} 条"),
     // Setup, login, register
     ("setup.title", "Welcome to codex-gateway", "欢迎使用 codex-gateway"),
-    ("setup.intro", "No admin account exists yet. Create it now; you can configure the site right after.", "还没有管理员账号。请先创建，随后即可配置站点。"),
+    (
+        "setup.intro",
+        "No admin account exists yet. Create it now; you can configure the site right after.",
+        "还没有管理员账号。请先创建，随后即可配置站点。",
+    ),
     ("setup.email", "Admin email", "管理员邮箱"),
     ("setup.submit", "Create admin account", "创建管理员账号"),
     ("login.title", "Log in", "登录"),
@@ -44,7 +48,11 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("register.title", "Create your account", "创建账号"),
     ("register.intro", "One account for API keys, packages and usage.", "一个账号管理 API 密钥、套餐与用量。"),
     ("register.submit", "Create account", "注册"),
-    ("register.closed", "Registration is closed on this site. Ask an administrator for an account.", "本站已关闭注册，请联系管理员开通账号。"),
+    (
+        "register.closed",
+        "Registration is closed on this site. Ask an administrator for an account.",
+        "本站已关闭注册，请联系管理员开通账号。",
+    ),
     ("register.have_account", "Already have an account?", "已有账号？"),
     // Dashboard
     ("dashboard.title", "Dashboard", "概览"),
@@ -56,13 +64,25 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("dashboard.next_reset", "Next daily reset", "下次每日额度重置"),
     ("dashboard.start_title", "Get started", "快速开始"),
     ("dashboard.step_key", "Create an API key:", "创建一个 API 密钥："),
-    ("dashboard.step_config", "Paste the Codex CLI snippet from the keys page into ~/.codex/config.toml.", "将密钥页中的 Codex CLI 配置片段粘贴到 ~/.codex/config.toml。"),
-    ("dashboard.step_use", "Run codex; every request is billed here, with usage shown on this dashboard.", "运行 codex，每次请求都会在这里计费并显示用量。"),
+    (
+        "dashboard.step_config",
+        "Paste the Codex CLI snippet from the keys page into ~/.codex/config.toml.",
+        "将密钥页中的 Codex CLI 配置片段粘贴到 ~/.codex/config.toml。",
+    ),
+    (
+        "dashboard.step_use",
+        "Run codex; every request is billed here, with usage shown on this dashboard.",
+        "运行 codex，每次请求都会在这里计费并显示用量。",
+    ),
     // Keys
     ("keys.title", "API keys", "API 密钥"),
     ("keys.intro", "Keys authenticate the OpenAI-compatible API under /v1.", "密钥用于调用 /v1 下的 OpenAI 兼容接口。"),
     ("keys.created_title", "Your new key", "新密钥"),
-    ("keys.copy_once", "Copy it now: for your safety it is shown only once and cannot be retrieved later.", "请立即复制：出于安全考虑，密钥只显示这一次，之后无法再次查看。"),
+    (
+        "keys.copy_once",
+        "Copy it now: for your safety it is shown only once and cannot be retrieved later.",
+        "请立即复制：出于安全考虑，密钥只显示这一次，之后无法再次查看。",
+    ),
     ("keys.new_title", "Create a key", "创建密钥"),
     ("keys.name", "Name", "名称"),
     ("keys.name_placeholder", "e.g. laptop", "例如：笔记本"),
@@ -77,9 +97,17 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("keys.created", "Created", "创建时间"),
     ("keys.empty", "No keys yet. Create one above.", "还没有密钥，请在上方创建。"),
     ("keys.revoke", "Revoke", "吊销"),
-    ("keys.revoke_confirm", "Revoke this key? Programs using it will stop working.", "确定吊销此密钥？使用它的程序将无法继续调用。"),
+    (
+        "keys.revoke_confirm",
+        "Revoke this key? Programs using it will stop working.",
+        "确定吊销此密钥？使用它的程序将无法继续调用。",
+    ),
     ("keys.codex_title", "Use with Codex CLI", "在 Codex CLI 中使用"),
-    ("keys.codex_intro", "Add this provider to ~/.codex/config.toml, then put your key in the environment.", "把下面的配置加入 ~/.codex/config.toml，并在环境变量中设置密钥。"),
+    (
+        "keys.codex_intro",
+        "Add this provider to ~/.codex/config.toml, then put your key in the environment.",
+        "把下面的配置加入 ~/.codex/config.toml，并在环境变量中设置密钥。",
+    ),
     ("keys.shell", "Shell", "终端"),
     ("keys.openai_env", "Other OpenAI-compatible tools", "其他兼容 OpenAI 的工具"),
     // Account
@@ -92,7 +120,11 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("account.new_password", "New password", "新密码"),
     ("account.confirm_password", "Repeat the new password", "再次输入新密码"),
     ("account.change_password", "Change password", "修改密码"),
-    ("account.password_changed", "Password changed. Your other sessions were signed out.", "密码已修改，其他设备上的登录已退出。"),
+    (
+        "account.password_changed",
+        "Password changed. Your other sessions were signed out.",
+        "密码已修改，其他设备上的登录已退出。",
+    ),
     // Admin
     ("admin.title", "Administration", "管理后台"),
     ("admin.intro", "Users, settings and the state of the site.", "用户、设置与站点状态。"),
@@ -114,7 +146,11 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("admin.suspend", "Suspend account", "停用账号"),
     ("admin.activate", "Activate account", "启用账号"),
     ("admin.adjust_title", "Adjust balance", "调整余额"),
-    ("admin.adjust_help", "Positive amounts credit, negative amounts debit. The reason is kept in the ledger and the audit log.", "正数为增加，负数为扣减。原因会记录在账本与审计日志中。"),
+    (
+        "admin.adjust_help",
+        "Positive amounts credit, negative amounts debit. The reason is kept in the ledger and the audit log.",
+        "正数为增加，负数为扣减。原因会记录在账本与审计日志中。",
+    ),
     ("admin.amount", "Amount (USD)", "金额（美元）"),
     ("admin.reason", "Reason", "原因"),
     ("admin.adjust", "Apply adjustment", "确认调整"),
@@ -130,19 +166,31 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("settings.saved", "Settings saved.", "设置已保存。"),
     ("settings.fix_errors", "Some fields need attention; see below.", "部分字段有误，请查看下方提示。"),
     ("settings.general", "General", "常规"),
-    ("settings.general_help", "Who may join, how many keys each user may hold, and prices.", "注册开关、每位用户的密钥数量与价格。"),
+    (
+        "settings.general_help",
+        "Who may join, how many keys each user may hold, and prices.",
+        "注册开关、每位用户的密钥数量与价格。",
+    ),
     ("settings.registration", "Allow new users to register", "允许新用户注册"),
     ("settings.max_keys", "Active keys per user", "每位用户的有效密钥数"),
     ("settings.markup", "Price markup", "价格倍率"),
-    ("settings.markup_help", "Multiplies every model price; 1.00 = list price.", "所有模型价格乘以该倍率；1.00 即原价。"),
+    (
+        "settings.markup_help",
+        "Multiplies every model price; 1.00 = list price.",
+        "所有模型价格乘以该倍率；1.00 即原价。",
+    ),
     ("settings.daily_cap", "Default daily spending cap (USD)", "默认每日消费上限（美元）"),
     ("settings.daily_cap_help", "Blank = no cap.", "留空表示不限。"),
     ("settings.no_cap", "No cap", "不限"),
-    ("settings.switch_mode", "Buying another package while one is active", "已有生效套餐时再次购买"),
-    ("settings.switch_queue", "Queue it after the current one", "排队，在当前套餐结束后生效"),
-    ("settings.switch_switch", "Switch to it now", "立即切换"),
+    ("settings.switch_mode", "When buying another package", "已有套餐时再次购买"),
+    ("settings.switch_queue", "Queue after the current one", "排队，当前套餐结束后生效"),
+    ("settings.switch_switch", "Switch now", "立即切换"),
     ("settings.credit_title", "Credit payments (LINUX DO Credit / EasyPay)", "Credit 支付（LINUX DO Credit / 易支付）"),
-    ("settings.credit_help", "Merchant details from the payment gateway. The key is write-only: it is never shown again.", "支付网关提供的商户信息。密钥只写不读，保存后不会再显示。"),
+    (
+        "settings.credit_help",
+        "Merchant details from the payment gateway. The key is write-only: it is never shown again.",
+        "支付网关提供的商户信息。密钥只写不读，保存后不会再显示。",
+    ),
     ("settings.credit_enabled", "Accept Credit payments", "启用 Credit 支付"),
     ("settings.gateway_url", "Gateway URL", "网关地址"),
     ("settings.pid", "Merchant ID (pid)", "商户 ID（pid）"),
@@ -175,9 +223,17 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("error.suspended_title", "Account suspended", "账号已停用"),
     ("error.suspended", "This account is suspended. Contact an administrator.", "此账号已被停用，请联系管理员。"),
     ("error.csrf_title", "The form expired", "表单已过期"),
-    ("error.csrf", "The form could not be verified. Go back, reload the page and try again.", "无法验证此表单。请返回并刷新页面后重试。"),
+    (
+        "error.csrf",
+        "The form could not be verified. Go back, reload the page and try again.",
+        "无法验证此表单。请返回并刷新页面后重试。",
+    ),
     ("error.bad_form_title", "Unreadable form", "表单无法识别"),
-    ("error.bad_form", "The submitted form could not be read. Reload the page and try again.", "提交的表单无法读取，请刷新页面后重试。"),
+    (
+        "error.bad_form",
+        "The submitted form could not be read. Reload the page and try again.",
+        "提交的表单无法读取，请刷新页面后重试。",
+    ),
 ];
 
 /// Domain messages (field errors, refusals) and their Chinese text; English is the key.
@@ -208,7 +264,11 @@ pub const MESSAGES: &[(&str, &str)] = &[
 /// Refusals identified by their error code (their English text may carry data).
 pub const CODES: &[(&str, &str, &str)] = &[
     ("email_taken", "This email is already registered.", "该邮箱已被注册。"),
-    ("key_limit_reached", "You have reached the maximum number of active keys; revoke one first.", "有效密钥数量已达上限，请先吊销一个。"),
+    (
+        "key_limit_reached",
+        "You have reached the maximum number of active keys; revoke one first.",
+        "有效密钥数量已达上限，请先吊销一个。",
+    ),
     ("account_suspended", "This account is suspended.", "此账号已被停用。"),
     ("cannot_demote_self", "You cannot suspend or demote your own account.", "不能停用或降级自己的账号。"),
     ("registration_closed", "Registration is closed on this site.", "本站已关闭注册。"),

@@ -58,10 +58,8 @@ pub fn from_accept_language(header: &str) -> Lang {
     for item in header.split(',') {
         let mut pieces = item.split(';');
         let Some(lang) = pieces.next().and_then(Lang::parse) else { continue };
-        let q = pieces
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .and_then(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
+        let q =
+            pieces.find_map(|p| p.trim().strip_prefix("q=")).and_then(|q| q.trim().parse::<f32>().ok()).unwrap_or(1.0);
         if best.is_none_or(|(bq, _)| q > bq) {
             best = Some((q, lang));
         }

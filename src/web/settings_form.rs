@@ -42,7 +42,9 @@ fn checkbox<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::R
 }
 
 fn amount(field: &str, text: &str) -> Result<String> {
-    Money::parse(text.trim()).map(|m| m.to_string()).map_err(|_| Error::validation(field, "must be an amount such as 1.50"))
+    Money::parse(text.trim())
+        .map(|m| m.to_string())
+        .map_err(|_| Error::validation(field, "must be an amount such as 1.50"))
 }
 
 fn whole(field: &str, text: &str) -> Result<i64> {

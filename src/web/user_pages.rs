@@ -120,7 +120,11 @@ async fn create_key(State(state): State<AppState>, signed: Signed, CsrfForm(form
     let name = if form.name.trim().is_empty() { "default" } else { form.name.as_str() };
     let created = async {
         let settings = state.settings.get().await?;
-        let new = NewKey { name: name.to_string(), spend_limit: optional_money("spend_limit", &form.spend_limit)?, expires_at: None };
+        let new = NewKey {
+            name: name.to_string(),
+            spend_limit: optional_money("spend_limit", &form.spend_limit)?,
+            expires_at: None,
+        };
         api_keys::create(&state.db, signed.user.id, &new, settings.max_keys_per_user, state.now()).await
     }
     .await;

@@ -69,7 +69,11 @@ impl Pager {
         let joiner = if base.ends_with('?') { "" } else { "&" };
         let link = |p: i64| format!("{base}{joiner}page={p}");
         Pager {
-            summary: ctx.t("pager.summary").replace("{first}", &first.to_string()).replace("{last}", &last.to_string()).replace("{total}", &total.to_string()),
+            summary: ctx
+                .t("pager.summary")
+                .replace("{first}", &first.to_string())
+                .replace("{last}", &last.to_string())
+                .replace("{total}", &total.to_string()),
             prev: (page > 1).then(|| link(page - 1)),
             next: (page * per_page < total).then(|| link(page + 1)),
         }
