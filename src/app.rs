@@ -24,6 +24,10 @@ pub struct AppState {
     pub settings: SettingsStore,
     /// Work that must finish even if the client goes away (billing, logs).
     pub tasks: TaskTracker,
+    /// Login attempt budgets (brute-force protection).
+    pub login_throttle: crate::auth::throttle::LoginThrottle,
+    /// Seals credentials stored in the database.
+    pub secrets: crate::secrets::SecretBox,
 }
 
 impl AppState {
@@ -59,8 +63,17 @@ impl Application {
         db: Db,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
-        let settings = SettingsStore::load(db.clone()).await?;
-        let state = AppState { db, config: Arc::new(config), clock, settings, tasks: TaskTracker::new() };
+        let secrets = crate::secrets::SecretBox::new(config.secret_bytes());
+        let settings = SettingsStore::load(db.clone(), secrets.clone()).await?;
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            clock,
+            settings,
+            tasks: TaskTracker::new(),
+            login_throttle: Default::default(),
+            secrets,
+        };
         Ok(Application { listener, state })
     }
 
@@ -75,10 +88,16 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets tracked tasks finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state.clone();
+        crate::telemetry::handle();
+        let jobs_stop = tokio_util::sync::CancellationToken::new();
+        if state.config.run_jobs {
+            crate::jobs::spawn_scheduler(&state, jobs_stop.clone());
+        }
         let router: Router = crate::routes::router(state.clone());
         axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await?;
+        jobs_stop.cancel();
         state.tasks.close();
         state.tasks.wait().await;
         Ok(())

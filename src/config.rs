@@ -48,6 +48,8 @@ pub struct Config {
     pub pay_sandbox: bool,
     /// Runs background jobs (expiry, reconciliation, health probes) in this process.
     pub run_jobs: bool,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 /// Keys of the optional TOML file; each mirrors an environment variable.
@@ -66,6 +68,7 @@ struct FileConfig {
     log_format: Option<String>,
     pay_sandbox: Option<bool>,
     run_jobs: Option<bool>,
+    metrics_token: Option<String>,
 }
 
 /// Default request body limit: Codex prompts with long histories are large.
@@ -154,6 +157,8 @@ impl Config {
             None => file.run_jobs.unwrap_or(true),
         };
 
+        let metrics_token = get("GATEWAY_METRICS_TOKEN").or(file.metrics_token);
+
         Ok(Config {
             database_url,
             listen,
@@ -167,6 +172,7 @@ impl Config {
             json_logs,
             pay_sandbox,
             run_jobs,
+            metrics_token,
         })
     }
 

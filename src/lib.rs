@@ -8,8 +8,10 @@
 //! - [`db`]: one code path for SQLite and PostgreSQL, and the migrations.
 //! - [`error`]: the domain error every surface maps to HTTP once.
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
+//! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
+//! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod admin_actions;
@@ -17,13 +19,17 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod jobs;
 pub mod ledger;
 pub mod money;
 pub mod routes;
+pub mod secrets;
 pub mod settings;
+pub mod telemetry;
 pub mod users;
 pub mod web;

@@ -31,6 +31,8 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Exit 0 when the local server answers /readyz (for container health checks).
+    Healthcheck,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
                 create_admin(&config, &email, &password).await
             }
             Command::Version => Ok(()),
+            Command::Healthcheck => healthcheck(&config).await,
         }
     });
     match result {
@@ -126,6 +129,18 @@ async fn create_admin(config: &Config, email: &str, password: &str) -> anyhow::R
         Err(error::Error::Conflict { message, .. }) => anyhow::bail!("{message}; nothing was changed"),
         Err(e) => anyhow::bail!("{e}"),
     }
+}
+
+async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+    let response = client.get(format!("http://{addr}/readyz")).send().await?;
+    anyhow::ensure!(response.status().is_success(), "not ready: {}", response.status());
+    println!("ready");
+    Ok(())
 }
 
 async fn shutdown_signal() {

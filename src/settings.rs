@@ -13,6 +13,7 @@ use crate::clock::to_micros;
 use crate::db::Db;
 use crate::error::Result;
 use crate::money::Money;
+use crate::secrets::SecretBox;
 
 const SETTINGS_KEY: &str = "settings";
 /// How stale a cached copy may be before it is re-read (cross-instance propagation).
@@ -116,13 +117,22 @@ impl CreditSettings {
 #[derive(Clone)]
 pub struct SettingsStore {
     db: Db,
+    secrets: SecretBox,
     cache: Arc<RwLock<(Arc<Settings>, Instant)>>,
 }
 
+impl Settings {
+    /// Applies `f` to every credential field (sealing before storage, opening after).
+    fn map_secrets(mut self, f: impl Fn(&str) -> String) -> Settings {
+        self.credit.key = f(&self.credit.key);
+        self
+    }
+}
+
 impl SettingsStore {
-    pub async fn load(db: Db) -> Result<Self> {
-        let settings = read(&db).await?;
-        Ok(SettingsStore { db, cache: Arc::new(RwLock::new((Arc::new(settings), Instant::now()))) })
+    pub async fn load(db: Db, secrets: SecretBox) -> Result<Self> {
+        let settings = read(&db, &secrets).await?;
+        Ok(SettingsStore { db, secrets, cache: Arc::new(RwLock::new((Arc::new(settings), Instant::now()))) })
     }
 
     /// Current settings (re-read when the cached copy is older than a few seconds).
@@ -133,14 +143,15 @@ impl SettingsStore {
                 return Ok(guard.0.clone());
             }
         }
-        let fresh = Arc::new(read(&self.db).await?);
+        let fresh = Arc::new(read(&self.db, &self.secrets).await?);
         *self.cache.write().await = (fresh.clone(), Instant::now());
         Ok(fresh)
     }
 
     /// Stores new settings and refreshes this process's cache at once.
     pub async fn save(&self, settings: Settings, now: DateTime<Utc>) -> Result<Arc<Settings>> {
-        let json = serde_json::to_string(&settings).map_err(|e| crate::error::Error::internal(e.to_string()))?;
+        let sealed = settings.clone().map_secrets(|s| self.secrets.seal(s));
+        let json = serde_json::to_string(&sealed).map_err(|e| crate::error::Error::internal(e.to_string()))?;
         sqlx::query(
             "INSERT INTO system_settings (key, value, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -156,16 +167,22 @@ impl SettingsStore {
     }
 }
 
-async fn read(db: &Db) -> Result<Settings> {
+async fn read(db: &Db, secrets: &SecretBox) -> Result<Settings> {
     let value: Option<String> = sqlx::query_scalar("SELECT value FROM system_settings WHERE key = $1")
         .bind(SETTINGS_KEY)
         .fetch_optional(db.pool())
         .await?;
-    Ok(match value {
+    let stored = match value {
         Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
             tracing::error!(error = %e, "stored settings are unreadable; using defaults");
             Settings::default()
         }),
         None => Settings::default(),
-    })
+    };
+    Ok(stored.map_secrets(|s| {
+        secrets.open(s).unwrap_or_else(|| {
+            tracing::error!("a stored credential cannot be decrypted (GATEWAY_SECRET changed?); treating it as unset");
+            String::new()
+        })
+    }))
 }

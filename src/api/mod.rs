@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin_users;
+pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -15,9 +16,15 @@ use serde::{Deserialize, Deserializer};
 use crate::app::AppState;
 use crate::error::Error;
 
-/// Every `/api` route.
+/// Every `/api` route, one area per line.
+#[rustfmt::skip]
 pub fn router() -> Router<AppState> {
-    Router::new().merge(accounts::router()).merge(keys::router()).merge(admin_users::router()).merge(settings::router())
+    Router::new()
+        .merge(accounts::router())
+        .merge(keys::router())
+        .merge(admin_users::router())
+        .merge(settings::router())
+        .merge(billing::router())
 }
 
 /// The JSON answer for an unknown `/api` path.

@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod extract;
 pub mod password;
 pub mod sessions;
+pub mod throttle;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;

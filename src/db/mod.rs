@@ -2,8 +2,8 @@
 //!
 //! Queries go through sqlx's `Any` driver with `$1`-style placeholders, which both
 //! backends accept. Portable SQL only: `CASE` instead of `GREATEST`/`MAX(a, b)`,
-//! `CAST(SUM(x) AS BIGINT)` so PostgreSQL does not answer NUMERIC, `BOOLEAN` columns
-//! compared with `TRUE`/`FALSE`, instants as BIGINT micro-seconds.
+//! `CAST(SUM(x) AS BIGINT)` so PostgreSQL does not answer NUMERIC, flags as BIGINT 0/1
+//! (the Any driver cannot decode SQLite booleans), instants as BIGINT micro-seconds.
 //!
 //! SQLite allows one writer at a time; [`Db::begin`] serialises write transactions
 //! in-process so concurrent requests queue instead of failing with `SQLITE_BUSY`.

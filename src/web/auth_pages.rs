@@ -145,7 +145,11 @@ async fn login_submit(
 ) -> Response {
     let ctx = &guest.ctx;
     let next = safe_next(form.next.as_deref());
-    match check_credentials(&state, &form.email, &form.password).await {
+    let checked = match state.login_throttle.check(addr.ip().as_deref(), &form.email) {
+        Ok(()) => check_credentials(&state, &form.email, &form.password).await,
+        Err(e) => Err(e),
+    };
+    match checked {
         Ok(user) => sign_in(&state, ctx, &user, client_info(&headers, addr.0), &next).await,
         Err(e) if e.status_code().is_client_error() => {
             let page = LoginPage {

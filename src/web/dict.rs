@@ -259,6 +259,7 @@ pub const MESSAGES: &[(&str, &str)] = &[
     ("must be linuxdo or classic", "只能是 linuxdo 或 classic"),
     ("top-up bounds must be whole cents with 0 < min <= max", "充值上下限须精确到分，且 0 < 最低 ≤ 最高"),
     ("wrong email or password", "邮箱或密码错误"),
+    ("too many login attempts; wait a minute and try again", "登录尝试过于频繁，请一分钟后再试"),
 ];
 
 /// Refusals identified by their error code (their English text may carry data).

@@ -122,6 +122,12 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Spawns the app with extra configuration variables.
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let dir = TempDir(std::env::temp_dir().join(unique_name()));
     std::fs::create_dir_all(&dir.0).unwrap();
     let url = fresh_database_url(backend, &dir.0).await;

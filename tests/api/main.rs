@@ -5,5 +5,7 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod billing;
 mod keys;
+mod ops;
 mod web;

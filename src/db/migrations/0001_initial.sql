@@ -2,6 +2,7 @@
 -- backend's auto-increment primary key, everything else is portable SQL.
 -- Conventions: money is BIGINT micro-units (1.00 = 1000000); instants are BIGINT
 -- micro-seconds since the Unix epoch (UTC); business dates are 'YYYY-MM-DD' text.
+-- Flags are BIGINT 0/1: the Any driver cannot decode SQLite booleans.
 
 CREATE TABLE users (
     id {{ID}},
@@ -59,8 +60,8 @@ CREATE TABLE upstreams (
     model_map TEXT,
     priority BIGINT NOT NULL DEFAULT 0,
     weight BIGINT NOT NULL DEFAULT 1,
-    enabled BOOLEAN NOT NULL DEFAULT TRUE,
-    healthy BOOLEAN NOT NULL DEFAULT TRUE,
+    enabled BIGINT NOT NULL DEFAULT 1,
+    healthy BIGINT NOT NULL DEFAULT 1,
     consecutive_failures BIGINT NOT NULL DEFAULT 0,
     last_error TEXT,
     last_checked_at BIGINT,
@@ -75,7 +76,7 @@ CREATE TABLE model_prices (
     cached_input BIGINT NOT NULL,
     output BIGINT NOT NULL,
     cache_write BIGINT,
-    enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    enabled BIGINT NOT NULL DEFAULT 1,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
@@ -88,7 +89,7 @@ CREATE TABLE packages (
     duration_days BIGINT NOT NULL,
     daily_limit BIGINT NOT NULL,
     sort_order BIGINT NOT NULL DEFAULT 0,
-    enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    enabled BIGINT NOT NULL DEFAULT 1,
     stock BIGINT,
     per_user_limit BIGINT,
     sold BIGINT NOT NULL DEFAULT 0,
@@ -175,7 +176,7 @@ CREATE TABLE usage_logs (
     endpoint TEXT NOT NULL,
     model TEXT NOT NULL,
     status_code BIGINT NOT NULL,
-    streamed BOOLEAN NOT NULL DEFAULT FALSE,
+    streamed BIGINT NOT NULL DEFAULT 0,
     input_tokens BIGINT NOT NULL DEFAULT 0,
     cached_tokens BIGINT NOT NULL DEFAULT 0,
     output_tokens BIGINT NOT NULL DEFAULT 0,
@@ -183,7 +184,7 @@ CREATE TABLE usage_logs (
     cost BIGINT NOT NULL DEFAULT 0,
     package_cost BIGINT NOT NULL DEFAULT 0,
     balance_cost BIGINT NOT NULL DEFAULT 0,
-    estimated BOOLEAN NOT NULL DEFAULT FALSE,
+    estimated BIGINT NOT NULL DEFAULT 0,
     first_byte_ms BIGINT,
     total_ms BIGINT,
     business_date TEXT NOT NULL,

@@ -1,0 +1,251 @@
+//! Read side of billing: where a user stands today, their spend history, and the
+//! usage log listings for users and admins.
+
+use chrono::{Days, NaiveDate};
+use serde::Serialize;
+
+use super::{applicable_package, day_usage};
+use crate::app::AppState;
+use crate::clock::{date_key, from_micros, BusinessCalendar};
+use crate::error::Result;
+use crate::money::Money;
+
+/// `GET /api/user/daily-usage`.
+#[derive(Debug, Serialize)]
+pub struct DailyUsageView {
+    pub date: String,
+    pub timezone: String,
+    pub next_reset_at: String,
+    pub balance: Money,
+    pub package: Option<PackageToday>,
+    pub spent_today: SpentToday,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<DaySpend>>,
+}
+
+/// The package in force and how much of today's allowance is left.
+#[derive(Debug, Serialize)]
+pub struct PackageToday {
+    pub id: i64,
+    pub name: String,
+    pub daily_limit: Money,
+    pub used_today: Money,
+    pub remaining_today: Money,
+    pub starts_at: String,
+    pub ends_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpentToday {
+    pub package: Money,
+    pub balance: Money,
+    pub total: Money,
+}
+
+/// One business day of spend, for charts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DaySpend {
+    pub date: String,
+    pub package: Money,
+    pub balance: Money,
+    pub total: Money,
+    pub requests: i64,
+}
+
+/// Where a user stands now; `history_days` adds that many days of spend (today last).
+pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u32>) -> Result<DailyUsageView> {
+    let now = state.now();
+    let calendar = state.calendar();
+    let today = calendar.business_date(now);
+    let mut conn = state.db.pool().acquire().await?;
+    let balance: i64 =
+        sqlx::query_scalar("SELECT balance FROM users WHERE id = $1").bind(user_id).fetch_one(&mut *conn).await?;
+    let package = applicable_package(&mut conn, user_id, now).await?;
+    let (package_used, balance_used) = day_usage(&mut conn, user_id, today).await?;
+    let package = package.map(|p| {
+        let limit = Money::from_micros(p.daily_limit);
+        PackageToday {
+            id: p.id,
+            name: p.name,
+            daily_limit: limit,
+            used_today: package_used,
+            remaining_today: super::rules::remaining_allowance(Some(limit), package_used),
+            starts_at: calendar.format(from_micros(p.starts_at)),
+            ends_at: calendar.format(from_micros(p.ends_at)),
+        }
+    });
+    drop(conn);
+    let history = match history_days {
+        Some(days) => Some(history(state, user_id, today, days.clamp(1, 366)).await?),
+        None => None,
+    };
+    Ok(DailyUsageView {
+        date: date_key(today),
+        timezone: calendar.zone_name().to_string(),
+        next_reset_at: calendar.format(calendar.next_reset(now)),
+        balance: Money::from_micros(balance),
+        package,
+        spent_today: SpentToday {
+            package: package_used,
+            balance: balance_used,
+            total: package_used.saturating_add(balance_used),
+        },
+        history,
+    })
+}
+
+/// Spend per day for the `days` days ending `today`, zero-filled.
+pub async fn history(state: &AppState, user_id: i64, today: NaiveDate, days: u32) -> Result<Vec<DaySpend>> {
+    let first = today.checked_sub_days(Days::new(u64::from(days) - 1)).unwrap_or(today);
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT business_date, package_used, balance_used, requests FROM daily_usage \
+         WHERE user_id = $1 AND business_date >= $2 AND business_date <= $3",
+    )
+    .bind(user_id)
+    .bind(date_key(first))
+    .bind(date_key(today))
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut out = Vec::with_capacity(days as usize);
+    let mut date = first;
+    while date <= today {
+        let key = date_key(date);
+        let (package, balance, requests) = rows
+            .iter()
+            .find(|r| r.0 == key)
+            .map(|r| (Money::from_micros(r.1), Money::from_micros(r.2), r.3))
+            .unwrap_or((Money::ZERO, Money::ZERO, 0));
+        out.push(DaySpend { date: key, package, balance, total: package.saturating_add(balance), requests });
+        match date.checked_add_days(Days::new(1)) {
+            Some(next) => date = next,
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// A row of `usage_logs`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsageRow {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub api_key_id: Option<i64>,
+    pub upstream_id: Option<i64>,
+    pub endpoint: String,
+    pub model: String,
+    pub status_code: i64,
+    pub streamed: i64,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: i64,
+    pub package_cost: i64,
+    pub balance_cost: i64,
+    pub estimated: i64,
+    pub first_byte_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+    pub business_date: String,
+    pub error: Option<String>,
+    pub created_at: i64,
+}
+
+const USAGE_COLUMNS: &str =
+    "id, request_id, user_id, api_key_id, upstream_id, endpoint, model, status_code, streamed, \
+    input_tokens, cached_tokens, output_tokens, reasoning_tokens, cost, package_cost, balance_cost, estimated, \
+    first_byte_ms, total_ms, business_date, error, created_at";
+
+/// What the API shows of a usage row.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageView {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub api_key_id: Option<i64>,
+    pub upstream_id: Option<i64>,
+    pub endpoint: String,
+    pub model: String,
+    pub status: i64,
+    pub streamed: bool,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: Money,
+    pub package_cost: Money,
+    pub balance_cost: Money,
+    pub estimated: bool,
+    pub first_byte_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+    pub business_date: String,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+impl UsageRow {
+    pub fn view(&self, calendar: &BusinessCalendar) -> UsageView {
+        UsageView {
+            id: self.id,
+            request_id: self.request_id.clone(),
+            user_id: self.user_id,
+            api_key_id: self.api_key_id,
+            upstream_id: self.upstream_id,
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            status: self.status_code,
+            streamed: self.streamed != 0,
+            input_tokens: self.input_tokens,
+            cached_tokens: self.cached_tokens,
+            output_tokens: self.output_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            cost: Money::from_micros(self.cost),
+            package_cost: Money::from_micros(self.package_cost),
+            balance_cost: Money::from_micros(self.balance_cost),
+            estimated: self.estimated != 0,
+            first_byte_ms: self.first_byte_ms,
+            total_ms: self.total_ms,
+            business_date: self.business_date.clone(),
+            error: self.error.clone(),
+            created_at: calendar.format(from_micros(self.created_at)),
+        }
+    }
+}
+
+/// Filters for usage listings; `None` = any.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub user_id: Option<i64>,
+    pub api_key_id: Option<i64>,
+    pub model: Option<String>,
+    /// Business dates, inclusive.
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+}
+
+/// One page of usage rows, newest first, and the total matching.
+pub async fn list(state: &AppState, filter: &UsageFilter, limit: i64, offset: i64) -> Result<(Vec<UsageRow>, i64)> {
+    let where_clause = "WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR api_key_id = $2) \
+        AND ($3 IS NULL OR model = $3) AND ($4 IS NULL OR business_date >= $4) AND ($5 IS NULL OR business_date <= $5)";
+    let rows = sqlx::query_as::<_, UsageRow>(&format!(
+        "SELECT {USAGE_COLUMNS} FROM usage_logs {where_clause} ORDER BY id DESC LIMIT $6 OFFSET $7"
+    ))
+    .bind(filter.user_id)
+    .bind(filter.api_key_id)
+    .bind(filter.model.as_deref())
+    .bind(filter.date_from.as_deref())
+    .bind(filter.date_to.as_deref())
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(state.db.pool())
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM usage_logs {where_clause}"))
+        .bind(filter.user_id)
+        .bind(filter.api_key_id)
+        .bind(filter.model.as_deref())
+        .bind(filter.date_from.as_deref())
+        .bind(filter.date_to.as_deref())
+        .fetch_one(state.db.pool())
+        .await?;
+    Ok((rows, total))
+}
