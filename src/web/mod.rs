@@ -7,10 +7,12 @@
 pub mod admin_pages;
 pub mod assets;
 pub mod auth_pages;
+pub mod chart;
 pub mod ctx;
 mod dict;
 pub mod i18n;
 pub mod settings_form;
+pub mod usage_pages;
 pub mod user_pages;
 pub mod view;
 
@@ -33,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .merge(auth_pages::router())
         .merge(user_pages::router())
         .merge(admin_pages::router())
+        .merge(usage_pages::router())
 }
 
 /// Field errors of a submitted form, shown next to their fields; the empty field

@@ -8,11 +8,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
+use super::chart::SpendChart;
 use super::ctx::{CsrfForm, Ctx, Signed};
 use super::view::{self, KeyRow};
 use super::{error_page_for, render, FieldErrors};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, NewKey};
+use crate::billing::{self, usage::PackageToday};
 use crate::error::Error;
 use crate::money::Money;
 use crate::users;
@@ -31,24 +33,78 @@ pub fn router() -> Router<AppState> {
 struct DashboardPage<'a> {
     ctx: &'a Ctx,
     balance: String,
+    spent_today: String,
+    spent_package: String,
+    spent_balance: String,
     active_keys: usize,
     next_reset: String,
-    zone: &'a str,
+    package: Option<PackageStatus>,
+    chart: SpendChart,
 }
+
+/// The package in force, as the dashboard shows it.
+struct PackageStatus {
+    name: String,
+    limit: String,
+    used: String,
+    remaining: String,
+    percent: i64,
+    /// Progress bar colour: "", "warn" (80 %+) or "bad" (used up).
+    level: &'static str,
+    ends: String,
+}
+
+impl PackageStatus {
+    fn new(p: &PackageToday, calendar: &crate::clock::BusinessCalendar) -> Self {
+        let limit = p.daily_limit.micros();
+        let percent = if limit > 0 { (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100) } else { 100 };
+        let ends = chrono::DateTime::parse_from_rfc3339(&p.ends_at)
+            .map(|t| view::time(calendar, t.timestamp_micros()))
+            .unwrap_or_else(|_| p.ends_at.clone());
+        PackageStatus {
+            name: p.name.clone(),
+            limit: p.daily_limit.format_2dp(),
+            used: p.used_today.format_2dp(),
+            remaining: p.remaining_today.format_2dp(),
+            percent,
+            level: if percent >= 100 {
+                "bad"
+            } else if percent >= 80 {
+                "warn"
+            } else {
+                ""
+            },
+            ends,
+        }
+    }
+}
+
+/// Days of spend the dashboard chart shows.
+const CHART_DAYS: u32 = 30;
 
 async fn dashboard(State(state): State<AppState>, signed: Signed) -> Response {
     let ctx = &signed.ctx;
-    let keys = match api_keys::list_for_user(&state.db, signed.user.id).await {
-        Ok(keys) => keys,
+    let loaded = async {
+        let keys = api_keys::list_for_user(&state.db, signed.user.id).await?;
+        let usage = billing::usage::daily_usage(&state, signed.user.id, Some(CHART_DAYS)).await?;
+        Ok::<_, Error>((keys, usage))
+    }
+    .await;
+    let (keys, usage) = match loaded {
+        Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
     let calendar = state.calendar();
     let page = DashboardPage {
         ctx,
-        balance: view::money(signed.user.balance),
+        balance: usage.balance.format_2dp(),
+        spent_today: usage.spent_today.total.format_2dp(),
+        spent_package: usage.spent_today.package.format_2dp(),
+        spent_balance: usage.spent_today.balance.format_2dp(),
         active_keys: keys.iter().filter(|k| k.status == "active").count(),
         next_reset: view::time(calendar, crate::clock::to_micros(calendar.next_reset(state.now()))),
-        zone: calendar.zone_name(),
+        package: usage.package.as_ref().map(|p| PackageStatus::new(p, calendar)),
+        chart: SpendChart::new(usage.history.as_deref().unwrap_or(&[])),
     };
     render(ctx, StatusCode::OK, &page)
 }

@@ -68,6 +68,9 @@ impl Pager {
         let last = (page * per_page).min(total);
         let joiner = if base.ends_with('?') { "" } else { "&" };
         let link = |p: i64| format!("{base}{joiner}page={p}");
+        if total == 0 {
+            return Pager { summary: String::new(), prev: None, next: None };
+        }
         Pager {
             summary: ctx
                 .t("pager.summary")

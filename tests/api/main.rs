@@ -9,3 +9,4 @@ mod billing;
 mod keys;
 mod ops;
 mod web;
+mod web_usage;
