@@ -28,6 +28,8 @@ pub struct AppState {
     pub login_throttle: crate::auth::throttle::LoginThrottle,
     /// Seals credentials stored in the database.
     pub secrets: crate::secrets::SecretBox,
+    /// Outgoing HTTP (payment gateway calls, sandbox notifies); one pool for the process.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -65,6 +67,10 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let secrets = crate::secrets::SecretBox::new(config.secret_bytes());
         let settings = SettingsStore::load(db.clone(), secrets.clone()).await?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()?;
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -73,6 +79,7 @@ impl Application {
             tasks: TaskTracker::new(),
             login_throttle: Default::default(),
             secrets,
+            http,
         };
         Ok(Application { listener, state })
     }

@@ -12,6 +12,7 @@
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
+//! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod admin_actions;
@@ -27,6 +28,9 @@ pub mod error;
 pub mod jobs;
 pub mod ledger;
 pub mod money;
+pub mod orders;
+pub mod packages;
+pub mod payment;
 pub mod routes;
 pub mod secrets;
 pub mod settings;

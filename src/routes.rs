@@ -17,12 +17,21 @@ const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-reques
 
 /// Every route of the application with its state applied.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(telemetry::metrics_endpoint))
         .merge(crate::api::router())
         .merge(crate::web::router())
+        .merge(crate::payment::page::router());
+    if state.config.pay_sandbox {
+        tracing::warn!(
+            "PAYMENT SANDBOX IS ON (GATEWAY_PAY_SANDBOX=true): a simulated gateway is mounted at /sandbox/epay; \
+             never run a real shop like this"
+        );
+        routes = routes.merge(crate::payment::sandbox::router());
+    }
+    routes
         .fallback(fallback)
         .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

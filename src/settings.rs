@@ -68,6 +68,8 @@ pub struct CreditSettings {
     pub topup_max: Money,
     /// USD of balance credited per 1.00 paid.
     pub topup_rate: Money,
+    /// How far back reconciliation asks the gateway about unpaid orders.
+    pub reconcile_window_minutes: i64,
 }
 
 impl Default for CreditSettings {
@@ -86,6 +88,7 @@ impl Default for CreditSettings {
             topup_min: Money::units(1),
             topup_max: Money::units(1000),
             topup_rate: Money::units(1),
+            reconcile_window_minutes: 24 * 60,
         }
     }
 }

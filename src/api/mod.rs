@@ -7,7 +7,9 @@ pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod packages;
 pub mod pagination;
+pub mod payments;
 pub mod settings;
 
 use axum::Router;
@@ -25,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .merge(admin_users::router())
         .merge(settings::router())
         .merge(billing::router())
+        .merge(packages::router())
+        .merge(payments::router())
 }
 
 /// The JSON answer for an unknown `/api` path.

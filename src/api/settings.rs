@@ -111,6 +111,9 @@ fn validate(s: &Settings) -> Result<(), Error> {
     {
         return Err(Error::validation("credit.topup_min", "top-up bounds must be whole cents with 0 < min <= max"));
     }
+    if !(1..=43_200).contains(&c.reconcile_window_minutes) {
+        return Err(Error::validation("credit.reconcile_window_minutes", "must be between 1 and 43200"));
+    }
     if !c.topup_rate.is_positive() {
         return Err(Error::validation("credit.topup_rate", "must be greater than 0"));
     }

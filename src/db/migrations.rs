@@ -18,8 +18,10 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one; append a new one.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial data model", sql: include_str!("migrations/0001_initial.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial data model", sql: include_str!("migrations/0001_initial.sql") },
+    Migration { version: 3, name: "packages and payments", sql: include_str!("migrations/0003_packages_payments.sql") },
+];
 
 /// Arbitrary constant naming our advisory lock.
 const MIGRATION_LOCK_ID: i64 = 7_406_211_901;

@@ -200,7 +200,7 @@ impl FromRequestParts<AppState> for Signed {
         let (session_id, user) = match sessions::lookup(&state.db, &token, state.now()).await {
             Ok(Some(found)) => found,
             Ok(None) => return Err(to_login()),
-            Err(e) => return Err(super::error_page(lang, &e)),
+            Err(e) => return Err(super::error_page_in(lang, &e)),
         };
         if !user.is_active() {
             return Err(super::message_page(lang, StatusCode::FORBIDDEN, "error.suspended_title", "error.suspended"));

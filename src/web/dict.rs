@@ -248,6 +248,15 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("settings.topup_rate", "Balance per 1.00 paid", "每支付 1.00 到账余额"),
     ("settings.topup_rate_help", "USD of balance credited for each 1.00 paid.", "每支付 1.00 所到账的美元余额。"),
     ("settings.save", "Save settings", "保存设置"),
+    // Payment hand-off
+    ("pay.title", "Pay for your order", "支付订单"),
+    ("pay.order", "Order", "订单号"),
+    (
+        "pay.redirecting",
+        "You are being sent to the payment page; if nothing happens, press the button.",
+        "正在跳转到支付页面；如果没有自动跳转，请点击下方按钮。",
+    ),
+    ("pay.continue", "Continue to payment", "前往支付"),
     // Errors
     ("error.back", "Back to the dashboard", "返回概览"),
     ("error.generic_title", "That did not work", "操作未完成"),

@@ -128,8 +128,24 @@ pub fn error_page_for(ctx: &Ctx, err: &Error) -> Response {
 }
 
 /// [`error_page_for`] without a request context.
-pub fn error_page(lang: Lang, err: &Error) -> Response {
+pub fn error_page_in(lang: Lang, err: &Error) -> Response {
     error_page_for(&Ctx::bare(lang), err)
+}
+
+/// [`error_page_in`] English, for pages outside the signed-in site (the payment sandbox).
+pub fn error_page(err: &Error) -> Response {
+    error_page_in(Lang::En, err)
+}
+
+/// Renders a standalone template that does not use the site layout (the sandbox cashier).
+pub fn render_plain<T: Template>(status: StatusCode, template: &T) -> Response {
+    match template.render() {
+        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template rendering failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
 }
 
 /// The HTML 404 for unknown paths, in the language the request asks for.

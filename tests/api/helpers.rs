@@ -276,3 +276,62 @@ macro_rules! on_both_databases {
         )*
     };
 }
+
+/// Like `on_both_databases!`, with the payment sandbox mounted (`GATEWAY_PAY_SANDBOX=true`).
+#[macro_export]
+macro_rules! on_both_databases_with_sandbox {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, &[("GATEWAY_PAY_SANDBOX", "true")]).await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, &[("GATEWAY_PAY_SANDBOX", "true")]).await).await
+                }
+            }
+        )*
+    };
+}
+
+/// Merchant id and key the payment tests configure (the sandbox plays this merchant's gateway).
+pub const TEST_PID: &str = "1001";
+pub const TEST_KEY: &str = "sandbox-secret-key";
+
+impl TestApp {
+    /// Creates a package through the admin API; returns its id.
+    pub async fn create_package(&self, admin: &str, body: Value) -> i64 {
+        let r = self.post("/api/admin/packages", admin, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "create package: {}", r.text);
+        r.body["id"].as_i64().unwrap()
+    }
+
+    /// Switches Credit payments on, pointed at this app's own sandbox and notify route.
+    pub async fn configure_credit(&self, admin: &str) {
+        let r = self
+            .put(
+                "/api/admin/settings",
+                admin,
+                json!({"credit": {
+                    "enabled": true, "pid": TEST_PID, "key": TEST_KEY,
+                    "gateway_url": self.url("/sandbox/epay"),
+                    "notify_url": self.url("/api/payment/credit/notify"),
+                    "return_url": self.url("/packages"),
+                }}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "configure credit: {}", r.text);
+    }
+
+    /// Runs the hourly package job once at the fake clock's time.
+    pub async fn mark_expired(&self) -> u64 {
+        codex_gateway::packages::activation::mark_expired(&self.db, self.clock.now()).await.unwrap()
+    }
+
+    /// A user's balance as the API shows it.
+    pub async fn balance(&self, token: &str) -> String {
+        self.get("/api/user/me", token).await.body["balance"].as_str().unwrap().to_string()
+    }
+}

@@ -8,5 +8,7 @@ mod admin;
 mod billing;
 mod keys;
 mod ops;
+mod packages;
+mod payments;
 mod web;
 mod web_usage;

@@ -1,0 +1,163 @@
+//! Payments: top-up orders, order history, the gateway notify, admin re-check and refund.
+//! Rules live in [`crate::orders`] and [`crate::payment`].
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
+use super::pagination::PageQuery;
+use crate::app::AppState;
+use crate::audit::{self, AuditEvent};
+use crate::auth::{AdminUser, CurrentUser};
+use crate::clock::to_micros;
+use crate::error::Error;
+use crate::money::Money;
+use crate::orders::refund::RefundBy;
+use crate::orders::{self, jobs, OrderFilter};
+use crate::payment::{self, notify, page};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/payment/credit/notify", get(credit_notify).post(credit_notify))
+        .route("/api/user/topup", post(topup))
+        .route("/api/user/orders", get(my_orders))
+        .route("/api/user/orders/{out_trade_no}", get(my_order))
+        .route("/api/admin/orders", get(all_orders))
+        .route("/api/admin/orders/{out_trade_no}/check", post(check))
+        .route("/api/admin/orders/{out_trade_no}/refund", post(refund))
+}
+
+/// Answers the gateway in plain text: `success` or a refusal it will retry.
+async fn credit_notify(State(state): State<AppState>, client: ClientAddr, query: RawQuery, body: Bytes) -> Response {
+    let params = payment::collect_params(&query, &body);
+    let reply = notify::handle(&state, &params, client.ip()).await;
+    if reply.ok {
+        (StatusCode::OK, "success").into_response()
+    } else if reply.internal {
+        (StatusCode::INTERNAL_SERVER_ERROR, "fail").into_response()
+    } else {
+        (StatusCode::BAD_REQUEST, "fail").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct TopupBody {
+    amount: Money,
+}
+
+async fn topup(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiJson(body): ApiJson<TopupBody>,
+) -> ApiResult<impl IntoResponse> {
+    let order = orders::create_topup(&state, current.user.id, body.amount).await?;
+    let settings = state.settings.get().await?;
+    let (url, params) = page::gateway_form(&settings.credit, &state.config.public_url, &order);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "order": order.view(state.calendar()),
+            "pay_url": page::pay_url(&state.config.public_url, &order.out_trade_no),
+            "gateway": { "url": url, "params": params },
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct OrderQuery {
+    status: Option<String>,
+    kind: Option<String>,
+    user_id: Option<i64>,
+    /// RFC 3339 bounds on the creation time.
+    from: Option<String>,
+    until: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+impl OrderQuery {
+    fn filter(&self, user_id: Option<i64>) -> Result<OrderFilter, Error> {
+        let instant = |field: &str, v: &Option<String>| {
+            v.as_deref().map(|t| super::keys::parse_instant(field, t).map(to_micros)).transpose()
+        };
+        Ok(OrderFilter {
+            user_id,
+            status: self.status.clone().filter(|s| !s.is_empty()),
+            kind: self.kind.clone().filter(|s| !s.is_empty()),
+            from: instant("from", &self.from)?,
+            until: instant("until", &self.until)?,
+        })
+    }
+}
+
+async fn my_orders(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiQuery(query): ApiQuery<OrderQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let page = PageQuery::new(query.page, query.per_page);
+    let filter = query.filter(Some(current.user.id))?;
+    let (rows, total) = orders::list(&state.db, &filter, page.limit(), page.offset()).await?;
+    let items = rows.iter().map(|o| o.view(state.calendar())).collect();
+    Ok(Json(page.wrap(items, total)))
+}
+
+async fn my_order(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiPath(otn): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let order = orders::find(&state.db, &otn)
+        .await?
+        .filter(|o| o.user_id == current.user.id)
+        .ok_or(Error::NotFound("order"))?;
+    Ok(Json(order.view(state.calendar())))
+}
+
+async fn all_orders(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(query): ApiQuery<OrderQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let page = PageQuery::new(query.page, query.per_page);
+    let filter = query.filter(query.user_id)?;
+    let (rows, total) = orders::list(&state.db, &filter, page.limit(), page.offset()).await?;
+    let items = rows.iter().map(|o| o.view(state.calendar())).collect();
+    Ok(Json(page.wrap(items, total)))
+}
+
+async fn check(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiPath(otn): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let (outcome, order) = jobs::check_order(&state, &otn).await?;
+    Ok(Json(json!({ "order": order.view(state.calendar()), "check": outcome })))
+}
+
+async fn refund(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiPath(otn): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let order = orders::refund::refund(&state, &otn, RefundBy { actor_id: admin.user.id }).await?;
+    let mut conn = state.db.pool().acquire().await?;
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "order.refund",
+        target: Some(format!("order:{otn}")),
+        before: None,
+        after: audit::snapshot(&order.view(state.calendar())),
+        ip: client.ip(),
+    };
+    audit::record(&mut conn, &event, state.now()).await?;
+    Ok(Json(json!({ "order": order.view(state.calendar()) })))
+}
