@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}/status", post(set_status))
         .route("/admin/users/{id}/balance", post(adjust_balance))
         .route("/admin/settings", get(settings_page).post(save_settings))
+        .route("/admin/settings/check", post(check_credit))
 }
 
 /// A user as the admin tables show them.
@@ -285,16 +286,22 @@ struct SettingsPage<'a> {
     credit_usable: bool,
     default_notify_url: String,
     default_return_url: String,
+    /// The result of "check configuration": reached the gateway?, and what it said.
+    check: Option<(bool, String)>,
     errors: FieldErrors,
 }
 
-async fn render_settings(
-    state: &AppState,
-    ctx: &Ctx,
+/// What the settings page shows besides the stored settings.
+#[derive(Default)]
+struct SettingsOutcome {
     form: Option<SettingsForm>,
     saved: bool,
+    check: Option<(bool, String)>,
     errors: FieldErrors,
-) -> Response {
+}
+
+async fn render_settings(state: &AppState, ctx: &Ctx, outcome: SettingsOutcome) -> Response {
+    let SettingsOutcome { form, saved, check, errors } = outcome;
     let settings = match state.settings.get().await {
         Ok(s) => s,
         Err(e) => return error_page_for(ctx, &e),
@@ -311,13 +318,14 @@ async fn render_settings(
         credit_usable: settings.credit.is_usable(),
         default_notify_url: blank.notify_url_or_default(public_url),
         default_return_url: blank.return_url_or_default(public_url),
+        check,
         errors,
     };
     render(ctx, status, &page)
 }
 
 async fn settings_page(State(state): State<AppState>, AdminPage(signed): AdminPage) -> Response {
-    render_settings(&state, &signed.ctx, None, false, FieldErrors::none()).await
+    render_settings(&state, &signed.ctx, SettingsOutcome::default()).await
 }
 
 async fn save_settings(
@@ -329,11 +337,34 @@ async fn save_settings(
     let actor = Actor { id: signed.user.id, ip: client.ip() };
     let result = async { admin_actions::update_settings(&state, &actor, form.to_patch()?).await }.await;
     match result {
-        Ok(_) => render_settings(&state, &signed.ctx, None, true, FieldErrors::none()).await,
+        Ok(_) => render_settings(&state, &signed.ctx, SettingsOutcome { saved: true, ..Default::default() }).await,
         Err(e) if e.status_code().is_client_error() => {
             let errors = FieldErrors::from_error(&signed.ctx, &e);
-            render_settings(&state, &signed.ctx, Some(form), false, errors).await
+            render_settings(&state, &signed.ctx, SettingsOutcome { form: Some(form), errors, ..Default::default() })
+                .await
         }
         Err(e) => error_page_for(&signed.ctx, &e),
     }
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+/// "Check configuration": a signed order query for a made-up order number; any JSON
+/// answer proves the URL is right, and the gateway's message tells whether pid/key are.
+async fn check_credit(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let settings = match state.settings.get().await {
+        Ok(s) => s,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let check = match crate::payment::client::query_order(&state.http, &settings.credit, "cg-config-check").await {
+        Ok(answer) => (true, answer.message),
+        Err(e) => (false, e.public_message()),
+    };
+    render_settings(&state, ctx, SettingsOutcome { check: Some(check), ..Default::default() }).await
 }

@@ -93,6 +93,9 @@ pub fn message(lang: Lang, text: &str) -> String {
         if let Some(n) = text.strip_prefix("must be at least ").and_then(|r| r.strip_suffix(" characters")) {
             return format!("至少需要 {n} 个字符");
         }
+        if let Some((low, high)) = text.strip_prefix("must be between ").and_then(|r| r.split_once(" and ")) {
+            return format!("须在 {low} 到 {high} 之间");
+        }
         if let Some(n) = text.strip_prefix("must be at most ").and_then(|r| r.strip_suffix(" characters")) {
             return format!("最多 {n} 个字符");
         }

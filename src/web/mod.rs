@@ -5,6 +5,7 @@
 //! translate between forms, templates and [`crate::error::Error`].
 
 pub mod admin_pages;
+pub mod admin_shop;
 pub mod assets;
 pub mod auth_pages;
 pub mod chart;
@@ -12,6 +13,7 @@ pub mod ctx;
 mod dict;
 pub mod i18n;
 pub mod settings_form;
+pub mod shop_pages;
 pub mod usage_pages;
 pub mod user_pages;
 pub mod view;
@@ -36,6 +38,8 @@ pub fn router() -> Router<AppState> {
         .merge(user_pages::router())
         .merge(admin_pages::router())
         .merge(usage_pages::router())
+        .merge(shop_pages::router())
+        .merge(admin_shop::router())
 }
 
 /// Field errors of a submitted form, shown next to their fields; the empty field

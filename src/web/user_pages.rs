@@ -242,12 +242,39 @@ struct AccountPage<'a> {
     balance: String,
     created: String,
     changed: bool,
+    topup: Option<TopupInfo>,
+    topup_amount: &'a str,
     errors: FieldErrors,
 }
 
-fn account_page(state: &AppState, signed: &Signed, changed: bool, errors: FieldErrors) -> Response {
+/// The top-up form's bounds, when top-ups are on.
+struct TopupInfo {
+    min: String,
+    max: String,
+    rate: String,
+}
+
+/// What the account page shows besides the profile.
+#[derive(Default)]
+struct AccountOutcome<'a> {
+    changed: bool,
+    topup_amount: &'a str,
+    errors: FieldErrors,
+}
+
+async fn render_account(state: &AppState, signed: &Signed, outcome: AccountOutcome<'_>) -> Response {
     let ctx = &signed.ctx;
-    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let settings = match state.settings.get().await {
+        Ok(s) => s,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let credit = &settings.credit;
+    let topup = (credit.is_usable() && credit.topup_enabled).then(|| TopupInfo {
+        min: credit.topup_min.format_2dp(),
+        max: credit.topup_max.format_2dp(),
+        rate: credit.topup_rate.to_string(),
+    });
+    let status = if outcome.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let role = if signed.user.is_admin() { ctx.t("role.admin") } else { ctx.t("role.user") };
     let page = AccountPage {
         ctx,
@@ -255,14 +282,21 @@ fn account_page(state: &AppState, signed: &Signed, changed: bool, errors: FieldE
         role,
         balance: view::money(signed.user.balance),
         created: view::time(state.calendar(), signed.user.created_at),
-        changed,
-        errors,
+        changed: outcome.changed,
+        topup,
+        topup_amount: outcome.topup_amount,
+        errors: outcome.errors,
     };
     render(ctx, status, &page)
 }
 
+/// The account page with a rejected top-up form.
+pub async fn account_with_errors(state: &AppState, signed: &Signed, amount: &str, errors: FieldErrors) -> Response {
+    render_account(state, signed, AccountOutcome { changed: false, topup_amount: amount, errors }).await
+}
+
 async fn account(State(state): State<AppState>, signed: Signed) -> Response {
-    account_page(&state, &signed, false, FieldErrors::none())
+    render_account(&state, &signed, AccountOutcome::default()).await
 }
 
 #[derive(Deserialize)]
@@ -293,9 +327,10 @@ async fn change_password(
     }
     .await;
     match result {
-        Ok(()) => account_page(&state, &signed, true, FieldErrors::none()),
+        Ok(()) => render_account(&state, &signed, AccountOutcome { changed: true, ..Default::default() }).await,
         Err(e) if e.status_code().is_client_error() => {
-            account_page(&state, &signed, false, FieldErrors::from_error(&signed.ctx, &e))
+            let outcome = AccountOutcome { errors: FieldErrors::from_error(&signed.ctx, &e), ..Default::default() };
+            render_account(&state, &signed, outcome).await
         }
         Err(e) => error_page_for(&signed.ctx, &e),
     }

@@ -11,4 +11,5 @@ mod ops;
 mod packages;
 mod payments;
 mod web;
+mod web_shop;
 mod web_usage;
