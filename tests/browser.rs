@@ -11,9 +11,11 @@ mod helpers;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use codex_gateway::billing::{self, AdmissionRequest, UsageRecord};
 use codex_gateway::clock::Clock;
+use codex_gateway::money::Money;
 use fantoccini::{Client, ClientBuilder, Locator};
-use helpers::{spawn_app, Backend, TestApp};
+use helpers::{spawn_app_with, Backend, TestApp};
 use serde_json::json;
 
 /// A chromedriver process, killed when dropped.
@@ -75,6 +77,8 @@ struct Session {
     c: Client,
     app: TestApp,
     shots: PathBuf,
+    /// The API key the user created, for later steps.
+    secret: std::sync::Mutex<String>,
 }
 
 impl Session {
@@ -118,7 +122,7 @@ impl Session {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_run_setup_admin_settings_and_a_user_with_a_key_work_in_a_real_browser() {
+async fn setup_settings_a_package_bought_through_the_cashier_and_usage_work_in_a_real_browser() {
     let Some(chromedriver) = find_binary("CHROMEDRIVER", &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
     else {
         if std::env::var_os("CI").is_some() {
@@ -134,7 +138,12 @@ async fn first_run_setup_admin_settings_and_a_user_with_a_key_work_in_a_real_bro
     let c = connect(&driver, chromium, &profile).await;
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let s = Session { c, app: spawn_app(Backend::Sqlite).await, shots };
+    let s = Session {
+        c,
+        secret: std::sync::Mutex::new(String::new()),
+        app: spawn_app_with(Backend::Sqlite, &[("GATEWAY_PAY_SANDBOX", "true")]).await,
+        shots,
+    };
 
     // Close the browser even when an assertion fails, then report the failure.
     let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(flow(&s))).await;
@@ -148,8 +157,13 @@ async fn first_run_setup_admin_settings_and_a_user_with_a_key_work_in_a_real_bro
 
 async fn flow(s: &Session) {
     admin_first_run(s).await;
+    admin_creates_a_package(s).await;
     user_signs_up_and_creates_a_key(s).await;
+    user_buys_the_package_through_the_sandbox_cashier(s).await;
+    usage_moves_the_dashboard(s).await;
+    user_revokes_the_key(s).await;
     switches_language_and_uses_a_phone(s).await;
+    admin_sees_orders_and_usage(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
@@ -174,11 +188,18 @@ async fn admin_first_run(s: &Session) {
     s.shot("04-admin-settings-error").await;
     s.fill("#markup", "1.25").await;
     s.fill("#max_keys_per_user", "3").await;
+    s.fill("#credit_gateway_url", &s.app.url("/sandbox/epay")).await;
     s.fill("#credit_pid", "1001").await;
     s.fill("#credit_key", "merchant-secret").await;
+    s.fill("#credit_notify_url", &s.app.url("/api/payment/credit/notify")).await;
+    s.fill("#credit_return_url", &s.app.url("/packages")).await;
     s.click("#credit_enabled").await;
     s.click("#save-settings").await;
     s.text("#saved").await;
+    s.click("#check-credit").await;
+    let check = s.c.wait().for_element(Locator::Css("#check-result")).await.unwrap();
+    assert!(check.attr("class").await.unwrap().unwrap_or_default().contains("ok"), "the sandbox gateway answers");
+    s.shot("04b-admin-settings-checked").await;
     let settings = s.app.state.settings.get().await.unwrap();
     assert_eq!(settings.markup.to_string(), "1.25");
     assert_eq!(settings.max_keys_per_user, 3);
@@ -193,6 +214,20 @@ async fn admin_first_run(s: &Session) {
     s.go("/admin/users").await;
     s.text("#users-table").await;
     s.shot("06-admin-users").await;
+}
+
+async fn admin_creates_a_package(s: &Session) {
+    s.go("/admin/packages").await;
+    s.fill("#name", "Starter").await;
+    s.fill("#price", "9.90").await;
+    s.fill("#duration_days", "30").await;
+    s.fill("#daily_limit", "2").await;
+    s.fill("#stock", "5").await;
+    s.fill("#description", "Two dollars of API usage every day").await;
+    s.click("#create-package").await;
+    s.wait_path("/admin/packages").await;
+    assert!(s.text("#packages-table").await.contains("Starter"));
+    s.shot("06b-admin-packages").await;
     s.click("#logout").await;
     s.wait_path("/login").await;
 }
@@ -224,19 +259,98 @@ async fn user_signs_up_and_creates_a_key(s: &Session) {
     let now = s.app.clock.now();
     let owner = codex_gateway::auth::api_keys::authenticate(&s.app.db, &secret, now).await.unwrap();
     assert!(owner.is_ok(), "the key shown in the page authenticates");
+    *s.secret.lock().unwrap() = secret.clone();
 
     // Reloading never shows the secret again.
     s.go("/keys").await;
     assert!(s.c.find(Locator::Css("#secret-value")).await.is_err());
+}
 
+async fn user_revokes_the_key(s: &Session) {
+    s.go("/keys").await;
+    let secret = s.secret.lock().unwrap().clone();
+    let now = s.app.clock.now();
     // Revoke through htmx (after the confirmation dialog): the row updates in place.
     s.click("#keys-table button.danger").await;
     s.c.accept_alert().await.unwrap();
     s.c.wait().for_element(Locator::Css("#keys-table .badge:not(.ok)")).await.unwrap();
     assert_eq!(s.path().await, "/keys");
-    s.shot("10-keys-revoked").await;
+    s.shot("10g-keys-revoked").await;
     let after = codex_gateway::auth::api_keys::authenticate(&s.app.db, &secret, now).await.unwrap();
     assert!(after.is_err(), "a revoked key no longer authenticates");
+}
+
+async fn user_buys_the_package_through_the_sandbox_cashier(s: &Session) {
+    s.click("a[href='/packages']").await;
+    s.wait_path("/packages").await;
+    s.shot("10a-packages").await;
+    s.click(".buy-credit").await;
+    // /pay/{order} signs the order and sends the browser on to the gateway's cashier.
+    for _ in 0..50 {
+        if s.path().await.starts_with("/sandbox/epay/cashier/") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.text("#sandbox-money").await, "9.90");
+    s.shot("10b-sandbox-cashier").await;
+    s.click("#sandbox-pay").await;
+    s.wait_path("/packages").await;
+    let status = s.c.wait().for_element(Locator::Css("#order-status[data-status='fulfilled']")).await.unwrap();
+    assert!(status.text().await.unwrap().contains("Starter"));
+    assert!(s.text("#my-packages").await.contains("Starter"));
+    s.shot("10c-packages-paid").await;
+    s.go("/dashboard").await;
+    assert_eq!(s.text("#package-name").await, "Starter");
+    assert_eq!(s.text("#package-remaining").await, "2.00");
+}
+
+/// Until the proxy lands in this branch, usage is billed the way the proxy bills it.
+async fn usage_moves_the_dashboard(s: &Session) {
+    let user = codex_gateway::users::find_by_email(&s.app.db, "dev@example.com").await.unwrap().unwrap();
+    let keys = codex_gateway::auth::api_keys::list_for_user(&s.app.db, user.id).await.unwrap();
+    let request = AdmissionRequest { user_id: user.id, api_key_id: keys[0].id, hold: Money::parse("0.01").unwrap() };
+    let hold = billing::admit(&s.app.state, &request).await.unwrap();
+    let record = UsageRecord {
+        request_id: "browser-1".into(),
+        endpoint: "/v1/responses".into(),
+        model: "gpt-5-codex".into(),
+        status_code: 200,
+        input_tokens: 18_000,
+        output_tokens: 2_400,
+        cost: Money::parse("1.25").unwrap(),
+        ..Default::default()
+    };
+    billing::settle(&s.app.state, &hold, &record).await.unwrap();
+    s.go("/dashboard").await;
+    assert_eq!(s.text("#spent-today").await, "1.25");
+    assert_eq!(s.text("#package-used").await, "1.25");
+    assert_eq!(s.text("#package-remaining").await, "0.75");
+    s.shot("10d-dashboard-usage").await;
+    s.click("a[href='/usage']").await;
+    s.wait_path("/usage").await;
+    assert!(s.text("#usage-table").await.contains("gpt-5-codex"));
+    s.shot("10e-usage").await;
+    s.go("/orders").await;
+    assert!(s.text("#orders-table").await.contains("Starter"));
+    s.shot("10f-orders").await;
+}
+
+async fn admin_sees_orders_and_usage(s: &Session) {
+    s.click("#logout").await;
+    s.wait_path("/login").await;
+    s.fill("#email", "boss@example.com").await;
+    s.fill("#password", "correct horse battery").await;
+    s.click("#submit").await;
+    s.wait_path("/dashboard").await;
+    s.go("/admin/orders").await;
+    assert!(s.text("#orders-table").await.contains("dev@example.com"));
+    s.shot("17-admin-orders").await;
+    s.go("/admin/usage").await;
+    assert!(s.text("#usage-table").await.contains("gpt-5-codex"));
+    s.shot("18-admin-usage").await;
+    s.go("/admin/packages").await;
+    s.shot("19-admin-packages-sold").await;
 }
 
 async fn switches_language_and_uses_a_phone(s: &Session) {
