@@ -329,6 +329,8 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("order.status_pending", "Awaiting payment", "待支付"),
     ("order.status_refunded", "Refunded", "已退款"),
     ("order.status_expired", "Expired", "已过期"),
+    ("order.status_refunding", "Refunding", "退款中"),
+    ("order.status_paid", "Paid", "已支付"),
     ("orders.title", "Orders", "订单"),
     ("orders.intro", "Package purchases and balance top-ups.", "套餐购买与余额充值记录。"),
     ("orders.subject", "Item", "商品"),
