@@ -10,6 +10,7 @@
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
 //! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
+//! - [`proxy`]: the OpenAI-compatible `/v1` gateway: upstreams, prices, metering.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
 //! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
@@ -31,6 +32,7 @@ pub mod money;
 pub mod orders;
 pub mod packages;
 pub mod payment;
+pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod settings;

@@ -10,7 +10,9 @@ pub mod keys;
 pub mod packages;
 pub mod pagination;
 pub mod payments;
+pub mod prices;
 pub mod settings;
+pub mod upstreams;
 
 use axum::Router;
 use serde::{Deserialize, Deserializer};
@@ -29,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .merge(billing::router())
         .merge(packages::router())
         .merge(payments::router())
+        .merge(upstreams::router())
+        .merge(prices::router())
 }
 
 /// The JSON answer for an unknown `/api` path.
