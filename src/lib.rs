@@ -18,6 +18,7 @@
 //! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
+pub mod admin_actions;
 pub mod announcements;
 pub mod api;
 pub mod app;

@@ -80,6 +80,6 @@ async fn fallback(request: Request) -> Response {
         )
             .into_response()
     } else {
-        crate::web::not_found_page()
+        crate::web::not_found_for(request.headers())
     }
 }

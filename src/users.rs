@@ -232,6 +232,28 @@ pub async fn set_password(db: &Db, id: i64, plain_password: &str, now: DateTime<
     Ok(())
 }
 
+/// A user changes their own password: the old one must match; their other sessions end.
+pub async fn change_own_password(db: &Db, user: &User, change: &PasswordChange<'_>, now: DateTime<Utc>) -> Result<()> {
+    let matches = match user.password_hash.as_deref() {
+        Some(hash) => password::verify(change.old_password, hash).await,
+        None => false,
+    };
+    if !matches {
+        return Err(Error::validation("old_password", "is not the current password"));
+    }
+    set_password(db, user.id, change.new_password, now).await?;
+    crate::auth::sessions::revoke_others(db, user.id, change.keep_session_id, now).await
+}
+
+/// The inputs of [`change_own_password`].
+#[derive(Debug, Clone)]
+pub struct PasswordChange<'a> {
+    pub old_password: &'a str,
+    pub new_password: &'a str,
+    /// The session in use, which stays signed in.
+    pub keep_session_id: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,15 +108,11 @@ async fn change_password(
     current: CurrentUser,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> ApiResult<StatusCode> {
-    let matches = match current.user.password_hash.as_deref() {
-        Some(hash) => password::verify(&body.old_password, hash).await,
-        None => false,
+    let change = users::PasswordChange {
+        old_password: &body.old_password,
+        new_password: &body.new_password,
+        keep_session_id: current.session_id,
     };
-    if !matches {
-        return Err(Error::validation("old_password", "is not the current password").into());
-    }
-    let now = state.now();
-    users::set_password(&state.db, current.user.id, &body.new_password, now).await?;
-    sessions::revoke_others(&state.db, current.user.id, current.session_id, now).await?;
+    users::change_own_password(&state.db, &current.user, &change, state.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,11 +10,11 @@ use serde_json::json;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
+use crate::admin_actions::{self, Actor, BalanceAdjustment};
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
 use crate::auth::{AdminUser, Role, Status};
 use crate::error::Error;
-use crate::ledger::{self, EntryDetails, Overdraft};
+use crate::ledger;
 use crate::money::Money;
 use crate::users::{self, UserFilter, UserPatch};
 
@@ -96,27 +96,13 @@ async fn update(
             .transpose()?,
         daily_cap: body.daily_cap,
     };
-    if id == admin.user.id && (patch.status == Some(Status::Suspended) || patch.role == Some(Role::User)) {
-        return Err(Error::conflict("cannot_demote_self", "an admin cannot suspend or demote their own account").into());
-    }
-    let before = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
-    let now = state.now();
-    let after = users::update(&state.db, id, &patch, now).await?;
-    let mut conn = state.db.pool().acquire().await?;
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "user.update",
-        target: Some(format!("user:{id}")),
-        before: audit::snapshot(&before.view(state.calendar())),
-        after: audit::snapshot(&after.view(state.calendar())),
-        ip: client.ip(),
-    };
-    audit::record(&mut conn, &event, now).await?;
+    let actor = Actor { id: admin.user.id, ip: client.ip() };
+    let after = admin_actions::update_user(&state, &actor, id, &patch).await?;
     Ok(Json(after.view(state.calendar())))
 }
 
 #[derive(Deserialize)]
-struct BalanceAdjustment {
+struct BalanceBody {
     amount: Money,
     reason: String,
 }
@@ -126,43 +112,11 @@ async fn adjust_balance(
     AdminUser(admin): AdminUser,
     client: ClientAddr,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(body): ApiJson<BalanceAdjustment>,
+    ApiJson(body): ApiJson<BalanceBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let reason = body.reason.trim();
-    if reason.is_empty() {
-        return Err(Error::validation("reason", "is required for every balance adjustment").into());
-    }
-    if body.amount == Money::ZERO {
-        return Err(Error::validation("amount", "must not be zero").into());
-    }
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    let details = EntryDetails {
-        note: Some(reason),
-        actor_id: Some(admin.user.id),
-        reference: Some("admin"),
-        ..Default::default()
-    };
-    let balance = ledger::change_balance(
-        tx.conn(),
-        id,
-        ledger::kind::ADMIN_ADJUST,
-        body.amount,
-        Overdraft::Refuse,
-        &details,
-        now,
-    )
-    .await?;
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "user.balance_adjust",
-        target: Some(format!("user:{id}")),
-        before: Some(json!({ "balance": balance.checked_sub(body.amount).unwrap_or(balance) })),
-        after: Some(json!({ "balance": balance, "amount": body.amount, "reason": reason })),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    let actor = Actor { id: admin.user.id, ip: client.ip() };
+    let adjustment = BalanceAdjustment { user_id: id, amount: body.amount, reason: &body.reason };
+    let balance = admin_actions::adjust_balance(&state, &actor, &adjustment).await?;
     Ok(Json(json!({ "user_id": id, "balance": balance, "amount": body.amount })))
 }
 

@@ -89,7 +89,8 @@ async fn admin_list(State(state): State<AppState>, _admin: AdminUser) -> ApiResu
     Ok(Json(json!({ "items": items })))
 }
 
-async fn audit_package(
+/// Records an admin change to a package (shared with the web pages).
+pub async fn audit_package(
     state: &AppState,
     by: AdminAction,
     action: &str,

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiResult;
 use super::extract::{ApiJson, ClientAddr};
+use crate::admin_actions::{self, Actor};
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
 use crate::auth::AdminUser;
 use crate::error::Error;
 use crate::settings::Settings;
@@ -162,20 +162,8 @@ async fn update(
     client: ClientAddr,
     ApiJson(patch): ApiJson<Value>,
 ) -> ApiResult<impl IntoResponse> {
-    let current = state.settings.get().await?;
-    let next = apply_patch(&current, patch)?;
-    let now = state.now();
-    let saved = state.settings.save(next, now).await?;
-    let mut conn = state.db.pool().acquire().await?;
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "settings.update",
-        target: Some("settings".into()),
-        before: Some(public_view(&current, &state.config.public_url)),
-        after: Some(public_view(&saved, &state.config.public_url)),
-        ip: client.ip(),
-    };
-    audit::record(&mut conn, &event, now).await?;
+    let actor = Actor { id: admin.user.id, ip: client.ip() };
+    let saved = admin_actions::update_settings(&state, &actor, patch).await?;
     Ok(Json(public_view(&saved, &state.config.public_url)))
 }
 

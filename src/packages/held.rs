@@ -139,3 +139,14 @@ pub async fn mark_expired(db: &Db, now: DateTime<Utc>) -> Result<u64> {
     tx.commit().await?;
     Ok(expired + started)
 }
+
+/// How many users hold each package right now (active or queued rows), for the admin list.
+pub async fn holders_by_package(db: &Db, now: DateTime<Utc>) -> Result<Vec<(i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT package_id, COUNT(DISTINCT user_id) FROM user_packages \
+         WHERE status IN ('active', 'queued') AND ends_at > $1 GROUP BY package_id",
+    )
+    .bind(to_micros(now))
+    .fetch_all(db.pool())
+    .await?)
+}

@@ -14,7 +14,8 @@ use crate::app::AppState;
 use crate::error::{Error, Result};
 use crate::orders::{self, status, Order};
 use crate::settings::CreditSettings;
-use crate::web::{error_page, render};
+use crate::web::ctx::{Ctx, Guest};
+use crate::web::{error_page_for, render};
 
 /// Routes of the payment pages.
 pub fn router() -> Router<AppState> {
@@ -23,7 +24,8 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Template)]
 #[template(path = "pay.html")]
-struct PayPage {
+struct PayPage<'a> {
+    ctx: &'a Ctx,
     subject: String,
     money: String,
     out_trade_no: String,
@@ -52,7 +54,7 @@ pub fn pay_url(public_url: &str, out_trade_no: &str) -> String {
     format!("{public_url}/pay/{out_trade_no}")
 }
 
-async fn build(state: &AppState, out_trade_no: &str) -> Result<PayPage> {
+async fn build<'a>(state: &AppState, ctx: &'a Ctx, out_trade_no: &str) -> Result<PayPage<'a>> {
     let order = orders::find(&state.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
     let open = order.status == status::PENDING && order.expires_at > crate::clock::to_micros(state.now());
     if !open || order.pay_method != "credit" {
@@ -65,6 +67,7 @@ async fn build(state: &AppState, out_trade_no: &str) -> Result<PayPage> {
     orders::ensure_payments_usable(&settings.credit)?;
     let (action, params) = gateway_form(&settings.credit, &state.config.public_url, &order);
     Ok(PayPage {
+        ctx,
         subject: order.subject.clone(),
         money: order.amount().format_2dp(),
         out_trade_no: order.out_trade_no.clone(),
@@ -75,10 +78,11 @@ async fn build(state: &AppState, out_trade_no: &str) -> Result<PayPage> {
 
 async fn pay_page(
     State(state): State<AppState>,
+    guest: Guest,
     axum::extract::Path(out_trade_no): axum::extract::Path<String>,
 ) -> Response {
-    match build(&state, &out_trade_no).await {
-        Ok(page) => render(StatusCode::OK, &page),
-        Err(e) => error_page(&e),
+    match build(&state, &guest.ctx, &out_trade_no).await {
+        Ok(page) => render(&guest.ctx, StatusCode::OK, &page),
+        Err(e) => error_page_for(&guest.ctx, &e),
     }
 }

@@ -25,7 +25,7 @@ use crate::app::AppState;
 use crate::clock::{from_micros, to_micros};
 use crate::error::Result;
 use crate::money::Money;
-use crate::web::render;
+use crate::web::render_plain;
 
 /// Where the sandbox is mounted.
 pub const BASE: &str = "/sandbox/epay";
@@ -142,7 +142,7 @@ async fn register(state: &AppState, params: &Params) -> Result<std::result::Resu
 }
 
 fn cashier_page(trade: &Trade) -> Response {
-    render(
+    render_plain(
         StatusCode::OK,
         &CashierPage {
             base: BASE,

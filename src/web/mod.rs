@@ -1,47 +1,150 @@
-//! Server-rendered pages (askama templates compiled into the binary).
+//! Server-rendered pages: askama templates compiled into the binary (auto-escaping,
+//! never `format!`-built HTML), vendored htmx for partial updates, two languages.
 //!
-//! For now: the first-run setup page that creates the admin account, and readable
-//! error pages. The user and admin pages build on the same session cookie.
+//! Handlers stay thin: they call the same domain functions as the JSON API and only
+//! translate between forms, templates and [`crate::error::Error`].
+
+pub mod admin_pages;
+pub mod admin_shop;
+pub mod assets;
+pub mod auth_pages;
+pub mod chart;
+pub mod ctx;
+mod dict;
+pub mod i18n;
+pub mod settings_form;
+pub mod shop_pages;
+pub mod usage_pages;
+pub mod user_pages;
+pub mod view;
 
 use askama::Template;
-use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Form, Router};
-use serde::Deserialize;
+use axum::Router;
 
 use crate::app::AppState;
-use crate::auth::sessions::{self, ClientInfo, SESSION_COOKIE, SESSION_LIFETIME_DAYS};
-use crate::auth::Role;
+use crate::auth::sessions::{SESSION_COOKIE, SESSION_LIFETIME_DAYS};
 use crate::error::Error;
-use crate::users;
+pub use ctx::Ctx;
+use i18n::Lang;
 
+/// Every page route.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/", get(home)).route("/setup", get(setup_form).post(setup_submit))
+    Router::new()
+        .route("/static/{file}", get(assets::serve))
+        .merge(auth_pages::router())
+        .merge(user_pages::router())
+        .merge(admin_pages::router())
+        .merge(usage_pages::router())
+        .merge(shop_pages::router())
+        .merge(admin_shop::router())
 }
 
-#[derive(Template)]
-#[template(path = "setup.html")]
-struct SetupPage {
-    email: String,
-    email_error: Option<String>,
-    password_error: Option<String>,
+/// Field errors of a submitted form, shown next to their fields; the empty field
+/// name holds an error about the whole form.
+#[derive(Debug, Default, Clone)]
+pub struct FieldErrors(Vec<(String, String)>);
+
+impl FieldErrors {
+    pub fn none() -> Self {
+        FieldErrors::default()
+    }
+
+    /// One error about one field (`""` = the whole form).
+    pub fn one(field: &str, message: impl Into<String>) -> Self {
+        FieldErrors(vec![(field.to_string(), message.into())])
+    }
+
+    /// The errors a domain error carries, in the page's language.
+    pub fn from_error(ctx: &Ctx, err: &Error) -> Self {
+        match err {
+            Error::Validation { field, message } => FieldErrors::one(field, ctx.msg(message)),
+            other => FieldErrors::one("", i18n::error_text(ctx.lang, other)),
+        }
+    }
+
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0.iter().find(|(f, _)| f == field).map(|(_, m)| m.as_str())
+    }
+
+    pub fn has(&self, field: &str) -> bool {
+        self.get(field).is_some()
+    }
+
+    /// The error about the whole form, if any.
+    pub fn general(&self) -> Option<&str> {
+        self.get("")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Renders a page with the context's pending cookies; a plain 500 if rendering fails.
+pub fn render<T: Template>(ctx: &Ctx, status: StatusCode, template: &T) -> Response {
+    let response = match template.render() {
+        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template rendering failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    };
+    ctx::with_cookies(ctx, response)
 }
 
 #[derive(Template)]
 #[template(path = "message.html")]
 struct MessagePage<'a> {
+    ctx: &'a Ctx,
+    status: u16,
     title: &'a str,
     message: &'a str,
     link: &'a str,
     link_text: &'a str,
 }
 
-/// Renders a template, or a plain 500 if rendering itself fails.
-pub fn render<T: Template>(status: StatusCode, template: &T) -> Response {
+/// A readable page saying what happened, with a way back.
+pub fn message_with(ctx: &Ctx, status: StatusCode, title: &str, message: &str) -> Response {
+    let (link, link_text) =
+        if ctx.email.is_some() { ("/dashboard", ctx.t("error.back")) } else { ("/login", ctx.t("nav.login")) };
+    render(ctx, status, &MessagePage { ctx, status: status.as_u16(), title, message, link, link_text })
+}
+
+/// A message page from dictionary keys, for requests that never got a full context.
+pub fn message_page(lang: Lang, status: StatusCode, title_key: &str, message_key: &str) -> Response {
+    let ctx = Ctx::bare(lang);
+    message_with(&ctx, status, ctx.t(title_key), ctx.t(message_key))
+}
+
+/// The page for a domain error a handler cannot show inside its form.
+pub fn error_page_for(ctx: &Ctx, err: &Error) -> Response {
+    err.log_if_internal();
+    let title = match err.status_code() {
+        StatusCode::NOT_FOUND => ctx.t("error.not_found_title"),
+        StatusCode::FORBIDDEN => ctx.t("error.forbidden_title"),
+        s if s.is_server_error() => ctx.t("error.server_title"),
+        _ => ctx.t("error.generic_title"),
+    };
+    message_with(ctx, err.status_code(), title, &i18n::error_text(ctx.lang, err))
+}
+
+/// [`error_page_for`] without a request context.
+pub fn error_page_in(lang: Lang, err: &Error) -> Response {
+    error_page_for(&Ctx::bare(lang), err)
+}
+
+/// [`error_page_in`] English, for pages outside the signed-in site (the payment sandbox).
+pub fn error_page(err: &Error) -> Response {
+    error_page_in(Lang::En, err)
+}
+
+/// Renders a standalone template that does not use the site layout (the sandbox cashier).
+pub fn render_plain<T: Template>(status: StatusCode, template: &T) -> Response {
     match template.render() {
-        Ok(html) => (status, Html(html)).into_response(),
+        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "template rendering failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
@@ -49,92 +152,14 @@ pub fn render<T: Template>(status: StatusCode, template: &T) -> Response {
     }
 }
 
-/// A readable page for a domain error.
-pub fn error_page(err: &Error) -> Response {
-    err.log_if_internal();
-    let message = err.public_message();
-    render(
-        err.status_code(),
-        &MessagePage {
-            title: "Something went wrong",
-            message: &message,
-            link: "/",
-            link_text: "Back to the start page",
-        },
-    )
+/// The HTML 404 for unknown paths, in the language the request asks for.
+pub fn not_found_for(headers: &axum::http::HeaderMap) -> Response {
+    message_page(ctx::lang_from_headers(headers), StatusCode::NOT_FOUND, "error.not_found_title", "error.not_found")
 }
 
-/// The HTML 404 for unknown paths.
+/// The HTML 404 when the request is not at hand.
 pub fn not_found_page() -> Response {
-    render(
-        StatusCode::NOT_FOUND,
-        &MessagePage {
-            title: "Page not found",
-            message: "There is no page at this address.",
-            link: "/",
-            link_text: "Back to the start page",
-        },
-    )
-}
-
-async fn home(State(state): State<AppState>) -> Response {
-    match users::admin_exists(&state.db).await {
-        Ok(false) => Redirect::to("/setup").into_response(),
-        Ok(true) => render(
-            StatusCode::OK,
-            &MessagePage {
-                title: "codex-gateway",
-                message: "The gateway is running. Use the JSON API under /api and the OpenAI-compatible API under /v1.",
-                link: "/healthz",
-                link_text: "Health check",
-            },
-        ),
-        Err(e) => error_page(&e),
-    }
-}
-
-async fn setup_form(State(state): State<AppState>) -> Response {
-    match users::admin_exists(&state.db).await {
-        Ok(true) => Redirect::to("/").into_response(),
-        Ok(false) => {
-            render(StatusCode::OK, &SetupPage { email: String::new(), email_error: None, password_error: None })
-        }
-        Err(e) => error_page(&e),
-    }
-}
-
-#[derive(Deserialize)]
-struct SetupForm {
-    email: String,
-    password: String,
-}
-
-async fn setup_submit(State(state): State<AppState>, Form(form): Form<SetupForm>) -> Response {
-    match users::admin_exists(&state.db).await {
-        Ok(true) => return Redirect::to("/").into_response(),
-        Ok(false) => {}
-        Err(e) => return error_page(&e),
-    }
-    let now = state.now();
-    let user = match users::create(&state.db, &form.email, &form.password, Role::Admin, now).await {
-        Ok(user) => user,
-        Err(Error::Validation { field, message }) => {
-            let (email_error, password_error) =
-                if field == "email" { (Some(message), None) } else { (None, Some(message)) };
-            return render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &SetupPage { email: form.email, email_error, password_error },
-            );
-        }
-        Err(e) => return error_page(&e),
-    };
-    match sessions::create(&state.db, user.id, &ClientInfo::default(), now).await {
-        Ok(session) => {
-            let cookie = session_cookie(&session.token, state.config.public_url.starts_with("https://"));
-            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
-        }
-        Err(e) => error_page(&e),
-    }
+    message_page(Lang::En, StatusCode::NOT_FOUND, "error.not_found_title", "error.not_found")
 }
 
 /// The `Set-Cookie` value for a web session (HttpOnly, SameSite=Lax, Secure on HTTPS).
@@ -142,4 +167,9 @@ pub fn session_cookie(token: &str, secure: bool) -> String {
     let max_age = SESSION_LIFETIME_DAYS * 24 * 3600;
     let secure = if secure { "; Secure" } else { "" };
     format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// The `Set-Cookie` value that deletes the session cookie.
+pub fn clear_session_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 }

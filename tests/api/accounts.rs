@@ -120,35 +120,40 @@ async fn first_run_setup_creates_the_admin_once(app: TestApp) {
     let home = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(home.status(), StatusCode::SEE_OTHER);
     assert_eq!(home.headers()["location"], "/setup");
-    let page = app.client.get(app.url("/setup")).send().await.unwrap().text().await.unwrap();
+    let setup = app.client.get(app.url("/setup")).send().await.unwrap();
+    let pre = setup.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = setup.text().await.unwrap();
     assert!(page.contains("Create admin account"));
+    let start = page.find("name=\"_csrf\" value=\"").unwrap() + 20;
+    let csrf = page[start..].split('"').next().unwrap().to_string();
+    let post = |fields: Vec<(&'static str, String)>| {
+        app.client.post(app.url("/setup")).header("cookie", pre.clone()).form(&fields).send()
+    };
 
-    let bad = app
+    let forged = app
         .client
         .post(app.url("/setup"))
-        .form(&[("email", "root@example.com"), ("password", "short")])
+        .form(&[("email", "evil@example.com"), ("password", "password123")])
         .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN, "a post without the form's CSRF token is refused");
+
+    let bad = post(vec![("email", "root@example.com".into()), ("password", "short".into()), ("_csrf", csrf.clone())])
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.text().await.unwrap().contains("at least 8"));
 
-    let ok = app
-        .client
-        .post(app.url("/setup"))
-        .form(&[("email", "root@example.com"), ("password", "password123")])
-        .send()
-        .await
-        .unwrap();
+    let ok =
+        post(vec![("email", "root@example.com".into()), ("password", "password123".into()), ("_csrf", csrf.clone())])
+            .await
+            .unwrap();
     assert_eq!(ok.status(), StatusCode::SEE_OTHER);
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
 
-    let again = app
-        .client
-        .post(app.url("/setup"))
-        .form(&[("email", "evil@example.com"), ("password", "password123")])
-        .send()
+    let again = post(vec![("email", "evil@example.com".into()), ("password", "password123".into()), ("_csrf", csrf)])
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::SEE_OTHER);

@@ -19,3 +19,6 @@ mod proxy_admin;
 mod proxy_failures;
 mod redemption;
 mod scale_out;
+mod web;
+mod web_shop;
+mod web_usage;

@@ -95,7 +95,10 @@ async fn submit_to_sandbox(app: &TestApp, purchase: &Value) -> String {
 /// The hidden fields and action of the auto-submitting form on `/pay/{out_trade_no}`, as a
 /// browser would read them (HTML entities decoded).
 async fn pay_page_form(app: &TestApp, out_trade_no: &str) -> (String, Vec<(String, String)>) {
-    let html = app.client.get(app.url(&format!("/pay/{out_trade_no}"))).send().await.unwrap().text().await.unwrap();
+    let page = app.client.get(app.url(&format!("/pay/{out_trade_no}"))).send().await.unwrap().text().await.unwrap();
+    // Only the payment form: the site layout around it has inputs of its own.
+    let start = page.find("<form id=\"pay\"").unwrap();
+    let html = &page[start..start + page[start..].find("</form>").unwrap()];
     let unescape = |s: &str| {
         s.replace("&quot;", "\"")
             .replace("&#39;", "'")

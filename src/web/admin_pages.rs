@@ -1,0 +1,370 @@
+//! Admin pages: `/admin` overview, `/admin/users` (search, suspend, balance) and
+//! `/admin/settings` (general and the Credit merchant section).
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+
+use super::ctx::{AdminPage, CsrfForm, Ctx};
+use super::settings_form::SettingsForm;
+use super::view::{self, Pager};
+use super::{error_page_for, render, FieldErrors};
+use crate::admin_actions::{self, Actor, BalanceAdjustment};
+use crate::api::extract::ClientAddr;
+use crate::app::AppState;
+use crate::auth::{Role, Status};
+use crate::error::{Error, Result};
+use crate::ledger;
+use crate::money::Money;
+use crate::users::{self, User, UserFilter, UserPatch};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(overview))
+        .route("/admin/users", get(users_page))
+        .route("/admin/users/{id}", get(user_page))
+        .route("/admin/users/{id}/status", post(set_status))
+        .route("/admin/users/{id}/balance", post(adjust_balance))
+        .route("/admin/settings", get(settings_page).post(save_settings))
+        .route("/admin/settings/check", post(check_credit))
+}
+
+/// A user as the admin tables show them.
+pub struct UserRow {
+    pub id: i64,
+    pub email: String,
+    pub is_admin: bool,
+    pub active: bool,
+    pub balance: String,
+    pub created: String,
+}
+
+impl UserRow {
+    fn new(user: &User, state: &AppState) -> Self {
+        UserRow {
+            id: user.id,
+            email: user.email.clone(),
+            is_admin: user.is_admin(),
+            active: user.is_active(),
+            balance: view::money(user.balance),
+            created: view::time(state.calendar(), user.created_at),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin_overview.html")]
+struct OverviewPage<'a> {
+    ctx: &'a Ctx,
+    users_total: i64,
+    users_suspended: i64,
+    admins: i64,
+    registration_enabled: bool,
+    credit_usable: bool,
+    markup: String,
+    newest: Vec<UserRow>,
+}
+
+async fn count_users(state: &AppState, filter: UserFilter) -> Result<i64> {
+    Ok(users::list(&state.db, &filter, 1, 0).await?.1)
+}
+
+async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -> Response {
+    let ctx = &signed.ctx;
+    let loaded = async {
+        let total = count_users(&state, UserFilter::default()).await?;
+        let suspended =
+            count_users(&state, UserFilter { status: Some(Status::Suspended), ..Default::default() }).await?;
+        let admins = count_users(&state, UserFilter { role: Some(Role::Admin), ..Default::default() }).await?;
+        let newest = users::list(&state.db, &UserFilter::default(), 5, 0).await?.0;
+        let settings = state.settings.get().await?;
+        Ok::<_, Error>((total, suspended, admins, newest, settings))
+    }
+    .await;
+    let (users_total, users_suspended, admins, newest, settings) = match loaded {
+        Ok(v) => v,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let page = OverviewPage {
+        ctx,
+        users_total,
+        users_suspended,
+        admins,
+        registration_enabled: settings.registration_enabled,
+        credit_usable: settings.credit.is_usable(),
+        markup: settings.markup.to_string(),
+        newest: newest.iter().map(|u| UserRow::new(u, &state)).collect(),
+    };
+    render(ctx, StatusCode::OK, &page)
+}
+
+#[derive(Template)]
+#[template(path = "admin_users.html")]
+struct UsersPage<'a> {
+    ctx: &'a Ctx,
+    q: &'a str,
+    status: &'a str,
+    users: Vec<UserRow>,
+    pager: Pager,
+}
+
+#[derive(Deserialize)]
+struct UsersQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    status: String,
+    page: Option<i64>,
+}
+
+const USERS_PER_PAGE: i64 = 25;
+
+async fn users_page(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    Query(query): Query<UsersQuery>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let page = query.page.unwrap_or(1).max(1);
+    let filter = UserFilter {
+        query: Some(query.q.clone()).filter(|q| !q.trim().is_empty()),
+        role: None,
+        status: Status::parse(&query.status),
+    };
+    let (rows, total) = match users::list(&state.db, &filter, USERS_PER_PAGE, (page - 1) * USERS_PER_PAGE).await {
+        Ok(found) => found,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let base =
+        serde_urlencoded::to_string([("q", query.q.as_str()), ("status", query.status.as_str())]).unwrap_or_default();
+    let pager = Pager::new(ctx, &format!("/admin/users?{base}"), page, USERS_PER_PAGE, total);
+    let users = rows.iter().map(|u| UserRow::new(u, &state)).collect();
+    render(ctx, StatusCode::OK, &UsersPage { ctx, q: &query.q, status: &query.status, users, pager })
+}
+
+#[derive(Template)]
+#[template(path = "admin_user.html")]
+struct UserPage<'a> {
+    ctx: &'a Ctx,
+    user: UserRow,
+    ledger: Vec<LedgerRow>,
+    notice: Option<&'static str>,
+    form_amount: &'a str,
+    form_reason: &'a str,
+    errors: FieldErrors,
+}
+
+/// A ledger entry as the user page lists it.
+struct LedgerRow {
+    time: String,
+    kind: String,
+    amount: String,
+    balance_after: String,
+    note: String,
+}
+
+/// What the user page shows besides the user: a notice, or a rejected form.
+#[derive(Default)]
+struct UserOutcome<'a> {
+    notice: Option<&'static str>,
+    form_amount: &'a str,
+    form_reason: &'a str,
+    errors: FieldErrors,
+}
+
+async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<'_>) -> Response {
+    let loaded = async {
+        let user = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
+        let entries = ledger::list(&state.db, Some(id), 20, 0).await?.0;
+        Ok::<_, Error>((user, entries))
+    }
+    .await;
+    let (user, entries) = match loaded {
+        Ok(v) => v,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let ledger = entries
+        .iter()
+        .map(|e| LedgerRow {
+            time: view::time(state.calendar(), e.created_at),
+            kind: e.kind.clone(),
+            amount: view::money(e.amount),
+            balance_after: view::money(e.balance_after),
+            note: e.note.clone().unwrap_or_default(),
+        })
+        .collect();
+    let status = if outcome.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let page = UserPage {
+        ctx,
+        user: UserRow::new(&user, state),
+        ledger,
+        notice: outcome.notice,
+        form_amount: outcome.form_amount,
+        form_reason: outcome.form_reason,
+        errors: outcome.errors,
+    };
+    render(ctx, status, &page)
+}
+
+async fn user_page(State(state): State<AppState>, AdminPage(signed): AdminPage, Path(id): Path<i64>) -> Response {
+    render_user(&state, &signed.ctx, id, UserOutcome::default()).await
+}
+
+#[derive(Deserialize)]
+struct StatusForm {
+    status: String,
+}
+
+async fn set_status(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    client: ClientAddr,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<StatusForm>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let actor = Actor { id: signed.user.id, ip: client.ip() };
+    let patch = UserPatch { status: Status::parse(&form.status), ..Default::default() };
+    match admin_actions::update_user(&state, &actor, id, &patch).await {
+        Ok(_) => Redirect::to(&format!("/admin/users/{id}")).into_response(),
+        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
+            let outcome = UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() };
+            render_user(&state, ctx, id, outcome).await
+        }
+        Err(e) => error_page_for(ctx, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct BalanceForm {
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn adjust_balance(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    client: ClientAddr,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<BalanceForm>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let actor = Actor { id: signed.user.id, ip: client.ip() };
+    let result = async {
+        let amount = Money::parse(form.amount.trim())
+            .map_err(|_| Error::validation("amount", "must be an amount such as 10.00 or -5.00"))?;
+        admin_actions::adjust_balance(&state, &actor, &BalanceAdjustment { user_id: id, amount, reason: &form.reason })
+            .await
+    }
+    .await;
+    let outcome = match result {
+        Ok(_) => UserOutcome { notice: Some(ctx.t("admin.adjusted")), ..Default::default() },
+        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => UserOutcome {
+            form_amount: &form.amount,
+            form_reason: &form.reason,
+            errors: FieldErrors::from_error(ctx, &e),
+            ..Default::default()
+        },
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    render_user(&state, ctx, id, outcome).await
+}
+
+#[derive(Template)]
+#[template(path = "admin_settings.html")]
+struct SettingsPage<'a> {
+    ctx: &'a Ctx,
+    form: SettingsForm,
+    saved: bool,
+    key_set: bool,
+    credit_usable: bool,
+    default_notify_url: String,
+    default_return_url: String,
+    /// The result of "check configuration": reached the gateway?, and what it said.
+    check: Option<(bool, String)>,
+    errors: FieldErrors,
+}
+
+/// What the settings page shows besides the stored settings.
+#[derive(Default)]
+struct SettingsOutcome {
+    form: Option<SettingsForm>,
+    saved: bool,
+    check: Option<(bool, String)>,
+    errors: FieldErrors,
+}
+
+async fn render_settings(state: &AppState, ctx: &Ctx, outcome: SettingsOutcome) -> Response {
+    let SettingsOutcome { form, saved, check, errors } = outcome;
+    let settings = match state.settings.get().await {
+        Ok(s) => s,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let public_url = state.config.public_url.trim_end_matches('/');
+    let blank =
+        crate::settings::CreditSettings { notify_url: String::new(), return_url: String::new(), ..Default::default() };
+    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let page = SettingsPage {
+        ctx,
+        saved,
+        form: form.unwrap_or_else(|| SettingsForm::from_settings(&settings)),
+        key_set: !settings.credit.key.is_empty(),
+        credit_usable: settings.credit.is_usable(),
+        default_notify_url: blank.notify_url_or_default(public_url),
+        default_return_url: blank.return_url_or_default(public_url),
+        check,
+        errors,
+    };
+    render(ctx, status, &page)
+}
+
+async fn settings_page(State(state): State<AppState>, AdminPage(signed): AdminPage) -> Response {
+    render_settings(&state, &signed.ctx, SettingsOutcome::default()).await
+}
+
+async fn save_settings(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    client: ClientAddr,
+    CsrfForm(form): CsrfForm<SettingsForm>,
+) -> Response {
+    let actor = Actor { id: signed.user.id, ip: client.ip() };
+    let result = async { admin_actions::update_settings(&state, &actor, form.to_patch()?).await }.await;
+    match result {
+        Ok(_) => render_settings(&state, &signed.ctx, SettingsOutcome { saved: true, ..Default::default() }).await,
+        Err(e) if e.status_code().is_client_error() => {
+            let errors = FieldErrors::from_error(&signed.ctx, &e);
+            render_settings(&state, &signed.ctx, SettingsOutcome { form: Some(form), errors, ..Default::default() })
+                .await
+        }
+        Err(e) => error_page_for(&signed.ctx, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+/// "Check configuration": a signed order query for a made-up order number; any JSON
+/// answer proves the URL is right, and the gateway's message tells whether pid/key are.
+async fn check_credit(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let settings = match state.settings.get().await {
+        Ok(s) => s,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let check = match crate::payment::client::query_order(&state.http, &settings.credit, "cg-config-check").await {
+        Ok(answer) => (true, answer.message),
+        Err(e) => (false, e.public_message()),
+    };
+    render_settings(&state, ctx, SettingsOutcome { check: Some(check), ..Default::default() }).await
+}
