@@ -28,8 +28,11 @@ pub struct AppState {
     pub login_throttle: crate::auth::throttle::LoginThrottle,
     /// Seals credentials stored in the database.
     pub secrets: crate::secrets::SecretBox,
-    /// Outgoing HTTP (payment gateway calls, sandbox notifies); one pool for the process.
+    /// The one outgoing HTTP client (upstreams, payment gateway, sandbox notifies). It has
+    /// no total timeout because streams run for minutes; short calls set their own.
     pub http: reqwest::Client,
+    /// Cached enabled upstreams and prices for the proxy's hot path.
+    pub catalog: crate::proxy::catalog::Catalog,
 }
 
 impl AppState {
@@ -67,9 +70,13 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let secrets = crate::secrets::SecretBox::new(config.secret_bytes());
         let settings = SettingsStore::load(db.clone(), secrets.clone()).await?;
+        crate::proxy::pricing::seed_defaults(&db, clock.now()).await?;
+        let catalog = crate::proxy::catalog::Catalog::load(db.clone(), secrets.clone()).await?;
+        // No total timeout: streams may run for many minutes; the first-byte timeout
+        // is applied per attempt by the proxy.
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(config.upstream_connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
         let state = AppState {
             db,
@@ -80,6 +87,7 @@ impl Application {
             login_throttle: Default::default(),
             secrets,
             http,
+            catalog,
         };
         Ok(Application { listener, state })
     }

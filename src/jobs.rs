@@ -24,16 +24,61 @@ pub struct Job {
 
 /// Every job the gateway runs, with its interval.
 pub fn all_jobs() -> Vec<Job> {
-    vec![Job {
-        name: "release_expired_holds",
-        every: Duration::from_secs(300),
-        run: |state| {
-            Box::pin(async move {
-                let released = crate::billing::release_expired_holds(&state).await?;
-                Ok(format!("released {released} holds"))
-            })
+    vec![
+        Job {
+            name: "release_expired_holds",
+            every: Duration::from_secs(300),
+            run: |state| {
+                Box::pin(async move {
+                    let released = crate::billing::release_expired_holds(&state).await?;
+                    Ok(format!("released {released} holds"))
+                })
+            },
         },
-    }]
+        Job {
+            name: "mark_expired_packages",
+            every: Duration::from_secs(3600),
+            run: |state| {
+                Box::pin(async move {
+                    let changed = crate::packages::held::mark_expired(&state.db, state.now()).await?;
+                    Ok(format!("updated {changed} package rows"))
+                })
+            },
+        },
+        Job {
+            name: "expire_orders",
+            every: Duration::from_secs(60),
+            run: |state| {
+                Box::pin(async move {
+                    let expired = crate::orders::jobs::expire_once(&state).await?;
+                    Ok(format!("expired {expired} orders"))
+                })
+            },
+        },
+        Job {
+            name: "reconcile_orders",
+            every: Duration::from_secs(120),
+            run: |state| {
+                Box::pin(async move {
+                    let report = crate::orders::jobs::reconcile_once(&state).await?;
+                    Ok(format!(
+                        "checked {}, fulfilled {}, unpaid {}, errors {}",
+                        report.checked, report.fulfilled, report.unpaid, report.errors
+                    ))
+                })
+            },
+        },
+        Job {
+            name: "probe_upstreams",
+            every: Duration::from_secs(30),
+            run: |state| {
+                Box::pin(async move {
+                    let recovered = crate::proxy::upstreams::probe_unhealthy_once(&state).await?;
+                    Ok(format!("{recovered} upstreams recovered"))
+                })
+            },
+        },
+    ]
 }
 
 /// Runs one job by name now, ignoring leases (tests, the admin "run now" button).
@@ -61,6 +106,7 @@ pub async fn acquire_lease(state: &AppState, name: &str, holder: &str, until: Da
 
 /// Starts the scheduler as tracked tasks; they stop when `shutdown` is cancelled.
 pub fn spawn_scheduler(state: &AppState, shutdown: tokio_util::sync::CancellationToken) {
+    spawn_local_housekeeping(state, shutdown.clone());
     let holder = format!("{}-{}", hostname(), crate::auth::random_token(8));
     for job in all_jobs() {
         let state = state.clone();
@@ -94,6 +140,20 @@ pub fn spawn_scheduler(state: &AppState, shutdown: tokio_util::sync::Cancellatio
             }
         });
     }
+}
+
+/// Per-instance upkeep that needs no lease (in-memory limiter tables).
+fn spawn_local_housekeeping(state: &AppState, shutdown: tokio_util::sync::CancellationToken) {
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => state.login_throttle.shrink(),
+            }
+        }
+    });
 }
 
 fn hostname() -> String {

@@ -10,6 +10,7 @@
 //! - [`auth`]: passwords, sessions, API keys, and the `CurrentUser`/`AdminUser` extractors.
 //! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
+//! - [`proxy`]: the OpenAI-compatible `/v1` gateway: upstreams, prices, metering.
 //! - [`redemption`], [`announcements`] (with [`markdown`]), [`oauth`]: redemption codes, site
 //!   announcements, LINUX DO sign-in.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
@@ -36,6 +37,7 @@ pub mod oauth;
 pub mod orders;
 pub mod packages;
 pub mod payment;
+pub mod proxy;
 pub mod redemption;
 pub mod routes;
 pub mod secrets;

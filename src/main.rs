@@ -33,6 +33,26 @@ enum Command {
     Version,
     /// Exit 0 when the local server answers /readyz (for container health checks).
     Healthcheck,
+    /// Run a fake OpenAI upstream (SSE, usage, fault modes) for tests and benchmarks.
+    MockUpstream(MockArgs),
+}
+
+#[derive(clap::Args)]
+struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: std::net::SocketAddr,
+    /// Pause between streamed events, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Number of text deltas per answer.
+    #[arg(long, default_value_t = 4)]
+    chunks: usize,
+    /// Answer length in bytes (0 = the short default text).
+    #[arg(long, default_value_t = 0)]
+    response_bytes: usize,
+    /// Fault for every request: fail-500, fail-429, fail-400, die, no-usage (per request: header x-mock-fault).
+    #[arg(long)]
+    fault: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +71,16 @@ fn main() -> ExitCode {
     if let Some(Command::Version) = cli.command {
         println!("codex-gateway {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::MockUpstream(args)) = cli.command {
+        init_tracing(false);
+        return match run_mock(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -79,7 +109,7 @@ fn main() -> ExitCode {
             Command::Admin { action: AdminAction::Create { email, password } } => {
                 create_admin(&config, &email, &password).await
             }
-            Command::Version => Ok(()),
+            Command::Version | Command::MockUpstream(_) => Ok(()),
             Command::Healthcheck => healthcheck(&config).await,
         }
     });
@@ -117,6 +147,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(listen = %app.local_addr(), database = state.config.database_kind(), timezone = state.calendar().zone_name(), "codex-gateway is serving at {url}");
     app.run_until_stopped(shutdown_signal()).await
+}
+
+fn run_mock(args: MockArgs) -> anyhow::Result<()> {
+    use codex_gateway::proxy::mock::{serve_mock, Fault, MockOptions};
+    let fault = match args.fault.as_deref() {
+        None | Some("none") => None,
+        Some(text) => Some(Fault::parse(text).ok_or_else(|| anyhow::anyhow!("unknown fault `{text}`"))?),
+    };
+    let options = MockOptions {
+        delay: std::time::Duration::from_millis(args.delay_ms),
+        chunks: args.chunks,
+        response_bytes: args.response_bytes,
+        fault,
+        ..MockOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let handle = serve_mock(listener, options).await?;
+        println!("mock upstream serving at {}", handle.base_url());
+        shutdown_signal().await;
+        drop(handle);
+        Ok(())
+    })
 }
 
 async fn create_admin(config: &Config, email: &str, password: &str) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(telemetry::metrics_endpoint))
         .merge(crate::api::router())
+        .merge(crate::proxy::router())
         .merge(crate::web::router())
         .merge(crate::payment::page::router());
     if state.config.pay_sandbox {

@@ -32,6 +32,11 @@ pub struct Settings {
     /// What buying a different package while one is active does: `queue` or `switch`.
     pub package_switch_mode: String,
     pub credit: CreditSettings,
+    /// Output tokens the proxy assumes for the admission hold when a request sets no
+    /// `max_output_tokens`/`max_completion_tokens`/`max_tokens`.
+    pub hold_output_tokens: i64,
+    /// Upstreams tried per request before giving up (failover before the first byte).
+    pub upstream_max_attempts: i64,
     /// LINUX DO Connect (OAuth2) sign-in.
     pub oauth: OAuthSettings,
 }
@@ -45,6 +50,8 @@ impl Default for Settings {
             markup: Money::units(1),
             package_switch_mode: "queue".into(),
             credit: CreditSettings::default(),
+            hold_output_tokens: 4096,
+            upstream_max_attempts: 3,
             oauth: OAuthSettings::default(),
         }
     }

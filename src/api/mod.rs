@@ -14,8 +14,10 @@ pub mod oauth;
 pub mod packages;
 pub mod pagination;
 pub mod payments;
+pub mod prices;
 pub mod redemption;
 pub mod settings;
+pub mod upstreams;
 
 use axum::Router;
 use serde::{Deserialize, Deserializer};
@@ -34,6 +36,8 @@ pub fn router() -> Router<AppState> {
         .merge(billing::router())
         .merge(packages::router())
         .merge(payments::router())
+        .merge(upstreams::router())
+        .merge(prices::router())
         .merge(audit::router())
         .merge(redemption::router())
         .merge(announcements::router())

@@ -21,6 +21,7 @@ use crate::packages::purchase::{self, AdminAction};
 use crate::packages::{self, Package, PackageInput};
 use crate::payment::page;
 
+/// The Packages routes of `docs/api.md`, plus admin listing and ending of a user's packages.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/admin/packages", get(admin_list).post(create))
@@ -117,7 +118,12 @@ async fn create(
     let package = packages::create(&state.db, &input, state.now()).await?;
     audit_package(&state, AdminAction { actor_id: admin.user.id, ip: client.ip() }, "package.create", None, &package)
         .await?;
-    Ok((StatusCode::CREATED, Json(package.view(state.calendar()))))
+    // `docs/api.md` answers `201 {package}` (wrapped, like `{user}` on register); the fields are
+    // also given flat so clients that read `id` directly work too.
+    let view = serde_json::to_value(package.view(state.calendar())).map_err(|e| Error::internal(e.to_string()))?;
+    let mut body = view.clone();
+    body["package"] = view;
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 async fn show(

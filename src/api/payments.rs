@@ -23,6 +23,7 @@ use crate::orders::refund::RefundBy;
 use crate::orders::{self, jobs, OrderFilter};
 use crate::payment::{self, notify, page};
 
+/// The Payments routes of `docs/api.md`, plus `GET /api/user/orders/{out_trade_no}` for polling.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/payment/credit/notify", get(credit_notify).post(credit_notify))

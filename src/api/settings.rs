@@ -131,6 +131,12 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if !c.topup_rate.is_positive() {
         return Err(Error::validation("credit.topup_rate", "must be greater than 0"));
     }
+    if !(1..=1_000_000).contains(&s.hold_output_tokens) {
+        return Err(Error::validation("hold_output_tokens", "must be between 1 and 1000000"));
+    }
+    if !(1..=10).contains(&s.upstream_max_attempts) {
+        return Err(Error::validation("upstream_max_attempts", "must be between 1 and 10"));
+    }
     let o = &s.oauth;
     for (field, value) in [
         ("oauth.authorize_url", &o.authorize_url),

@@ -35,6 +35,7 @@ pub enum Settled {
 }
 
 impl Settled {
+    /// The order as it is after the call.
     pub fn order(&self) -> &Order {
         match self {
             Settled::Fulfilled(o) | Settled::AlreadyPaid(o) => o,
@@ -63,6 +64,7 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// The rules in force now (settings are cached for a few seconds).
     pub async fn current(state: &AppState) -> Result<Rules> {
         let settings = state.settings.get().await?;
         Ok(Rules { mode: SwitchMode::from_setting(&settings.package_switch_mode), rate: settings.credit.topup_rate })

@@ -102,14 +102,17 @@ pub struct OrderView {
 }
 
 impl Order {
+    /// What the buyer pays, in the payment currency.
     pub fn amount(&self) -> Money {
         Money::from_micros(self.amount)
     }
 
+    /// Whether a marker such as `late_payment` was recorded.
     pub fn has_flag(&self, flag: &str) -> bool {
         self.flags.as_deref().is_some_and(|f| f.split(',').any(|x| x == flag))
     }
 
+    /// The API's view, times in the business zone.
     pub fn view(&self, calendar: &BusinessCalendar) -> OrderView {
         let time = |t: Option<i64>| t.map(|t| calendar.format(from_micros(t)));
         OrderView {
@@ -191,6 +194,7 @@ pub async fn insert(conn: &mut sqlx::AnyConnection, new: &NewOrder<'_>, now: Dat
     Ok(order)
 }
 
+/// One order by its number.
 pub async fn find(db: &Db, out_trade_no: &str) -> Result<Option<Order>> {
     let sql = format!("SELECT {COLUMNS} FROM payment_orders WHERE out_trade_no = $1");
     Ok(sqlx::query_as::<_, Order>(&sql).bind(out_trade_no).fetch_optional(db.pool()).await?)

@@ -34,6 +34,7 @@ pub enum SwitchMode {
 }
 
 impl SwitchMode {
+    /// Reads `Settings.package_switch_mode` (anything but `switch` queues).
     pub fn from_setting(value: &str) -> Self {
         if value == "switch" {
             SwitchMode::Switch
@@ -67,6 +68,7 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// The text stored in `payment_orders.fulfilment`.
     pub fn as_str(self) -> &'static str {
         match self {
             Effect::Started => "started",

@@ -67,6 +67,7 @@ impl UserPackage {
         (self.status == status::ACTIVE || self.status == status::QUEUED) && self.starts_at <= t && self.ends_at > t
     }
 
+    /// The API's view; `current` is computed at `now`.
     pub fn view(&self, calendar: &BusinessCalendar, now: DateTime<Utc>) -> UserPackageView {
         UserPackageView {
             id: self.id,
@@ -109,6 +110,7 @@ pub async fn list_for_user(db: &Db, user_id: i64) -> Result<Vec<UserPackage>> {
     Ok(sqlx::query_as::<_, UserPackage>(&sql).bind(user_id).fetch_all(db.pool()).await?)
 }
 
+/// One row by id, on the caller's connection or transaction.
 pub async fn find_on(conn: &mut AnyConnection, id: i64) -> Result<Option<UserPackage>> {
     let sql = format!("SELECT {COLUMNS} FROM user_packages WHERE id = $1");
     Ok(sqlx::query_as::<_, UserPackage>(&sql).bind(id).fetch_optional(conn).await?)

@@ -65,14 +65,17 @@ pub struct PackageView {
 }
 
 impl Package {
+    /// Whether users can buy it (holders keep a disabled package).
     pub fn is_enabled(&self) -> bool {
         self.enabled != 0
     }
 
+    /// Price in the payment currency.
     pub fn price(&self) -> Money {
         Money::from_micros(self.price)
     }
 
+    /// The admin API's view, times in the business zone.
     pub fn view(&self, calendar: &BusinessCalendar) -> PackageView {
         PackageView {
             id: self.id,
@@ -219,6 +222,7 @@ pub async fn disable(db: &Db, id: i64, now: DateTime<Utc>) -> Result<Package> {
         .ok_or(Error::NotFound("package"))
 }
 
+/// One package by id, enabled or not.
 pub async fn find(db: &Db, id: i64) -> Result<Option<Package>> {
     let sql = format!("SELECT {COLUMNS} FROM packages WHERE id = $1");
     Ok(sqlx::query_as::<_, Package>(&sql).bind(id).fetch_optional(db.pool()).await?)

@@ -95,11 +95,15 @@ pub async fn query_order(http: &reqwest::Client, credit: &CreditSettings, out_tr
     let response = http
         .get(epay::api_url(&credit.gateway_url))
         .query(&[("act", "order"), ("pid", &credit.pid), ("key", &credit.key), ("out_trade_no", out_trade_no)])
+        .timeout(GATEWAY_CALL_TIMEOUT)
         .send()
         .await
         .map_err(gateway_error)?;
     Ok(parse_order_answer(&read_json(response).await?))
 }
+
+/// Payment gateway calls are short; the shared client has no total timeout (streams).
+const GATEWAY_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Asks the gateway to refund the full amount of an order, in the configured flavour.
 pub async fn refund(
@@ -124,6 +128,7 @@ pub async fn refund(
     let response = builder
         .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(body)
+        .timeout(GATEWAY_CALL_TIMEOUT)
         .send()
         .await
         .map_err(gateway_error)?;

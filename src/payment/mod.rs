@@ -31,3 +31,19 @@ pub fn collect_params(RawQuery(query): &RawQuery, body: &Bytes) -> Params {
     }
     params
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_form_parameters_are_merged_and_decoded() {
+        let query = RawQuery(Some("pid=1&name=%E6%9C%88%E5%BA%A6&money=1.00".into()));
+        let body = Bytes::from_static(b"money=2.00&param=");
+        let params = collect_params(&query, &body);
+        assert_eq!(params["name"], "月度");
+        assert_eq!(params["money"], "2.00", "the body wins");
+        assert_eq!(params["param"], "");
+        assert!(collect_params(&RawQuery(None), &Bytes::new()).is_empty());
+    }
+}

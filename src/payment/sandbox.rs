@@ -189,7 +189,8 @@ fn notify_params(trade: &Trade, key: &str) -> Params {
 
 /// One delivery: true when the merchant answered `success`.
 async fn deliver(state: &AppState, trade: &Trade, params: &Params) -> bool {
-    let answer = state.http.get(&trade.notify_url).query(params).send().await;
+    let answer =
+        state.http.get(&trade.notify_url).query(params).timeout(std::time::Duration::from_secs(15)).send().await;
     let ok = match answer {
         Ok(r) if r.status().is_success() => r.text().await.map(|t| t.trim() == "success").unwrap_or(false),
         _ => false,

@@ -131,8 +131,18 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
     let dir = TempDir(std::env::temp_dir().join(unique_name()));
     std::fs::create_dir_all(&dir.0).unwrap();
     let url = fresh_database_url(backend, &dir.0).await;
-    let config = test_config(&url, &dir.0, extra);
-    let clock = FakeClock::at("2026-01-15T04:00:00Z");
+    launch(backend, &url, dir, FakeClock::at("2026-01-15T04:00:00Z"), extra).await
+}
+
+/// Starts one instance on an existing database (several may share one: scale-out tests).
+pub async fn launch(
+    backend: Backend,
+    url: &str,
+    dir: TempDir,
+    clock: Arc<FakeClock>,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let config = test_config(url, &dir.0, extra);
     let db = open_database(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Application::with_listener(config, clock.clone(), db.clone(), listener).await.unwrap();
@@ -152,6 +162,21 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         shutdown: Some(tx),
         _dir: dir,
     }
+}
+
+/// `n` instances on one fresh PostgreSQL database, sharing one fake clock.
+pub async fn spawn_cluster(n: usize) -> Vec<TestApp> {
+    let first_dir = TempDir(std::env::temp_dir().join(unique_name()));
+    std::fs::create_dir_all(&first_dir.0).unwrap();
+    let url = fresh_database_url(Backend::Postgres, &first_dir.0).await;
+    let clock = FakeClock::at("2026-01-15T04:00:00Z");
+    let mut apps = vec![launch(Backend::Postgres, &url, first_dir, clock.clone(), &[]).await];
+    for _ in 1..n {
+        let dir = TempDir(std::env::temp_dir().join(unique_name()));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        apps.push(launch(Backend::Postgres, &url, dir, clock.clone(), &[]).await);
+    }
+    apps
 }
 
 /// Status and JSON body (Null when the body is empty or not JSON).

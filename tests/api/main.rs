@@ -14,4 +14,8 @@ mod oauth;
 mod ops;
 mod packages;
 mod payments;
+mod proxy;
+mod proxy_admin;
+mod proxy_failures;
 mod redemption;
+mod scale_out;

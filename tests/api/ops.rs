@@ -38,6 +38,10 @@ async fn a_job_lease_is_held_by_one_instance_until_it_expires(app: TestApp) {
 async fn jobs_can_be_run_once_by_name(app: TestApp) {
     let summary = jobs::run_once(&app.state, "release_expired_holds").await.unwrap();
     assert_eq!(summary, "released 0 holds");
+    for job in jobs::all_jobs() {
+        let summary = jobs::run_once(&app.state, job.name).await;
+        assert!(summary.is_ok(), "{} failed on an empty install: {summary:?}", job.name);
+    }
     assert!(jobs::run_once(&app.state, "nope").await.is_err());
 }
 
@@ -60,6 +64,21 @@ async fn stored_merchant_keys_are_encrypted_at_rest(app: TestApp) {
     assert!(stored.contains("enc:v1:"));
     let settings = app.state.settings.get().await.unwrap();
     assert_eq!(settings.credit.key, "PLAINTEXT-KEY-42");
+
+    let up = app
+        .post(
+            "/api/admin/upstreams",
+            &admin,
+            json!({"name": "main", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-upstream-PLAIN-77"}),
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::CREATED, "{}", up.text);
+    assert!(!up.text.contains("sk-upstream-PLAIN-77"));
+    let stored: String = sqlx::query_scalar("SELECT api_key FROM upstreams").fetch_one(app.db.pool()).await.unwrap();
+    assert!(stored.starts_with("enc:v1:") && !stored.contains("PLAIN-77"), "{stored}");
+    let catalog = app.state.catalog.get().await;
+    use secrecy::ExposeSecret;
+    assert_eq!(catalog.upstreams[0].api_key.expose_secret(), "sk-upstream-PLAIN-77");
 }
 
 async fn password_guessing_is_throttled(app: TestApp) {

@@ -45,6 +45,8 @@ async fn admins_create_packages_with_the_seed_example_and_validation_names_the_f
     assert_eq!(created.body["daily_limit"], "5.00");
     assert_eq!(created.body["duration_days"], 30);
     assert_eq!(created.body["enabled"], true);
+    assert_eq!(created.body["package"]["id"], created.body["id"]);
+    assert_eq!(created.body["package"]["name"], "基础套餐");
     assert_eq!(created.body["stock"], Value::Null);
     let id = created.body["id"].as_i64().unwrap();
 
@@ -305,6 +307,9 @@ async fn admins_grant_and_end_packages_with_ledger_and_audit_records(app: TestAp
     let ledger = app.get(&format!("/api/admin/ledger?user_id={user_id}"), &admin).await;
     assert_eq!(ledger.body["items"][0]["kind"], "package_grant");
     assert_eq!(ledger.body["items"][0]["amount"], "0.00");
+    let listed = app.get(&format!("/api/admin/users/{user_id}/packages"), &admin).await;
+    assert_eq!(listed.body["items"][0]["id"], up);
+    assert_eq!(app.get(&format!("/api/admin/users/{user_id}/packages"), &user).await.status, StatusCode::FORBIDDEN);
     let missing = app.post("/api/admin/users/9999/packages", &admin, json!({"package_id": id})).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 

@@ -21,6 +21,7 @@ on_both_databases_with_sandbox!(
     an_admin_check_fulfils_a_paid_order_whose_notify_was_lost,
     a_refund_the_gateway_refuses_changes_nothing,
     order_lists_filter_by_user_status_and_date,
+    a_cancelled_sandbox_payment_leaves_the_order_pending,
 );
 
 struct Shop {
@@ -89,6 +90,36 @@ async fn submit_to_sandbox(app: &TestApp, purchase: &Value) -> String {
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
     let location = r.headers()["location"].to_str().unwrap().to_string();
     location.rsplit('/').next().unwrap().to_string()
+}
+
+/// The hidden fields and action of the auto-submitting form on `/pay/{out_trade_no}`, as a
+/// browser would read them (HTML entities decoded).
+async fn pay_page_form(app: &TestApp, out_trade_no: &str) -> (String, Vec<(String, String)>) {
+    let html = app.client.get(app.url(&format!("/pay/{out_trade_no}"))).send().await.unwrap().text().await.unwrap();
+    let unescape = |s: &str| {
+        s.replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&#x2f;", "/")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    let attr = |tag: &str, name: &str| {
+        let start = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        unescape(&tag[start..start + tag[start..].find('"').unwrap()])
+    };
+    let form_tag = &html[html.find("<form").unwrap()..];
+    let action = attr(&form_tag[..form_tag.find('>').unwrap()], "action");
+    let fields = html
+        .split("<input ")
+        .skip(1)
+        .map(|rest| {
+            let tag = &rest[..rest.find('>').unwrap()];
+            (attr(tag, "name"), attr(tag, "value"))
+        })
+        .collect();
+    (action, fields)
 }
 
 async fn sandbox_pay(app: &TestApp, trade_no: &str, deliver_notify: bool) -> reqwest::Response {
@@ -262,7 +293,15 @@ async fn a_purchase_clicks_through_the_sandbox_and_is_refunded(app: TestApp) {
     let refused = app.client.post(app.url("/sandbox/epay/pay/submit.php")).form(&forged).send().await.unwrap();
     let refused: Value = refused.json().await.unwrap();
     assert!(refused["error_msg"].as_str().unwrap().contains("bad signature"), "{refused}");
-    let trade_no = submit_to_sandbox(&app, &purchase).await;
+    // Submit exactly what the browser would post from our /pay page.
+    let (action, fields) = pay_page_form(&app, &otn).await;
+    assert_eq!(action, app.url("/sandbox/epay/pay/submit.php"));
+    assert!(fields.iter().any(|(k, v)| k == "name" && v == "月度会员"));
+    assert!(fields.iter().any(|(k, v)| k == "notify_url" && v == &app.url("/api/payment/credit/notify")));
+    let submitted = app.client.post(&action).form(&fields).send().await.unwrap();
+    assert_eq!(submitted.status(), StatusCode::SEE_OTHER);
+    let location = submitted.headers()["location"].to_str().unwrap().to_string();
+    let trade_no = location.rsplit('/').next().unwrap().to_string();
     let cashier = app.client.get(app.url(&format!("/sandbox/epay/cashier/{trade_no}"))).send().await.unwrap();
     let html = cashier.text().await.unwrap();
     assert!(html.contains("SANDBOX") && html.contains("月度会员") && html.contains("30.00"), "{html}");
@@ -391,4 +430,41 @@ async fn order_lists_filter_by_user_status_and_date(app: TestApp) {
     let bad = app.get("/api/admin/orders?from=yesterday", &s.admin).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.get("/api/admin/orders", &s.user).await.status, StatusCode::FORBIDDEN);
+}
+
+async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
+    let s = shop(&app).await;
+    let purchase = order_package(&app, &s.user, s.package_id).await;
+    let otn = purchase["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let trade_no = submit_to_sandbox(&app, &purchase).await;
+    assert_eq!(submit_to_sandbox(&app, &purchase).await, trade_no, "re-submitting the same order reuses the trade");
+    let cancel = app.client.post(app.url(&format!("/sandbox/epay/cashier/{trade_no}/cancel"))).send().await.unwrap();
+    assert_eq!(cancel.status(), StatusCode::SEE_OTHER);
+    assert_eq!(cancel.headers()["location"].to_str().unwrap(), app.url("/packages"));
+    let late_click = sandbox_pay(&app, &trade_no, true).await;
+    assert_eq!(late_click.status(), StatusCode::OK, "a cancelled trade cannot be paid");
+    let query = app
+        .client
+        .get(app.url("/sandbox/epay/api.php"))
+        .query(&[("act", "order"), ("pid", TEST_PID), ("key", TEST_KEY), ("out_trade_no", &otn)])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!((query["code"].as_i64(), query["status"].as_i64()), (Some(1), Some(0)), "{query}");
+    let wrong_key = app
+        .client
+        .get(app.url("/sandbox/epay/api.php"))
+        .query(&[("act", "order"), ("pid", TEST_PID), ("key", "guess"), ("out_trade_no", &otn)])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key["code"], -1);
+    assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending");
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 0);
 }

@@ -1,0 +1,138 @@
+//! Admin CRUD of upstream providers. The credential is write-only: reads show
+//! `api_key_set` and a masked `api_key_hint`. Every write refreshes the proxy's
+//! catalog at once and leaves an audit row (without the credential).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::extract::{ApiJson, ApiPath, ClientAddr};
+use crate::app::AppState;
+use crate::audit::{self, AuditEvent};
+use crate::auth::AdminUser;
+use crate::error::Error;
+use crate::proxy::upstreams::{self, UpstreamInput};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/upstreams", get(list).post(create))
+        .route("/api/admin/upstreams/{id}", get(show).put(update).delete(remove))
+}
+
+#[derive(Deserialize)]
+struct UpstreamBody {
+    name: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    model_map: Option<Option<std::collections::BTreeMap<String, String>>>,
+    priority: Option<i64>,
+    weight: Option<i64>,
+    enabled: Option<bool>,
+}
+
+async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<impl IntoResponse> {
+    let items: Vec<_> =
+        upstreams::list(&state.db, &state.secrets).await?.iter().map(|u| u.view(state.calendar())).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar())))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<UpstreamBody>,
+) -> ApiResult<impl IntoResponse> {
+    let input = UpstreamInput {
+        name: body.name.ok_or_else(|| Error::validation("name", "is required"))?,
+        base_url: body.base_url.ok_or_else(|| Error::validation("base_url", "is required"))?,
+        api_key: SecretString::from(body.api_key.ok_or_else(|| Error::validation("api_key", "is required"))?),
+        models: body.models.flatten(),
+        model_map: body.model_map.flatten(),
+        priority: body.priority.unwrap_or(0),
+        weight: body.weight.unwrap_or(1),
+        enabled: body.enabled.unwrap_or(true),
+    };
+    let created = upstreams::create(&state.db, &state.secrets, input, state.now()).await?;
+    state.catalog.invalidate();
+    let view = created.view(state.calendar());
+    audit_write(&state, &admin, &addr, ("upstream.create", created.id), (None, audit::snapshot(&view))).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    addr: ClientAddr,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<UpstreamBody>,
+) -> ApiResult<impl IntoResponse> {
+    let current = upstreams::find(&state.db, &state.secrets, id).await?;
+    let before = current.view(state.calendar());
+    let input = UpstreamInput {
+        name: body.name.unwrap_or(current.name),
+        base_url: body.base_url.unwrap_or(current.base_url),
+        api_key: body.api_key.map(SecretString::from).unwrap_or(current.api_key),
+        models: body.models.unwrap_or(current.models),
+        model_map: body.model_map.unwrap_or(current.model_map),
+        priority: body.priority.unwrap_or(current.priority),
+        weight: body.weight.unwrap_or(current.weight),
+        enabled: body.enabled.unwrap_or(current.enabled),
+    };
+    let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
+    state.catalog.invalidate();
+    let view = updated.view(state.calendar());
+    let snapshots = (audit::snapshot(&before), audit::snapshot(&view));
+    audit_write(&state, &admin, &addr, ("upstream.update", id), snapshots).await?;
+    Ok(Json(view))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    addr: ClientAddr,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<impl IntoResponse> {
+    let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
+    upstreams::delete(&state.db, id).await?;
+    state.catalog.invalidate();
+    audit_write(&state, &admin, &addr, ("upstream.delete", id), (audit::snapshot(&before), None)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+type Snapshots = (Option<serde_json::Value>, Option<serde_json::Value>);
+
+async fn audit_write(
+    state: &AppState,
+    admin: &AdminUser,
+    addr: &ClientAddr,
+    (action, id): (&str, i64),
+    (before, after): Snapshots,
+) -> Result<(), Error> {
+    let mut conn = state.db.pool().acquire().await?;
+    let event = AuditEvent {
+        actor_id: Some(admin.0.user.id),
+        action,
+        target: Some(format!("upstream:{id}")),
+        before,
+        after,
+        ip: addr.ip(),
+    };
+    audit::record(&mut conn, &event, state.now()).await
+}

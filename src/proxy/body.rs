@@ -1,0 +1,165 @@
+//! The response body handed to axum: upstream chunks pass through as they arrive,
+//! metered on the way, and the request is settled exactly once — when the stream
+//! ends, when the upstream breaks, or when the client goes away (the body is
+//! dropped). Settlement runs in a tracked task, so a disconnect cannot cancel it and
+//! shutdown waits for it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+
+use super::metering::Meter;
+use super::pricing::{self, ModelPrice};
+use super::upstreams;
+use crate::app::AppState;
+use crate::billing::{self, Hold, UsageRecord};
+use crate::money::Money;
+
+/// Everything needed to settle a request once it is over.
+pub struct Settlement {
+    pub state: AppState,
+    pub hold: Hold,
+    /// Pre-filled identity fields (request id, endpoint, model, upstream, status).
+    pub record: UsageRecord,
+    pub price: ModelPrice,
+    pub markup: Money,
+    pub request_bytes: usize,
+    pub started: Instant,
+    /// False for upstream error answers (4xx passed through): logged at cost 0.
+    pub billable: bool,
+}
+
+/// How a metered response ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Completed,
+    UpstreamBroke(String),
+    ClientGone,
+}
+
+impl Settlement {
+    /// Fills usage and cost from the meter and settles in a tracked task.
+    pub fn finish(self, meter: Option<&Meter>, ending: Ending) {
+        let Settlement { state, hold, mut record, price, markup, request_bytes, started, billable } = self;
+        record.total_ms = Some(started.elapsed().as_millis() as i64);
+        if let (true, Some(meter)) = (billable, meter) {
+            let (usage, estimated) = match meter.reported_usage() {
+                Some(usage) => (usage, false),
+                None => (meter.estimate(request_bytes), true),
+            };
+            record.input_tokens = usage.input;
+            record.cached_tokens = usage.cached.min(usage.input);
+            record.output_tokens = usage.output;
+            record.reasoning_tokens = usage.reasoning;
+            record.estimated = estimated;
+            record.cost = pricing::cost(&price, &usage, markup);
+        }
+        match &ending {
+            Ending::Completed => {}
+            Ending::UpstreamBroke(e) => record.error = Some(format!("upstream stream broke: {e}")),
+            Ending::ClientGone => record.error = Some("client disconnected before the end".into()),
+        }
+        spawn_settle(state, hold, record, matches!(ending, Ending::UpstreamBroke(_)));
+    }
+}
+
+/// Settles (and, when the upstream broke mid-stream, counts a health failure) in a
+/// tracked task.
+pub fn spawn_settle(state: AppState, hold: Hold, record: UsageRecord, upstream_failed: bool) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::error!(request_id = %record.request_id, "no runtime to settle on; the hold expires later");
+        return;
+    }
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        if upstream_failed {
+            if let Some(id) = record.upstream_id {
+                let error = record.error.clone().unwrap_or_default();
+                if let Ok(true) = upstreams::record_failure(&state.db, id, &error, state.now()).await {
+                    state.catalog.invalidate();
+                }
+            }
+        }
+        if let Err(e) = billing::settle_with_retry(&state, &hold, &record).await {
+            tracing::error!(request_id = %record.request_id, error = %e, "usage could not be settled");
+        }
+    });
+}
+
+/// The metered response body.
+pub struct MeteredBody {
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    first: Option<Bytes>,
+    meter: Meter,
+    settlement: Option<Settlement>,
+    done: bool,
+}
+
+impl MeteredBody {
+    /// `first` is the chunk already read while deciding whether to fail over.
+    pub fn new(
+        upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+        first: Option<Bytes>,
+        meter: Meter,
+        settlement: Settlement,
+    ) -> Self {
+        MeteredBody { upstream, first, meter, settlement: Some(settlement), done: false }
+    }
+
+    fn end(&mut self, ending: Ending) {
+        if let Some(settlement) = self.settlement.take() {
+            settlement.finish(Some(&self.meter), ending);
+        }
+    }
+}
+
+impl Stream for MeteredBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            let out = this.meter.pass(first);
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+        }
+        loop {
+            match this.upstream.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = this.meter.pass(chunk);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    let message = e.to_string();
+                    this.end(Ending::UpstreamBroke(message.clone()));
+                    return Poll::Ready(Some(Err(std::io::Error::other(message))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let tail = this.meter.finish();
+                    this.end(Ending::Completed);
+                    return Poll::Ready(if tail.is_empty() { None } else { Some(Ok(tail)) });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away (or the server is stopping).
+        self.end(Ending::ClientGone);
+    }
+}

@@ -1,0 +1,389 @@
+//! A fake OpenAI upstream speaking real SSE, for the test suite, the interop tests
+//! (the real Codex CLI and openai SDK run against it through the gateway) and
+//! benchmarks (`codex-gateway mock-upstream`).
+//!
+//! Faults are chosen per instance ([`MockOptions::fault`]) or per request, by header
+//! `x-mock-fault: fail-500 | fail-429 | fail-400 | die | no-usage` or by model name
+//! `mock-fail-500`, `mock-fail-429`, `mock-fail-400`, `mock-die`, `mock-no-usage`.
+//!
+//! The Responses stream follows what the Codex CLI consumes: `response.created`,
+//! `response.output_item.added`, `response.content_part.added`, text deltas,
+//! `response.output_text.done`, `response.content_part.done`,
+//! `response.output_item.done` (Codex takes the final message from this item) and
+//! `response.completed` (with the response id and usage; Codex treats a stream that
+//! ends without it as an error and retries).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// A scripted failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Fail500,
+    Fail429,
+    /// Refuse the request as malformed (a client error the gateway passes through).
+    Fail400,
+    /// Send the first events, then break the connection.
+    DieMidStream,
+    /// Answer normally but never report usage.
+    NoUsage,
+}
+
+impl Fault {
+    pub fn parse(text: &str) -> Option<Fault> {
+        match text.trim_start_matches("mock-") {
+            "fail-500" => Some(Fault::Fail500),
+            "fail-429" => Some(Fault::Fail429),
+            "fail-400" => Some(Fault::Fail400),
+            "die" => Some(Fault::DieMidStream),
+            "no-usage" => Some(Fault::NoUsage),
+            _ => None,
+        }
+    }
+}
+
+/// Token counts the mock reports.
+#[derive(Debug, Clone, Copy)]
+pub struct MockUsage {
+    pub input: i64,
+    pub cached: i64,
+    pub output: i64,
+    pub reasoning: i64,
+}
+
+/// How the mock behaves.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Pause before answering at all (drives first-byte timeouts).
+    pub initial_delay: Duration,
+    /// Pause before each event after the first.
+    pub delay: Duration,
+    /// Number of text deltas the answer is split into.
+    pub chunks: usize,
+    /// Answer length in bytes (0 = the text as is; more repeats it).
+    pub response_bytes: usize,
+    pub text: String,
+    pub fault: Option<Fault>,
+    pub usage: MockUsage,
+    /// When set, streams pause after their first event until a permit is added.
+    pub gate: Option<Arc<Semaphore>>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            initial_delay: Duration::ZERO,
+            delay: Duration::ZERO,
+            chunks: 4,
+            response_bytes: 0,
+            text: "Hello from the mock upstream.".into(),
+            fault: None,
+            usage: MockUsage { input: 1000, cached: 200, output: 300, reasoning: 100 },
+            gate: None,
+        }
+    }
+}
+
+/// A request the mock received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+struct MockState {
+    options: Arc<MockOptions>,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A running mock; stops when dropped.
+pub struct MockHandle {
+    pub addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl MockHandle {
+    /// The base URL to configure as an upstream (`http://host:port/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// How many requests reached the mock.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().ok().and_then(|s| s.last().cloned())
+    }
+}
+
+/// Serves the mock on `listener` until the handle is dropped.
+pub async fn serve_mock(listener: TcpListener, options: MockOptions) -> std::io::Result<MockHandle> {
+    let addr = listener.local_addr()?;
+    let state = MockState { options: Arc::new(options), requests: Arc::default(), seen: Arc::default() };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = Router::new()
+        .route("/v1/responses", post(answer))
+        .route("/v1/chat/completions", post(answer))
+        .route("/v1/models", get(models))
+        // Codex prompts with long histories are large; accept what the gateway accepts.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(MockHandle { addr, requests: state.requests, seen: state.seen, _shutdown: tx })
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({ "object": "list", "data": [
+        { "id": "gpt-5", "object": "model", "created": 0, "owned_by": "mock" },
+        { "id": "gpt-5-codex", "object": "model", "created": 0, "owned_by": "mock" }
+    ] }))
+}
+
+async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut seen) = state.seen.lock() {
+        seen.push(Seen { path: uri.path().to_string(), headers: headers.clone(), body: body.clone() });
+    }
+    if !state.options.initial_delay.is_zero() {
+        tokio::time::sleep(state.options.initial_delay).await;
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request["model"].as_str().unwrap_or("mock").to_string();
+    let fault = headers
+        .get("x-mock-fault")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Fault::parse)
+        .or_else(|| Fault::parse(&model))
+        .or(state.options.fault);
+    match fault {
+        Some(Fault::Fail500) => return error(StatusCode::INTERNAL_SERVER_ERROR, "mock upstream failure"),
+        Some(Fault::Fail429) => return error(StatusCode::TOO_MANY_REQUESTS, "mock upstream rate limit"),
+        Some(Fault::Fail400) => return error(StatusCode::BAD_REQUEST, "mock upstream refuses this request"),
+        _ => {}
+    }
+    let chat = uri.path().ends_with("/chat/completions");
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let script = Script { options: &state.options, model, fault, text: answer_text(&state.options) };
+    if !stream {
+        return Json(if chat { script.chat_json() } else { script.responses_json() }).into_response();
+    }
+    let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let pieces = if chat { script.chat_events(include_usage) } else { script.responses_events() };
+    sse(pieces, state.options.clone())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": { "message": message, "type": "server_error", "code": null } }))).into_response()
+}
+
+fn answer_text(options: &MockOptions) -> String {
+    if options.response_bytes <= options.text.len() || options.text.is_empty() {
+        return options.text.clone();
+    }
+    options.text.chars().cycle().take(options.response_bytes).collect()
+}
+
+/// One event to send, or the point where the connection breaks.
+enum Piece {
+    Event(Bytes),
+    Die,
+}
+
+fn event(name: Option<&str>, data: &Value) -> Piece {
+    let text = match name {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    };
+    Piece::Event(Bytes::from(text))
+}
+
+struct Script<'a> {
+    options: &'a MockOptions,
+    model: String,
+    fault: Option<Fault>,
+    text: String,
+}
+
+impl Script<'_> {
+    fn deltas(&self) -> Vec<String> {
+        let chars: Vec<char> = self.text.chars().collect();
+        let size = chars.len().div_ceil(self.options.chunks.max(1)).max(1);
+        chars.chunks(size).map(|c| c.iter().collect()).collect()
+    }
+
+    fn responses_usage(&self) -> Value {
+        let u = self.options.usage;
+        json!({ "input_tokens": u.input, "input_tokens_details": { "cached_tokens": u.cached },
+                "output_tokens": u.output, "output_tokens_details": { "reasoning_tokens": u.reasoning },
+                "total_tokens": u.input + u.output })
+    }
+
+    fn chat_usage(&self) -> Value {
+        let u = self.options.usage;
+        json!({ "prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
+                "prompt_tokens_details": { "cached_tokens": u.cached },
+                "completion_tokens_details": { "reasoning_tokens": u.reasoning } })
+    }
+
+    fn message(&self, status: &str, text: &str) -> Value {
+        json!({ "id": "msg_mock", "type": "message", "status": status, "role": "assistant",
+                "content": if text.is_empty() && status != "completed" { json!([]) }
+                           else { json!([{ "type": "output_text", "text": text, "annotations": [] }]) } })
+    }
+
+    fn response(&self, status: &str, output: Value) -> Value {
+        let mut r = json!({ "id": "resp_mock", "object": "response", "created_at": 1_767_225_600,
+                            "status": status, "model": self.model, "output": output });
+        if status == "completed" && self.fault != Some(Fault::NoUsage) {
+            r["usage"] = self.responses_usage();
+        }
+        r
+    }
+
+    fn responses_json(&self) -> Value {
+        self.response("completed", json!([self.message("completed", &self.text)]))
+    }
+
+    fn responses_events(&self) -> Vec<Piece> {
+        let mut seq = 0;
+        let mut next = |name: &str, mut data: Value| {
+            data["type"] = json!(name);
+            data["sequence_number"] = json!(seq);
+            seq += 1;
+            event(Some(name), &data)
+        };
+        let mut pieces = vec![
+            next("response.created", json!({ "response": self.response("in_progress", json!([])) })),
+            next("response.in_progress", json!({ "response": self.response("in_progress", json!([])) })),
+            next("response.output_item.added", json!({ "output_index": 0, "item": self.message("in_progress", "") })),
+            next(
+                "response.content_part.added",
+                json!({ "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                        "part": { "type": "output_text", "text": "", "annotations": [] } }),
+            ),
+        ];
+        for (i, delta) in self.deltas().into_iter().enumerate() {
+            pieces.push(next(
+                "response.output_text.delta",
+                json!({ "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": delta }),
+            ));
+            if i == 0 && self.fault == Some(Fault::DieMidStream) {
+                pieces.push(Piece::Die);
+                return pieces;
+            }
+        }
+        pieces.push(next(
+            "response.output_text.done",
+            json!({ "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": self.text }),
+        ));
+        pieces.push(next(
+            "response.content_part.done",
+            json!({ "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                    "part": { "type": "output_text", "text": self.text, "annotations": [] } }),
+        ));
+        pieces.push(next(
+            "response.output_item.done",
+            json!({ "output_index": 0, "item": self.message("completed", &self.text) }),
+        ));
+        let output = json!([self.message("completed", &self.text)]);
+        pieces.push(next("response.completed", json!({ "response": self.response("completed", output) })));
+        pieces
+    }
+
+    fn chat_chunk(&self, choices: Value) -> Value {
+        json!({ "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_767_225_600,
+                "model": self.model, "choices": choices })
+    }
+
+    fn chat_json(&self) -> Value {
+        let mut body = json!({ "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_767_225_600,
+            "model": self.model, "choices": [{ "index": 0, "finish_reason": "stop",
+            "message": { "role": "assistant", "content": self.text } }] });
+        if self.fault != Some(Fault::NoUsage) {
+            body["usage"] = self.chat_usage();
+        }
+        body
+    }
+
+    fn chat_events(&self, include_usage: bool) -> Vec<Piece> {
+        let mut pieces = vec![event(
+            None,
+            &self.chat_chunk(
+                json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]),
+            ),
+        )];
+        for (i, delta) in self.deltas().into_iter().enumerate() {
+            pieces.push(event(
+                None,
+                &self.chat_chunk(json!([{ "index": 0, "delta": { "content": delta }, "finish_reason": null }])),
+            ));
+            if i == 0 && self.fault == Some(Fault::DieMidStream) {
+                pieces.push(Piece::Die);
+                return pieces;
+            }
+        }
+        pieces.push(event(None, &self.chat_chunk(json!([{ "index": 0, "delta": {}, "finish_reason": "stop" }]))));
+        if include_usage && self.fault != Some(Fault::NoUsage) {
+            let mut last = self.chat_chunk(json!([]));
+            last["usage"] = self.chat_usage();
+            pieces.push(event(None, &last));
+        }
+        pieces.push(Piece::Event(Bytes::from_static(b"data: [DONE]\n\n")));
+        pieces
+    }
+}
+
+fn sse(pieces: Vec<Piece>, options: Arc<MockOptions>) -> Response {
+    let stream = futures::stream::unfold((pieces.into_iter().enumerate(), options), |(mut it, options)| async move {
+        let (index, piece) = it.next()?;
+        if index == 1 {
+            if let Some(gate) = &options.gate {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+        }
+        if index > 0 && !options.delay.is_zero() {
+            tokio::time::sleep(options.delay).await;
+        }
+        let item = match piece {
+            Piece::Event(bytes) => Ok(bytes),
+            Piece::Die => {
+                // Let what was sent reach the wire first, like a real crash mid-stream.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("mock upstream died mid-stream"))
+            }
+        };
+        Some((item, (it, options)))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

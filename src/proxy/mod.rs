@@ -1,0 +1,80 @@
+//! The OpenAI-compatible gateway under `/v1`: `POST /v1/responses` (what the Codex
+//! CLI speaks), `POST /v1/chat/completions` and `GET /v1/models`, authenticated with
+//! the user's `sk-...` key. Bodies pass through as bytes both ways; usage is metered
+//! as the response streams past and settled through the billing engine exactly once.
+//!
+//! - [`request`]: key, body limit, the few fields read, forwarded headers.
+//! - [`forward`]: admission, upstream selection and failover before the first byte.
+//! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
+//! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
+//! - [`error`]: the OpenAI error shape. [`mock`]: a fake upstream for tests and benchmarks.
+
+pub mod body;
+pub mod catalog;
+pub mod error;
+pub mod forward;
+pub mod metering;
+pub mod mock;
+pub mod pricing;
+pub mod request;
+pub mod sse;
+pub mod upstreams;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::app::AppState;
+use error::ProxyError;
+use metering::Api;
+
+pub use upstreams::probe_unhealthy_once;
+
+/// The `/v1` routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/responses", post(responses))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
+}
+
+async fn responses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    forward::proxy(state, Api::Responses, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    forward::proxy(state, Api::Chat, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The priced models, in the OpenAI list shape.
+async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ProxyError> {
+    forward::authenticate(&state, &headers).await?;
+    let snapshot = state.catalog.get().await;
+    let mut names: Vec<&String> = snapshot.prices.keys().collect();
+    names.sort();
+    let data: Vec<_> = names.into_iter().map(|id| model_object(id)).collect();
+    Ok(Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// One priced model (`client.models.retrieve`), 404 `model_not_found` otherwise.
+async fn model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
+    forward::authenticate(&state, &headers).await?;
+    let snapshot = state.catalog.get().await;
+    if !snapshot.prices.contains_key(&model) {
+        return Err(ProxyError::model_not_found(&model));
+    }
+    Ok(Json(model_object(&model)).into_response())
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({ "id": id, "object": "model", "created": 0, "owned_by": "codex-gateway" })
+}

@@ -1,0 +1,201 @@
+//! Interoperability: the real Codex CLI (`codex exec` with a custom provider) and the
+//! `openai` Python SDK talk to the gateway, which forwards to the in-process mock
+//! upstream. Each test checks the answer text and the usage row.
+//!
+//! When `codex` or `python3` + `openai` are missing, the tests skip with a notice —
+//! unless `CI` is set, where they fail (`.ci/run` installs both).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions};
+use helpers::{spawn_app, Backend, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+
+struct Setup {
+    key: String,
+    mock: MockHandle,
+}
+
+async fn setup(app: &TestApp) -> Setup {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = serve_mock(listener, MockOptions::default()).await.unwrap();
+    let admin = app.admin_token().await;
+    let r = app
+        .post("/api/admin/upstreams", &admin, json!({"name": "mock", "base_url": mock.base_url(), "api_key": "sk-up"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let (user_id, token) = app.register_and_login("interop@example.com").await;
+    app.fund(&admin, user_id, "10").await;
+    let key = app.post("/api/user/keys", &token, json!({"name": "interop"})).await;
+    Setup { key: key.body["key"].as_str().unwrap().to_string(), mock }
+}
+
+/// Whether a tool is usable; without it, skip locally but fail in CI.
+fn available(check: &mut std::process::Command, what: &str) -> bool {
+    let ok = check.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "{what} is required in CI (see .ci/run) but is missing");
+        eprintln!("SKIPPED: {what} is not installed");
+    }
+    ok
+}
+
+type UsageRow = (String, String, i64, i64, i64, i64, i64, i64);
+
+async fn usage_rows(app: &TestApp, n: usize) -> Vec<UsageRow> {
+    for _ in 0..500 {
+        let rows: Vec<UsageRow> = sqlx::query_as(
+            "SELECT endpoint, model, streamed, input_tokens, cached_tokens, \
+               output_tokens, cost, estimated FROM usage_logs ORDER BY id",
+        )
+        .fetch_all(app.db.pool())
+        .await
+        .unwrap();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("expected {n} usage rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_runs_a_turn_through_the_gateway() {
+    if !available(std::process::Command::new("codex").arg("--version"), "the Codex CLI (npm install -g @openai/codex)")
+    {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let s = setup(&app).await;
+    let home = helpers::TempDir(std::env::temp_dir().join(format!("cg-codex-{}", std::process::id())));
+    let work = home.0.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        home.0.join("config.toml"),
+        format!(
+            "model = \"gpt-5-codex\"\nmodel_provider = \"codexgw\"\n\n[model_providers.codexgw]\n\
+             name = \"codex-gateway\"\nbase_url = \"{}/v1\"\nenv_key = \"CODEXGW_API_KEY\"\nwire_api = \"responses\"\n",
+            app.base
+        ),
+    )
+    .unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("codex")
+            .args(["exec", "--skip-git-repo-check", "--sandbox", "read-only", "say hello"])
+            .current_dir(&work)
+            .env("CODEX_HOME", &home.0)
+            .env("CODEXGW_API_KEY", &s.key)
+            .env_remove("OPENAI_API_KEY")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("codex exec finished in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("codex stdout:\n{stdout}\ncodex stderr:\n{stderr}");
+    assert!(output.status.success(), "codex exec failed");
+    assert!(stdout.contains("Hello from the mock upstream."), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let seen = s.mock.last().expect("codex reached the mock through the gateway");
+    eprintln!("headers codex sent (as forwarded): {:?}", seen.headers);
+    assert_eq!(seen.path, "/v1/responses");
+    assert_eq!(seen.headers["authorization"], "Bearer sk-up", "the user's key is replaced");
+    assert_eq!(seen.headers["originator"], "codex_exec", "client headers are forwarded");
+    assert!(seen.headers.keys().any(|h| h.as_str().starts_with("x-codex-")), "x-codex-* headers are forwarded");
+    let sent: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["stream"], true);
+    let rows = usage_rows(&app, 1).await;
+    let turn = rows.iter().find(|r| r.0 == "/responses").expect("a /responses usage row");
+    assert_eq!((turn.1.as_str(), turn.2, turn.3, turn.4, turn.5, turn.7), ("gpt-5-codex", 1, 1000, 200, 300, 0));
+    // gpt-5-codex list price: 800×1.25 + 200×0.125 + 300×10 = 4025 micro-USD.
+    assert_eq!(turn.6, 4_025);
+    app.assert_money_invariants().await;
+}
+
+const SDK_SCRIPT: &str = r#"
+import json, os, sys
+from openai import OpenAI
+client = OpenAI(base_url=os.environ["GW_BASE"], api_key=os.environ["GW_KEY"])
+out = {}
+r = client.responses.create(model="gpt-5", input="say hello")
+out["responses"] = r.output_text
+out["responses_usage"] = r.usage.input_tokens
+text = ""
+with client.responses.stream(model="gpt-5", input="say hello") as stream:
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            text += event.delta
+    final = stream.get_final_response()
+out["responses_stream"] = text
+out["responses_stream_usage"] = final.usage.output_tokens
+c = client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+out["chat"] = c.choices[0].message.content
+out["chat_usage"] = c.usage.prompt_tokens
+text, saw_usage = "", False
+for chunk in client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True):
+    if chunk.usage is not None:
+        saw_usage = True
+    for choice in chunk.choices:
+        text += choice.delta.content or ""
+out["chat_stream"] = text
+out["chat_stream_saw_usage"] = saw_usage
+try:
+    client.chat.completions.create(model="not-priced", messages=[{"role": "user", "content": "hi"}])
+    out["unknown_model"] = "accepted"
+except Exception as e:
+    out["unknown_model"] = type(e).__name__
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_works_through_the_gateway() {
+    if !available(
+        std::process::Command::new("python3").args(["-c", "import openai"]),
+        "python3 with openai (pip install openai)",
+    ) {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let s = setup(&app).await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("python3")
+            .args(["-c", SDK_SCRIPT])
+            .env("GW_BASE", format!("{}/v1", app.base))
+            .env("GW_KEY", &s.key)
+            .env("OPENAI_MAX_RETRIES", "0")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK script finished in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let out: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let hello = "Hello from the mock upstream.";
+    assert_eq!(out["responses"], hello);
+    assert_eq!(out["responses_stream"], hello);
+    assert_eq!(out["chat"], hello);
+    assert_eq!(out["chat_stream"], hello);
+    assert_eq!(out["responses_usage"], 1000);
+    assert_eq!(out["responses_stream_usage"], 300);
+    assert_eq!(out["chat_usage"], 1000);
+    assert_eq!(out["chat_stream_saw_usage"], false, "the usage chunk the SDK did not ask for is hidden");
+    assert_eq!(out["unknown_model"], "NotFoundError");
+    let rows = usage_rows(&app, 4).await;
+    let shapes: Vec<(&str, i64)> = rows.iter().map(|r| (r.0.as_str(), r.2)).collect();
+    assert_eq!(shapes, vec![("/responses", 0), ("/responses", 1), ("/chat/completions", 0), ("/chat/completions", 1)]);
+    assert!(rows.iter().all(|r| r.3 == 1000 && r.4 == 200 && r.5 == 300 && r.6 == 4_025 && r.7 == 0), "{rows:?}");
+    app.assert_money_invariants().await;
+}
