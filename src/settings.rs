@@ -37,6 +37,17 @@ pub struct Settings {
     pub hold_output_tokens: i64,
     /// Upstreams tried per request before giving up (failover before the first byte).
     pub upstream_max_attempts: i64,
+    /// Proxy request rates and concurrent streams (0 = unlimited).
+    pub rate_limits: RateLimitSettings,
+}
+
+/// Limits the proxy enforces per instance before admitting a request; 0 = unlimited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    pub key_requests_per_minute: i64,
+    pub user_requests_per_minute: i64,
+    pub user_max_concurrent_streams: i64,
 }
 
 impl Default for Settings {
@@ -50,6 +61,7 @@ impl Default for Settings {
             credit: CreditSettings::default(),
             hold_output_tokens: 4096,
             upstream_max_attempts: 3,
+            rate_limits: RateLimitSettings::default(),
         }
     }
 }

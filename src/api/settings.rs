@@ -123,6 +123,16 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if !(1..=10).contains(&s.upstream_max_attempts) {
         return Err(Error::validation("upstream_max_attempts", "must be between 1 and 10"));
     }
+    let r = &s.rate_limits;
+    for (field, value) in [
+        ("rate_limits.key_requests_per_minute", r.key_requests_per_minute),
+        ("rate_limits.user_requests_per_minute", r.user_requests_per_minute),
+        ("rate_limits.user_max_concurrent_streams", r.user_max_concurrent_streams),
+    ] {
+        if !(0..=1_000_000).contains(&value) {
+            return Err(Error::validation(field, "must be between 0 (unlimited) and 1000000"));
+        }
+    }
     Ok(())
 }
 

@@ -13,3 +13,7 @@ mod payments;
 mod proxy;
 mod proxy_admin;
 mod proxy_failures;
+mod reliability_limits;
+mod reliability_payments;
+mod reliability_proxy;
+mod security_access;
