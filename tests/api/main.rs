@@ -13,6 +13,7 @@ mod payments;
 mod proxy;
 mod proxy_admin;
 mod proxy_failures;
+mod reliability_invariants;
 mod reliability_limits;
 mod reliability_payments;
 mod reliability_proxy;
