@@ -454,3 +454,31 @@ pub fn report(scenario: &str, backend: Backend, figures: &[(&str, u64)], violati
     let figures: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("RELIABILITY|{scenario}|db={db}|{}|violations={violations}", figures.join("|"));
 }
+
+/// Spawns the app on an existing, empty database (e.g. on a private PostgreSQL cluster
+/// a test may stop and start).
+pub async fn spawn_app_on(database_url: &str, backend: Backend) -> TestApp {
+    let dir = TempDir(std::env::temp_dir().join(unique_name()));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = test_config(database_url, &dir.0, &[]);
+    let clock = FakeClock::at("2026-01-15T04:00:00Z");
+    let db = open_database(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::with_listener(config, clock.clone(), db.clone(), listener).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        clock,
+        db,
+        state,
+        backend,
+        shutdown: Some(tx),
+        _dir: dir,
+    }
+}
