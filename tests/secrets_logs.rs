@@ -48,7 +48,7 @@ fn capture() -> &'static Capture {
     })
 }
 
-async fn exercise(backend: Backend) -> u64 {
+async fn exercise(backend: Backend) -> (u64, String) {
     let app = spawn_app_with(backend, &[("GATEWAY_PAY_SANDBOX", "true")]).await;
     let admin = app.admin_token().await;
     let mut requests = 0u64;
@@ -130,15 +130,16 @@ async fn exercise(backend: Backend) -> u64 {
         sqlx::query_scalar("SELECT value FROM system_settings").fetch_all(app.db.pool()).await.unwrap();
     assert!(stored.iter().all(|v| !v.contains(NEW_CREDIT_KEY) && !v.contains(CREDIT_KEY)));
     app.assert_all_invariants().await;
-    requests
+    (requests, otn)
 }
 
 async fn secrets_never_reach_the_logs(backend: Backend) {
     let capture = capture();
-    let requests = exercise(backend).await;
+    let (requests, otn) = exercise(backend).await;
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
     // The capture works: it saw the notify and the upstream calls.
-    assert!(logs.contains("notify") || logs.contains("payment"), "nothing captured?");
+    assert!(logs.contains("payment notify refused") && logs.contains(&otn), "the forged notify was not captured");
+    assert!(logs.contains("upstream attempt failed"), "the failing upstream call was not captured");
     assert!(logs.lines().count() > 50, "only {} log lines captured", logs.lines().count());
     let mut leaks = 0;
     for secret in [CREDIT_KEY, NEW_CREDIT_KEY, UPSTREAM_KEY, "0f1e2d3c4b5a6978", "7c6b5a4d3e2f1a0b"] {
