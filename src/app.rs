@@ -33,6 +33,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Cached enabled upstreams and prices for the proxy's hot path.
     pub catalog: crate::proxy::catalog::Catalog,
+    /// Proxy request-rate and concurrent-stream limiters (per instance).
+    pub limits: crate::proxy::limits::ProxyLimits,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl Application {
             secrets,
             http,
             catalog,
+            limits: crate::proxy::limits::ProxyLimits::default(),
         };
         Ok(Application { listener, state })
     }

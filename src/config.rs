@@ -43,6 +43,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_first_byte_timeout: Duration,
+    /// Longest silence allowed between two chunks of an upstream answer; a stream that
+    /// stalls longer is cut and settled on what was measured (never hangs a hold).
+    pub upstream_idle_timeout: Duration,
     pub json_logs: bool,
     /// Mounts the built-in Credit payment simulator (never on by accident: logged loudly).
     pub pay_sandbox: bool,
@@ -65,6 +68,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     upstream_connect_timeout_secs: Option<u64>,
     upstream_first_byte_timeout_secs: Option<u64>,
+    upstream_idle_timeout_secs: Option<u64>,
     log_format: Option<String>,
     pay_sandbox: Option<bool>,
     run_jobs: Option<bool>,
@@ -142,6 +146,10 @@ impl Config {
             Some(v) => parse_number("GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT_SECS", &v)?,
             None => file.upstream_first_byte_timeout_secs.unwrap_or(300),
         };
+        let idle_secs = match get("GATEWAY_UPSTREAM_IDLE_TIMEOUT_SECS") {
+            Some(v) => parse_number("GATEWAY_UPSTREAM_IDLE_TIMEOUT_SECS", &v)?,
+            None => file.upstream_idle_timeout_secs.unwrap_or(300),
+        };
         let log_format = get("GATEWAY_LOG_FORMAT").or(file.log_format).unwrap_or_else(|| "text".into());
         let json_logs = match log_format.as_str() {
             "text" => false,
@@ -169,6 +177,7 @@ impl Config {
             max_body_bytes,
             upstream_connect_timeout: Duration::from_secs(connect_secs),
             upstream_first_byte_timeout: Duration::from_secs(first_byte_secs),
+            upstream_idle_timeout: Duration::from_secs(idle_secs.max(1)),
             json_logs,
             pay_sandbox,
             run_jobs,

@@ -123,5 +123,14 @@ impl Error {
 }
 
 fn is_connectivity(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        // A pooled connection cut by a server shutdown or restart: SQLSTATE class 08
+        // (connection exception) and 57P01-57P03 (admin/crash shutdown, cannot connect
+        // now) are outages (503, settlement retried), not internal errors.
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
 }

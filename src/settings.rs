@@ -39,6 +39,17 @@ pub struct Settings {
     pub upstream_max_attempts: i64,
     /// LINUX DO Connect (OAuth2) sign-in.
     pub oauth: OAuthSettings,
+    /// Proxy request rates and concurrent streams (0 = unlimited).
+    pub rate_limits: RateLimitSettings,
+}
+
+/// Limits the proxy enforces per instance before admitting a request; 0 = unlimited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    pub key_requests_per_minute: i64,
+    pub user_requests_per_minute: i64,
+    pub user_max_concurrent_streams: i64,
 }
 
 impl Default for Settings {
@@ -53,6 +64,7 @@ impl Default for Settings {
             hold_output_tokens: 4096,
             upstream_max_attempts: 3,
             oauth: OAuthSettings::default(),
+            rate_limits: RateLimitSettings::default(),
         }
     }
 }

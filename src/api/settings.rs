@@ -153,6 +153,16 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if o.linuxdo_only && !o.enabled {
         return Err(Error::validation("oauth.linuxdo_only", "needs LINUX DO sign-in enabled (oauth.enabled)"));
     }
+    let r = &s.rate_limits;
+    for (field, value) in [
+        ("rate_limits.key_requests_per_minute", r.key_requests_per_minute),
+        ("rate_limits.user_requests_per_minute", r.user_requests_per_minute),
+        ("rate_limits.user_max_concurrent_streams", r.user_max_concurrent_streams),
+    ] {
+        if !(0..=1_000_000).contains(&value) {
+            return Err(Error::validation(field, "must be between 0 (unlimited) and 1000000"));
+        }
+    }
     Ok(())
 }
 

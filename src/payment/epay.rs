@@ -105,7 +105,7 @@ pub struct Notify {
 pub enum NotifyError {
     #[error("missing parameter {0}")]
     Missing(&'static str),
-    #[error("money `{0}` is not an amount with at most two decimals")]
+    #[error("money `{0}` is not a non-negative amount with at most two decimals")]
     BadMoney(String),
 }
 
@@ -114,7 +114,11 @@ pub fn parse_notify(params: &Params) -> Result<Notify, NotifyError> {
     let field =
         |name: &'static str| params.get(name).filter(|v| !v.is_empty()).cloned().ok_or(NotifyError::Missing(name));
     let money_text = field("money")?;
-    let money = Money::parse_cents(&money_text).map_err(|_| NotifyError::BadMoney(money_text.clone()))?;
+    // A payment is never negative (found by the notify fuzz target in tests/fuzz.rs).
+    let money = Money::parse_cents(&money_text)
+        .ok()
+        .filter(|m| !m.is_negative())
+        .ok_or_else(|| NotifyError::BadMoney(money_text.clone()))?;
     Ok(Notify {
         pid: field("pid")?,
         trade_no: field("trade_no")?,
@@ -231,5 +235,15 @@ mod tests {
         let mut missing = p;
         missing.insert("trade_no".into(), String::new());
         assert_eq!(parse_notify(&missing), Err(NotifyError::Missing("trade_no")));
+    }
+
+    #[test]
+    fn a_negative_amount_is_not_a_payment() {
+        let p = params(&[("pid", "1"), ("trade_no", "T"), ("out_trade_no", "O"), ("trade_status", "TRADE_SUCCESS")]);
+        for money in ["-10.00", "-0.01"] {
+            let mut p = p.clone();
+            p.insert("money".into(), money.into());
+            assert_eq!(parse_notify(&p), Err(NotifyError::BadMoney(money.into())));
+        }
     }
 }

@@ -6,11 +6,11 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{Future, Stream, StreamExt};
 
 use super::metering::Meter;
 use super::pricing::{self, ModelPrice};
@@ -97,6 +97,8 @@ pub struct MeteredBody {
     meter: Meter,
     settlement: Option<Settlement>,
     done: bool,
+    /// Cuts a stalled upstream: the allowed silence and the timer since the last chunk.
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl MeteredBody {
@@ -107,7 +109,19 @@ impl MeteredBody {
         meter: Meter,
         settlement: Settlement,
     ) -> Self {
-        MeteredBody { upstream, first, meter, settlement: Some(settlement), done: false }
+        MeteredBody { upstream, first, meter, settlement: Some(settlement), done: false, idle: None }
+    }
+
+    /// Ends the stream as broken when the upstream sends nothing for `limit`.
+    pub fn with_idle_timeout(mut self, limit: Duration) -> Self {
+        self.idle = Some((limit, Box::pin(tokio::time::sleep(limit))));
+        self
+    }
+
+    fn rearm_idle(&mut self) {
+        if let Some((limit, timer)) = &mut self.idle {
+            timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+        }
     }
 
     fn end(&mut self, ending: Ending) {
@@ -133,8 +147,19 @@ impl Stream for MeteredBody {
         }
         loop {
             match this.upstream.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let Some((limit, timer)) = &mut this.idle else { return Poll::Pending };
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let message = format!("no data from the upstream for {}s", limit.as_secs());
+                    tracing::warn!(error = %message, "cutting a stalled upstream stream");
+                    this.done = true;
+                    this.end(Ending::UpstreamBroke(message.clone()));
+                    return Poll::Ready(Some(Err(std::io::Error::other(message))));
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
+                    this.rearm_idle();
                     let out = this.meter.pass(chunk);
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));

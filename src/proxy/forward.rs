@@ -41,8 +41,15 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     // Latencies in the usage log count from arrival, gateway work included.
     let arrived = Instant::now();
     let owner = authenticate(&state, &headers).await?;
+    let settings = state.settings.get().await?;
+    state.limits.check_rate(&settings.rate_limits, owner.user_id, owner.key_id)?;
     let bytes = read_body(&headers, body, state.config.max_body_bytes).await?;
     let request = ClientRequest::parse(&bytes)?;
+    let slot = if request.stream {
+        Some(state.limits.open_stream(settings.rate_limits.user_max_concurrent_streams, owner.user_id)?)
+    } else {
+        None
+    };
     let snapshot = state.catalog.get().await;
     let price =
         snapshot.prices.get(&request.model).cloned().ok_or_else(|| ProxyError::model_not_found(&request.model))?;
@@ -56,7 +63,6 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         ));
     }
     let upstream_body = request.upstream_body(api, bytes.clone())?;
-    let settings = state.settings.get().await?;
     let worst_case = Usage {
         input: estimate_tokens(bytes.len() as u64),
         cached: 0,
@@ -87,7 +93,10 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     // client that goes away while an upstream is being tried cannot cancel it (the
     // response it then produces is dropped, which settles it as a disconnect).
     match state.tasks.spawn(forward_admitted(admitted)).await {
-        Ok(result) => result,
+        Ok(result) => result.map(|response| match slot {
+            Some(slot) => slot.attach(response),
+            None => response,
+        }),
         Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
     }
 }
@@ -289,7 +298,8 @@ fn respond(answer: Answer, request: &ClientRequest, api: Api, settlement: Settle
     let mut settlement = settlement;
     settlement.record.streamed = sse;
     let meter = Meter::new(api, sse, request.needs_usage_rewrite(api));
-    let body = MeteredBody::new(answer.rest, answer.first, meter, settlement);
+    let idle = settlement.state.config.upstream_idle_timeout;
+    let body = MeteredBody::new(answer.rest, answer.first, meter, settlement).with_idle_timeout(idle);
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = answer.status;
     for (name, value) in &answer.headers {

@@ -48,6 +48,9 @@ pub fn estimate_tokens(bytes: u64) -> i64 {
     i64::try_from(bytes.div_ceil(BYTES_PER_TOKEN)).unwrap_or(i64::MAX)
 }
 
+/// The most tokens one request may be billed for (far above any real context window).
+pub const MAX_REPORTED_TOKENS: i64 = 100_000_000;
+
 #[derive(Deserialize, Default)]
 struct Details {
     cached_tokens: Option<i64>,
@@ -83,11 +86,14 @@ impl RawUsage {
         if input.is_none() && output.is_none() {
             return None;
         }
+        // A confused or hostile upstream may report absurd counts; clamp them so the
+        // charge stays an amount the ledger can add up (no overflow in SQL).
+        let sane = |n: Option<i64>| n.unwrap_or(0).clamp(0, MAX_REPORTED_TOKENS);
         Some(Usage {
-            input: input.unwrap_or(0),
-            cached: input_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
-            output: output.unwrap_or(0),
-            reasoning: output_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
+            input: sane(input),
+            cached: sane(input_details.as_ref().and_then(|d| d.cached_tokens)),
+            output: sane(output),
+            reasoning: sane(output_details.as_ref().and_then(|d| d.reasoning_tokens)),
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod forward;
+pub mod limits;
 pub mod metering;
 pub mod mock;
 pub mod pricing;

@@ -360,3 +360,150 @@ impl TestApp {
         self.get("/api/user/me", token).await.body["balance"].as_str().unwrap().to_string()
     }
 }
+
+/// The money and access invariants every reliability test ends with; each query
+/// returns the offending rows, so a failure names what broke.
+const INVARIANTS: &[(&str, &str)] = &[
+    (
+        "balance = sum(ledger.amount) per user",
+        "SELECT u.id, u.balance, CAST(COALESCE(SUM(l.amount), 0) AS BIGINT) FROM users u \
+         LEFT JOIN ledger_entries l ON l.user_id = u.id GROUP BY u.id, u.balance \
+         HAVING u.balance <> CAST(COALESCE(SUM(l.amount), 0) AS BIGINT)",
+    ),
+    (
+        "daily_usage.package_used = sum(ledger.package_amount) per user and business date",
+        "SELECT d.user_id, d.package_used, (SELECT CAST(COALESCE(SUM(l.package_amount), 0) AS BIGINT) \
+           FROM ledger_entries l WHERE l.user_id = d.user_id AND l.business_date = d.business_date) \
+         FROM daily_usage d WHERE d.package_used <> (SELECT CAST(COALESCE(SUM(l.package_amount), 0) AS BIGINT) \
+           FROM ledger_entries l WHERE l.user_id = d.user_id AND l.business_date = d.business_date)",
+    ),
+    (
+        "package allowance charged in the ledger on a date without a daily_usage row",
+        "SELECT l.user_id, l.package_amount, CAST(0 AS BIGINT) FROM ledger_entries l WHERE l.package_amount <> 0 AND NOT EXISTS \
+           (SELECT 1 FROM daily_usage d WHERE d.user_id = l.user_id AND d.business_date = l.business_date)",
+    ),
+    (
+        "every usage row with a cost has exactly one ledger entry usage:<request_id>",
+        "SELECT g.id, g.cost, (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = 'usage:' || g.request_id) \
+         FROM usage_logs g WHERE g.cost > 0 AND \
+           (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = 'usage:' || g.request_id) <> 1",
+    ),
+    (
+        "a usage row's package_cost + balance_cost = cost and match its ledger entry",
+        "SELECT g.id, g.cost, g.package_cost + g.balance_cost FROM usage_logs g \
+         WHERE g.package_cost + g.balance_cost <> g.cost OR (g.cost > 0 AND NOT EXISTS (SELECT 1 FROM ledger_entries l \
+           WHERE l.reference = 'usage:' || g.request_id AND l.amount = -g.balance_cost \
+             AND l.package_amount = g.package_cost AND l.user_id = g.user_id))",
+    ),
+    (
+        "no ledger usage entry without its usage row",
+        "SELECT l.id, l.amount, CAST(0 AS BIGINT) FROM ledger_entries l WHERE l.kind = 'usage' AND NOT EXISTS \
+           (SELECT 1 FROM usage_logs g WHERE 'usage:' || g.request_id = l.reference)",
+    ),
+    (
+        "an order is credited at most once and debited at most once",
+        "SELECT o.id, (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.amount > 0), \
+           (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.amount < 0) \
+         FROM payment_orders o WHERE \
+           (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.amount > 0) > 1 OR \
+           (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.amount < 0) > 1",
+    ),
+    (
+        "a fulfilled or refunded top-up was credited exactly once; an unfulfilled one never",
+        "SELECT o.id, (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.kind = 'topup'), CAST(0 AS BIGINT) \
+         FROM payment_orders o WHERE o.kind = 'topup' AND \
+           (SELECT COUNT(*) FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.kind = 'topup') <> \
+           CASE WHEN o.status IN ('fulfilled', 'refunding', 'refunded') THEN 1 ELSE 0 END",
+    ),
+    (
+        "an order created at most one user package; only fulfilled/refunded orders did",
+        "SELECT o.id, (SELECT COUNT(*) FROM user_packages p WHERE p.order_id = o.id), CAST(0 AS BIGINT) FROM payment_orders o \
+         WHERE (SELECT COUNT(*) FROM user_packages p WHERE p.order_id = o.id) > \
+           CASE WHEN o.status IN ('fulfilled', 'refunding', 'refunded') THEN 1 ELSE 0 END",
+    ),
+    (
+        "a fulfilled order has fulfilled_at",
+        "SELECT o.id, CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM payment_orders o WHERE o.status IN ('fulfilled', 'refunded') AND o.fulfilled_at IS NULL",
+    ),
+    (
+        "users.held = sum of open holds",
+        "SELECT u.id, u.held, CAST(COALESCE(SUM(h.amount), 0) AS BIGINT) FROM users u \
+         LEFT JOIN holds h ON h.user_id = u.id GROUP BY u.id, u.held \
+         HAVING u.held <> CAST(COALESCE(SUM(h.amount), 0) AS BIGINT)",
+    ),
+];
+
+impl TestApp {
+    /// Every violated invariant with its offending rows (empty when all hold).
+    pub async fn invariant_violations(&self) -> Vec<String> {
+        invariant_violations(&self.db).await
+    }
+
+    /// Waits for background settlements, then fails the test on any violated invariant.
+    pub async fn assert_all_invariants(&self) {
+        self.wait_until_settled().await;
+        let violations = self.invariant_violations().await;
+        assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
+    }
+
+    /// Waits (bounded) until no hold is open: settlements run in background tasks.
+    pub async fn wait_until_settled(&self) {
+        for _ in 0..400 {
+            let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM holds").fetch_one(self.db.pool()).await.unwrap();
+            if open == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The invariant check on any database handle (also used by the crash test's reopen).
+pub async fn invariant_violations(db: &Db) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, sql) in INVARIANTS {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sql).fetch_all(db.pool()).await.unwrap();
+        if !rows.is_empty() {
+            out.push(format!("{name}: {rows:?}"));
+        }
+    }
+    out
+}
+
+/// Prints the machine-readable line `scripts/reliability-report` collects.
+pub fn report(scenario: &str, backend: Backend, figures: &[(&str, u64)], violations: usize) {
+    let db = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let figures: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("RELIABILITY|{scenario}|db={db}|{}|violations={violations}", figures.join("|"));
+}
+
+/// Spawns the app on an existing, empty database (e.g. on a private PostgreSQL cluster
+/// a test may stop and start).
+pub async fn spawn_app_on(database_url: &str, backend: Backend) -> TestApp {
+    let dir = TempDir(std::env::temp_dir().join(unique_name()));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = test_config(database_url, &dir.0, &[]);
+    let clock = FakeClock::at("2026-01-15T04:00:00Z");
+    let db = open_database(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::with_listener(config, clock.clone(), db.clone(), listener).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        clock,
+        db,
+        state,
+        backend,
+        shutdown: Some(tx),
+        _dir: dir,
+    }
+}

@@ -1,0 +1,195 @@
+//! Per-key and per-user request rates and per-user concurrent streams, checked at
+//! admission so an abusive client is refused before it costs an upstream call.
+//! The limits come from [`RateLimitSettings`] (0 = unlimited) and are counted per
+//! instance; refusals are OpenAI-shaped 429s with `Retry-After`.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::StreamExt;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use super::error::ProxyError;
+use crate::settings::RateLimitSettings;
+
+type Keyed = RateLimiter<i64, DefaultKeyedStateStore<i64>, DefaultClock>;
+
+/// Keys above which idle limiter entries are swept (bounds memory for many keys).
+const SWEEP_ABOVE: usize = 10_000;
+
+/// The limiters of this instance; cheap to clone (shared state).
+#[derive(Clone, Default)]
+pub struct ProxyLimits {
+    rates: Arc<Mutex<Rates>>,
+    streams: Arc<Mutex<HashMap<i64, i64>>>,
+}
+
+impl std::fmt::Debug for ProxyLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyLimits")
+    }
+}
+
+#[derive(Default)]
+struct Rates {
+    key: Option<(u32, Arc<Keyed>)>,
+    user: Option<(u32, Arc<Keyed>)>,
+}
+
+/// The limiter for `per_minute`, rebuilt when the setting changed (0 = none).
+fn limiter(slot: &mut Option<(u32, Arc<Keyed>)>, per_minute: i64) -> Option<Arc<Keyed>> {
+    let rate = NonZeroU32::new(u32::try_from(per_minute).unwrap_or(u32::MAX))?;
+    match slot {
+        Some((current, l)) if *current == rate.get() => Some(l.clone()),
+        _ => {
+            let l = Arc::new(RateLimiter::keyed(Quota::per_minute(rate)));
+            *slot = Some((rate.get(), l.clone()));
+            Some(l)
+        }
+    }
+}
+
+fn check(limiter: Option<Arc<Keyed>>, id: i64, what: &str, per_minute: i64) -> Result<(), ProxyError> {
+    let Some(limiter) = limiter else { return Ok(()) };
+    if limiter.len() > SWEEP_ABOVE {
+        limiter.retain_recent();
+    }
+    limiter.check_key(&id).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        refusal(
+            format!("Rate limit reached for this {what}: {per_minute} requests per minute. Try again in {secs}s."),
+            secs,
+        )
+    })
+}
+
+fn refusal(message: String, retry_after_secs: u64) -> ProxyError {
+    let mut e = ProxyError::new(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", message);
+    e.retry_after_secs = Some(retry_after_secs.max(1));
+    e
+}
+
+impl ProxyLimits {
+    /// Counts one request against the key's and the user's per-minute budgets.
+    pub fn check_rate(&self, limits: &RateLimitSettings, user_id: i64, key_id: i64) -> Result<(), ProxyError> {
+        let (key, user) = {
+            let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                limiter(&mut rates.key, limits.key_requests_per_minute),
+                limiter(&mut rates.user, limits.user_requests_per_minute),
+            )
+        };
+        check(key, key_id, "API key", limits.key_requests_per_minute)?;
+        check(user, user_id, "account", limits.user_requests_per_minute)
+    }
+
+    /// Takes one of the user's concurrent stream slots (`max` 0 = unlimited); the slot
+    /// is given back when the returned guard drops (attach it to the response body).
+    pub fn open_stream(&self, max: i64, user_id: i64) -> Result<StreamSlot, ProxyError> {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = streams.entry(user_id).or_insert(0);
+        if max > 0 && *open >= max {
+            return Err(refusal(format!("Too many concurrent streams for this account: at most {max} at a time."), 1));
+        }
+        *open += 1;
+        Ok(StreamSlot { streams: self.streams.clone(), user_id })
+    }
+
+    /// Streams the user has open on this instance.
+    pub fn open_streams(&self, user_id: i64) -> i64 {
+        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.get(&user_id).copied().unwrap_or(0)
+    }
+}
+
+/// One open stream; dropping it frees the slot.
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<Mutex<HashMap<i64, i64>>>,
+    user_id: i64,
+}
+
+impl StreamSlot {
+    /// Keeps the slot until the response body is finished or dropped.
+    pub fn attach(self, response: Response) -> Response {
+        let (parts, body) = response.into_parts();
+        let stream = body.into_data_stream().map(move |chunk| {
+            let _slot = &self;
+            chunk
+        });
+        Response::from_parts(parts, Body::from_stream(stream))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = streams.get_mut(&self.user_id) {
+            *open -= 1;
+            if *open <= 0 {
+                streams.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(key: i64, user: i64) -> RateLimitSettings {
+        RateLimitSettings {
+            key_requests_per_minute: key,
+            user_requests_per_minute: user,
+            user_max_concurrent_streams: 0,
+        }
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let l = ProxyLimits::default();
+        for _ in 0..1000 {
+            assert!(l.check_rate(&limits(0, 0), 1, 1).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_key_budget_refuses_with_a_retry_after() {
+        let l = ProxyLimits::default();
+        for _ in 0..3 {
+            assert!(l.check_rate(&limits(3, 0), 1, 7).is_ok());
+        }
+        let err = l.check_rate(&limits(3, 0), 1, 7).unwrap_err();
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!((1..=20).contains(&err.retry_after_secs.unwrap()), "{err:?}");
+        assert!(l.check_rate(&limits(3, 0), 1, 8).is_ok(), "another key has its own budget");
+    }
+
+    #[test]
+    fn the_user_budget_spans_keys() {
+        let l = ProxyLimits::default();
+        assert!(l.check_rate(&limits(0, 2), 1, 1).is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 2).is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 3).is_err());
+        assert!(l.check_rate(&limits(0, 2), 2, 4).is_ok());
+    }
+
+    #[test]
+    fn stream_slots_are_given_back_on_drop() {
+        let l = ProxyLimits::default();
+        let a = l.open_stream(2, 5).unwrap();
+        let _b = l.open_stream(2, 5).unwrap();
+        assert!(l.open_stream(2, 5).is_err());
+        drop(a);
+        assert_eq!(l.open_streams(5), 1);
+        assert!(l.open_stream(2, 5).is_ok());
+        assert!(l.open_stream(0, 6).is_ok());
+    }
+}

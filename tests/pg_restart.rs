@@ -1,0 +1,155 @@
+//! PostgreSQL restarted under load, on a private cluster this test starts and stops
+//! (never the shared one): requests fail cleanly (503, never 500, never a hang), the
+//! pool recovers, settlements caught by the outage are retried, and nothing is half
+//! written. Runs when `RELIABILITY_LONG` or `RELIABILITY_PG_RESTART` is set (initdb
+//! takes seconds); needs the PostgreSQL 15 binaries `scripts/pg-cluster` uses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use codex_gateway::proxy::mock::{serve_mock, MockOptions};
+use helpers::{report, spawn_app_on, Backend};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::{Connection, Executor};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn pg_ctl(dir: &std::path::Path, args: &[&str]) {
+    let data = dir.join("data");
+    let mut cmd = if unsafe_is_root() { Command::new("runuser") } else { Command::new(format!("{PG_BIN}/pg_ctl")) };
+    if unsafe_is_root() {
+        cmd.args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl")]);
+    }
+    let out = cmd.arg("-D").arg(&data).args(args).output().unwrap();
+    assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
+    if std::env::var_os("RELIABILITY_LONG").is_none() && std::env::var_os("RELIABILITY_PG_RESTART").is_none() {
+        eprintln!("skipped: set RELIABILITY_PG_RESTART=1 (or RELIABILITY_LONG=1) to run");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("cg-pgrestart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = Command::new("chmod").args(["755", dir.to_str().unwrap()]).status();
+    let out =
+        Command::new(format!("{root}/scripts/pg-cluster")).args(["start", dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin_url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let port = admin_url.rsplit(':').next().unwrap().split('/').next().unwrap().to_string();
+    let stop = scopeguard(dir.clone(), root.to_string());
+
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    conn.execute("CREATE DATABASE restart_test").await.unwrap();
+    conn.close().await.ok();
+    let url = format!("{}/restart_test", admin_url.rsplit_once('/').unwrap().0);
+    let app = spawn_app_on(&url, Backend::Postgres).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock =
+        serve_mock(listener, MockOptions { delay: Duration::from_millis(20), ..MockOptions::default() }).await.unwrap();
+    let admin = app.admin_token().await;
+    let up = app
+        .post(
+            "/api/admin/upstreams",
+            &admin,
+            json!({"name": "m", "base_url": format!("{}/", mock.base_url()), "api_key": "sk-up"}),
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::CREATED);
+    let (user_id, user) = app.register_and_login("load@example.com").await;
+    app.fund(&admin, user_id, "50.00").await;
+    let key = app.post("/api/user/keys", &user, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_string();
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let send = |stream: bool| {
+        client
+            .post(app.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-5", "stream": stream, "input": "hi"}))
+            .send()
+    };
+    // Load, with the database stopped in the middle and started again.
+    let mut statuses: Vec<StatusCode> = Vec::new();
+    let mut outage = None;
+    let started = Instant::now();
+    let mut recovered_after = None;
+    let mut i = 0u64;
+    let mut restarted = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        i += 1;
+        if i == 10 {
+            pg_ctl(&dir, &["-m", "fast", "-w", "stop"]);
+            outage = Some(Instant::now());
+        }
+        if !restarted && outage.is_some_and(|o: Instant| o.elapsed() > Duration::from_secs(2)) {
+            restarted = true;
+            let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
+            pg_ctl(&dir, &["-l", dir.join("log").to_str().unwrap(), "-w", "-o", &opts, "start"]);
+        }
+        let r = send(i % 2 == 0).await.unwrap();
+        let status = r.status();
+        let _ = r.bytes().await;
+        statuses.push(status);
+        if restarted && status == StatusCode::OK {
+            recovered_after.get_or_insert(outage.unwrap().elapsed());
+            if statuses.iter().rev().take(5).all(|s| *s == StatusCode::OK) {
+                break;
+            }
+        }
+    }
+    let bad: Vec<_> =
+        statuses.iter().filter(|s| **s != StatusCode::OK && **s != StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert!(bad.is_empty(), "only 200 or 503 during an outage: {statuses:?}");
+    assert!(statuses.contains(&StatusCode::SERVICE_UNAVAILABLE), "the outage was seen: {statuses:?}");
+    assert!(recovered_after.is_some(), "the pool never recovered: {statuses:?}");
+    // Settlements caught by the outage retry with backoff: give them time to land.
+    for _ in 0..300 {
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM holds").fetch_one(app.db.pool()).await.unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.assert_all_invariants().await;
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count() as i64;
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs WHERE status_code = 200")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert!(logged >= ok, "served requests lost their charge: {logged} logged, {ok} served");
+    report(
+        "postgres_restart_under_load",
+        Backend::Postgres,
+        &[("requests", statuses.len() as u64), ("faults", 1), ("refused_503", statuses.len() as u64 - ok as u64)],
+        0,
+    );
+    drop(app);
+    drop(stop);
+}
+
+/// Stops the private cluster and removes it when the test ends (pass or fail).
+struct ClusterGuard(std::path::PathBuf, String);
+
+fn scopeguard(dir: std::path::PathBuf, root: String) -> ClusterGuard {
+    ClusterGuard(dir, root)
+}
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        let _ =
+            Command::new(format!("{}/scripts/pg-cluster", self.1)).args(["stop", self.0.to_str().unwrap()]).output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
