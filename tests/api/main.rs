@@ -15,5 +15,6 @@ mod proxy_admin;
 mod proxy_failures;
 mod scale_out;
 mod web;
+mod web_proxy;
 mod web_shop;
 mod web_usage;
