@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod settings;
+pub mod stats;
 pub mod telemetry;
 pub mod users;
 pub mod web;

@@ -367,6 +367,11 @@ async fn admin_sees_orders_and_usage(s: &Session) {
     s.fill("#password", "correct horse battery").await;
     s.click("#submit").await;
     s.wait_path("/dashboard").await;
+    s.go("/admin").await;
+    assert_eq!(s.text("#revenue-today").await, "9.90");
+    assert_eq!(s.text("#requests-today").await, "1");
+    assert_eq!(s.text("#spend-today").await, "1.25");
+    s.shot("16c-admin-overview-busy").await;
     s.go("/admin/orders").await;
     assert!(s.text("#orders-table").await.contains("dev@example.com"));
     s.shot("17-admin-orders").await;

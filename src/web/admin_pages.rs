@@ -67,6 +67,10 @@ struct OverviewPage<'a> {
     credit_usable: bool,
     markup: String,
     newest: Vec<UserRow>,
+    revenue_today: String,
+    spend_today: String,
+    requests_today: i64,
+    chart: super::chart::SpendChart,
 }
 
 async fn count_users(state: &AppState, filter: UserFilter) -> Result<i64> {
@@ -82,10 +86,13 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         let admins = count_users(&state, UserFilter { role: Some(Role::Admin), ..Default::default() }).await?;
         let newest = users::list(&state.db, &UserFilter::default(), 5, 0).await?.0;
         let settings = state.settings.get().await?;
-        Ok::<_, Error>((total, suspended, admins, newest, settings))
+        let today = state.calendar().business_date(state.now());
+        let history = crate::stats::spend_history(&state.db, today, 30).await?;
+        let revenue = crate::stats::revenue_on(&state.db, state.calendar(), today).await?;
+        Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue)))
     }
     .await;
-    let (users_total, users_suspended, admins, newest, settings) = match loaded {
+    let (users_total, users_suspended, admins, newest, (settings, history, revenue)) = match loaded {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -98,6 +105,10 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         credit_usable: settings.credit.is_usable(),
         markup: settings.markup.to_string(),
         newest: newest.iter().map(|u| UserRow::new(u, &state)).collect(),
+        revenue_today: revenue.format_2dp(),
+        spend_today: history.last().map(|d| d.total).unwrap_or_default().format_2dp(),
+        requests_today: history.last().map(|d| d.requests).unwrap_or(0),
+        chart: super::chart::SpendChart::new(&history),
     };
     render(ctx, StatusCode::OK, &page)
 }
