@@ -111,7 +111,11 @@ async fn credit_purchases_go_through_the_pay_page_and_the_settings_check_reaches
     assert!(r.text.contains("not paid at the gateway"), "{}", r.text);
 
     // Someone else's order is not shown.
-    let (_, other) = app.register_and_login("other@example.com").await;
+    let (other_id, other) = app.register_and_login("other@example.com").await;
+    let r = form(&app, &format!("/admin/users/{other_id}/packages"), &admin, &[("package_id", &id.to_string())]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text.contains("Package granted."));
+    assert!(page(&app, "/dashboard", &other).await.text.contains("id=\"package-name\">Pro</strong>"));
     assert_eq!(page(&app, &format!("/orders/{otn}/status"), &other).await.status, StatusCode::NOT_FOUND);
     assert!(!page(&app, &format!("/packages?out_trade_no={otn}"), &other).await.text.contains("order-status"));
 }
