@@ -11,12 +11,15 @@
 //! - [`billing`]: admission holds and settlement (package allowance first, then balance).
 //! - [`users`], [`ledger`], [`audit`], [`settings`]: accounts, money movements, admin trail, run-time settings.
 //! - [`proxy`]: the OpenAI-compatible `/v1` gateway: upstreams, prices, metering.
+//! - [`redemption`], [`announcements`] (with [`markdown`]), [`oauth`]: redemption codes, site
+//!   announcements, LINUX DO sign-in.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
 //! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod admin_actions;
+pub mod announcements;
 pub mod api;
 pub mod app;
 pub mod audit;
@@ -24,15 +27,19 @@ pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod config;
+pub mod coupons;
 pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod ledger;
+pub mod markdown;
 pub mod money;
+pub mod oauth;
 pub mod orders;
 pub mod packages;
 pub mod payment;
 pub mod proxy;
+pub mod redemption;
 pub mod routes;
 pub mod secrets;
 pub mod settings;

@@ -37,6 +37,8 @@ pub struct Settings {
     pub hold_output_tokens: i64,
     /// Upstreams tried per request before giving up (failover before the first byte).
     pub upstream_max_attempts: i64,
+    /// LINUX DO Connect (OAuth2) sign-in.
+    pub oauth: OAuthSettings,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             credit: CreditSettings::default(),
             hold_output_tokens: 4096,
             upstream_max_attempts: 3,
+            oauth: OAuthSettings::default(),
         }
     }
 }
@@ -123,6 +126,50 @@ impl CreditSettings {
     }
 }
 
+/// LINUX DO Connect (OAuth2 authorization code + PKCE) sign-in; the endpoints default to
+/// LINUX DO and may point at any compatible provider. Password registration stays
+/// governed by `registration_enabled`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OAuthSettings {
+    pub enabled: bool,
+    pub client_id: String,
+    /// Never returned by the API (reads show `client_secret_set`).
+    pub client_secret: String,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub userinfo_url: String,
+    /// Whether a first LINUX DO sign-in may create an account.
+    pub allow_oauth_registration: bool,
+    /// Lowest LINUX DO trust level (0-4) allowed to sign in; 0 = everyone.
+    pub min_trust_level: i64,
+    /// Turns password sign-in and registration off for everyone but admins.
+    pub linuxdo_only: bool,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        OAuthSettings {
+            enabled: false,
+            client_id: String::new(),
+            client_secret: String::new(),
+            authorize_url: "https://connect.linux.do/oauth2/authorize".into(),
+            token_url: "https://connect.linux.do/oauth2/token".into(),
+            userinfo_url: "https://connect.linux.do/api/user".into(),
+            allow_oauth_registration: true,
+            min_trust_level: 0,
+            linuxdo_only: false,
+        }
+    }
+}
+
+impl OAuthSettings {
+    /// Sign-in is offered only when switched on and the client is configured.
+    pub fn is_usable(&self) -> bool {
+        self.enabled && !self.client_id.is_empty() && !self.client_secret.is_empty()
+    }
+}
+
 /// Cached settings shared by all handlers of one process.
 #[derive(Clone)]
 pub struct SettingsStore {
@@ -135,6 +182,7 @@ impl Settings {
     /// Applies `f` to every credential field (sealing before storage, opening after).
     fn map_secrets(mut self, f: impl Fn(&str) -> String) -> Settings {
         self.credit.key = f(&self.credit.key);
+        self.oauth.client_secret = f(&self.oauth.client_secret);
         self
     }
 }

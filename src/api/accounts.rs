@@ -32,7 +32,8 @@ struct Credentials {
 }
 
 async fn register(State(state): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> ApiResult<impl IntoResponse> {
-    if !state.settings.get().await?.registration_enabled {
+    let settings = state.settings.get().await?;
+    if !settings.registration_enabled || settings.oauth.linuxdo_only {
         return Err(Error::forbidden("registration_closed", "registration is closed on this site").into());
     }
     let user = users::create(&state.db, &body.email, &body.password, Role::User, state.now()).await?;
@@ -63,6 +64,9 @@ pub async fn check_credentials(state: &AppState, email: &str, plain: &str) -> Re
     }
     if !user.is_active() {
         return Err(Error::forbidden("account_suspended", "this account is suspended"));
+    }
+    if !user.is_admin() && state.settings.get().await?.oauth.linuxdo_only {
+        return Err(Error::forbidden("password_login_disabled", "this site only allows signing in with LINUX DO"));
     }
     Ok(user)
 }

@@ -3,14 +3,19 @@
 
 pub mod accounts;
 pub mod admin_users;
+pub mod announcements;
+pub mod audit;
 pub mod billing;
+pub mod coupons;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod oauth;
 pub mod packages;
 pub mod pagination;
 pub mod payments;
 pub mod prices;
+pub mod redemption;
 pub mod settings;
 pub mod upstreams;
 
@@ -33,6 +38,11 @@ pub fn router() -> Router<AppState> {
         .merge(payments::router())
         .merge(upstreams::router())
         .merge(prices::router())
+        .merge(audit::router())
+        .merge(redemption::router())
+        .merge(announcements::router())
+        .merge(oauth::router())
+        .merge(coupons::router())
 }
 
 /// The JSON answer for an unknown `/api` path.

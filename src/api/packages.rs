@@ -204,13 +204,11 @@ async fn buy(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<PurchaseBody>,
 ) -> ApiResult<impl IntoResponse> {
-    if body.coupon.as_deref().is_some_and(|c| !c.trim().is_empty()) {
-        return Err(Error::validation("coupon", "coupons are not accepted yet").into());
-    }
+    let coupon = body.coupon.as_deref().map(str::trim).filter(|c| !c.is_empty());
     let user_id = current.user.id;
     match body.pay_with.as_deref().unwrap_or("credit") {
         "balance" => {
-            let (order, activation) = purchase::buy_with_balance(&state, user_id, id).await?;
+            let (order, activation) = purchase::buy_with_balance_coupon(&state, user_id, id, coupon).await?;
             let mut conn = state.db.pool().acquire().await?;
             let row = activation::find_on(&mut conn, activation.user_package_id).await?;
             let view = row.map(|r| r.view(state.calendar(), state.now()));
@@ -222,7 +220,7 @@ async fn buy(
             ))
         }
         "credit" => {
-            let order = purchase::create_credit_order(&state, user_id, id).await?;
+            let order = purchase::create_credit_order_coupon(&state, user_id, id, coupon).await?;
             let settings = state.settings.get().await?;
             let (url, params) = page::gateway_form(&settings.credit, &state.config.public_url, &order);
             Ok((

@@ -51,6 +51,7 @@ async fn credit_notify(State(state): State<AppState>, client: ClientAddr, query:
 #[derive(Deserialize)]
 struct TopupBody {
     amount: Money,
+    coupon: Option<String>,
 }
 
 async fn topup(
@@ -58,7 +59,8 @@ async fn topup(
     current: CurrentUser,
     ApiJson(body): ApiJson<TopupBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let order = orders::create_topup(&state, current.user.id, body.amount).await?;
+    let coupon = body.coupon.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let order = orders::create_topup_coupon(&state, current.user.id, body.amount, coupon).await?;
     let settings = state.settings.get().await?;
     let (url, params) = page::gateway_form(&settings.credit, &state.config.public_url, &order);
     Ok((

@@ -28,6 +28,12 @@ pub fn public_view(settings: &Settings, public_url: &str) -> Value {
         credit.insert("effective_return_url".into(), json!(settings.credit.return_url_or_default(public_url)));
         credit.insert("usable".into(), json!(settings.credit.is_usable()));
     }
+    if let Some(oauth) = value.get_mut("oauth").and_then(Value::as_object_mut) {
+        oauth.remove("client_secret");
+        oauth.insert("client_secret_set".into(), json!(!settings.oauth.client_secret.is_empty()));
+        oauth.insert("usable".into(), json!(settings.oauth.is_usable()));
+        oauth.insert("redirect_uri".into(), json!(crate::oauth::redirect_uri(public_url)));
+    }
     value
 }
 
@@ -61,6 +67,14 @@ pub fn apply_patch(current: &Settings, mut patch: Value) -> Result<Settings, Err
         credit.remove("effective_return_url");
         if credit.get("key").and_then(Value::as_str).is_some_and(str::is_empty) {
             credit.remove("key");
+        }
+    }
+    if let Some(oauth) = patch.get_mut("oauth").and_then(Value::as_object_mut) {
+        oauth.remove("client_secret_set");
+        oauth.remove("usable");
+        oauth.remove("redirect_uri");
+        if oauth.get("client_secret").and_then(Value::as_str).is_some_and(str::is_empty) {
+            oauth.remove("client_secret");
         }
     }
     let mut merged = serde_json::to_value(current).map_err(|e| Error::internal(e.to_string()))?;
@@ -123,6 +137,22 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if !(1..=10).contains(&s.upstream_max_attempts) {
         return Err(Error::validation("upstream_max_attempts", "must be between 1 and 10"));
     }
+    let o = &s.oauth;
+    for (field, value) in [
+        ("oauth.authorize_url", &o.authorize_url),
+        ("oauth.token_url", &o.token_url),
+        ("oauth.userinfo_url", &o.userinfo_url),
+    ] {
+        if url::Url::parse(value).map(|u| !u.scheme().starts_with("http")).unwrap_or(true) {
+            return Err(Error::validation(field, "must be an http(s) URL"));
+        }
+    }
+    if !(0..=4).contains(&o.min_trust_level) {
+        return Err(Error::validation("oauth.min_trust_level", "must be between 0 and 4"));
+    }
+    if o.linuxdo_only && !o.enabled {
+        return Err(Error::validation("oauth.linuxdo_only", "needs LINUX DO sign-in enabled (oauth.enabled)"));
+    }
     Ok(())
 }
 
@@ -151,6 +181,23 @@ mod tests {
         let next = apply_patch(&s, json!({"credit": {"key": "", "pid": "1001"}})).unwrap();
         assert_eq!(next.credit.key, "SECRET");
         assert_eq!(next.credit.pid, "1001");
+    }
+
+    #[test]
+    fn the_oauth_client_secret_is_write_only_and_kept_when_blank() {
+        let mut s = Settings::default();
+        s.oauth.client_secret = "OAUTH-SECRET".into();
+        let view = public_view(&s, "http://x");
+        assert!(view["oauth"].get("client_secret").is_none());
+        assert_eq!(view["oauth"]["client_secret_set"], json!(true));
+        assert_eq!(view["oauth"]["redirect_uri"], json!("http://x/api/auth/oauth/linuxdo/callback"));
+        let next = apply_patch(&s, json!({"oauth": {"client_secret": "", "client_id": "abc"}})).unwrap();
+        assert_eq!(next.oauth.client_secret, "OAUTH-SECRET");
+        assert_eq!(next.oauth.client_id, "abc");
+        let err = apply_patch(&s, json!({"oauth": {"min_trust_level": 5}})).unwrap_err();
+        assert_eq!(err.field(), Some("oauth.min_trust_level"));
+        let err = apply_patch(&s, json!({"oauth": {"linuxdo_only": true}})).unwrap_err();
+        assert_eq!(err.field(), Some("oauth.linuxdo_only"), "users would have no way to sign in");
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub async fn admit(state: &AppState, request: &AdmissionRequest) -> Result<Hold>
         daily_cap: user_cap.or(settings.default_daily_cap),
     };
     if let Err(refusal) = rules::decide(&facts) {
+        let reason = match refusal {
+            Refusal::CannotPay { .. } => "cannot_pay",
+            Refusal::CapReached => "cap_reached",
+        };
+        metrics::counter!("gateway_billing_admissions_total", "outcome" => reason).increment(1);
         return Err(refusal_error(refusal, state, now));
     }
     let hold_id: i64 = sqlx::query_scalar(
@@ -176,6 +181,8 @@ pub async fn admit(state: &AppState, request: &AdmissionRequest) -> Result<Hold>
         .execute(tx.conn())
         .await?;
     tx.commit().await?;
+    metrics::counter!("gateway_billing_admissions_total", "outcome" => "admitted").increment(1);
+    metrics::counter!("gateway_billing_held_micros_total").increment(request.hold.micros().unsigned_abs());
     Ok(Hold {
         id: hold_id,
         user_id: request.user_id,
@@ -302,7 +309,28 @@ pub async fn settle(state: &AppState, hold: &Hold, record: &UsageRecord) -> Resu
         .execute(tx.conn())
         .await?;
     tx.commit().await?;
+    record_settlement_metrics(record, &split);
     Ok(Settlement { package: split.package, balance: split.balance, balance_after, applied: true })
+}
+
+/// Requests by model and status, billed amounts by source, upstream latencies.
+fn record_settlement_metrics(record: &UsageRecord, split: &rules::Split) {
+    let model = record.model.clone();
+    let status = record.status_code.to_string();
+    metrics::counter!("gateway_proxy_requests_total", "model" => model.clone(), "status" => status).increment(1);
+    metrics::counter!("gateway_billed_micros_total", "model" => model.clone(), "source" => "package")
+        .increment(split.package.micros().unsigned_abs());
+    metrics::counter!("gateway_billed_micros_total", "model" => model.clone(), "source" => "balance")
+        .increment(split.balance.micros().unsigned_abs());
+    if let Some(ms) = record.first_byte_ms {
+        metrics::histogram!("gateway_upstream_first_byte_seconds", "model" => model.clone()).record(ms as f64 / 1000.0);
+    }
+    if let Some(ms) = record.total_ms {
+        metrics::histogram!("gateway_upstream_total_seconds", "model" => model).record(ms as f64 / 1000.0);
+    }
+    if record.estimated {
+        metrics::counter!("gateway_usage_estimated_total").increment(1);
+    }
 }
 
 async fn insert_usage_log(

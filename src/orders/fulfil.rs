@@ -9,6 +9,7 @@ use sqlx::AnyConnection;
 use super::{kind, status, to_balance, Order, COLUMNS};
 use crate::app::AppState;
 use crate::clock::to_micros;
+use crate::coupons;
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryDetails, Overdraft};
 use crate::money::Money;
@@ -100,6 +101,15 @@ pub async fn settle(state: &AppState, payment: &Payment<'_>) -> Result<Settled> 
         return Ok(Settled::AlreadyPaid(order));
     };
     let done = fulfil_on(tx.conn(), &order, rules, now).await?;
+    // The coupon row is locked last, as in balance purchases (package, user, coupon), so
+    // the two paths cannot deadlock on PostgreSQL.
+    // A sold-out package is paid back to the balance: its coupon use is not spent.
+    let served = done.effect != "sold_out_credit";
+    if served && coupons::pricing::claim(tx.conn(), order.id, now).await? == coupons::pricing::Claim::Exhausted {
+        // The buyer paid the price we quoted: serve them, and flag the order for the admin.
+        coupons::pricing::flag_exhausted(tx.conn(), order.id).await?;
+        tracing::warn!(out_trade_no = %order.out_trade_no, "coupon used up before this payment arrived; fulfilled anyway");
+    }
     let order = mark_fulfilled(tx.conn(), order.id, &done, now).await?;
     tx.commit().await?;
     if order.has_flag("late_payment") {

@@ -15,6 +15,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::clock::{from_micros, to_micros, BusinessCalendar};
+use crate::coupons::pricing;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::money::Money;
@@ -83,6 +84,8 @@ pub struct OrderView {
     pub kind: String,
     pub package_id: Option<i64>,
     pub amount: Money,
+    /// The price before a coupon (equal to `amount` without one).
+    pub list_amount: Money,
     pub credit_amount: Money,
     pub status: String,
     pub pay_method: String,
@@ -119,6 +122,7 @@ impl Order {
             kind: self.kind.clone(),
             package_id: self.package_id,
             amount: self.amount(),
+            list_amount: Money::from_micros(self.list_amount),
             credit_amount: Money::from_micros(self.credit_amount),
             status: self.status.clone(),
             pay_method: self.pay_method.clone(),
@@ -235,6 +239,17 @@ pub async fn list(db: &Db, filter: &OrderFilter, limit: i64, offset: i64) -> Res
 /// Creates a pending balance top-up order after checking `settings.credit`'s switch,
 /// bounds and whole cents; the balance it will credit is fixed now, at today's rate.
 pub async fn create_topup(state: &crate::app::AppState, user_id: i64, amount: Money) -> Result<Order> {
+    create_topup_coupon(state, user_id, amount, None).await
+}
+
+/// [`create_topup`] with an optional coupon (one with `applies_to_topup`): the order asks
+/// for the discounted amount and still credits the full amount's balance.
+pub async fn create_topup_coupon(
+    state: &crate::app::AppState,
+    user_id: i64,
+    amount: Money,
+    coupon: Option<&str>,
+) -> Result<Order> {
     let settings = state.settings.get().await?;
     let credit = &settings.credit;
     ensure_payments_usable(credit)?;
@@ -250,19 +265,30 @@ pub async fn create_topup(state: &crate::app::AppState, user_id: i64, amount: Mo
         return Err(Error::validation("amount", message));
     }
     let subject = format!("Balance top-up {}", amount.format_2dp());
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let quote = match coupon {
+        Some(code) => Some(pricing::quote(tx.conn(), code, user_id, pricing::Target::TopUp, amount, now).await?),
+        None => None,
+    };
     let new = NewOrder {
         user_id,
         kind: kind::TOPUP,
         package_id: None,
-        amount,
+        amount: quote.as_ref().map_or(amount, |q| q.price),
         credit_amount: to_balance(amount, credit.topup_rate),
         pay_method: "credit",
         pay_type: Some(&credit.pay_type),
         subject: &subject,
         ttl: Duration::minutes(credit.order_ttl_minutes),
     };
-    let mut conn = state.db.pool().acquire().await?;
-    insert(&mut conn, &new, state.now()).await
+    let mut order = insert(tx.conn(), &new, now).await?;
+    if let Some(quote) = &quote {
+        pricing::attach(tx.conn(), order.id, quote).await?;
+        order.list_amount = quote.list_price.micros();
+    }
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// Refuses payment routes while the merchant settings are incomplete or switched off.

@@ -9,6 +9,7 @@ use super::activation::{self, Activation, Grant, SwitchMode, UserPackage};
 use super::Package;
 use crate::app::AppState;
 use crate::audit::{self, AuditEvent};
+use crate::coupons::pricing::{self, Claim, Quote, Target};
 use crate::error::{Error, Result};
 use crate::ledger::{self, EntryDetails, Overdraft};
 use crate::money::Money;
@@ -51,16 +52,45 @@ async fn buyable_package(state: &AppState, package_id: i64, user_id: i64) -> Res
 /// Buys a package from the balance: stock, conditional debit, activation and the order
 /// record commit together or not at all.
 pub async fn buy_with_balance(state: &AppState, user_id: i64, package_id: i64) -> Result<(Order, Activation)> {
+    buy_with_balance_coupon(state, user_id, package_id, None).await
+}
+
+/// Prices a package for `user_id`, with a coupon if one is given (see [`crate::coupons::pricing`]).
+async fn priced(
+    conn: &mut sqlx::AnyConnection,
+    package: &Package,
+    user_id: i64,
+    coupon: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Money, Option<Quote>)> {
+    match coupon {
+        None => Ok((package.price(), None)),
+        Some(code) => {
+            let quote = pricing::quote(conn, code, user_id, Target::Package(package.id), package.price(), now).await?;
+            Ok((quote.price, Some(quote)))
+        }
+    }
+}
+
+/// [`buy_with_balance`] with an optional coupon: the discounted price is debited and the
+/// coupon use is counted in the same transaction (409 `coupon_used_up` if it ran out).
+pub async fn buy_with_balance_coupon(
+    state: &AppState,
+    user_id: i64,
+    package_id: i64,
+    coupon: Option<&str>,
+) -> Result<(Order, Activation)> {
     let package = buyable_package(state, package_id, user_id).await?;
     let settings = state.settings.get().await?;
-    let value = to_balance(package.price(), settings.credit.topup_rate);
     let now = state.now();
     let mut tx = state.db.begin().await?;
+    let (price, quote) = priced(tx.conn(), &package, user_id, coupon, now).await?;
+    let value = to_balance(price, settings.credit.topup_rate);
     let new = NewOrder {
         user_id,
         kind: kind::PACKAGE,
         package_id: Some(package.id),
-        amount: package.price(),
+        amount: price,
         credit_amount: value,
         pay_method: "balance",
         pay_type: None,
@@ -68,6 +98,9 @@ pub async fn buy_with_balance(state: &AppState, user_id: i64, package_id: i64) -
         ttl: Duration::zero(),
     };
     let order = orders::insert(tx.conn(), &new, now).await?;
+    if let Some(quote) = &quote {
+        pricing::attach(tx.conn(), order.id, quote).await?;
+    }
     if !super::take_stock(tx.conn(), package.id, now).await? {
         return Err(Error::conflict("sold_out", "this package is sold out"));
     }
@@ -92,6 +125,9 @@ pub async fn buy_with_balance(state: &AppState, user_id: i64, package_id: i64) -
         flag: None,
         granted_days: Some(package.duration_days),
     };
+    if pricing::claim(tx.conn(), order.id, now).await? == Claim::Exhausted {
+        return Err(Error::conflict("coupon_used_up", "this coupon has just been used up"));
+    }
     let order = mark_fulfilled(tx.conn(), order.id, &done, now).await?;
     tx.commit().await?;
     Ok((order, activation))
@@ -99,22 +135,44 @@ pub async fn buy_with_balance(state: &AppState, user_id: i64, package_id: i64) -
 
 /// Creates a pending gateway order for a package (stock is taken only when it is paid).
 pub async fn create_credit_order(state: &AppState, user_id: i64, package_id: i64) -> Result<Order> {
+    create_credit_order_coupon(state, user_id, package_id, None).await
+}
+
+/// [`create_credit_order`] with an optional coupon: the order asks for the discounted
+/// price; the coupon use is counted when the payment arrives.
+pub async fn create_credit_order_coupon(
+    state: &AppState,
+    user_id: i64,
+    package_id: i64,
+    coupon: Option<&str>,
+) -> Result<Order> {
     let settings = state.settings.get().await?;
     orders::ensure_payments_usable(&settings.credit)?;
     let package = buyable_package(state, package_id, user_id).await?;
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let (price, quote) = priced(tx.conn(), &package, user_id, coupon, now).await?;
     let new = NewOrder {
         user_id,
         kind: kind::PACKAGE,
         package_id: Some(package.id),
-        amount: package.price(),
+        amount: price,
         credit_amount: Money::ZERO,
         pay_method: "credit",
         pay_type: Some(&settings.credit.pay_type),
         subject: &package.name,
         ttl: Duration::minutes(settings.credit.order_ttl_minutes),
     };
-    let mut conn = state.db.pool().acquire().await?;
-    orders::insert(&mut conn, &new, state.now()).await
+    let order = orders::insert(tx.conn(), &new, now).await?;
+    let order = match &quote {
+        Some(quote) => {
+            pricing::attach(tx.conn(), order.id, quote).await?;
+            Order { list_amount: quote.list_price.micros(), ..order }
+        }
+        None => order,
+    };
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// Who grants or ends, for the ledger and audit trail.

@@ -26,6 +26,8 @@ impl NotifyReply {
 /// Handles one notify and logs it.
 pub async fn handle(state: &AppState, params: &Params, remote_addr: Option<String>) -> NotifyReply {
     let reply = process(state, params).await;
+    let outcome_label = if reply.outcome.starts_with("error") { "error".to_string() } else { reply.outcome.clone() };
+    metrics::counter!("gateway_payment_notifies_total", "outcome" => outcome_label).increment(1);
     if !reply.ok {
         tracing::warn!(outcome = %reply.outcome, out_trade_no = ?params.get("out_trade_no"), "payment notify refused");
     }

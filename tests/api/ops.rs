@@ -13,6 +13,7 @@ on_both_databases!(
     requests_carry_a_request_id,
     stored_merchant_keys_are_encrypted_at_rest,
     password_guessing_is_throttled,
+    billing_and_proxy_figures_are_exported_as_metrics,
 );
 
 async fn metrics_are_scraped_in_prometheus_format(app: TestApp) {
@@ -93,4 +94,27 @@ async fn password_guessing_is_throttled(app: TestApp) {
     assert_eq!(last.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(last.error_code(), "rate_limited");
     assert!(last.headers.get("retry-after").is_some());
+}
+
+async fn billing_and_proxy_figures_are_exported_as_metrics(app: TestApp) {
+    use codex_gateway::proxy::mock::MockOptions;
+    let s = crate::proxy::setup(&app, MockOptions::default(), Some("1.00")).await;
+    let r = crate::proxy::v1(&app, "/v1/responses", &s.key)
+        .json(&json!({"model": "gpt-5", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.bytes().await;
+    app.state.tasks.close();
+    app.state.tasks.wait().await;
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "gateway_proxy_requests_total{model=\"gpt-5\",status=\"200\"}",
+        "gateway_billed_micros_total{model=\"gpt-5\",source=\"balance\"}",
+        "gateway_billing_admissions_total{outcome=\"admitted\"}",
+        "gateway_upstream_first_byte_seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
 }

@@ -1,0 +1,169 @@
+//! Announcements: admin CRUD under `/api/admin/announcements` (audited with before/after)
+//! and `GET /api/announcements`, the ones to show right now (no sign-in needed).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
+use super::pagination::PageQuery;
+use crate::announcements::{self, AnnouncementInput};
+use crate::app::AppState;
+use crate::audit::{self, AuditEvent};
+use crate::auth::AdminUser;
+use crate::error::Error;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/announcements", get(current))
+        .route("/api/admin/announcements", get(list).post(create))
+        .route("/api/admin/announcements/{id}", put(update).delete(remove))
+}
+
+/// Create and update body; on update absent fields keep their value and `null` clears a time.
+#[derive(Deserialize)]
+struct AnnouncementBody {
+    title: Option<String>,
+    body: Option<String>,
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    starts_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    ends_at: Option<Option<String>>,
+}
+
+fn parse_time(field: &str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, Error> {
+    text.map(|t| {
+        DateTime::parse_from_rfc3339(t.trim())
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|_| Error::validation(field, "must be an RFC 3339 time such as 2026-01-15T08:00:00+08:00"))
+    })
+    .transpose()
+}
+
+impl AnnouncementBody {
+    /// Applies this body over `base` and validates the result.
+    fn merge_into(self, mut base: AnnouncementInput) -> Result<AnnouncementInput, Error> {
+        if let Some(title) = self.title {
+            base.title = title;
+        }
+        if let Some(body) = self.body {
+            base.body = body;
+        }
+        if let Some(enabled) = self.enabled {
+            base.enabled = enabled;
+        }
+        if let Some(starts_at) = self.starts_at {
+            base.starts_at = parse_time("starts_at", starts_at.as_deref())?;
+        }
+        if let Some(ends_at) = self.ends_at {
+            base.ends_at = parse_time("ends_at", ends_at.as_deref())?;
+        }
+        base.validate()?;
+        Ok(base)
+    }
+}
+
+async fn current(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let rows = announcements::current(&state.db, state.now()).await?;
+    let items: Vec<_> = rows.iter().map(|a| a.view(state.calendar())).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let page = PageQuery::new(query.page, query.per_page);
+    let (rows, total) = announcements::list_all(&state.db, page.limit(), page.offset()).await?;
+    let items = rows.iter().map(|a| a.view(state.calendar())).collect();
+    Ok(Json(page.wrap(items, total)))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiJson(body): ApiJson<AnnouncementBody>,
+) -> ApiResult<impl IntoResponse> {
+    let empty =
+        AnnouncementInput { title: String::new(), body: String::new(), enabled: true, starts_at: None, ends_at: None };
+    let input = body.merge_into(empty)?;
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let created = announcements::create(tx.conn(), &input, admin.user.id, now).await?;
+    let view = created.view(state.calendar());
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "announcement.create",
+        target: Some(format!("announcement:{}", created.id)),
+        before: None,
+        after: audit::snapshot(&view),
+        ip: client.ip(),
+    };
+    audit::record(tx.conn(), &event, now).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(json!({ "announcement": view }))))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<AnnouncementBody>,
+) -> ApiResult<impl IntoResponse> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
+    let input = body.merge_into(AnnouncementInput::from_row(&before))?;
+    let after = announcements::update(tx.conn(), id, &input, now).await?;
+    let view = after.view(state.calendar());
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "announcement.update",
+        target: Some(format!("announcement:{id}")),
+        before: audit::snapshot(&before.view(state.calendar())),
+        after: audit::snapshot(&view),
+        ip: client.ip(),
+    };
+    audit::record(tx.conn(), &event, now).await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "announcement": view })))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    client: ClientAddr,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
+    announcements::delete(tx.conn(), id).await?;
+    let event = AuditEvent {
+        actor_id: Some(admin.user.id),
+        action: "announcement.delete",
+        target: Some(format!("announcement:{id}")),
+        before: audit::snapshot(&before.view(state.calendar())),
+        after: None,
+        ip: client.ip(),
+    };
+    audit::record(tx.conn(), &event, now).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
