@@ -76,18 +76,11 @@ async fn current(State(state): State<AppState>) -> ApiResult<impl IntoResponse> 
     Ok(Json(json!({ "items": items })))
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    page: Option<i64>,
-    per_page: Option<i64>,
-}
-
 async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let page = PageQuery::new(query.page, query.per_page);
     let (rows, total) = announcements::list_all(&state.db, page.limit(), page.offset()).await?;
     let items = rows.iter().map(|a| a.view(state.calendar())).collect();
     Ok(Json(page.wrap(items, total)))

@@ -37,18 +37,11 @@ async fn daily_usage(
     Ok(Json(usage::daily_usage(&state, current.user.id, query.days).await?))
 }
 
-#[derive(Deserialize)]
-struct PageOnly {
-    page: Option<i64>,
-    per_page: Option<i64>,
-}
-
 async fn user_ledger(
     State(state): State<AppState>,
     current: CurrentUser,
-    ApiQuery(query): ApiQuery<PageOnly>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let page = PageQuery::new(query.page, query.per_page);
     let (rows, total) = ledger::list(&state.db, Some(current.user.id), page.limit(), page.offset()).await?;
     let items = rows.iter().map(|e| e.view(state.calendar())).collect();
     Ok(Json(page.wrap(items, total)))

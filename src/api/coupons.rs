@@ -92,18 +92,11 @@ impl CouponBody {
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    page: Option<i64>,
-    per_page: Option<i64>,
-}
-
 async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let page = PageQuery::new(query.page, query.per_page);
     let (rows, total) = coupons::list(&state.db, page.limit(), page.offset()).await?;
     let items = rows.iter().map(|c| c.view(state.calendar())).collect();
     Ok(Json(page.wrap(items, total)))

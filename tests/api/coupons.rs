@@ -10,6 +10,7 @@ on_both_databases_with_sandbox!(
     a_coupon_discounts_a_balance_purchase_within_its_rules,
     a_gateway_order_counts_its_coupon_only_when_paid_and_the_last_use_only_once,
     a_top_up_coupon_lowers_the_price_but_not_the_credit,
+    ten_buyers_racing_for_the_last_use_get_one_discount,
 );
 
 fn spring(extra: Value) -> Value {
@@ -214,5 +215,38 @@ async fn a_top_up_coupon_lowers_the_price_but_not_the_credit(app: TestApp) {
     assert_eq!(paid.text().await.unwrap(), "success");
     assert_eq!(app.balance(&user).await, "20.00", "the full top-up is credited");
     assert_eq!(coupon_used(&app, "TOPUP10").await, 1);
+    app.assert_money_invariants().await;
+}
+
+async fn ten_buyers_racing_for_the_last_use_get_one_discount(app: TestApp) {
+    let admin = app.admin_token().await;
+    let month = app
+        .create_package(&admin, json!({"name": "Month", "price": "30.00", "duration_days": 30, "daily_limit": 5}))
+        .await;
+    app.post("/api/admin/coupons", &admin, json!({"code": "ONCE", "amount_off": "10", "max_uses": 1})).await;
+    let mut buyers = Vec::new();
+    for i in 0..10 {
+        let (id, token) = app.register_and_login(&format!("racer{i}@example.com")).await;
+        app.fund(&admin, id, "30").await;
+        buyers.push(token);
+    }
+    let attempts = buyers.iter().map(|token| buy(&app, token, month, "ONCE"));
+    let answers = futures::future::join_all(attempts).await;
+    let won = answers.iter().filter(|a| a.status == StatusCode::CREATED).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::CONFLICT || a.status == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    assert_eq!((won, refused), (1, 9), "{:?}", answers.iter().map(|a| a.text.clone()).collect::<Vec<_>>());
+    let lost_the_race = answers.iter().filter(|a| a.error_code() == "coupon_used_up").count();
+    eprintln!("{:?}: {lost_the_race} of 9 refusals came from the claim, the rest from the quote", app.backend);
+    let winner = answers.iter().find(|a| a.status == StatusCode::CREATED).unwrap();
+    assert_eq!(winner.body["order"]["amount"], "20.00");
+    assert_eq!(coupon_used(&app, "ONCE").await, 1);
+    let debited: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM users")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(debited, 280_000_000, "ten funded with 30, one paid 20");
     app.assert_money_invariants().await;
 }
