@@ -43,6 +43,7 @@ pub mod redemption;
 pub mod routes;
 pub mod secrets;
 pub mod settings;
+pub mod stats;
 pub mod telemetry;
 pub mod users;
 pub mod web;

@@ -11,9 +11,8 @@ mod helpers;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use codex_gateway::billing::{self, AdmissionRequest, UsageRecord};
 use codex_gateway::clock::Clock;
-use codex_gateway::money::Money;
+use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions, MockUsage};
 use fantoccini::{Client, ClientBuilder, Locator};
 use helpers::{spawn_app_with, Backend, TestApp};
 use serde_json::json;
@@ -79,6 +78,8 @@ struct Session {
     shots: PathBuf,
     /// The API key the user created, for later steps.
     secret: std::sync::Mutex<String>,
+    /// The fake OpenAI upstream the proxy forwards to.
+    mock: MockHandle,
 }
 
 impl Session {
@@ -138,8 +139,13 @@ async fn setup_settings_a_package_bought_through_the_cashier_and_usage_work_in_a
     let c = connect(&driver, chromium, &profile).await;
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
+    // 400k input + 50k output tokens of gpt-5 = 1.00 USD at list price; the flow sets a 1.25 markup.
+    let usage = MockUsage { input: 400_000, cached: 0, output: 50_000, reasoning: 0 };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = serve_mock(listener, MockOptions { usage, ..Default::default() }).await.unwrap();
     let s = Session {
         c,
+        mock,
         secret: std::sync::Mutex::new(String::new()),
         app: spawn_app_with(Backend::Sqlite, &[("GATEWAY_PAY_SANDBOX", "true")]).await,
         shots,
@@ -157,6 +163,7 @@ async fn setup_settings_a_package_bought_through_the_cashier_and_usage_work_in_a
 
 async fn flow(s: &Session) {
     admin_first_run(s).await;
+    admin_adds_the_mock_upstream(s).await;
     admin_creates_a_package(s).await;
     user_signs_up_and_creates_a_key(s).await;
     user_buys_the_package_through_the_sandbox_cashier(s).await;
@@ -214,6 +221,20 @@ async fn admin_first_run(s: &Session) {
     s.go("/admin/users").await;
     s.text("#users-table").await;
     s.shot("06-admin-users").await;
+}
+
+async fn admin_adds_the_mock_upstream(s: &Session) {
+    s.go("/admin/upstreams").await;
+    s.fill("#name", "mock").await;
+    s.fill("#base_url", &s.mock.base_url()).await;
+    s.fill("#api_key", "sk-upstream-secret").await;
+    s.click("#create-upstream").await;
+    s.wait_path("/admin/upstreams").await;
+    assert!(s.text("#upstreams-table").await.contains("mock"));
+    s.shot("06c-admin-upstreams").await;
+    s.go("/admin/pricing").await;
+    assert!(s.text("#prices-table").await.contains("gpt-5"), "default prices are seeded");
+    s.shot("06d-admin-pricing").await;
 }
 
 async fn admin_creates_a_package(s: &Session) {
@@ -305,31 +326,34 @@ async fn user_buys_the_package_through_the_sandbox_cashier(s: &Session) {
     assert_eq!(s.text("#package-remaining").await, "2.00");
 }
 
-/// Until the proxy lands in this branch, usage is billed the way the proxy bills it.
+/// A request with the user's key goes through the proxy to the mock upstream and is billed.
 async fn usage_moves_the_dashboard(s: &Session) {
-    let user = codex_gateway::users::find_by_email(&s.app.db, "dev@example.com").await.unwrap().unwrap();
-    let keys = codex_gateway::auth::api_keys::list_for_user(&s.app.db, user.id).await.unwrap();
-    let request = AdmissionRequest { user_id: user.id, api_key_id: keys[0].id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(&s.app.state, &request).await.unwrap();
-    let record = UsageRecord {
-        request_id: "browser-1".into(),
-        endpoint: "/v1/responses".into(),
-        model: "gpt-5-codex".into(),
-        status_code: 200,
-        input_tokens: 18_000,
-        output_tokens: 2_400,
-        cost: Money::parse("1.25").unwrap(),
-        ..Default::default()
-    };
-    billing::settle(&s.app.state, &hold, &record).await.unwrap();
-    s.go("/dashboard").await;
+    let secret = s.secret.lock().unwrap().clone();
+    let response = reqwest::Client::new()
+        .post(s.app.url("/v1/responses"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "gpt-5", "input": "Say hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the proxy answered");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body.to_string().contains("Hello from the mock upstream"));
+    // Settlement runs in a tracked task after the response; wait for the dashboard to show it.
+    for _ in 0..50 {
+        s.go("/dashboard").await;
+        if s.text("#spent-today").await != "0.00" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(s.text("#spent-today").await, "1.25");
     assert_eq!(s.text("#package-used").await, "1.25");
     assert_eq!(s.text("#package-remaining").await, "0.75");
     s.shot("10d-dashboard-usage").await;
     s.click("a[href='/usage']").await;
     s.wait_path("/usage").await;
-    assert!(s.text("#usage-table").await.contains("gpt-5-codex"));
+    assert!(s.text("#usage-table").await.contains("gpt-5"));
     s.shot("10e-usage").await;
     s.go("/orders").await;
     assert!(s.text("#orders-table").await.contains("Starter"));
@@ -343,11 +367,16 @@ async fn admin_sees_orders_and_usage(s: &Session) {
     s.fill("#password", "correct horse battery").await;
     s.click("#submit").await;
     s.wait_path("/dashboard").await;
+    s.go("/admin").await;
+    assert_eq!(s.text("#revenue-today").await, "9.90");
+    assert_eq!(s.text("#requests-today").await, "1");
+    assert_eq!(s.text("#spend-today").await, "1.25");
+    s.shot("16c-admin-overview-busy").await;
     s.go("/admin/orders").await;
     assert!(s.text("#orders-table").await.contains("dev@example.com"));
     s.shot("17-admin-orders").await;
     s.go("/admin/usage").await;
-    assert!(s.text("#usage-table").await.contains("gpt-5-codex"));
+    assert!(s.text("#usage-table").await.contains("gpt-5"));
     s.shot("18-admin-usage").await;
     s.go("/admin/packages").await;
     s.shot("19-admin-packages-sold").await;

@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}", get(user_page))
         .route("/admin/users/{id}/status", post(set_status))
         .route("/admin/users/{id}/balance", post(adjust_balance))
+        .route("/admin/users/{id}/packages", post(grant_package))
         .route("/admin/settings", get(settings_page).post(save_settings))
         .route("/admin/settings/check", post(check_credit))
 }
@@ -67,6 +68,10 @@ struct OverviewPage<'a> {
     credit_usable: bool,
     markup: String,
     newest: Vec<UserRow>,
+    revenue_today: String,
+    spend_today: String,
+    requests_today: i64,
+    chart: super::chart::SpendChart,
 }
 
 async fn count_users(state: &AppState, filter: UserFilter) -> Result<i64> {
@@ -82,10 +87,13 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         let admins = count_users(&state, UserFilter { role: Some(Role::Admin), ..Default::default() }).await?;
         let newest = users::list(&state.db, &UserFilter::default(), 5, 0).await?.0;
         let settings = state.settings.get().await?;
-        Ok::<_, Error>((total, suspended, admins, newest, settings))
+        let today = state.calendar().business_date(state.now());
+        let history = crate::stats::spend_history(&state.db, today, 30).await?;
+        let revenue = crate::stats::revenue_on(&state.db, state.calendar(), today).await?;
+        Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue)))
     }
     .await;
-    let (users_total, users_suspended, admins, newest, settings) = match loaded {
+    let (users_total, users_suspended, admins, newest, (settings, history, revenue)) = match loaded {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -98,6 +106,10 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         credit_usable: settings.credit.is_usable(),
         markup: settings.markup.to_string(),
         newest: newest.iter().map(|u| UserRow::new(u, &state)).collect(),
+        revenue_today: revenue.format_2dp(),
+        spend_today: history.last().map(|d| d.total).unwrap_or_default().format_2dp(),
+        requests_today: history.last().map(|d| d.requests).unwrap_or(0),
+        chart: super::chart::SpendChart::new(&history),
     };
     render(ctx, StatusCode::OK, &page)
 }
@@ -152,6 +164,10 @@ struct UserPage<'a> {
     ctx: &'a Ctx,
     user: UserRow,
     ledger: Vec<LedgerRow>,
+    /// Packages on sale, for the grant form: (id, name).
+    catalog: Vec<(i64, String)>,
+    /// The user's packages: (name, status, ends).
+    held: Vec<(String, String, String)>,
     notice: Option<&'static str>,
     form_amount: &'a str,
     form_reason: &'a str,
@@ -180,10 +196,12 @@ async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<
     let loaded = async {
         let user = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
         let entries = ledger::list(&state.db, Some(id), 20, 0).await?.0;
-        Ok::<_, Error>((user, entries))
+        let catalog = crate::packages::list(&state.db, true).await?;
+        let held = crate::packages::activation::list_for_user(&state.db, id).await?;
+        Ok::<_, Error>((user, entries, (catalog, held)))
     }
     .await;
-    let (user, entries) = match loaded {
+    let (user, entries, (catalog, held)) = match loaded {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -202,6 +220,18 @@ async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<
         ctx,
         user: UserRow::new(&user, state),
         ledger,
+        catalog: catalog.iter().map(|p| (p.id, p.name.clone())).collect(),
+        held: held
+            .iter()
+            .map(|h| {
+                let label = match h.status.as_str() {
+                    "active" => ctx.t("status.active"),
+                    "queued" => ctx.t("packages.queued"),
+                    _ => ctx.t("packages.past"),
+                };
+                (h.name.clone(), label.to_string(), view::time(state.calendar(), h.ends_at))
+            })
+            .collect(),
         notice: outcome.notice,
         form_amount: outcome.form_amount,
         form_reason: outcome.form_reason,
@@ -367,4 +397,29 @@ async fn check_credit(
         Err(e) => (false, e.public_message()),
     };
     render_settings(&state, ctx, SettingsOutcome { check: Some(check), ..Default::default() }).await
+}
+
+#[derive(Deserialize)]
+struct GrantForm {
+    package_id: i64,
+}
+
+/// Gives a user a package without payment (recorded by `packages::purchase::grant`).
+async fn grant_package(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    client: ClientAddr,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<GrantForm>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let by = crate::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let outcome = match crate::packages::purchase::grant(&state, &by, id, form.package_id).await {
+        Ok(_) => UserOutcome { notice: Some(ctx.t("admin.granted")), ..Default::default() },
+        Err(e) if e.status_code().is_client_error() => {
+            UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }
+        }
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    render_user(&state, ctx, id, outcome).await
 }

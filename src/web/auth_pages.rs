@@ -107,7 +107,13 @@ struct LoginPage<'a> {
     next: &'a str,
     registered: bool,
     registration_open: bool,
+    /// "Sign in with LINUX DO" is offered.
+    oauth: bool,
     errors: FieldErrors,
+}
+
+async fn oauth_usable(state: &AppState) -> bool {
+    state.settings.get().await.map(|s| s.oauth.is_usable()).unwrap_or(false)
 }
 
 #[derive(Deserialize)]
@@ -131,6 +137,7 @@ async fn login_form(State(state): State<AppState>, guest: Guest, Query(query): Q
         next: &next,
         registered: query.registered.is_some(),
         registration_open: registration_open(&state).await,
+        oauth: oauth_usable(&state).await,
         errors: FieldErrors::none(),
     };
     render(&guest.ctx, StatusCode::OK, &page)
@@ -158,6 +165,7 @@ async fn login_submit(
                 next: &next,
                 registered: false,
                 registration_open: registration_open(&state).await,
+                oauth: oauth_usable(&state).await,
                 errors: FieldErrors::from_error(ctx, &e),
             };
             render(ctx, e.status_code(), &page)

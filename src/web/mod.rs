@@ -5,6 +5,7 @@
 //! translate between forms, templates and [`crate::error::Error`].
 
 pub mod admin_pages;
+pub mod admin_proxy;
 pub mod admin_shop;
 pub mod assets;
 pub mod auth_pages;
@@ -40,6 +41,7 @@ pub fn router() -> Router<AppState> {
         .merge(usage_pages::router())
         .merge(shop_pages::router())
         .merge(admin_shop::router())
+        .merge(admin_proxy::router())
 }
 
 /// Field errors of a submitted form, shown next to their fields; the empty field

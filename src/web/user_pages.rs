@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/keys/{id}/revoke", post(revoke_key))
         .route("/account", get(account))
         .route("/account/password", post(change_password))
+        .route("/account/redeem", post(redeem_code))
 }
 
 #[derive(Template)]
@@ -40,6 +41,8 @@ struct DashboardPage<'a> {
     next_reset: String,
     package: Option<PackageStatus>,
     chart: SpendChart,
+    /// Current announcements: title and sanitised HTML from their markdown.
+    announcements: Vec<(String, String)>,
 }
 
 /// The package in force, as the dashboard shows it.
@@ -87,10 +90,11 @@ async fn dashboard(State(state): State<AppState>, signed: Signed) -> Response {
     let loaded = async {
         let keys = api_keys::list_for_user(&state.db, signed.user.id).await?;
         let usage = billing::usage::daily_usage(&state, signed.user.id, Some(CHART_DAYS)).await?;
-        Ok::<_, Error>((keys, usage))
+        let news = crate::announcements::current(&state.db, state.now()).await?;
+        Ok::<_, Error>((keys, usage, news))
     }
     .await;
-    let (keys, usage) = match loaded {
+    let (keys, usage, news) = match loaded {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -105,6 +109,7 @@ async fn dashboard(State(state): State<AppState>, signed: Signed) -> Response {
         next_reset: view::time(calendar, crate::clock::to_micros(calendar.next_reset(state.now()))),
         package: usage.package.as_ref().map(|p| PackageStatus::new(p, calendar)),
         chart: SpendChart::new(usage.history.as_deref().unwrap_or(&[])),
+        announcements: news.iter().map(|a| (a.title.clone(), crate::markdown::render_markdown(&a.body))).collect(),
     };
     render(ctx, StatusCode::OK, &page)
 }
@@ -242,6 +247,7 @@ struct AccountPage<'a> {
     balance: String,
     created: String,
     changed: bool,
+    redeemed: bool,
     topup: Option<TopupInfo>,
     topup_amount: &'a str,
     errors: FieldErrors,
@@ -258,6 +264,7 @@ struct TopupInfo {
 #[derive(Default)]
 struct AccountOutcome<'a> {
     changed: bool,
+    redeemed: bool,
     topup_amount: &'a str,
     errors: FieldErrors,
 }
@@ -283,6 +290,7 @@ async fn render_account(state: &AppState, signed: &Signed, outcome: AccountOutco
         balance: view::money(signed.user.balance),
         created: view::time(state.calendar(), signed.user.created_at),
         changed: outcome.changed,
+        redeemed: outcome.redeemed,
         topup,
         topup_amount: outcome.topup_amount,
         errors: outcome.errors,
@@ -292,7 +300,7 @@ async fn render_account(state: &AppState, signed: &Signed, outcome: AccountOutco
 
 /// The account page with a rejected top-up form.
 pub async fn account_with_errors(state: &AppState, signed: &Signed, amount: &str, errors: FieldErrors) -> Response {
-    render_account(state, signed, AccountOutcome { changed: false, topup_amount: amount, errors }).await
+    render_account(state, signed, AccountOutcome { topup_amount: amount, errors, ..Default::default() }).await
 }
 
 async fn account(State(state): State<AppState>, signed: Signed) -> Response {
@@ -332,6 +340,34 @@ async fn change_password(
             let outcome = AccountOutcome { errors: FieldErrors::from_error(&signed.ctx, &e), ..Default::default() };
             render_account(&state, &signed, outcome).await
         }
+        Err(e) => error_page_for(&signed.ctx, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RedeemForm {
+    #[serde(default)]
+    code: String,
+}
+
+/// Redeems a code for balance or a package (`redemption::redeem`, as the API does).
+async fn redeem_code(State(state): State<AppState>, signed: Signed, CsrfForm(form): CsrfForm<RedeemForm>) -> Response {
+    let outcome = match crate::redemption::redeem(&state.db, signed.user.id, &form.code, state.now()).await {
+        Ok(_) => AccountOutcome { redeemed: true, ..Default::default() },
+        Err(Error::NotFound(_)) => AccountOutcome {
+            errors: FieldErrors::one("code", signed.ctx.t("account.code_unknown")),
+            ..Default::default()
+        },
+        Err(e) if e.status_code().is_client_error() => {
+            let message = super::i18n::error_text(signed.ctx.lang, &e);
+            AccountOutcome { errors: FieldErrors::one("code", message), ..Default::default() }
+        }
+        Err(e) => return error_page_for(&signed.ctx, &e),
+    };
+    // Re-read the user so the new balance shows at once.
+    match users::find_by_id(&state.db, signed.user.id).await {
+        Ok(Some(user)) => render_account(&state, &Signed { user, ctx: signed.ctx.clone(), ..signed }, outcome).await,
+        Ok(None) => error_page_for(&signed.ctx, &Error::NotFound("user")),
         Err(e) => error_page_for(&signed.ctx, &e),
     }
 }

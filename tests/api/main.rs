@@ -25,5 +25,6 @@ mod reliability_proxy;
 mod scale_out;
 mod security_access;
 mod web;
+mod web_proxy;
 mod web_shop;
 mod web_usage;

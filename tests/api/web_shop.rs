@@ -111,7 +111,11 @@ async fn credit_purchases_go_through_the_pay_page_and_the_settings_check_reaches
     assert!(r.text.contains("not paid at the gateway"), "{}", r.text);
 
     // Someone else's order is not shown.
-    let (_, other) = app.register_and_login("other@example.com").await;
+    let (other_id, other) = app.register_and_login("other@example.com").await;
+    let r = form(&app, &format!("/admin/users/{other_id}/packages"), &admin, &[("package_id", &id.to_string())]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text.contains("Package granted."));
+    assert!(page(&app, "/dashboard", &other).await.text.contains("id=\"package-name\">Pro</strong>"));
     assert_eq!(page(&app, &format!("/orders/{otn}/status"), &other).await.status, StatusCode::NOT_FOUND);
     assert!(!page(&app, &format!("/packages?out_trade_no={otn}"), &other).await.text.contains("order-status"));
 }
@@ -130,7 +134,27 @@ async fn the_account_page_starts_a_top_up_and_checks_its_bounds(app: TestApp) {
     assert!(r.headers[LOCATION].to_str().unwrap().starts_with("/pay/"));
 }
 
+async fn users_redeem_codes_and_see_announcements(app: TestApp) {
+    let admin = app.admin_token().await;
+    let batch = app.post("/api/admin/redemption-codes", &admin, json!({"count": 1, "amount": "7"})).await;
+    let code = batch.body["codes"][0].as_str().unwrap().to_string();
+    let news = json!({"title": "Maintenance <tonight>", "body": "**Short** break at 23:00"});
+    assert_eq!(app.post("/api/admin/announcements", &admin, news).await.status, StatusCode::CREATED);
+    let (_, user) = app.register_and_login("buyer@example.com").await;
+    let dash = page(&app, "/dashboard", &user).await;
+    assert!(dash.text.contains("Maintenance &#60;tonight&#62;"));
+    assert!(dash.text.contains("<strong>Short</strong>"), "announcement markdown is rendered");
+    let r = form(&app, "/account/redeem", &user, &[("code", "NOPE-NOPE")]).await;
+    assert!(r.text.contains("id=\"code-error\""));
+    let r = form(&app, "/account/redeem", &user, &[("code", &code)]).await;
+    assert!(r.text.contains("id=\"redeemed\""));
+    assert!(r.text.contains("7.00 USD"), "the new balance shows at once");
+    let r = form(&app, "/account/redeem", &user, &[("code", &code)]).await;
+    assert!(r.text.contains("already been redeemed"));
+}
+
 on_both_databases_with_sandbox!(
+    users_redeem_codes_and_see_announcements,
     admins_manage_packages_and_users_buy_them_from_the_balance,
     credit_purchases_go_through_the_pay_page_and_the_settings_check_reaches_the_gateway,
     the_account_page_starts_a_top_up_and_checks_its_bounds,

@@ -122,6 +122,12 @@ async fn the_usage_pages_list_filter_and_page_requests(app: TestApp) {
     assert!(r.text.contains("No requests match."));
     let r = page(&app, "/admin/usage", &admin).await;
     assert!(r.text.contains("1–50 of 57"));
+    let r = page(&app, "/admin", &admin).await;
+    let title = &r.text[r.text.find("<title>").unwrap() + 7..r.text.find("</title>").unwrap()];
+    assert!(!title.contains('<'), "the title holds only text: {title}");
+    assert!(r.text.contains("id=\"requests-today\">57</div>"), "{}", r.text);
+    assert!(r.text.contains("id=\"spend-today\">0.60</div>"));
+    assert!(r.text.contains("id=\"revenue-today\">0.00</div>"), "balance top-ups by admins are not payments");
 }
 
 on_both_databases!(
