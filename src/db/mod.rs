@@ -92,11 +92,16 @@ impl Db {
 
     /// Starts a transaction for writes (see the module doc for SQLite).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let writer = match self.backend {
-            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
-            Backend::Postgres => None,
+        let (writer, inner) = match self.backend {
+            // IMMEDIATE takes the write lock up front (waiting under busy_timeout), so a
+            // transaction that reads before it writes cannot fail to upgrade its lock
+            // when a statement outside `begin()` wrote in between.
+            Backend::Sqlite => {
+                let writer = self.sqlite_writer.clone().lock_owned().await;
+                (Some(writer), self.pool.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            Backend::Postgres => (None, self.pool.begin().await?),
         };
-        let inner = self.pool.begin().await?;
         Ok(Tx { inner, _writer: writer })
     }
 
