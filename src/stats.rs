@@ -21,22 +21,7 @@ pub async fn spend_history(db: &Db, today: NaiveDate, days: u32) -> Result<Vec<D
     .bind(date_key(today))
     .fetch_all(db.pool())
     .await?;
-    let mut out = Vec::new();
-    let mut date = first;
-    while date <= today {
-        let key = date_key(date);
-        let (package, balance, requests) = rows
-            .iter()
-            .find(|r| r.0 == key)
-            .map(|r| (Money::from_micros(r.1), Money::from_micros(r.2), r.3))
-            .unwrap_or((Money::ZERO, Money::ZERO, 0));
-        out.push(DaySpend { date: key, package, balance, total: package.saturating_add(balance), requests });
-        match date.checked_add_days(Days::new(1)) {
-            Some(next) => date = next,
-            None => break,
-        }
-    }
-    Ok(out)
+    Ok(crate::billing::usage::zero_filled(&rows, first, today))
 }
 
 /// Payments received (fulfilled gateway orders, refunds excluded) during a business day.

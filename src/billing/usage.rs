@@ -106,7 +106,13 @@ pub async fn history(state: &AppState, user_id: i64, today: NaiveDate, days: u32
     .bind(date_key(today))
     .fetch_all(state.db.pool())
     .await?;
-    let mut out = Vec::with_capacity(days as usize);
+    Ok(zero_filled(&rows, first, today))
+}
+
+/// One [`DaySpend`] per date from `first` to `today` (oldest first) out of
+/// `(business_date, package, balance, requests)` rows, zeros where a day has none.
+pub fn zero_filled(rows: &[(String, i64, i64, i64)], first: NaiveDate, today: NaiveDate) -> Vec<DaySpend> {
+    let mut out = Vec::new();
     let mut date = first;
     while date <= today {
         let key = date_key(date);
@@ -121,7 +127,7 @@ pub async fn history(state: &AppState, user_id: i64, today: NaiveDate, days: u32
             None => break,
         }
     }
-    Ok(out)
+    out
 }
 
 /// A row of `usage_logs`.

@@ -485,25 +485,5 @@ pub fn report(scenario: &str, backend: Backend, figures: &[(&str, u64)], violati
 pub async fn spawn_app_on(database_url: &str, backend: Backend) -> TestApp {
     let dir = TempDir(std::env::temp_dir().join(unique_name()));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let config = test_config(database_url, &dir.0, &[]);
-    let clock = FakeClock::at("2026-01-15T04:00:00Z");
-    let db = open_database(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::with_listener(config, clock.clone(), db.clone(), listener).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let state = app.state().clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    TestApp {
-        base,
-        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
-        clock,
-        db,
-        state,
-        backend,
-        shutdown: Some(tx),
-        _dir: dir,
-    }
+    launch(backend, database_url, dir, FakeClock::at("2026-01-15T04:00:00Z"), &[]).await
 }
