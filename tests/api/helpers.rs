@@ -487,3 +487,42 @@ pub async fn spawn_app_on(database_url: &str, backend: Backend) -> TestApp {
     std::fs::create_dir_all(&dir.0).unwrap();
     launch(backend, database_url, dir, FakeClock::at("2026-01-15T04:00:00Z"), &[]).await
 }
+
+/// A payment notify as the gateway would sign it, with optional overrides applied
+/// before signing (so a tampered field still carries a valid signature).
+pub fn signed_notify(
+    out_trade_no: &str,
+    trade_no: &str,
+    money: &str,
+    overrides: &[(&str, &str)],
+) -> codex_gateway::payment::epay::Params {
+    let mut p: codex_gateway::payment::epay::Params = [
+        ("pid", TEST_PID),
+        ("trade_no", trade_no),
+        ("out_trade_no", out_trade_no),
+        ("type", "epay"),
+        ("name", "月度会员"),
+        ("money", money),
+        ("trade_status", "TRADE_SUCCESS"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        p.insert(k.to_string(), v.to_string());
+    }
+    codex_gateway::payment::epay::signed(p, TEST_KEY)
+}
+
+impl TestApp {
+    /// Delivers a notify the way the gateway does (GET with a query string).
+    pub async fn send_notify(&self, params: &codex_gateway::payment::epay::Params) -> (StatusCode, String) {
+        let r = self.client.get(self.url("/api/payment/credit/notify")).query(params).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    /// A single integer from SQL (counts and sums in assertions).
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(self.db.pool()).await.unwrap()
+    }
+}

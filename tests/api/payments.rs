@@ -6,7 +6,7 @@ use codex_gateway::payment::epay::{self, Params};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{TestApp, TEST_KEY, TEST_PID};
+use crate::helpers::{signed_notify, TestApp, TEST_KEY, TEST_PID};
 use crate::on_both_databases_with_sandbox;
 
 on_both_databases_with_sandbox!(
@@ -50,31 +50,7 @@ async fn order_package(app: &TestApp, token: &str, package_id: i64) -> Value {
 
 /// A notify as the gateway would sign it, with optional overrides (applied before signing).
 fn notify(out_trade_no: &str, money: &str, overrides: &[(&str, &str)]) -> Params {
-    let mut p: Params = [
-        ("pid", TEST_PID),
-        ("trade_no", "G20260115000001"),
-        ("out_trade_no", out_trade_no),
-        ("type", "epay"),
-        ("name", "月度会员"),
-        ("money", money),
-        ("trade_status", "TRADE_SUCCESS"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in overrides {
-        p.insert(k.to_string(), v.to_string());
-    }
-    epay::signed(p, TEST_KEY)
-}
-
-async fn send_notify(app: &TestApp, params: &Params) -> (StatusCode, String) {
-    let r = app.client.get(app.url("/api/payment/credit/notify")).query(params).send().await.unwrap();
-    (r.status(), r.text().await.unwrap())
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(app.db.pool()).await.unwrap()
+    signed_notify(out_trade_no, "G20260115000001", money, overrides)
 }
 
 async fn order_of(app: &TestApp, admin: &str, otn: &str) -> Value {
@@ -147,16 +123,16 @@ async fn a_signed_notify_fulfils_a_package_order_once_and_replays_change_nothing
     assert!(page.contains("/sandbox/epay/pay/submit.php"), "{page}");
     assert!(page.contains(r#"name="sign""#) && page.contains("30.00") && page.contains("<button"));
     assert!(!page.contains(TEST_KEY), "the key never reaches the browser");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 0, "nothing before payment");
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 0, "nothing before payment");
 
     let params = notify(&otn, "30.00", &[]);
-    assert_eq!(send_notify(&app, &params).await, (StatusCode::OK, "success".to_string()));
+    assert_eq!(app.send_notify(&params).await, (StatusCode::OK, "success".to_string()));
     let order = order_of(&app, &s.admin, &otn).await;
     assert_eq!(order["status"], "fulfilled");
     assert_eq!(order["trade_no"], "G20260115000001");
     assert_eq!(order["fulfilment"], "started");
     for _ in 0..3 {
-        assert_eq!(send_notify(&app, &params).await.1, "success", "repeats are acknowledged");
+        assert_eq!(app.send_notify(&params).await.1, "success", "repeats are acknowledged");
     }
     let mine = app.get("/api/user/packages", &s.user).await;
     assert_eq!(mine.body["items"].as_array().unwrap().len(), 1);
@@ -191,7 +167,7 @@ async fn tampered_notifies_change_nothing_and_every_attempt_is_logged(app: TestA
         (epay::signed(notify(otn, "30.00", &[]), "wrong-key"), "bad_signature"),
     ];
     for (params, expected) in &attempts {
-        let (status, body) = send_notify(&app, params).await;
+        let (status, body) = app.send_notify(params).await;
         assert_ne!(body, "success", "{expected}");
         assert_eq!(status, StatusCode::BAD_REQUEST, "{expected}");
     }
@@ -199,8 +175,8 @@ async fn tampered_notifies_change_nothing_and_every_attempt_is_logged(app: TestA
         sqlx::query_scalar("SELECT outcome FROM payment_notifies ORDER BY id").fetch_all(app.db.pool()).await.unwrap();
     assert_eq!(outcomes, attempts.iter().map(|(_, o)| o.to_string()).collect::<Vec<_>>());
     assert_eq!(order_of(&app, &s.admin, otn).await["status"], "pending");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 0);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries").await, 0);
 }
 
 async fn twenty_concurrent_notifies_fulfil_a_top_up_exactly_once(app: TestApp) {
@@ -209,12 +185,12 @@ async fn twenty_concurrent_notifies_fulfil_a_top_up_exactly_once(app: TestApp) {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let otn = r.body["order"]["out_trade_no"].as_str().unwrap().to_string();
     let params = notify(&otn, "10.00", &[]);
-    let answers = futures::future::join_all((0..20).map(|_| send_notify(&app, &params))).await;
+    let answers = futures::future::join_all((0..20).map(|_| app.send_notify(&params))).await;
     assert!(answers.iter().all(|(_, body)| body == "success"), "{answers:?}");
     assert_eq!(app.balance(&s.user).await, "10.00");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'topup'").await, 1);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled'").await, 1);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'duplicate'").await, 19);
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'topup'").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled'").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'duplicate'").await, 19);
     app.assert_money_invariants().await;
 }
 
@@ -232,7 +208,7 @@ async fn top_ups_respect_the_bounds_and_credit_at_the_rate(app: TestApp) {
     assert_eq!(r.body["order"]["credit_amount"], "25.00");
     assert_eq!(r.body["gateway"]["params"]["money"], "12.50");
     let otn = r.body["order"]["out_trade_no"].as_str().unwrap();
-    assert_eq!(send_notify(&app, &notify(otn, "12.50", &[])).await.1, "success");
+    assert_eq!(app.send_notify(&notify(otn, "12.50", &[])).await.1, "success");
     assert_eq!(app.balance(&s.user).await, "25.00");
     let r = app.put("/api/admin/settings", &s.admin, json!({"credit": {"topup_enabled": false}})).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -253,11 +229,11 @@ async fn a_payment_after_expiry_is_still_fulfilled_and_flagged(app: TestApp) {
     let page = app.client.get(app.url(&format!("/pay/{otn}"))).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::CONFLICT, "an expired order cannot be paid from our page");
 
-    assert_eq!(send_notify(&app, &notify(otn, "30.00", &[])).await.1, "success");
+    assert_eq!(app.send_notify(&notify(otn, "30.00", &[])).await.1, "success");
     let order = order_of(&app, &s.admin, otn).await;
     assert_eq!(order["status"], "fulfilled");
     assert_eq!(order["flags"], json!(["late_payment"]));
-    let outcome = count(&app, "SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled_late'").await;
+    let outcome = app.count("SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled_late'").await;
     assert_eq!(outcome, 1);
     let mine = app.get("/api/user/packages", &s.user).await;
     assert_eq!(mine.body["items"][0]["starts_at"], "2026-01-15T12:15:00+08:00", "starts at payment confirmation");
@@ -271,8 +247,8 @@ async fn a_package_sold_out_before_payment_is_paid_back_to_the_balance(app: Test
     let second = order_package(&app, &other, s.package_id).await;
     let first_otn = first["order"]["out_trade_no"].as_str().unwrap();
     let second_otn = second["order"]["out_trade_no"].as_str().unwrap();
-    assert_eq!(send_notify(&app, &notify(second_otn, "30.00", &[])).await.1, "success");
-    assert_eq!(send_notify(&app, &notify(first_otn, "30.00", &[])).await.1, "success");
+    assert_eq!(app.send_notify(&notify(second_otn, "30.00", &[])).await.1, "success");
+    assert_eq!(app.send_notify(&notify(first_otn, "30.00", &[])).await.1, "success");
     let paid_back = order_of(&app, &s.admin, first_otn).await;
     assert_eq!(paid_back["status"], "fulfilled");
     assert_eq!(paid_back["fulfilment"], "sold_out_credit");
@@ -317,12 +293,12 @@ async fn a_purchase_clicks_through_the_sandbox_and_is_refunded(app: TestApp) {
     assert_eq!(order["status"], "fulfilled");
     assert_eq!(order["trade_no"], trade_no.as_str());
     assert_eq!(app.get("/api/user/packages", &s.user).await.body["items"][0]["status"], "active");
-    let notified = count(&app, "SELECT COUNT(*) FROM sandbox_trades WHERE notified = 1 AND notify_attempts = 1").await;
+    let notified = app.count("SELECT COUNT(*) FROM sandbox_trades WHERE notified = 1 AND notify_attempts = 1").await;
     assert_eq!(notified, 1);
     // Paying twice at the cashier does not pay twice.
     let again = sandbox_pay(&app, &trade_no, true).await;
     assert_eq!(again.status(), StatusCode::SEE_OTHER);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 1);
 
     let refund = app.post(&format!("/api/admin/orders/{otn}/refund"), &s.admin, json!({})).await;
     assert_eq!(refund.status, StatusCode::OK, "{}", refund.text);
@@ -330,7 +306,7 @@ async fn a_purchase_clicks_through_the_sandbox_and_is_refunded(app: TestApp) {
     let mine = app.get("/api/user/packages", &s.user).await;
     assert_eq!(mine.body["items"][0]["status"], "refunded");
     assert_eq!(mine.body["items"][0]["current"], false);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM sandbox_trades WHERE status = 'refunded'").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM sandbox_trades WHERE status = 'refunded'").await, 1);
     assert_eq!(app.get(&format!("/api/admin/packages/{}", s.package_id), &s.admin).await.body["sold"], 0);
     let twice = app.post(&format!("/api/admin/orders/{otn}/refund"), &s.admin, json!({})).await;
     assert_eq!(twice.error_code(), "not_refundable");
@@ -348,14 +324,14 @@ async fn notify_racing_reconciliation_fulfils_exactly_once(app: TestApp) {
     assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending", "the notify was lost");
 
     let params = notify(&otn, "30.00", &[("trade_no", &trade_no)]);
-    let notifies = futures::future::join_all((0..10).map(|_| send_notify(&app, &params)));
+    let notifies = futures::future::join_all((0..10).map(|_| app.send_notify(&params)));
     let reconciles = futures::future::join_all((0..3).map(|_| jobs::reconcile_once(&app.state)));
     let (answers, reports) = tokio::join!(notifies, reconciles);
     assert!(answers.iter().all(|(_, b)| b == "success"), "{answers:?}");
     let by_reconcile: u64 = reports.into_iter().map(|r| r.unwrap().fulfilled).sum();
-    let by_notify = count(&app, "SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled'").await;
+    let by_notify = app.count("SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled'").await;
     assert_eq!(by_reconcile + by_notify as u64, 1);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 1);
     let mine = app.get("/api/user/packages", &s.user).await;
     assert_eq!(mine.body["items"][0]["ends_at"], "2026-02-14T12:00:00+08:00");
     assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "fulfilled");
@@ -386,7 +362,7 @@ async fn a_refund_the_gateway_refuses_changes_nothing(app: TestApp) {
     // Paid by a notify the sandbox never issued: the sandbox knows no such trade and refuses.
     let r = app.post("/api/user/topup", &s.user, json!({"amount": "10"})).await;
     let otn = r.body["order"]["out_trade_no"].as_str().unwrap().to_string();
-    send_notify(&app, &notify(&otn, "10.00", &[])).await;
+    app.send_notify(&notify(&otn, "10.00", &[])).await;
     let refused = app.post(&format!("/api/admin/orders/{otn}/refund"), &s.admin, json!({})).await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert_eq!(refused.error_code(), "refund_refused");
@@ -404,7 +380,7 @@ async fn a_refund_the_gateway_refuses_changes_nothing(app: TestApp) {
     let ok = app.post(&format!("/api/admin/orders/{otn}/refund"), &s.admin, json!({})).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
     assert_eq!(app.balance(&s.user).await, "10.00");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'refund'").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'refund'").await, 1);
     app.assert_money_invariants().await;
 }
 
@@ -415,7 +391,7 @@ async fn order_lists_filter_by_user_status_and_date(app: TestApp) {
     app.clock.advance(Duration::days(1));
     let r = app.post("/api/user/topup", &s.user, json!({"amount": "2"})).await;
     let otn = r.body["order"]["out_trade_no"].as_str().unwrap().to_string();
-    send_notify(&app, &notify(&otn, "2.00", &[])).await;
+    app.send_notify(&notify(&otn, "2.00", &[])).await;
     order_package(&app, &other, s.package_id).await;
 
     let mine = app.get("/api/user/orders", &s.user).await;
@@ -469,5 +445,5 @@ async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
         .unwrap();
     assert_eq!(wrong_key["code"], -1);
     assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 0);
 }

@@ -8,7 +8,7 @@ use codex_gateway::payment::epay::{self, Params};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{report, TestApp, TEST_KEY, TEST_PID};
+use crate::helpers::{report, signed_notify, TestApp};
 use crate::on_both_databases_with_sandbox;
 
 on_both_databases_with_sandbox!(
@@ -16,34 +16,6 @@ on_both_databases_with_sandbox!(
     a_flood_of_forged_notifies_fulfils_nothing,
     a_notify_racing_reconciliation_and_a_refund_ends_exactly_once,
 );
-
-fn notify(out_trade_no: &str, trade_no: &str, money: &str, overrides: &[(&str, &str)]) -> Params {
-    let mut p: Params = [
-        ("pid", TEST_PID),
-        ("trade_no", trade_no),
-        ("out_trade_no", out_trade_no),
-        ("type", "epay"),
-        ("name", "order"),
-        ("money", money),
-        ("trade_status", "TRADE_SUCCESS"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in overrides {
-        p.insert(k.to_string(), v.to_string());
-    }
-    epay::signed(p, TEST_KEY)
-}
-
-async fn send_notify(app: &TestApp, params: &Params) -> (StatusCode, String) {
-    let r = app.client.get(app.url("/api/payment/credit/notify")).query(params).send().await.unwrap();
-    (r.status(), r.text().await.unwrap())
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(app.db.pool()).await.unwrap()
-}
 
 async fn submit_to_sandbox(app: &TestApp, purchase: &Value) -> String {
     let params: HashMap<String, String> = serde_json::from_value(purchase["gateway"]["params"].clone()).unwrap();
@@ -89,16 +61,16 @@ async fn a_storm_of_one_hundred_identical_notifies_fulfils_each_order_once(app: 
     let package_otn = buy.body["order"]["out_trade_no"].as_str().unwrap().to_string();
 
     let n = storm_size();
-    let a = notify(&topup_otn, "G1", "10.00", &[]);
-    let b = notify(&package_otn, "G2", "30.00", &[]);
-    let storm = futures::future::join_all((0..n).flat_map(|_| [send_notify(&app, &a), send_notify(&app, &b)])).await;
+    let a = signed_notify(&topup_otn, "G1", "10.00", &[]);
+    let b = signed_notify(&package_otn, "G2", "30.00", &[]);
+    let storm = futures::future::join_all((0..n).flat_map(|_| [app.send_notify(&a), app.send_notify(&b)])).await;
     let failures: Vec<_> = storm.iter().filter(|(st, body)| *st != StatusCode::OK || body != "success").collect();
     assert!(failures.is_empty(), "{} notifies not acknowledged: {:?}", failures.len(), failures.first());
     assert_eq!(app.balance(&s.user).await, "10.00");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'topup'").await, 1);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_packages").await, 1);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled'").await, 2);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM payment_notifies").await, 2 * n as i64, "every attempt is logged");
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'topup'").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies WHERE outcome = 'fulfilled'").await, 2);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 2 * n as i64, "every attempt is logged");
     let sold = app.get(&format!("/api/admin/packages/{}", s.package_id), &s.admin).await;
     assert_eq!(sold.body["sold"], 1, "{}", sold.text);
     app.assert_all_invariants().await;
@@ -110,7 +82,7 @@ async fn a_flood_of_forged_notifies_fulfils_nothing(app: TestApp) {
     let topup = app.post("/api/user/topup", &s.user, json!({"amount": "10.00"})).await;
     let otn = topup.body["order"]["out_trade_no"].as_str().unwrap().to_string();
     let mut forged: Vec<Params> = Vec::new();
-    let good = notify(&otn, "G1", "10.00", &[]);
+    let good = signed_notify(&otn, "G1", "10.00", &[]);
     let mut wrong_sign = good.clone();
     wrong_sign.insert("sign".into(), "0".repeat(32));
     forged.push(wrong_sign);
@@ -120,13 +92,13 @@ async fn a_flood_of_forged_notifies_fulfils_nothing(app: TestApp) {
     let mut tampered_money = good.clone();
     tampered_money.insert("money".into(), "1000.00".into());
     forged.push(tampered_money);
-    forged.push(notify(&otn, "G1", "1.00", &[]));
-    forged.push(notify(&otn, "G1", "10.001", &[]));
-    forged.push(notify(&otn, "G1", "-10.00", &[]));
-    forged.push(notify(&otn, "G1", "10.00", &[("pid", "9999")]));
-    forged.push(notify(&otn, "G1", "10.00", &[("trade_status", "WAIT_BUYER_PAY")]));
-    forged.push(notify("NO-SUCH-ORDER", "G1", "10.00", &[]));
-    forged.push(notify(&format!("{otn}' OR '1'='1"), "G1", "10.00", &[]));
+    forged.push(signed_notify(&otn, "G1", "1.00", &[]));
+    forged.push(signed_notify(&otn, "G1", "10.001", &[]));
+    forged.push(signed_notify(&otn, "G1", "-10.00", &[]));
+    forged.push(signed_notify(&otn, "G1", "10.00", &[("pid", "9999")]));
+    forged.push(signed_notify(&otn, "G1", "10.00", &[("trade_status", "WAIT_BUYER_PAY")]));
+    forged.push(signed_notify("NO-SUCH-ORDER", "G1", "10.00", &[]));
+    forged.push(signed_notify(&format!("{otn}' OR '1'='1"), "G1", "10.00", &[]));
     forged.push(epay::signed(good.clone(), "wrong-key"));
     // One hex digit changed (and upper-cased, which alone would be a valid signature).
     let mut flipped = good.clone();
@@ -135,18 +107,17 @@ async fn a_flood_of_forged_notifies_fulfils_nothing(app: TestApp) {
     flipped.insert("sign".into(), format!("{first}{}", &sign[1..]).to_uppercase());
     forged.push(flipped);
     let rounds = 10;
-    let answers =
-        futures::future::join_all((0..rounds).flat_map(|_| forged.iter().map(|p| send_notify(&app, p)))).await;
+    let answers = futures::future::join_all((0..rounds).flat_map(|_| forged.iter().map(|p| app.send_notify(p)))).await;
     assert!(
         answers.iter().all(|(st, body)| *st != StatusCode::INTERNAL_SERVER_ERROR && body != "success"),
         "{answers:?}"
     );
     assert_eq!(app.balance(&s.user).await, "0.00");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries").await, 0);
     let order = app.get(&format!("/api/user/orders/{otn}"), &s.user).await;
     assert_eq!(order.body["status"], "pending", "{}", order.text);
     // The genuine notify still works afterwards.
-    assert_eq!(send_notify(&app, &good).await.1, "success");
+    assert_eq!(app.send_notify(&good).await.1, "success");
     assert_eq!(app.balance(&s.user).await, "10.00");
     app.assert_all_invariants().await;
     let tried = (rounds * forged.len()) as u64;
@@ -170,10 +141,10 @@ async fn a_notify_racing_reconciliation_and_a_refund_ends_exactly_once(app: Test
             .await
             .unwrap();
         assert_eq!(paid.status(), StatusCode::SEE_OTHER);
-        let params = notify(&otn, &trade_no, "5.00", &[]);
+        let params = signed_notify(&otn, &trade_no, "5.00", &[]);
         let refund_path = format!("/api/admin/orders/{otn}/refund");
         // The refund starts after a varying head start of the notifies.
-        let notifies = futures::future::join_all((0..20).map(|_| send_notify(&app, &params)));
+        let notifies = futures::future::join_all((0..20).map(|_| app.send_notify(&params)));
         let reconciles = futures::future::join_all((0..3).map(|_| jobs::reconcile_once(&app.state)));
         let refund = async {
             for _ in 0..round {
@@ -200,8 +171,8 @@ async fn a_notify_racing_reconciliation_and_a_refund_ends_exactly_once(app: Test
         outcomes.push(refund.status);
     }
     assert_eq!(app.balance(&s.user).await, "0.00");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'topup'").await, rounds);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'refund'").await, rounds);
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'topup'").await, rounds);
+    assert_eq!(app.count("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'refund'").await, rounds);
     app.assert_all_invariants().await;
     report(
         "notify_reconcile_refund_race",
