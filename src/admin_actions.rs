@@ -28,7 +28,6 @@ pub async fn update_user(state: &AppState, actor: &Actor, id: i64, patch: &UserP
     let before = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
     let now = state.now();
     let after = users::update(&state.db, id, patch, now).await?;
-    let mut conn = state.db.pool().acquire().await?;
     let event = AuditEvent {
         actor_id: Some(actor.id),
         action: "user.update",
@@ -37,7 +36,7 @@ pub async fn update_user(state: &AppState, actor: &Actor, id: i64, patch: &UserP
         after: audit::snapshot(&after.view(state.calendar())),
         ip: actor.ip.clone(),
     };
-    audit::record(&mut conn, &event, now).await?;
+    audit::record_standalone(&state.db, &event, now).await?;
     Ok(after)
 }
 
@@ -92,7 +91,6 @@ pub async fn update_settings(state: &AppState, actor: &Actor, patch: Value) -> R
     let next = crate::api::settings::apply_patch(&current, patch)?;
     let now = state.now();
     let saved = state.settings.save(next, now).await?;
-    let mut conn = state.db.pool().acquire().await?;
     let public_url = &state.config.public_url;
     let event = AuditEvent {
         actor_id: Some(actor.id),
@@ -102,6 +100,6 @@ pub async fn update_settings(state: &AppState, actor: &Actor, patch: Value) -> R
         after: Some(crate::api::settings::public_view(&saved, public_url)),
         ip: actor.ip.clone(),
     };
-    audit::record(&mut conn, &event, now).await?;
+    audit::record_standalone(&state.db, &event, now).await?;
     Ok(saved)
 }

@@ -36,6 +36,13 @@ pub async fn record(conn: &mut AnyConnection, event: &AuditEvent<'_>, now: DateT
     Ok(())
 }
 
+/// Records an event on a connection of its own, for admin writes that were not part of
+/// a larger transaction.
+pub async fn record_standalone(db: &crate::db::Db, event: &AuditEvent<'_>, now: DateTime<Utc>) -> Result<()> {
+    let mut conn = db.pool().acquire().await?;
+    record(&mut conn, event, now).await
+}
+
 /// Serialises a view for the before/after columns.
 pub fn snapshot<T: Serialize>(value: &T) -> Option<serde_json::Value> {
     serde_json::to_value(value).ok()

@@ -97,7 +97,6 @@ pub async fn audit_package(
     before: Option<&Package>,
     after: &Package,
 ) -> Result<(), Error> {
-    let mut conn = state.db.pool().acquire().await?;
     let event = AuditEvent {
         actor_id: Some(by.actor_id),
         action,
@@ -106,7 +105,7 @@ pub async fn audit_package(
         after: audit::snapshot(&after.view(state.calendar())),
         ip: by.ip,
     };
-    audit::record(&mut conn, &event, state.now()).await
+    audit::record_standalone(&state.db, &event, state.now()).await
 }
 
 async fn create(

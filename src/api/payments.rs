@@ -152,7 +152,6 @@ async fn refund(
     ApiPath(otn): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let order = orders::refund::refund(&state, &otn, RefundBy { actor_id: admin.user.id }).await?;
-    let mut conn = state.db.pool().acquire().await?;
     let event = AuditEvent {
         actor_id: Some(admin.user.id),
         action: "order.refund",
@@ -161,6 +160,6 @@ async fn refund(
         after: audit::snapshot(&order.view(state.calendar())),
         ip: client.ip(),
     };
-    audit::record(&mut conn, &event, state.now()).await?;
+    audit::record_standalone(&state.db, &event, state.now()).await?;
     Ok(Json(json!({ "order": order.view(state.calendar()) })))
 }

@@ -114,7 +114,6 @@ async fn audit_write(
     (action, model): (&str, &str),
     (before, after): Snapshots,
 ) -> Result<(), Error> {
-    let mut conn = state.db.pool().acquire().await?;
     let event = AuditEvent {
         actor_id: Some(admin.0.user.id),
         action,
@@ -123,5 +122,5 @@ async fn audit_write(
         after,
         ip: addr.ip(),
     };
-    audit::record(&mut conn, &event, state.now()).await
+    audit::record_standalone(&state.db, &event, state.now()).await
 }

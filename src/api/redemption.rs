@@ -108,8 +108,7 @@ async fn list(
                 after: Some(json!({ "batch_id": query.batch, "rows": rows.len() })),
                 ip: client.ip(),
             };
-            let mut conn = state.db.pool().acquire().await?;
-            audit::record(&mut conn, &event, state.now()).await?;
+            audit::record_standalone(&state.db, &event, state.now()).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

@@ -125,7 +125,6 @@ async fn audit_write(
     (action, id): (&str, i64),
     (before, after): Snapshots,
 ) -> Result<(), Error> {
-    let mut conn = state.db.pool().acquire().await?;
     let event = AuditEvent {
         actor_id: Some(admin.0.user.id),
         action,
@@ -134,5 +133,5 @@ async fn audit_write(
         after,
         ip: addr.ip(),
     };
-    audit::record(&mut conn, &event, state.now()).await
+    audit::record_standalone(&state.db, &event, state.now()).await
 }

@@ -44,7 +44,6 @@ struct Change<'a> {
 
 async fn record(state: &AppState, change: Change<'_>) -> Result<()> {
     state.catalog.invalidate();
-    let mut conn = state.db.pool().acquire().await?;
     let event = AuditEvent {
         actor_id: Some(change.actor_id),
         action: change.action,
@@ -53,7 +52,7 @@ async fn record(state: &AppState, change: Change<'_>) -> Result<()> {
         after: change.after,
         ip: change.ip,
     };
-    audit::record(&mut conn, &event, state.now()).await
+    audit::record_standalone(&state.db, &event, state.now()).await
 }
 
 #[derive(Deserialize)]

@@ -350,7 +350,6 @@ async fn refund_order(
     let ctx = &signed.ctx;
     let result = async {
         let order = orders::refund::refund(&state, &otn, RefundBy { actor_id: signed.user.id }).await?;
-        let mut conn = state.db.pool().acquire().await?;
         let event = AuditEvent {
             actor_id: Some(signed.user.id),
             action: "order.refund",
@@ -359,7 +358,7 @@ async fn refund_order(
             after: audit::snapshot(&order.view(state.calendar())),
             ip: client.ip(),
         };
-        audit::record(&mut conn, &event, state.now()).await
+        audit::record_standalone(&state.db, &event, state.now()).await
     }
     .await;
     let outcome = match result {
