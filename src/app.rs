@@ -35,6 +35,10 @@ pub struct AppState {
     pub catalog: crate::proxy::catalog::Catalog,
     /// Proxy request-rate and concurrent-stream limiters (per instance).
     pub limits: crate::proxy::limits::ProxyLimits,
+    /// Runs admissions and settlements, batched per transaction.
+    pub billing: crate::billing::writer::BillingWriter,
+    /// Who presented keys belong to, for the proxy's hot path.
+    pub keys: crate::auth::api_keys::KeyCache,
 }
 
 impl AppState {
@@ -80,6 +84,7 @@ impl Application {
             .connect_timeout(config.upstream_connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
+        let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -91,6 +96,8 @@ impl Application {
             http,
             catalog,
             limits: crate::proxy::limits::ProxyLimits::default(),
+            billing,
+            keys: Default::default(),
         };
         Ok(Application { listener, state })
     }

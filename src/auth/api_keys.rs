@@ -197,19 +197,101 @@ pub enum KeyRefusal {
     SpendLimitReached,
 }
 
+impl KeyRefusal {
+    /// Stable code clients can match on.
+    pub fn code(self) -> &'static str {
+        match self {
+            KeyRefusal::Unknown => "invalid_api_key",
+            KeyRefusal::Revoked => "api_key_revoked",
+            KeyRefusal::Expired => "api_key_expired",
+            KeyRefusal::UserSuspended => "account_suspended",
+            KeyRefusal::SpendLimitReached => "key_spend_limit_reached",
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            KeyRefusal::Unknown => "Incorrect API key provided",
+            KeyRefusal::Revoked => "This API key has been revoked",
+            KeyRefusal::Expired => "This API key has expired",
+            KeyRefusal::UserSuspended => "This account is suspended",
+            KeyRefusal::SpendLimitReached => "This API key has reached its spending limit",
+        }
+    }
+}
+
+/// Keys that authenticated recently, by hash, so the proxy's hot path skips the
+/// lookup query. Safe to be stale: billing admission re-reads the key and the user
+/// under the user's row lock and refuses a revoked, expired or over-limit key or a
+/// suspended user on every instance at once; an entry only decides who the caller is,
+/// which never changes for a key. Unknown keys are never cached.
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    entries: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (KeyOwner, std::time::Instant)>>>,
+}
+
+/// How long an entry is trusted for the checks made before admission.
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Entries kept at most; the map is emptied when full (cheap, and rare).
+const KEY_CACHE_MAX: usize = 100_000;
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<KeyOwner> {
+        let entries = self.entries.read().ok()?;
+        let (owner, at) = entries.get(hash)?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| owner.clone())
+    }
+
+    fn put(&self, hash: String, owner: KeyOwner) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.clear();
+            }
+            entries.insert(hash, (owner, std::time::Instant::now()));
+        }
+    }
+}
+
+/// [`authenticate`] through the cache (the proxy's hot path).
+pub async fn authenticate_cached(
+    db: &Db,
+    cache: &KeyCache,
+    presented: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<KeyOwner, KeyRefusal>> {
+    if !presented.starts_with("sk-") {
+        return Ok(Err(KeyRefusal::Unknown));
+    }
+    let hash = hash_token(presented);
+    if let Some(owner) = cache.get(&hash) {
+        return Ok(check_owner(Some(owner), now));
+    }
+    let owner = lookup(db, &hash).await?;
+    if let Some(owner) = &owner {
+        cache.put(hash, owner.clone());
+    }
+    Ok(check_owner(owner, now))
+}
+
 /// Looks a presented key up by its hash and checks it may be used now.
 pub async fn authenticate(db: &Db, presented: &str, now: DateTime<Utc>) -> Result<Result<KeyOwner, KeyRefusal>> {
     if !presented.starts_with("sk-") {
         return Ok(Err(KeyRefusal::Unknown));
     }
-    let owner = sqlx::query_as::<_, KeyOwner>(
+    let owner = lookup(db, &hash_token(presented)).await?;
+    Ok(check_owner(owner, now))
+}
+
+async fn lookup(db: &Db, hash: &str) -> Result<Option<KeyOwner>> {
+    Ok(sqlx::query_as::<_, KeyOwner>(
         "SELECT k.id AS key_id, k.user_id, k.status AS key_status, k.spend_limit, k.spent, k.expires_at, \
            u.status AS user_status, u.role FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",
     )
-    .bind(hash_token(presented))
+    .bind(hash)
     .fetch_optional(db.pool())
-    .await?;
-    Ok(check_owner(owner, now))
+    .await?)
 }
 
 /// The rules applied to a looked-up key, separate so they can be unit-tested.

@@ -60,20 +60,14 @@ impl ProxyError {
 
     /// Why an API key was refused.
     pub fn from_refusal(refusal: KeyRefusal) -> Self {
-        match refusal {
-            KeyRefusal::Unknown => Self::unauthorized("invalid_api_key", "Incorrect API key provided"),
-            KeyRefusal::Revoked => Self::unauthorized("api_key_revoked", "This API key has been revoked"),
-            KeyRefusal::Expired => Self::unauthorized("api_key_expired", "This API key has expired"),
-            KeyRefusal::UserSuspended => {
-                Self::new(StatusCode::FORBIDDEN, "permission_error", "account_suspended", "This account is suspended")
+        let (status, kind) = match refusal {
+            KeyRefusal::Unknown | KeyRefusal::Revoked | KeyRefusal::Expired => {
+                (StatusCode::UNAUTHORIZED, "authentication_error")
             }
-            KeyRefusal::SpendLimitReached => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "insufficient_quota",
-                "key_spend_limit_reached",
-                "This API key has reached its spending limit",
-            ),
-        }
+            KeyRefusal::UserSuspended => (StatusCode::FORBIDDEN, "permission_error"),
+            KeyRefusal::SpendLimitReached => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+        };
+        Self::new(status, kind, refusal.code(), refusal.message())
     }
 }
 

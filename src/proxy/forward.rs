@@ -25,22 +25,30 @@ use crate::auth::api_keys::{self, KeyOwner};
 use crate::billing::{self, AdmissionRequest, Hold, UsageRecord};
 use crate::money::Money;
 
-/// Checks the `sk-...` key of a `/v1` request.
+/// Checks the `sk-...` key of a `/v1` request against the database.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyOwner, ProxyError> {
-    let Some(key) = bearer_key(headers) else {
-        return Err(ProxyError::unauthorized(
-            "missing_api_key",
-            "You didn't provide an API key: send Authorization: Bearer sk-...",
-        ));
-    };
-    api_keys::authenticate(&state.db, key, state.now()).await?.map_err(ProxyError::from_refusal)
+    api_keys::authenticate(&state.db, presented_key(headers)?, state.now()).await?.map_err(ProxyError::from_refusal)
+}
+
+/// The same check through the key cache: billing admission re-checks the key under
+/// the user's lock, so only requests that reach admission may use this.
+async fn authenticate_cached(state: &AppState, headers: &HeaderMap) -> Result<KeyOwner, ProxyError> {
+    api_keys::authenticate_cached(&state.db, &state.keys, presented_key(headers)?, state.now())
+        .await?
+        .map_err(ProxyError::from_refusal)
+}
+
+fn presented_key(headers: &HeaderMap) -> Result<&str, ProxyError> {
+    bearer_key(headers).ok_or_else(|| {
+        ProxyError::unauthorized("missing_api_key", "You didn't provide an API key: send Authorization: Bearer sk-...")
+    })
 }
 
 /// Handles one `/v1/responses` or `/v1/chat/completions` request end to end.
 pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Result<Response, ProxyError> {
     // Latencies in the usage log count from arrival, gateway work included.
     let arrived = Instant::now();
-    let owner = authenticate(&state, &headers).await?;
+    let owner = authenticate_cached(&state, &headers).await?;
     let settings = state.settings.get().await?;
     state.limits.check_rate(&settings.rate_limits, owner.user_id, owner.key_id)?;
     let bytes = read_body(&headers, body, state.config.max_body_bytes).await?;
@@ -70,11 +78,12 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         reasoning: 0,
     };
     let hold_amount = pricing::cost(&price, &worst_case, settings.markup);
-    let hold = billing::admit(
+    let hold = billing::admit_checked(
         &state,
         &AdmissionRequest { user_id: owner.user_id, api_key_id: owner.key_id, hold: hold_amount },
     )
-    .await?;
+    .await?
+    .map_err(ProxyError::from_refusal)?;
     let admitted = Admitted {
         state: state.clone(),
         api,
@@ -133,7 +142,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         candidates,
         arrived,
     } = a;
-    let request_id = format!("req_{}", crate::auth::random_token(24));
+    let request_id = hold.request_id.clone();
     let mut record = UsageRecord {
         request_id: request_id.clone(),
         endpoint: api.path().to_string(),
