@@ -85,6 +85,9 @@ impl Application {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
+        if db.backend() == db::Backend::Postgres {
+            crate::cluster::spawn_listener(config.database_url.clone(), settings.clone(), catalog.clone());
+        }
         let state = AppState {
             db,
             config: Arc::new(config),

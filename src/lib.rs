@@ -14,7 +14,8 @@
 //! - [`redemption`], [`announcements`] (with [`markdown`]), [`oauth`]: redemption codes, site
 //!   announcements, LINUX DO sign-in.
 //! - [`api`]: the JSON API under `/api`; [`web`]: server-rendered pages.
-//! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids.
+//! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids;
+//!   [`cluster`]: cache invalidation across instances.
 //! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
@@ -26,6 +27,7 @@ pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod coupons;
 pub mod db;

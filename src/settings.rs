@@ -188,6 +188,8 @@ pub struct SettingsStore {
     db: Db,
     secrets: SecretBox,
     cache: Arc<RwLock<(Arc<Settings>, Instant)>>,
+    /// Set when another instance changed the settings (see [`crate::cluster`]).
+    stale: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Settings {
@@ -202,23 +204,31 @@ impl Settings {
 impl SettingsStore {
     pub async fn load(db: Db, secrets: SecretBox) -> Result<Self> {
         let settings = read(&db, &secrets).await?;
-        Ok(SettingsStore { db, secrets, cache: Arc::new(RwLock::new((Arc::new(settings), Instant::now()))) })
+        let cache = Arc::new(RwLock::new((Arc::new(settings), Instant::now())));
+        Ok(SettingsStore { db, secrets, cache, stale: Arc::default() })
     }
 
     /// Current settings (re-read when the cached copy is older than a few seconds).
     pub async fn get(&self) -> Result<Arc<Settings>> {
         {
             let guard = self.cache.read().await;
-            if guard.1.elapsed() < CACHE_TTL {
+            if guard.1.elapsed() < CACHE_TTL && !self.stale.load(std::sync::atomic::Ordering::Acquire) {
                 return Ok(guard.0.clone());
             }
         }
+        self.stale.store(false, std::sync::atomic::Ordering::Release);
         let fresh = Arc::new(read(&self.db, &self.secrets).await?);
         *self.cache.write().await = (fresh.clone(), Instant::now());
         Ok(fresh)
     }
 
-    /// Stores new settings and refreshes this process's cache at once.
+    /// Makes the next [`SettingsStore::get`] re-read (another instance saved).
+    pub fn invalidate_local(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Stores new settings, refreshes this process's cache at once and tells the
+    /// other instances to drop theirs.
     pub async fn save(&self, settings: Settings, now: DateTime<Utc>) -> Result<Arc<Settings>> {
         let sealed = settings.clone().map_secrets(|s| self.secrets.seal(s));
         let json = serde_json::to_string(&sealed).map_err(|e| crate::error::Error::internal(e.to_string()))?;
@@ -233,6 +243,7 @@ impl SettingsStore {
         .await?;
         let settings = Arc::new(settings);
         *self.cache.write().await = (settings.clone(), Instant::now());
+        crate::cluster::publish(&self.db, crate::cluster::Topic::Settings).await;
         Ok(settings)
     }
 }

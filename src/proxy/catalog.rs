@@ -116,8 +116,15 @@ impl Catalog {
         guard.0.clone()
     }
 
-    /// Makes the next [`Catalog::get`] reload (after admin writes and health changes).
+    /// Makes the next [`Catalog::get`] reload, here and on every other instance
+    /// (after admin writes and health changes).
     pub fn invalidate(&self) {
+        self.invalidate_local();
+        crate::cluster::publish_later(&self.db, crate::cluster::Topic::Catalog);
+    }
+
+    /// Makes this process's next [`Catalog::get`] reload (another instance changed it).
+    pub fn invalidate_local(&self) {
         self.stale.store(true, Ordering::Release);
     }
 }

@@ -36,11 +36,6 @@ async fn three_instances_on_one_postgres_bill_exactly_under_concurrent_load() {
     let upstream = mock(MockOptions::default()).await;
     let admin = apps[0].admin_token().await;
     add_upstream(&apps[0], &admin, "mock", &upstream, 0).await;
-    // Other instances pick catalog changes up on their next refresh (every few seconds);
-    // the test triggers that refresh instead of waiting for it.
-    for app in apps.iter() {
-        app.state.catalog.invalidate();
-    }
     let mut buyers = Vec::new();
     for i in 0..4 {
         buyers.push(buyer(&apps[i % 3], &admin, &format!("load{i}@example.com"), "0.10").await);
@@ -143,4 +138,78 @@ async fn the_last_unit_of_stock_sells_once_across_instances_and_revocations_reac
         assert_eq!(app.get("/api/user/me", &buyers[2].token).await.status, StatusCode::UNAUTHORIZED);
     }
     apps[0].assert_money_invariants().await;
+}
+
+/// Polls `check` for up to a second: other instances learn of a change by a
+/// PostgreSQL notification, which arrives asynchronously but within milliseconds
+/// (their caches would otherwise keep the old value for 3 to 5 seconds).
+async fn within_a_second<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_catalog_and_key_changes_reach_the_other_instances_at_once() {
+    let apps = spawn_cluster(2).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let admin = a.admin_token().await;
+    let upstream = mock(MockOptions::default()).await;
+    add_upstream(a, &admin, "mock", &upstream, 0).await;
+    let user = buyer(b, &admin, "spread@example.com", "5.00").await;
+
+    // B has fresh copies of the settings and the catalog (read just now).
+    assert_eq!(b.get("/api/admin/settings", &admin).await.body["hold_output_tokens"], 4096);
+    let models = |app: &TestApp| {
+        let request = app.client.get(app.url("/v1/models")).bearer_auth(&user.key);
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    assert!(!models(b).await.to_string().contains("spread-model"));
+
+    let r = a.put("/api/admin/settings", &admin, json!({"hold_output_tokens": 1000})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = a
+        .post(
+            "/api/admin/prices",
+            &admin,
+            json!({"model": "spread-model", "input": "1.00", "cached_input": "0.10", "output": "2.00"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    assert!(
+        within_a_second(|| async { b.get("/api/admin/settings", &admin).await.body["hold_output_tokens"] == 1000 })
+            .await,
+        "B still serves the old settings"
+    );
+    assert!(
+        within_a_second(|| async { models(b).await.to_string().contains("spread-model") }).await,
+        "B still serves the old catalog"
+    );
+
+    // A key B has just used (and cached) is refused by B right after A revokes it.
+    let call = || {
+        b.client
+            .post(b.url("/v1/responses"))
+            .bearer_auth(&user.key)
+            .json(&json!({"model": "gpt-5", "input": "hi"}))
+            .send()
+    };
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    let keys = a.get("/api/user/keys", &user.token).await;
+    let key_id = keys.body["items"][0]["id"].as_i64().unwrap();
+    assert_eq!(a.delete(&format!("/api/user/keys/{key_id}"), &user.token).await.status, StatusCode::NO_CONTENT);
+    let refused = call().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "api_key_revoked");
+    b.assert_money_invariants().await;
 }
