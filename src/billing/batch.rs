@@ -388,12 +388,16 @@ impl Plan {
             return Err(super::refusal_error(refusal, calendar, now));
         }
         let user_package_id = package.map(|p| p.id);
+        let headroom = rules::remaining_allowance(facts.daily_limit, facts.package_used_today)
+            .saturating_add(facts.balance)
+            .saturating_sub(facts.held)
+            .saturating_sub(request.hold);
         let amount = request.hold.micros();
         if let Some(user) = self.facts.users.get_mut(&request.user_id) {
             user.held = user.held.saturating_add(amount);
         }
         self.users.entry(request.user_id).or_default().held += amount;
-        let request_id = format!("req_{}", crate::auth::random_token(24));
+        let request_id = request.request_id.clone().unwrap_or_else(|| format!("req_{}", crate::auth::random_token(24)));
         self.holds.push(NewHold {
             user_id: request.user_id,
             api_key_id: request.api_key_id,
@@ -412,6 +416,7 @@ impl Plan {
             admitted_at: now,
             business_date: today,
             user_package_id,
+            headroom,
         }))
     }
 
@@ -691,7 +696,7 @@ mod tests {
     }
 
     fn admit(plan: &mut Plan, now: DateTime<Utc>, hold: &str) -> Result<std::result::Result<Hold, KeyRefusal>> {
-        let request = AdmissionRequest { user_id: 1, api_key_id: 10, hold: m(hold) };
+        let request = AdmissionRequest { request_id: None, user_id: 1, api_key_id: 10, hold: m(hold) };
         plan.admit(&request, now, None, &calendar())
     }
 

@@ -40,6 +40,8 @@ pub const HOLD_LIFETIME_HOURS: i64 = 6;
 /// What the proxy asks for before forwarding.
 #[derive(Debug, Clone)]
 pub struct AdmissionRequest {
+    /// The request's id when the caller already named it (else one is generated).
+    pub request_id: Option<String>,
     pub user_id: i64,
     pub api_key_id: i64,
     /// Worst-case cost the proxy estimates for the request.
@@ -59,6 +61,10 @@ pub struct Hold {
     pub business_date: NaiveDate,
     /// The package in force at admission (charged first at settlement).
     pub user_package_id: Option<i64>,
+    /// What the user could still have admitted after this hold (allowance left +
+    /// balance − held): the proxy's hint for forwarding the next request while its
+    /// admission is still being committed.
+    pub headroom: Money,
 }
 
 /// What a finished request used and cost, as measured by the proxy.
@@ -148,10 +154,16 @@ pub async fn admit_checked(
 ) -> Result<std::result::Result<Hold, KeyRefusal>> {
     let settings = state.settings.get().await?;
     let job = Job::Admit { request: request.clone(), now: state.now(), default_cap: settings.default_daily_cap };
-    match state.billing.submit(job).await? {
-        Outcome::Admit(result) => result,
-        Outcome::Settle(_) => Err(Error::internal("billing writer answered an admission with a settlement")),
+    let result = match state.billing.submit(job).await {
+        Ok(Outcome::Admit(result)) => result,
+        Ok(Outcome::Settle(_)) => Err(Error::internal("billing writer answered an admission with a settlement")),
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(Ok(hold)) => state.billing.remember_headroom(request.user_id, hold.headroom),
+        _ => state.billing.forget_headroom(request.user_id),
     }
+    result
 }
 
 fn refusal_error(refusal: Refusal, calendar: &BusinessCalendar, now: DateTime<Utc>) -> Error {

@@ -11,12 +11,16 @@
 //! A batch that fails as a whole (say, a duplicate request id slipped in) is retried
 //! job by job, so one bad job cannot fail the others.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{self, Job, Outcome};
 use crate::clock::BusinessCalendar;
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::money::Money;
 
 /// The most jobs committed together (bounded so one transaction stays short).
 const MAX_BATCH: usize = 256;
@@ -28,14 +32,41 @@ const QUEUE: usize = 16_384;
 #[derive(Clone)]
 pub struct BillingWriter {
     sender: mpsc::Sender<(Job, oneshot::Sender<Outcome>)>,
+    /// Each user's headroom after their last admission on this instance (a hint only).
+    headroom: Arc<RwLock<HashMap<i64, Money>>>,
 }
+
+/// Users remembered at most (the map is emptied when full; it is only a hint).
+const HEADROOM_USERS: usize = 100_000;
 
 impl BillingWriter {
     /// Starts the writer task on the current runtime.
     pub fn start(db: Db, calendar: BusinessCalendar) -> BillingWriter {
         let (sender, receiver) = mpsc::channel(QUEUE);
         tokio::spawn(run(db, calendar, receiver));
-        BillingWriter { sender }
+        BillingWriter { sender, headroom: Arc::default() }
+    }
+
+    /// True when this user's last admission left at least `needed` to spare, so a new
+    /// request may go upstream while its own admission commits. Only a hint: the
+    /// admission still decides before anything reaches the client.
+    pub fn has_headroom(&self, user_id: i64, needed: Money) -> bool {
+        self.headroom.read().ok().and_then(|map| map.get(&user_id).copied()).is_some_and(|room| room >= needed)
+    }
+
+    pub(super) fn remember_headroom(&self, user_id: i64, room: Money) {
+        if let Ok(mut map) = self.headroom.write() {
+            if map.len() >= HEADROOM_USERS {
+                map.clear();
+            }
+            map.insert(user_id, room);
+        }
+    }
+
+    pub(super) fn forget_headroom(&self, user_id: i64) {
+        if let Ok(mut map) = self.headroom.write() {
+            map.remove(&user_id);
+        }
     }
 
     /// Queues a job and waits for its batch to commit.

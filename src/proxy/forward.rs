@@ -78,16 +78,29 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         reasoning: 0,
     };
     let hold_amount = pricing::cost(&price, &worst_case, settings.markup);
-    let hold = billing::admit_checked(
-        &state,
-        &AdmissionRequest { user_id: owner.user_id, api_key_id: owner.key_id, hold: hold_amount },
-    )
-    .await?
-    .map_err(ProxyError::from_refusal)?;
+    let request_id = format!("req_{}", crate::auth::random_token(24));
+    let admission_request = AdmissionRequest {
+        request_id: Some(request_id.clone()),
+        user_id: owner.user_id,
+        api_key_id: owner.key_id,
+        hold: hold_amount,
+    };
+    let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
+    let admission = if state.billing.has_headroom(owner.user_id, headroom_needed) {
+        // Go upstream while the admission commits; it still decides before the client
+        // sees a byte. Awaited by the tracked forwarding task, so never abandoned.
+        let state = state.clone();
+        Admission::Pending(tokio::spawn(async move { billing::admit_checked(&state, &admission_request).await }))
+    } else {
+        // Awaited here: a client gone meanwhile drops the answer and the writer
+        // releases the hold at once.
+        Admission::Ready(billing::admit_checked(&state, &admission_request).await?.map_err(ProxyError::from_refusal)?)
+    };
     let admitted = Admitted {
         state: state.clone(),
         api,
-        hold,
+        request_id,
+        admission,
         request,
         request_bytes: bytes.len(),
         upstream_body,
@@ -110,11 +123,35 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     }
 }
 
-/// An admitted request on its way upstream.
+/// How many holds' worth of headroom a user's previous admission must have left for
+/// the next request to go upstream before its own admission has committed.
+const SPECULATION_MARGIN: i64 = 16;
+
+/// A request's admission: decided, or still being committed by the billing writer.
+enum Admission {
+    Ready(Hold),
+    Pending(tokio::task::JoinHandle<crate::error::Result<Result<Hold, api_keys::KeyRefusal>>>),
+}
+
+impl Admission {
+    /// The hold, or the refusal to answer instead of anything the upstream said.
+    async fn decided(self) -> Result<Hold, ProxyError> {
+        match self {
+            Admission::Ready(hold) => Ok(hold),
+            Admission::Pending(task) => match task.await {
+                Ok(result) => result?.map_err(ProxyError::from_refusal),
+                Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("admission task failed: {e}")))),
+            },
+        }
+    }
+}
+
+/// A request on its way upstream, admitted or being admitted.
 struct Admitted {
     state: AppState,
     api: Api,
-    hold: Hold,
+    request_id: String,
+    admission: Admission,
     request: ClientRequest,
     request_bytes: usize,
     upstream_body: Bytes,
@@ -131,7 +168,8 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
     let Admitted {
         state,
         api,
-        hold,
+        request_id,
+        admission,
         request,
         request_bytes,
         upstream_body,
@@ -142,7 +180,6 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         candidates,
         arrived,
     } = a;
-    let request_id = hold.request_id.clone();
     let mut record = UsageRecord {
         request_id: request_id.clone(),
         endpoint: api.path().to_string(),
@@ -161,6 +198,8 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         let call = Call { state: &state, upstream, api, headers: &outgoing, body };
         match attempt(call).await {
             Ok(answer) => {
+                // Dropping the answer on a refusal closes the upstream connection.
+                let hold = admission.decided().await?;
                 if upstream.consecutive_failures > 0 || !upstream.healthy {
                     mark_recovered(&state, upstream.id);
                 }
@@ -189,6 +228,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
             }
         }
     }
+    let hold = admission.decided().await?;
     let error = match last_failure {
         Some(Failure::Timeout) => ProxyError::gateway_timeout("the upstream did not answer in time"),
         Some(f) => ProxyError::bad_gateway(format!("every upstream failed; last error: {}", f.message())),

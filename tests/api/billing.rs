@@ -67,8 +67,11 @@ fn record(id: &str, cost: &str) -> UsageRecord {
 }
 
 async fn admit(app: &TestApp, user_id: i64, key_id: i64, hold: &str) -> Result<Hold, codex_gateway::error::Error> {
-    billing::admit(&app.state, &AdmissionRequest { user_id, api_key_id: key_id, hold: Money::parse(hold).unwrap() })
-        .await
+    billing::admit(
+        &app.state,
+        &AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse(hold).unwrap() },
+    )
+    .await
 }
 
 async fn charge(app: &TestApp, user_id: i64, key_id: i64, id: &str, cost: &str) -> billing::Settlement {

@@ -45,7 +45,8 @@ async fn give_package(app: &TestApp, user_id: i64, name: &str, daily_limit: &str
 }
 
 async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, model: &str, cost: &str) {
-    let request = AdmissionRequest { user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
+    let request =
+        AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
     let hold = billing::admit(&app.state, &request).await.unwrap();
     let record = UsageRecord {
         request_id: request_id.into(),
