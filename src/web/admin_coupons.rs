@@ -47,7 +47,10 @@ pub struct CouponRow {
 impl CouponRow {
     fn new(c: &Coupon, ctx: &Ctx, state: &AppState, names: &HashMap<i64, String>) -> Self {
         let discount = match (c.percent_off, c.amount_off) {
-            (Some(p), _) => format!("{}%", Money::from_micros(p)),
+            (Some(p), _) => {
+                let p = Money::from_micros(p).to_string();
+                format!("{}%", p.strip_suffix(".00").unwrap_or(&p))
+            }
             (None, Some(a)) => format!("{} USD", view::money(a)),
             (None, None) => "—".into(),
         };
