@@ -88,6 +88,7 @@ pub struct AnnouncementRow {
     pub html: String,
     /// `showing`, `scheduled`, `ended` or `off`.
     pub state: &'static str,
+    /// `from → until`, empty when shown without dates.
     pub window: String,
     pub updated: String,
 }
@@ -105,13 +106,18 @@ impl AnnouncementRow {
         } else {
             "showing"
         };
-        let or_dots = |s: String| if s.is_empty() { "…".to_string() } else { s };
+        let or_dots = |s: &str| if s.is_empty() { "…".to_string() } else { s.to_string() };
+        let window = if form.starts_on.is_empty() && form.ends_on.is_empty() {
+            String::new()
+        } else {
+            format!("{} → {}", or_dots(&form.starts_on), or_dots(&form.ends_on))
+        };
         AnnouncementRow {
             id: a.id,
             title: a.title.clone(),
             html: announcements::render_markdown(&a.body),
             state: phase,
-            window: format!("{} → {}", or_dots(form.starts_on), or_dots(form.ends_on)),
+            window,
             updated: super::view::time(state.calendar(), a.updated_at),
         }
     }

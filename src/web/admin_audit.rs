@@ -24,8 +24,10 @@ pub fn router() -> Router<AppState> {
 const PER_PAGE: i64 = 50;
 /// Longest value shown inline in a change line; the full JSON is one click away.
 const MAX_VALUE_CHARS: usize = 80;
-/// Fields that change on every write and say nothing.
-const NOISE: &[&str] = &["updated_at"];
+/// Fields that change on every write or repeat another field, and say nothing.
+const NOISE: &[&str] = &["updated_at", "created_at", "id", "body_html"];
+/// Change lines shown per entry; the rest is counted and one click away.
+const MAX_LINES: usize = 5;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -63,24 +65,40 @@ fn short(value: &Value) -> String {
     }
 }
 
-/// What changed between the before and after snapshots, one line per field.
+/// What changed between the before and after snapshots, one line per field, at most
+/// [`MAX_LINES`] of them plus a `+N` line.
 pub fn changes(before: Option<&Value>, after: Option<&Value>) -> Vec<String> {
+    let mut lines = all_changes(before, after);
+    if lines.len() > MAX_LINES {
+        let more = lines.len() - (MAX_LINES - 1);
+        lines.truncate(MAX_LINES - 1);
+        lines.push(format!("+{more} …"));
+    }
+    lines
+}
+
+fn all_changes(before: Option<&Value>, after: Option<&Value>) -> Vec<String> {
     match (before, after) {
         (Some(Value::Object(b)), Some(Value::Object(a))) => {
-            let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
-            keys.dedup();
+            let (mut old, mut new) = (Vec::new(), Vec::new());
+            flatten("", b, &mut old);
+            flatten("", a, &mut new);
             let mut seen = std::collections::HashSet::new();
-            keys.into_iter()
-                .filter(|k| seen.insert(*k) && !NOISE.contains(&k.as_str()))
+            let keys: Vec<String> =
+                old.iter().chain(new.iter()).map(|(k, _)| k.clone()).filter(|k| seen.insert(k.clone())).collect();
+            let find = |list: &[(String, Value)], k: &str| {
+                list.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or(Value::Null)
+            };
+            keys.iter()
                 .filter_map(|k| {
-                    let (old, new) = (b.get(k).unwrap_or(&Value::Null), a.get(k).unwrap_or(&Value::Null));
-                    (old != new).then(|| format!("{k}: {} → {}", short(old), short(new)))
+                    let (o, n) = (find(&old, k), find(&new, k));
+                    (o != n).then(|| format!("{k}: {} → {}", short(&o), short(&n)))
                 })
                 .collect()
         }
         (None, Some(Value::Object(one))) | (Some(Value::Object(one)), None) => one
             .iter()
-            .filter(|(k, v)| !v.is_null() && !NOISE.contains(&k.as_str()) && k.as_str() != "created_at")
+            .filter(|(k, v)| !v.is_null() && !NOISE.contains(&k.as_str()))
             .map(|(k, v)| format!("{k}: {}", short(v)))
             .collect(),
         (b, a) => {
@@ -92,6 +110,20 @@ pub fn changes(before: Option<&Value>, after: Option<&Value>) -> Vec<String> {
                 (false, true) => vec![b],
                 (false, false) => vec![format!("{b} → {a}")],
             }
+        }
+    }
+}
+
+/// Nested objects as dotted keys (`credit.enabled`), skipping [`NOISE`] fields.
+fn flatten(prefix: &str, object: &serde_json::Map<String, Value>, out: &mut Vec<(String, Value)>) {
+    for (key, value) in object {
+        if NOISE.contains(&key.as_str()) {
+            continue;
+        }
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            Value::Object(inner) => flatten(&path, inner, out),
+            other => out.push((path, other.clone())),
         }
     }
 }
@@ -171,10 +203,15 @@ mod tests {
         let before = json!({"enabled": true, "code": "A", "updated_at": "x"});
         let after = json!({"enabled": false, "code": "A", "updated_at": "y"});
         assert_eq!(changes(Some(&before), Some(&after)), vec!["enabled: true → false"]);
-        let created = json!({"code": "SPRING", "max_uses": null, "created_at": "t"});
+        let before = json!({"credit": {"enabled": false, "pid": "1"}, "markup": "1.00"});
+        let after = json!({"credit": {"enabled": true, "pid": "1"}, "markup": "1.00"});
+        assert_eq!(changes(Some(&before), Some(&after)), vec!["credit.enabled: false → true"]);
+        let created = json!({"id": 1, "code": "SPRING", "max_uses": null, "created_at": "t"});
         assert_eq!(changes(None, Some(&created)), vec!["code: SPRING"]);
         assert_eq!(changes(None, None), Vec::<String>::new());
         let long = json!({"body": "x".repeat(200)});
         assert!(changes(None, Some(&long))[0].ends_with('…'));
+        let wide = json!({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7});
+        assert_eq!(changes(None, Some(&wide)), vec!["a: 1", "b: 2", "c: 3", "d: 4", "+3 …"]);
     }
 }

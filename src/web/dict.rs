@@ -452,6 +452,8 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("coupons.create", "Create coupon", "创建优惠券"),
     ("coupons.none", "No coupons yet.", "还没有优惠券。"),
     ("coupons.delete", "Delete", "删除"),
+    ("coupons.enable", "Enable", "启用"),
+    ("coupons.disable", "Disable", "停用"),
     ("coupons.delete_confirm", "Delete this coupon?", "确定删除该优惠券？"),
     ("coupons.deleted", "Coupon deleted.", "优惠券已删除。"),
     (
