@@ -220,6 +220,25 @@ async fn admin_first_run(s: &Session) {
     let key_field = s.c.find(Locator::Css("#credit_key")).await.unwrap();
     assert_eq!(key_field.prop("value").await.unwrap().unwrap_or_default(), "", "the merchant key is write-only");
 
+    // LINUX DO sign-in: the client secret is write-only too.
+    s.fill("#oauth_client_id", "gateway-client").await;
+    s.fill("#oauth_client_secret", "oauth-secret").await;
+    s.fill("#oauth_min_trust_level", "1").await;
+    s.click("#oauth_enabled").await;
+    s.click("#save-settings").await;
+    s.text("#saved").await;
+    s.c.execute("document.getElementById('oauth').scrollIntoView()", vec![]).await.unwrap();
+    s.shot("04c-admin-settings-oauth").await;
+    let settings = s.app.state.settings.get().await.unwrap();
+    assert_eq!(
+        (settings.oauth.client_id.as_str(), settings.oauth.client_secret.as_str()),
+        ("gateway-client", "oauth-secret")
+    );
+    assert!(settings.oauth.enabled && settings.oauth.is_usable());
+    assert_eq!(settings.oauth.min_trust_level, 1);
+    let secret_field = s.c.find(Locator::Css("#oauth_client_secret")).await.unwrap();
+    assert_eq!(secret_field.prop("value").await.unwrap().unwrap_or_default(), "", "the client secret is write-only");
+
     s.go("/admin").await;
     assert_eq!(s.text("#users-total").await, "1");
     s.shot("05-admin-overview").await;
@@ -319,6 +338,7 @@ async fn user_redeems_a_code_on_the_account_page(s: &Session) {
 async fn user_signs_up_and_creates_a_key(s: &Session) {
     s.click("a.cta").await;
     s.wait_path("/register").await;
+    s.text("#oauth-linuxdo").await;
     s.shot("07-register").await;
     s.fill("#email", "dev@example.com").await;
     s.fill("#password", "a good password").await;
@@ -433,6 +453,8 @@ async fn usage_moves_the_dashboard(s: &Session) {
 async fn admin_sees_orders_and_usage(s: &Session) {
     s.click("#logout").await;
     s.wait_path("/login").await;
+    assert!(s.text("#oauth-linuxdo").await.contains("LINUX DO"), "LINUX DO sign-in is offered");
+    s.shot("16b-login-linuxdo").await;
     s.fill("#email", "boss@example.com").await;
     s.fill("#password", "correct horse battery").await;
     s.click("#submit").await;

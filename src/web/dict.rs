@@ -528,6 +528,7 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("settings.min_trust", "Minimum trust level", "最低信任等级"),
     ("settings.min_trust_help", "0 = everyone; LINUX DO levels go from 0 to 4.", "0 表示不限；LINUX DO 信任等级为 0–4。"),
     ("settings.linuxdo_only", "LINUX DO only (password sign-in only for admins)", "仅允许 LINUX DO 登录（密码登录仅限管理员）"),
+    ("register.linuxdo_only", "New accounts are created by signing in with LINUX DO.", "新账号请使用 LINUX DO 登录创建。"),
     ("packages.coupon", "Coupon", "优惠码"),
     ("packages.coupon_placeholder", "Optional", "可选"),
     ("packages.coupon_price", "With coupon", "使用优惠码后"),
@@ -613,4 +614,15 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ("code_taken", "A coupon with this code already exists.", "已存在相同优惠码的优惠券。"),
     ("coupon_in_use", "Orders used this coupon; disable it instead.", "已有订单使用过该优惠券，请改为停用。"),
     ("coupon_used_up", "This coupon has just been used up.", "该优惠码刚刚被用完。"),
+    ("password_login_disabled", "This site only allows signing in with LINUX DO.", "本站仅允许使用 LINUX DO 登录。"),
+    ("oauth_disabled", "LINUX DO sign-in is not enabled on this site.", "本站未启用 LINUX DO 登录。"),
+    ("oauth_denied", "LINUX DO did not authorize the sign-in.", "LINUX DO 未授权此次登录。"),
+    ("oauth_state_mismatch", "The sign-in attempt expired; try again.", "登录请求已过期，请重试。"),
+    ("provider_account_inactive", "This LINUX DO account is not active.", "该 LINUX DO 账号未激活。"),
+    ("trust_level_too_low", "Your LINUX DO trust level is too low for this site.", "你的 LINUX DO 信任等级不足。"),
+    (
+        "oauth_identity_taken",
+        "This LINUX DO account was just linked; try again.",
+        "该 LINUX DO 账号刚刚被绑定，请重试。",
+    ),
 ];

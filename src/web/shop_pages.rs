@@ -304,6 +304,9 @@ async fn orders_page(State(state): State<AppState>, signed: Signed, Query(q): Qu
 struct TopupForm {
     #[serde(default)]
     amount: String,
+    /// Optional coupon (one that applies to top-ups); blank = none.
+    #[serde(default)]
+    coupon: String,
 }
 
 /// Starts a balance top-up through the gateway; errors go back to the account page.
@@ -311,7 +314,8 @@ async fn topup(State(state): State<AppState>, signed: Signed, CsrfForm(form): Cs
     let result = async {
         let amount = Money::parse_cents(form.amount.trim())
             .map_err(|_| Error::validation("amount", "must be an amount such as 10.00"))?;
-        orders::create_topup(&state, signed.user.id, amount).await
+        let coupon = Some(form.coupon.trim()).filter(|c| !c.is_empty());
+        orders::create_topup_coupon(&state, signed.user.id, amount, coupon).await
     }
     .await;
     match result {

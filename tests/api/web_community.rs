@@ -282,7 +282,41 @@ async fn the_settings_page_saves_linux_do_sign_in_with_a_write_only_secret(app: 
     assert_eq!(view["oauth"]["client_secret_set"], json!(true));
 }
 
+/// Posts a pre-sign-in form (login, register) with its pre-session cookie and token.
+async fn guest_form(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> Answer {
+    let pre = "a-pre-session-value-of-some-length";
+    let csrf = csrf_token(app.state.config.secret_bytes(), &format!("pre:{pre}"));
+    let mut all = vec![("_csrf", csrf.as_str())];
+    all.extend_from_slice(fields);
+    let req = app.client.post(app.url(path)).header(COOKIE, format!("cg_pre={pre}")).form(&all);
+    TestApp::answer(req.send().await.unwrap()).await
+}
+
+async fn linux_do_only_closes_password_registration_and_sign_in_on_the_web(app: TestApp) {
+    let admin = app.admin_token().await;
+    app.register_and_login("old@example.com").await;
+    let oauth = json!({"oauth": {"enabled": true, "client_id": "c", "client_secret": "s", "linuxdo_only": true}});
+    assert_eq!(app.put("/api/admin/settings", &admin, oauth).await.status, StatusCode::OK);
+    let register = TestApp::answer(app.client.get(app.url("/register")).send().await.unwrap()).await;
+    assert_eq!(register.status, StatusCode::FORBIDDEN);
+    assert!(register.text.contains("id=\"registration-closed\"") && register.text.contains("id=\"oauth-linuxdo\""));
+    let r = guest_form(&app, "/register", &[("email", "new@example.com"), ("password", "password123")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "the web form obeys LINUX DO only like the API");
+    assert_eq!(app.count("SELECT COUNT(*) FROM users WHERE email = 'new@example.com'").await, 0);
+    let login = TestApp::answer(app.client.get(app.url("/login")).send().await.unwrap()).await;
+    assert!(login.text.contains("href=\"/api/auth/oauth/linuxdo\""));
+    let r = guest_form(&app, "/login", &[("email", "old@example.com"), ("password", "password123")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.text.contains("only allows signing in with LINUX DO"), "{}", r.text);
+    // Switching it off again reopens the form.
+    let off = json!({"oauth": {"linuxdo_only": false}});
+    assert_eq!(app.put("/api/admin/settings", &admin, off).await.status, StatusCode::OK);
+    let r = guest_form(&app, "/register", &[("email", "new@example.com"), ("password", "password123")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+}
+
 on_both_databases!(
+    linux_do_only_closes_password_registration_and_sign_in_on_the_web,
     the_community_pages_are_for_admins_only_and_their_forms_need_the_csrf_token,
     admins_create_switch_and_delete_coupons_on_the_coupons_page,
     admins_generate_code_batches_see_their_use_and_export_them,

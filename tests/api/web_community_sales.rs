@@ -98,7 +98,26 @@ async fn a_credit_purchase_with_a_coupon_asks_the_gateway_for_the_discounted_pri
     assert_eq!(app.count("SELECT used FROM coupons").await, 0, "counted only when paid");
 }
 
+async fn the_top_up_form_takes_a_top_up_coupon(app: TestApp) {
+    let admin = app.admin_token().await;
+    app.configure_credit(&admin).await;
+    coupon(&app, &admin, json!({"code": "PACKONLY", "amount_off": "1"})).await;
+    coupon(&app, &admin, json!({"code": "TOPUP2", "amount_off": "2", "package_ids": [], "applies_to_topup": true}))
+        .await;
+    let (_, user) = app.register_and_login("buyer@example.com").await;
+    assert!(page(&app, "/account", &user).await.text.contains("id=\"topup_coupon\""));
+    let r = form(&app, "/account/topup", &user, &[("amount", "12.00"), ("coupon", "PACKONLY")]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text.contains("id=\"coupon-error\"") && r.text.contains("does not apply"), "{}", r.text);
+    let r = form(&app, "/account/topup", &user, &[("amount", "12.00"), ("coupon", "topup2")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let orders = app.get("/api/user/orders", &user).await.body;
+    let order = &orders["items"][0];
+    assert_eq!(order["amount"], "10.00", "12.00 of balance for 10.00 paid");
+}
+
 on_both_databases_with_sandbox!(
+    the_top_up_form_takes_a_top_up_coupon,
     the_purchase_page_quotes_a_coupon_and_the_balance_purchase_uses_it,
     a_credit_purchase_with_a_coupon_asks_the_gateway_for_the_discounted_price,
 );
