@@ -616,10 +616,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ("coupon_used_up", "This coupon has just been used up.", "该优惠码刚刚被用完。"),
     ("password_login_disabled", "This site only allows signing in with LINUX DO.", "本站仅允许使用 LINUX DO 登录。"),
     ("oauth_disabled", "LINUX DO sign-in is not enabled on this site.", "本站未启用 LINUX DO 登录。"),
-    ("oauth_denied", "LINUX DO did not authorize the sign-in.", "LINUX DO 未授权此次登录。"),
     ("oauth_state_mismatch", "The sign-in attempt expired; try again.", "登录请求已过期，请重试。"),
     ("provider_account_inactive", "This LINUX DO account is not active.", "该 LINUX DO 账号未激活。"),
-    ("trust_level_too_low", "Your LINUX DO trust level is too low for this site.", "你的 LINUX DO 信任等级不足。"),
     (
         "oauth_identity_taken",
         "This LINUX DO account was just linked; try again.",
