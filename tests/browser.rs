@@ -8,6 +8,10 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
+/// The coupon, redemption code, announcement and audit steps of the flow.
+#[path = "browser/community.rs"]
+mod community;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -168,14 +172,15 @@ async fn flow(s: &Session) {
     admin_first_run(s).await;
     admin_adds_the_mock_upstream(s).await;
     admin_creates_a_package(s).await;
-    admin_creates_a_coupon_codes_and_an_announcement(s).await;
+    community::admin_creates_a_coupon_codes_and_an_announcement(s).await;
     user_signs_up_and_creates_a_key(s).await;
-    user_redeems_a_code_on_the_account_page(s).await;
+    community::user_redeems_a_code_on_the_account_page(s).await;
     user_buys_the_package_through_the_sandbox_cashier(s).await;
     usage_moves_the_dashboard(s).await;
     user_revokes_the_key(s).await;
     switches_language_and_uses_a_phone(s).await;
     admin_sees_orders_and_usage(s).await;
+    community::admin_sees_the_community_trail(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
@@ -273,66 +278,6 @@ async fn admin_creates_a_package(s: &Session) {
     s.wait_path("/admin/packages").await;
     assert!(s.text("#packages-table").await.contains("Starter"));
     s.shot("06b-admin-packages").await;
-}
-
-async fn admin_creates_a_coupon_codes_and_an_announcement(s: &Session) {
-    s.click("#admin-nav a[href='/admin/coupons']").await;
-    s.wait_path("/admin/coupons").await;
-    s.fill("#code", "welcome10").await;
-    s.fill("#value", "200").await;
-    s.fill("#max_uses", "100").await;
-    s.fill("#max_uses_per_user", "1").await;
-    s.click("#create-coupon").await;
-    assert!(!s.text("#value-error").await.is_empty(), "200 % off is refused next to the field");
-    s.shot("06e-admin-coupon-error").await;
-    s.fill("#value", "10").await;
-    s.click("#create-coupon").await;
-    s.wait_path("/admin/coupons").await;
-    let table = s.text("#coupons-table").await;
-    assert!(table.contains("WELCOME10") && table.contains("10%") && table.contains("0 / 100"), "{table}");
-    s.shot("06f-admin-coupons").await;
-
-    s.click("#admin-nav a[href='/admin/codes']").await;
-    s.wait_path("/admin/codes").await;
-    s.fill("#amount", "5").await;
-    s.fill("#count", "3").await;
-    s.fill("#note", "browser flow").await;
-    s.click("#generate-codes").await;
-    let codes = s.text("#new-codes").await;
-    let lines: Vec<&str> = codes.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 3, "the new codes are shown: {codes}");
-    *s.code.lock().unwrap() = lines[0].to_string();
-    assert!(s.text("#batches-table").await.contains("browser flow"));
-    s.shot("06g-admin-codes").await;
-
-    s.click("#admin-nav a[href='/admin/announcements']").await;
-    s.wait_path("/admin/announcements").await;
-    s.fill("#title", "Welcome aboard").await;
-    s.fill("#body", "New here? Use **WELCOME10** for 10% off your first package.").await;
-    s.click("#create-announcement").await;
-    s.wait_path("/admin/announcements").await;
-    assert!(s.text("#announcements-table").await.contains("Welcome aboard"));
-    s.shot("06h-admin-announcements").await;
-    s.click("#logout").await;
-    s.wait_path("/login").await;
-}
-
-async fn user_redeems_a_code_on_the_account_page(s: &Session) {
-    s.go("/dashboard").await;
-    assert!(s.text(".announcement").await.contains("WELCOME10"), "the dashboard shows the announcement");
-    s.click("a[href='/account']").await;
-    s.wait_path("/account").await;
-    s.fill("#code", "NOT-A-REAL-CODE").await;
-    s.click("#redeem").await;
-    assert!(!s.text("#code-error").await.is_empty(), "an unknown code is refused next to the field");
-    let code = s.code.lock().unwrap().clone();
-    s.fill("#code", &code.to_lowercase()).await;
-    s.click("#redeem").await;
-    s.text("#redeemed").await;
-    assert!(s.text("table.kv").await.contains("5.00 USD"), "the balance moved at once");
-    s.shot("09b-account-redeemed").await;
-    s.go("/dashboard").await;
-    assert_eq!(s.text("#balance").await, "5.00");
 }
 
 async fn user_signs_up_and_creates_a_key(s: &Session) {
@@ -472,40 +417,6 @@ async fn admin_sees_orders_and_usage(s: &Session) {
     s.shot("18-admin-usage").await;
     s.go("/admin/packages").await;
     s.shot("19-admin-packages-sold").await;
-    s.go("/admin/coupons").await;
-    assert!(s.text("#coupons-table").await.contains("1 / 100"), "the paid order used the coupon once");
-    s.go("/admin/codes").await;
-    let batches = s.text("#batches-table").await;
-    assert!(batches.contains("browser flow"));
-    s.shot("20-admin-codes-used").await;
-    s.go("/admin/audit").await;
-    let trail = s.text("#audit-table").await;
-    for action in ["settings.update", "package.create", "coupon.create", "redemption.generate", "announcement.create"] {
-        assert!(trail.contains(action), "{action} is on the audit trail");
-    }
-    assert!(trail.contains("boss@example.com") && trail.contains("code: WELCOME10"));
-    s.shot("21-admin-audit").await;
-    s.fill("#action", "coupon.").await;
-    s.click("#audit-filter button").await;
-    s.c.wait().for_element(Locator::Css("#audit-table")).await.unwrap();
-    let only = s.text("#audit-table").await;
-    assert!(only.contains("coupon.create") && !only.contains("redemption.generate"), "{only}");
-    // The admin pages in Chinese and at phone width.
-    s.click("#lang-switch").await;
-    s.wait_path("/admin/audit").await;
-    assert_eq!(s.text("h1").await, "审计日志");
-    s.shot("22-admin-audit-zh").await;
-    s.go("/admin/coupons").await;
-    s.shot("23-admin-coupons-zh").await;
-    s.c.set_window_size(390, 844).await.unwrap();
-    s.go("/admin/codes").await;
-    s.shot("24-phone-admin-codes-zh").await;
-    s.go("/admin/coupons").await;
-    s.shot("25-phone-admin-coupons-zh").await;
-    s.go("/admin/audit").await;
-    s.shot("26-phone-admin-audit-zh").await;
-    s.c.set_window_size(1280, 1400).await.unwrap();
-    s.click("#lang-switch").await;
 }
 
 async fn switches_language_and_uses_a_phone(s: &Session) {
