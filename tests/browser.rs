@@ -116,6 +116,22 @@ impl Session {
         self.c.current_url().await.unwrap().path().to_string()
     }
 
+    /// Waits until the element's text contains `needle` (a form that posts back to the
+    /// same path cannot be awaited by its path; the old page may still be showing).
+    async fn wait_text(&self, css: &str, needle: &str) -> String {
+        for _ in 0..50 {
+            if let Ok(element) = self.c.find(Locator::Css(css)).await {
+                if let Ok(text) = element.text().await {
+                    if text.contains(needle) {
+                        return text;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} never showed {needle:?}");
+    }
+
     /// Waits until the browser is on `path` (after a form post and redirect).
     async fn wait_path(&self, path: &str) {
         for _ in 0..50 {
@@ -225,7 +241,8 @@ async fn admin_first_run(s: &Session) {
     let key_field = s.c.find(Locator::Css("#credit_key")).await.unwrap();
     assert_eq!(key_field.prop("value").await.unwrap().unwrap_or_default(), "", "the merchant key is write-only");
 
-    // LINUX DO sign-in: the client secret is write-only too.
+    // LINUX DO sign-in: the client secret is write-only too (a fresh page: no old "saved" notice).
+    s.go("/admin/settings").await;
     s.fill("#oauth_client_id", "gateway-client").await;
     s.fill("#oauth_client_secret", "oauth-secret").await;
     s.fill("#oauth_min_trust_level", "1").await;
@@ -276,7 +293,7 @@ async fn admin_creates_a_package(s: &Session) {
     s.fill("#description", "Two dollars of API usage every day").await;
     s.click("#create-package").await;
     s.wait_path("/admin/packages").await;
-    assert!(s.text("#packages-table").await.contains("Starter"));
+    s.wait_text("#packages-table", "Starter").await;
     s.shot("06b-admin-packages").await;
 }
 
