@@ -93,6 +93,17 @@ async fn admins_create_switch_and_delete_coupons_on_the_coupons_page(app: TestAp
     backwards[4] = ("valid_from", "2031-01-01");
     assert!(form(&app, "/admin/coupons", &admin, &backwards).await.text.contains("id=\"valid_until-error\""));
 
+    let mut topups = coupon_fields("topup-only", "1.50");
+    topups[1] = ("kind", "amount");
+    topups[3] = ("scope", "none");
+    topups.push(("topup", "on"));
+    assert_eq!(form(&app, "/admin/coupons", &admin, &topups).await.status, StatusCode::SEE_OTHER);
+    let stored = app.get("/api/admin/coupons", &admin).await.body["items"][0].clone();
+    assert_eq!((stored["amount_off"].as_str(), stored["applies_to_topup"].as_bool()), (Some("1.50"), Some(true)));
+    assert_eq!(stored["package_ids"], json!([]), "no packages: top-ups only");
+    let topup_id = stored["id"].as_i64().unwrap();
+    form(&app, &format!("/admin/coupons/{topup_id}/delete"), &admin, &[]).await;
+
     let r = form(&app, "/admin/coupons", &admin, &coupon_fields("spring-20", "20")).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
     let list = page(&app, "/admin/coupons", &admin).await;
@@ -117,7 +128,10 @@ async fn admins_create_switch_and_delete_coupons_on_the_coupons_page(app: TestAp
     assert_eq!(form(&app, &format!("/admin/coupons/{id}/delete"), &admin, &[]).await.status, StatusCode::NOT_FOUND);
     let actions = app.get("/api/admin/audit?action=coupon.", &admin).await.body;
     let names: Vec<&str> = actions["items"].as_array().unwrap().iter().map(|i| i["action"].as_str().unwrap()).collect();
-    assert_eq!(names, ["coupon.delete", "coupon.enable", "coupon.disable", "coupon.create"]);
+    assert_eq!(
+        names,
+        ["coupon.delete", "coupon.enable", "coupon.disable", "coupon.create", "coupon.delete", "coupon.create"]
+    );
 }
 
 async fn admins_generate_code_batches_see_their_use_and_export_them(app: TestApp) {
@@ -161,6 +175,20 @@ async fn admins_generate_code_batches_see_their_use_and_export_them(app: TestApp
     let trail = app.get("/api/admin/audit?action=redemption.", &admin).await.body;
     let names: Vec<&str> = trail["items"].as_array().unwrap().iter().map(|i| i["action"].as_str().unwrap()).collect();
     assert_eq!(names, ["redemption.export", "redemption.generate"]);
+
+    // A batch worth a package (a private one, off sale, is allowed).
+    let pkg = app
+        .create_package(
+            &admin,
+            json!({"name": "Secret plan", "price": "10.00", "duration_days": 7, "daily_limit": "1"}),
+        )
+        .await;
+    app.delete(&format!("/api/admin/packages/{pkg}"), &admin).await;
+    let pkg = pkg.to_string();
+    let fields = [("worth", "package"), ("amount", ""), ("package_id", pkg.as_str()), ("count", "2")];
+    let r = form(&app, "/admin/codes", &admin, &fields).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.text.contains("Package: Secret plan"), "the batch list names the package");
     assert!(!trail.to_string().contains(codes[0]), "codes stay out of the audit trail");
 }
 
