@@ -25,6 +25,7 @@ use crate::money::Money;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/coupons", get(coupons_page).post(create_coupon))
+        .route("/admin/coupons/{id}", get(edit_page).post(save_coupon))
         .route("/admin/coupons/{id}/toggle", post(toggle_coupon))
         .route("/admin/coupons/{id}/delete", post(delete_coupon))
 }
@@ -188,6 +189,87 @@ async fn create_coupon(
                 _ => FieldErrors::from_error(ctx, &e),
             };
             render_list(&state, ctx, Outcome { form, notice: None, errors }).await
+        }
+        Err(e) => error_page_for(ctx, &e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin_coupon_edit.html")]
+struct EditPage<'a> {
+    ctx: &'a Ctx,
+    id: i64,
+    /// The stored code, for the heading while the form may hold an edited one.
+    code: String,
+    packages: Vec<(i64, String)>,
+    form: CouponForm,
+    errors: FieldErrors,
+}
+
+async fn render_edit(state: &AppState, ctx: &Ctx, id: i64, form: Option<CouponForm>, errors: FieldErrors) -> Response {
+    let loaded = async {
+        let mut conn = state.db.pool().acquire().await?;
+        let coupon = coupons::find_in(&mut conn, id).await?.ok_or(Error::NotFound("coupon"))?;
+        let catalog = crate::packages::list(&state.db, false).await?;
+        Ok::<_, Error>((coupon, catalog))
+    }
+    .await;
+    let (coupon, catalog) = match loaded {
+        Ok(v) => v,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let page = EditPage {
+        ctx,
+        id,
+        code: coupon.code.clone(),
+        packages: catalog.iter().map(|p| (p.id, p.name.clone())).collect(),
+        form: form.unwrap_or_else(|| CouponForm::from_coupon(&coupon, state.calendar())),
+        errors,
+    };
+    render(ctx, status, &page)
+}
+
+async fn edit_page(State(state): State<AppState>, AdminPage(signed): AdminPage, Path(id): Path<i64>) -> Response {
+    render_edit(&state, &signed.ctx, id, None, FieldErrors::none()).await
+}
+
+/// Replaces a coupon's settings; its use count stays.
+async fn save_coupon(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    client: ClientAddr,
+    Path(id): Path<i64>,
+    CsrfForm(pairs): CsrfForm<Vec<(String, String)>>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let form = CouponForm::from_pairs(&pairs);
+    let result = async {
+        let input = form.input(state.calendar())?;
+        let mut tx = state.db.begin().await?;
+        let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
+        let after = coupons::update(tx.conn(), id, &input, state.now()).await?;
+        let change = Change {
+            actor_id: signed.user.id,
+            ip: client.ip(),
+            action: "coupon.update",
+            id,
+            before: Some(&before),
+            after: Some(&after),
+        };
+        audited(&state, tx.conn(), change).await?;
+        tx.commit().await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/admin/coupons").into_response(),
+        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
+            let errors = match &e {
+                Error::Conflict { .. } => FieldErrors::one("code", super::i18n::error_text(ctx.lang, &e)),
+                _ => FieldErrors::from_error(ctx, &e),
+            };
+            render_edit(&state, ctx, id, Some(form), errors).await
         }
         Err(e) => error_page_for(ctx, &e),
     }

@@ -4,8 +4,8 @@
 
 use chrono::NaiveDate;
 
-use crate::clock::BusinessCalendar;
-use crate::coupons::CouponInput;
+use crate::clock::{from_micros, BusinessCalendar};
+use crate::coupons::{Coupon, CouponInput};
 use crate::error::{Error, Result};
 use crate::money::Money;
 
@@ -31,6 +31,39 @@ impl CouponForm {
     /// The empty form of the create card.
     pub fn blank() -> Self {
         CouponForm { kind: "percent".into(), scope: "all".into(), enabled: true, ..Default::default() }
+    }
+
+    /// A stored coupon as the edit form shows it (the stored end is the start of the day
+    /// after the last valid day).
+    pub fn from_coupon(c: &Coupon, calendar: &BusinessCalendar) -> Self {
+        let day = |m: i64| calendar.business_date(from_micros(m)).to_string();
+        let (kind, value) = match (c.percent_off, c.amount_off) {
+            (Some(p), _) => {
+                let p = Money::from_micros(p).to_string();
+                ("percent", p.strip_suffix(".00").map(str::to_string).unwrap_or(p))
+            }
+            (None, a) => ("amount", Money::from_micros(a.unwrap_or(0)).format_2dp()),
+        };
+        let ids = c.package_ids();
+        let scope = match &ids {
+            None => "all",
+            Some(list) if list.is_empty() => "none",
+            Some(_) => "selected",
+        };
+        let text = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_default();
+        CouponForm {
+            code: c.code.clone(),
+            kind: kind.into(),
+            value,
+            scope: scope.into(),
+            package_ids: ids.unwrap_or_default(),
+            topup: c.applies_to_topup != 0,
+            valid_from: c.valid_from.map(day).unwrap_or_default(),
+            valid_until: c.valid_until.map(|m| day(m - 1)).unwrap_or_default(),
+            max_uses: text(c.max_uses),
+            max_uses_per_user: text(c.max_uses_per_user),
+            enabled: c.enabled != 0,
+        }
     }
 
     /// Reads the posted `(name, value)` pairs (unticked checkboxes are absent).
@@ -155,6 +188,43 @@ mod tests {
         assert_eq!(input.max_uses, Some(10));
         assert_eq!(input.max_uses_per_user, None);
         assert!(input.enabled);
+    }
+
+    #[test]
+    fn a_stored_coupon_comes_back_as_the_form_that_made_it() {
+        let calendar = BusinessCalendar::from_name("Asia/Shanghai").unwrap();
+        let form = CouponForm::from_pairs(&pairs(&[
+            ("code", "TOPUP"),
+            ("kind", "amount"),
+            ("value", "1.50"),
+            ("scope", "none"),
+            ("topup", "on"),
+            ("valid_from", "2026-03-01"),
+            ("valid_until", "2026-03-31"),
+            ("max_uses_per_user", "2"),
+        ]));
+        let input = form.input(&calendar).unwrap();
+        let stored = Coupon {
+            id: 1,
+            code: input.code.clone(),
+            percent_off: None,
+            amount_off: input.amount_off.map(Money::micros),
+            package_ids: Some("[]".into()),
+            applies_to_topup: 1,
+            valid_from: input.valid_from.map(crate::clock::to_micros),
+            valid_until: input.valid_until.map(crate::clock::to_micros),
+            max_uses: None,
+            max_uses_per_user: Some(2),
+            used: 0,
+            enabled: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let back = CouponForm::from_coupon(&stored, &calendar);
+        assert_eq!((back.kind.as_str(), back.value.as_str(), back.scope.as_str()), ("amount", "1.50", "none"));
+        assert_eq!((back.valid_from.as_str(), back.valid_until.as_str()), ("2026-03-01", "2026-03-31"));
+        assert!(back.topup && !back.enabled);
+        assert_eq!(back.max_uses_per_user, "2");
     }
 
     #[test]

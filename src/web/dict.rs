@@ -449,6 +449,7 @@ pub const DICT: &[(&str, &str, &str)] = &[
     ("coupons.per_user", "Uses per user", "每人可用次数"),
     ("coupons.enabled", "Enabled", "启用"),
     ("coupons.new", "New coupon", "新建优惠券"),
+    ("coupons.edit", "Edit coupon", "编辑优惠券"),
     ("coupons.create", "Create coupon", "创建优惠券"),
     ("coupons.none", "No coupons yet.", "还没有优惠券。"),
     ("coupons.delete", "Delete", "删除"),

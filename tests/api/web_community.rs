@@ -122,6 +122,20 @@ async fn admins_create_switch_and_delete_coupons_on_the_coupons_page(app: TestAp
     assert_eq!(app.get("/api/admin/coupons", &admin).await.body["items"][0]["enabled"], false);
     form(&app, &format!("/admin/coupons/{id}/toggle"), &admin, &[]).await;
     assert_eq!(app.get("/api/admin/coupons", &admin).await.body["items"][0]["enabled"], true);
+    // Editing shows the stored coupon and replaces its settings.
+    let edit = page(&app, &format!("/admin/coupons/{id}"), &admin).await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert!(edit.text.contains("value=\"SPRING-20\"") && edit.text.contains("value=\"2030-12-31\""));
+    let mut changed = coupon_fields("SPRING-20", "25");
+    changed[7] = ("max_uses_per_user", "0");
+    let r = form(&app, &format!("/admin/coupons/{id}"), &admin, &changed).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text.contains("id=\"max_uses_per_user-error\""));
+    changed[7] = ("max_uses_per_user", "");
+    assert_eq!(form(&app, &format!("/admin/coupons/{id}"), &admin, &changed).await.status, StatusCode::SEE_OTHER);
+    let coupon = app.get("/api/admin/coupons", &admin).await.body["items"][0].clone();
+    assert_eq!((coupon["percent_off"].as_str(), coupon["max_uses_per_user"].as_i64()), (Some("25.00"), None));
+
     let r = form(&app, &format!("/admin/coupons/{id}/delete"), &admin, &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.contains("id=\"notice\"") && !r.text.contains("<code>SPRING-20</code>"));
@@ -130,7 +144,15 @@ async fn admins_create_switch_and_delete_coupons_on_the_coupons_page(app: TestAp
     let names: Vec<&str> = actions["items"].as_array().unwrap().iter().map(|i| i["action"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["coupon.delete", "coupon.enable", "coupon.disable", "coupon.create", "coupon.delete", "coupon.create"]
+        [
+            "coupon.delete",
+            "coupon.update",
+            "coupon.enable",
+            "coupon.disable",
+            "coupon.create",
+            "coupon.delete",
+            "coupon.create"
+        ]
     );
 }
 
