@@ -455,6 +455,11 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.c.set_window_size(390, 844).await.unwrap();
     s.go("/keys").await;
     s.shot("15-phone-keys").await;
+    s.go("/packages").await;
+    s.fill(".package-card .coupon-input", "nope").await;
+    s.c.wait().for_element(Locator::Css(".coupon-quote .quote-error")).await.unwrap();
+    s.shot("15b-phone-packages-coupon-zh").await;
+    s.go("/keys").await;
     s.click(".nav-burger").await;
     s.text("#logout").await;
     s.shot("16-phone-menu").await;
