@@ -8,6 +8,10 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
+/// The coupon, redemption code, announcement and audit steps of the flow.
+#[path = "browser/community.rs"]
+mod community;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +82,8 @@ struct Session {
     shots: PathBuf,
     /// The API key the user created, for later steps.
     secret: std::sync::Mutex<String>,
+    /// A redemption code the admin generated on /admin/codes.
+    code: std::sync::Mutex<String>,
     /// The fake OpenAI upstream the proxy forwards to.
     mock: MockHandle,
 }
@@ -108,6 +114,22 @@ impl Session {
 
     async fn path(&self) -> String {
         self.c.current_url().await.unwrap().path().to_string()
+    }
+
+    /// Waits until the element's text contains `needle` (a form that posts back to the
+    /// same path cannot be awaited by its path; the old page may still be showing).
+    async fn wait_text(&self, css: &str, needle: &str) -> String {
+        for _ in 0..50 {
+            if let Ok(element) = self.c.find(Locator::Css(css)).await {
+                if let Ok(text) = element.text().await {
+                    if text.contains(needle) {
+                        return text;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} never showed {needle:?}");
     }
 
     /// Waits until the browser is on `path` (after a form post and redirect).
@@ -147,6 +169,7 @@ async fn setup_settings_a_package_bought_through_the_cashier_and_usage_work_in_a
         c,
         mock,
         secret: std::sync::Mutex::new(String::new()),
+        code: std::sync::Mutex::new(String::new()),
         app: spawn_app_with(Backend::Sqlite, &[("GATEWAY_PAY_SANDBOX", "true")]).await,
         shots,
     };
@@ -165,12 +188,15 @@ async fn flow(s: &Session) {
     admin_first_run(s).await;
     admin_adds_the_mock_upstream(s).await;
     admin_creates_a_package(s).await;
+    community::admin_creates_a_coupon_codes_and_an_announcement(s).await;
     user_signs_up_and_creates_a_key(s).await;
+    community::user_redeems_a_code_on_the_account_page(s).await;
     user_buys_the_package_through_the_sandbox_cashier(s).await;
     usage_moves_the_dashboard(s).await;
     user_revokes_the_key(s).await;
     switches_language_and_uses_a_phone(s).await;
     admin_sees_orders_and_usage(s).await;
+    community::admin_sees_the_community_trail(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
@@ -215,6 +241,26 @@ async fn admin_first_run(s: &Session) {
     let key_field = s.c.find(Locator::Css("#credit_key")).await.unwrap();
     assert_eq!(key_field.prop("value").await.unwrap().unwrap_or_default(), "", "the merchant key is write-only");
 
+    // LINUX DO sign-in: the client secret is write-only too (a fresh page: no old "saved" notice).
+    s.go("/admin/settings").await;
+    s.fill("#oauth_client_id", "gateway-client").await;
+    s.fill("#oauth_client_secret", "oauth-secret").await;
+    s.fill("#oauth_min_trust_level", "1").await;
+    s.click("#oauth_enabled").await;
+    s.click("#save-settings").await;
+    s.text("#saved").await;
+    s.c.execute("document.getElementById('oauth').scrollIntoView()", vec![]).await.unwrap();
+    s.shot("04c-admin-settings-oauth").await;
+    let settings = s.app.state.settings.get().await.unwrap();
+    assert_eq!(
+        (settings.oauth.client_id.as_str(), settings.oauth.client_secret.as_str()),
+        ("gateway-client", "oauth-secret")
+    );
+    assert!(settings.oauth.enabled && settings.oauth.is_usable());
+    assert_eq!(settings.oauth.min_trust_level, 1);
+    let secret_field = s.c.find(Locator::Css("#oauth_client_secret")).await.unwrap();
+    assert_eq!(secret_field.prop("value").await.unwrap().unwrap_or_default(), "", "the client secret is write-only");
+
     s.go("/admin").await;
     assert_eq!(s.text("#users-total").await, "1");
     s.shot("05-admin-overview").await;
@@ -247,15 +293,14 @@ async fn admin_creates_a_package(s: &Session) {
     s.fill("#description", "Two dollars of API usage every day").await;
     s.click("#create-package").await;
     s.wait_path("/admin/packages").await;
-    assert!(s.text("#packages-table").await.contains("Starter"));
+    s.wait_text("#packages-table", "Starter").await;
     s.shot("06b-admin-packages").await;
-    s.click("#logout").await;
-    s.wait_path("/login").await;
 }
 
 async fn user_signs_up_and_creates_a_key(s: &Session) {
     s.click("a.cta").await;
     s.wait_path("/register").await;
+    s.text("#oauth-linuxdo").await;
     s.shot("07-register").await;
     s.fill("#email", "dev@example.com").await;
     s.fill("#password", "a good password").await;
@@ -305,6 +350,13 @@ async fn user_buys_the_package_through_the_sandbox_cashier(s: &Session) {
     s.click("a[href='/packages']").await;
     s.wait_path("/packages").await;
     s.shot("10a-packages").await;
+    // The coupon is priced with htmx while typing, before anything is paid.
+    s.fill(".package-card .coupon-input", "nope").await;
+    s.c.wait().for_element(Locator::Css(".coupon-quote .quote-error")).await.unwrap();
+    s.fill(".package-card .coupon-input", "welcome10").await;
+    let price = s.c.wait().for_element(Locator::Css(".coupon-quote .quote-price")).await.unwrap();
+    assert_eq!(price.text().await.unwrap(), "8.91", "10% off 9.90");
+    s.shot("10a2-packages-coupon-quoted").await;
     s.click(".buy-credit").await;
     // /pay/{order} signs the order and sends the browser on to the gateway's cashier.
     for _ in 0..50 {
@@ -313,7 +365,7 @@ async fn user_buys_the_package_through_the_sandbox_cashier(s: &Session) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(s.text("#sandbox-money").await, "9.90");
+    assert_eq!(s.text("#sandbox-money").await, "8.91", "the cashier asks for the discounted price");
     s.shot("10b-sandbox-cashier").await;
     s.click("#sandbox-pay").await;
     s.wait_path("/packages").await;
@@ -363,12 +415,14 @@ async fn usage_moves_the_dashboard(s: &Session) {
 async fn admin_sees_orders_and_usage(s: &Session) {
     s.click("#logout").await;
     s.wait_path("/login").await;
+    assert!(s.text("#oauth-linuxdo").await.contains("LINUX DO"), "LINUX DO sign-in is offered");
+    s.shot("16b-login-linuxdo").await;
     s.fill("#email", "boss@example.com").await;
     s.fill("#password", "correct horse battery").await;
     s.click("#submit").await;
     s.wait_path("/dashboard").await;
     s.go("/admin").await;
-    assert_eq!(s.text("#revenue-today").await, "9.90");
+    assert_eq!(s.text("#revenue-today").await, "8.91");
     assert_eq!(s.text("#requests-today").await, "1");
     assert_eq!(s.text("#spend-today").await, "1.25");
     s.shot("16c-admin-overview-busy").await;
@@ -401,6 +455,11 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.c.set_window_size(390, 844).await.unwrap();
     s.go("/keys").await;
     s.shot("15-phone-keys").await;
+    s.go("/packages").await;
+    s.fill(".package-card .coupon-input", "nope").await;
+    s.c.wait().for_element(Locator::Css(".coupon-quote .quote-error")).await.unwrap();
+    s.shot("15b-phone-packages-coupon-zh").await;
+    s.go("/keys").await;
     s.click(".nav-burger").await;
     s.text("#logout").await;
     s.shot("16-phone-menu").await;

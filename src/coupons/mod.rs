@@ -227,6 +227,25 @@ pub async fn find_in(conn: &mut AnyConnection, id: i64) -> Result<Option<Coupon>
         .await?)
 }
 
+/// Deletes a coupon no order ever referred to; one that priced an order (paid or not)
+/// can only be switched off, so order history keeps pointing at it (409 `coupon_in_use`).
+pub async fn delete(conn: &mut AnyConnection, id: i64) -> Result<()> {
+    let done = sqlx::query(
+        "DELETE FROM coupons WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM payment_orders WHERE coupon_id = $1) \
+           AND NOT EXISTS (SELECT 1 FROM coupon_redemptions WHERE coupon_id = $1)",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    match find_in(conn, id).await? {
+        Some(_) => Err(Error::conflict("coupon_in_use", "orders used this coupon; disable it instead")),
+        None => Err(Error::NotFound("coupon")),
+    }
+}
+
 /// All coupons, newest first.
 pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<(Vec<Coupon>, i64)> {
     let rows =

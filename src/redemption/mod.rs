@@ -18,6 +18,7 @@ use crate::ledger::{self, EntryDetails, Overdraft};
 use crate::money::Money;
 use crate::packages::activation::Effect;
 
+pub mod batches;
 pub mod packages;
 
 /// Symbols a code is drawn from: upper-case letters and digits minus look-alikes.

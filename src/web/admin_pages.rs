@@ -319,6 +319,8 @@ struct SettingsPage<'a> {
     /// The result of "check configuration": reached the gateway?, and what it said.
     check: Option<(bool, String)>,
     errors: FieldErrors,
+    /// LINUX DO sign-in: secret stored?, usable?, and the callback URL to register.
+    oauth: (bool, bool, String),
 }
 
 /// What the settings page shows besides the stored settings.
@@ -350,6 +352,11 @@ async fn render_settings(state: &AppState, ctx: &Ctx, outcome: SettingsOutcome) 
         default_return_url: blank.return_url_or_default(public_url),
         check,
         errors,
+        oauth: (
+            !settings.oauth.client_secret.is_empty(),
+            settings.oauth.is_usable(),
+            crate::oauth::redirect_uri(public_url),
+        ),
     };
     render(ctx, status, &page)
 }

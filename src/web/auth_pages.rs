@@ -122,8 +122,10 @@ struct LoginQuery {
     registered: Option<String>,
 }
 
+/// Password registration is open: switched on, and the site is not "LINUX DO only"
+/// (the same rule as `POST /api/auth/register`).
 async fn registration_open(state: &AppState) -> bool {
-    state.settings.get().await.map(|s| s.registration_enabled).unwrap_or(false)
+    state.settings.get().await.map(|s| s.registration_enabled && !s.oauth.linuxdo_only).unwrap_or(false)
 }
 
 async fn login_form(State(state): State<AppState>, guest: Guest, Query(query): Query<LoginQuery>) -> Response {
@@ -179,6 +181,8 @@ async fn login_submit(
 struct RegisterPage<'a> {
     ctx: &'a Ctx,
     open: bool,
+    /// "Sign in with LINUX DO" is offered (it creates the account on first sign-in).
+    oauth: bool,
     email: &'a str,
     errors: FieldErrors,
 }
@@ -188,7 +192,8 @@ async fn register_form(State(state): State<AppState>, guest: Guest) -> Response 
         return Redirect::to("/dashboard").into_response();
     }
     let open = registration_open(&state).await;
-    let page = RegisterPage { ctx: &guest.ctx, open, email: "", errors: FieldErrors::none() };
+    let oauth = oauth_usable(&state).await;
+    let page = RegisterPage { ctx: &guest.ctx, open, oauth, email: "", errors: FieldErrors::none() };
     render(&guest.ctx, if open { StatusCode::OK } else { StatusCode::FORBIDDEN }, &page)
 }
 
@@ -201,13 +206,16 @@ async fn register_submit(
 ) -> Response {
     let ctx = &guest.ctx;
     if !registration_open(&state).await {
-        let page = RegisterPage { ctx, open: false, email: "", errors: FieldErrors::none() };
+        let oauth = oauth_usable(&state).await;
+        let page = RegisterPage { ctx, open: false, oauth, email: "", errors: FieldErrors::none() };
         return render(ctx, StatusCode::FORBIDDEN, &page);
     }
     match users::create(&state.db, &form.email, &form.password, Role::User, state.now()).await {
         Ok(user) => sign_in(&state, ctx, &user, client_info(&headers, addr.0), "/dashboard").await,
         Err(e) if e.status_code().is_client_error() => {
-            let page = RegisterPage { ctx, open: true, email: &form.email, errors: FieldErrors::from_error(ctx, &e) };
+            let errors = FieldErrors::from_error(ctx, &e);
+            let oauth = oauth_usable(&state).await;
+            let page = RegisterPage { ctx, open: true, oauth, email: &form.email, errors };
             render(ctx, e.status_code(), &page)
         }
         Err(e) => error_page_for(ctx, &e),

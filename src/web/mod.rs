@@ -19,6 +19,12 @@ pub mod usage_pages;
 pub mod user_pages;
 pub mod view;
 
+pub mod admin_announcements;
+pub mod admin_audit;
+pub mod admin_codes;
+pub mod admin_coupons;
+pub mod coupon_form;
+
 use askama::Template;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -42,6 +48,10 @@ pub fn router() -> Router<AppState> {
         .merge(shop_pages::router())
         .merge(admin_shop::router())
         .merge(admin_proxy::router())
+        .merge(admin_coupons::router())
+        .merge(admin_codes::router())
+        .merge(admin_announcements::router())
+        .merge(admin_audit::router())
 }
 
 /// Field errors of a submitted form, shown next to their fields; the empty field

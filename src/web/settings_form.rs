@@ -34,6 +34,16 @@ pub struct SettingsForm {
     pub credit_topup_min: String,
     pub credit_topup_max: String,
     pub credit_topup_rate: String,
+    #[serde(deserialize_with = "checkbox")]
+    pub oauth_enabled: bool,
+    pub oauth_client_id: String,
+    /// Write-only: blank keeps the stored secret.
+    pub oauth_client_secret: String,
+    #[serde(deserialize_with = "checkbox")]
+    pub oauth_allow_registration: bool,
+    pub oauth_min_trust_level: String,
+    #[serde(deserialize_with = "checkbox")]
+    pub oauth_linuxdo_only: bool,
 }
 
 fn checkbox<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<bool, D::Error> {
@@ -74,6 +84,12 @@ impl SettingsForm {
             credit_topup_min: c.topup_min.format_2dp(),
             credit_topup_max: c.topup_max.format_2dp(),
             credit_topup_rate: c.topup_rate.to_string(),
+            oauth_enabled: s.oauth.enabled,
+            oauth_client_id: s.oauth.client_id.clone(),
+            oauth_client_secret: String::new(),
+            oauth_allow_registration: s.oauth.allow_oauth_registration,
+            oauth_min_trust_level: s.oauth.min_trust_level.to_string(),
+            oauth_linuxdo_only: s.oauth.linuxdo_only,
         }
     }
 
@@ -104,6 +120,19 @@ impl SettingsForm {
                 "topup_min": amount("credit.topup_min", &self.credit_topup_min)?,
                 "topup_max": amount("credit.topup_max", &self.credit_topup_max)?,
                 "topup_rate": amount("credit.topup_rate", &self.credit_topup_rate)?,
+            },
+            "oauth": {
+                "enabled": self.oauth_enabled,
+                "client_id": self.oauth_client_id.trim(),
+                "client_secret": self.oauth_client_secret.trim(),
+                "allow_oauth_registration": self.oauth_allow_registration,
+                // Blank = 0, everyone (also when an older form lacks the field).
+                "min_trust_level": if self.oauth_min_trust_level.trim().is_empty() {
+                    0
+                } else {
+                    whole("oauth.min_trust_level", &self.oauth_min_trust_level)?
+                },
+                "linuxdo_only": self.oauth_linuxdo_only,
             }
         }))
     }
@@ -124,6 +153,25 @@ mod tests {
         assert_eq!(next.credit.key, "SECRET");
         assert_eq!(next.markup, stored.markup);
         assert_eq!(next.credit.topup_max, stored.credit.topup_max);
+    }
+
+    #[test]
+    fn the_oauth_secret_is_write_only_and_the_other_oauth_fields_round_trip() {
+        let mut stored = Settings::default();
+        stored.oauth.client_secret = "OAUTH-SECRET".into();
+        stored.oauth.client_id = "client-1".into();
+        stored.oauth.enabled = true;
+        stored.oauth.min_trust_level = 2;
+        let form = SettingsForm::from_settings(&stored);
+        assert!(form.oauth_client_secret.is_empty());
+        assert_eq!(form.oauth_min_trust_level, "2");
+        let next = apply_patch(&stored, form.to_patch().unwrap()).unwrap();
+        assert_eq!(next.oauth.client_secret, "OAUTH-SECRET");
+        assert_eq!(next.oauth.client_id, "client-1");
+        assert_eq!(next.oauth.min_trust_level, 2);
+        assert_eq!(next.oauth.authorize_url, stored.oauth.authorize_url, "endpoints not on the form stay");
+        let form = SettingsForm { oauth_min_trust_level: "high".into(), ..SettingsForm::from_settings(&stored) };
+        assert_eq!(form.to_patch().unwrap_err().field(), Some("oauth.min_trust_level"));
     }
 
     #[test]

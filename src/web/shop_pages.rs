@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/packages", get(packages_page))
         .route("/packages/{id}/buy", post(buy))
+        .route("/packages/{id}/quote", get(quote))
         .route("/orders", get(orders_page))
         .route("/orders/{otn}/status", get(order_status))
         .route("/account/topup", post(topup))
@@ -168,6 +169,9 @@ async fn packages_page(State(state): State<AppState>, signed: Signed, Query(q): 
 #[derive(Deserialize)]
 struct BuyForm {
     pay_with: String,
+    /// Optional coupon code; blank = none.
+    #[serde(default)]
+    coupon: String,
 }
 
 async fn buy(
@@ -177,13 +181,16 @@ async fn buy(
     CsrfForm(form): CsrfForm<BuyForm>,
 ) -> Response {
     let user_id = signed.user.id;
+    let coupon = Some(form.coupon.trim()).filter(|c| !c.is_empty());
     let result: Result<String> = match form.pay_with.as_str() {
-        "balance" => purchase::buy_with_balance(&state, user_id, id).await.map(|(order, _)| {
+        "balance" => purchase::buy_with_balance_coupon(&state, user_id, id, coupon).await.map(|(order, _)| {
             let query =
                 serde_urlencoded::to_string([("out_trade_no", order.out_trade_no.as_str())]).unwrap_or_default();
             format!("/packages?{query}")
         }),
-        _ => purchase::create_credit_order(&state, user_id, id).await.map(|order| pay_url("", &order.out_trade_no)),
+        _ => purchase::create_credit_order_coupon(&state, user_id, id, coupon)
+            .await
+            .map(|order| pay_url("", &order.out_trade_no)),
     };
     match result {
         Ok(next) => Redirect::to(&next).into_response(),
@@ -192,6 +199,58 @@ async fn buy(
         }
         Err(e) => error_page_for(&signed.ctx, &e),
     }
+}
+
+#[derive(Template)]
+#[template(path = "_coupon_quote.html")]
+struct QuotePartial<'a> {
+    ctx: &'a Ctx,
+    id: i64,
+    /// Discounted price, list price and the saving, when the coupon applies.
+    quote: Option<(String, String, String)>,
+    /// Why it does not, in the page's language.
+    error: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct QuoteQuery {
+    coupon: String,
+}
+
+/// The price with a coupon, for htmx while the user types it (the same
+/// `coupons::pricing::quote` as `GET /api/packages/{id}/quote`; nothing is reserved).
+/// Always 200 so htmx swaps the refusal in next to the field.
+async fn quote(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Query(q): Query<QuoteQuery>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let code = q.coupon.trim();
+    let mut partial = QuotePartial { ctx, id, quote: None, error: None };
+    if !code.is_empty() {
+        let priced = async {
+            let package =
+                packages::find(&state.db, id).await?.filter(|p| p.is_enabled()).ok_or(Error::NotFound("package"))?;
+            let mut conn = state.db.pool().acquire().await?;
+            let target = crate::coupons::pricing::Target::Package(package.id);
+            crate::coupons::pricing::quote(&mut conn, code, signed.user.id, target, package.price(), state.now()).await
+        }
+        .await;
+        match priced {
+            Ok(q) => partial.quote = Some((q.price.format_2dp(), q.list_price.format_2dp(), q.discount.format_2dp())),
+            Err(e) if e.status_code().is_client_error() => {
+                partial.error = Some(match &e {
+                    Error::Validation { message, .. } => ctx.msg(message),
+                    other => super::i18n::error_text(ctx.lang, other),
+                })
+            }
+            Err(e) => return error_page_for(ctx, &e),
+        }
+    }
+    render(ctx, StatusCode::OK, &partial)
 }
 
 #[derive(Template)]
@@ -245,6 +304,9 @@ async fn orders_page(State(state): State<AppState>, signed: Signed, Query(q): Qu
 struct TopupForm {
     #[serde(default)]
     amount: String,
+    /// Optional coupon (one that applies to top-ups); blank = none.
+    #[serde(default)]
+    coupon: String,
 }
 
 /// Starts a balance top-up through the gateway; errors go back to the account page.
@@ -252,7 +314,8 @@ async fn topup(State(state): State<AppState>, signed: Signed, CsrfForm(form): Cs
     let result = async {
         let amount = Money::parse_cents(form.amount.trim())
             .map_err(|_| Error::validation("amount", "must be an amount such as 10.00"))?;
-        orders::create_topup(&state, signed.user.id, amount).await
+        let coupon = Some(form.coupon.trim()).filter(|c| !c.is_empty());
+        orders::create_topup_coupon(&state, signed.user.id, amount, coupon).await
     }
     .await;
     match result {

@@ -25,6 +25,8 @@ mod reliability_proxy;
 mod scale_out;
 mod security_access;
 mod web;
+mod web_community;
+mod web_community_sales;
 mod web_proxy;
 mod web_shop;
 mod web_usage;
