@@ -39,6 +39,7 @@ pub mod orders;
 pub mod packages;
 pub mod payment;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redemption;
 pub mod routes;
 pub mod secrets;

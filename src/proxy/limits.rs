@@ -1,7 +1,10 @@
 //! Per-key and per-user request rates and per-user concurrent streams, checked at
 //! admission so an abusive client is refused before it costs an upstream call.
-//! The limits come from [`RateLimitSettings`] (0 = unlimited) and are counted per
-//! instance; refusals are OpenAI-shaped 429s with `Retry-After`.
+//! The limits come from [`RateLimitSettings`] (0 = unlimited); refusals are
+//! OpenAI-shaped 429s with `Retry-After`. Request rates are counted in the cluster's
+//! [`SharedStore`] (Redis or PostgreSQL) when there is one, else in memory. Concurrent
+//! streams are counted per instance: a shared counter would leak the slots of an
+//! instance that crashes mid-stream and lock users out until someone repairs it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,6 +19,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::error::ProxyError;
+use crate::ratelimit::{Gcra, SharedStore, Verdict};
 use crate::settings::RateLimitSettings;
 
 type Keyed = RateLimiter<i64, DefaultKeyedStateStore<i64>, DefaultClock>;
@@ -28,6 +32,8 @@ const SWEEP_ABOVE: usize = 10_000;
 pub struct ProxyLimits {
     rates: Arc<Mutex<Rates>>,
     streams: Arc<Mutex<HashMap<i64, i64>>>,
+    /// Where request rates are counted cluster-wide (None: in memory, this instance).
+    shared: Option<SharedStore>,
 }
 
 impl std::fmt::Debug for ProxyLimits {
@@ -63,11 +69,26 @@ fn check(limiter: Option<Arc<Keyed>>, id: i64, what: &str, per_minute: i64) -> R
     limiter.check_key(&id).map_err(|not_until| {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        refusal(
-            format!("Rate limit reached for this {what}: {per_minute} requests per minute. Try again in {secs}s."),
-            secs,
-        )
+        rate_refusal(what, per_minute, secs)
     })
+}
+
+fn rate_refusal(what: &str, per_minute: i64, secs: u64) -> ProxyError {
+    refusal(
+        format!("Rate limit reached for this {what}: {per_minute} requests per minute. Try again in {secs}s."),
+        secs,
+    )
+}
+
+/// One shared-store hit for `bucket` at `per_minute` (0 = unlimited).
+async fn check_shared(store: &SharedStore, bucket: String, what: &str, per_minute: i64) -> Result<(), ProxyError> {
+    if per_minute <= 0 {
+        return Ok(());
+    }
+    match store.hit(&bucket, Gcra::per_minute(per_minute, per_minute)).await {
+        Verdict::Allowed => Ok(()),
+        refused => Err(rate_refusal(what, per_minute, refused.retry_after_secs())),
+    }
 }
 
 fn refusal(message: String, retry_after_secs: u64) -> ProxyError {
@@ -77,8 +98,17 @@ fn refusal(message: String, retry_after_secs: u64) -> ProxyError {
 }
 
 impl ProxyLimits {
+    /// Limits counting request rates in `shared` when given (cluster-wide), else in memory.
+    pub fn new(shared: Option<SharedStore>) -> ProxyLimits {
+        ProxyLimits { shared, ..Default::default() }
+    }
+
     /// Counts one request against the key's and the user's per-minute budgets.
-    pub fn check_rate(&self, limits: &RateLimitSettings, user_id: i64, key_id: i64) -> Result<(), ProxyError> {
+    pub async fn check_rate(&self, limits: &RateLimitSettings, user_id: i64, key_id: i64) -> Result<(), ProxyError> {
+        if let Some(store) = &self.shared {
+            check_shared(store, format!("key:{key_id}"), "API key", limits.key_requests_per_minute).await?;
+            return check_shared(store, format!("user:{user_id}"), "account", limits.user_requests_per_minute).await;
+        }
         let (key, user) = {
             let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             (
@@ -152,33 +182,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zero_means_unlimited() {
+    #[tokio::test]
+    async fn zero_means_unlimited() {
         let l = ProxyLimits::default();
         for _ in 0..1000 {
-            assert!(l.check_rate(&limits(0, 0), 1, 1).is_ok());
+            assert!(l.check_rate(&limits(0, 0), 1, 1).await.is_ok());
         }
     }
 
-    #[test]
-    fn the_key_budget_refuses_with_a_retry_after() {
+    #[tokio::test]
+    async fn the_key_budget_refuses_with_a_retry_after() {
         let l = ProxyLimits::default();
         for _ in 0..3 {
-            assert!(l.check_rate(&limits(3, 0), 1, 7).is_ok());
+            assert!(l.check_rate(&limits(3, 0), 1, 7).await.is_ok());
         }
-        let err = l.check_rate(&limits(3, 0), 1, 7).unwrap_err();
+        let err = l.check_rate(&limits(3, 0), 1, 7).await.unwrap_err();
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert!((1..=20).contains(&err.retry_after_secs.unwrap()), "{err:?}");
-        assert!(l.check_rate(&limits(3, 0), 1, 8).is_ok(), "another key has its own budget");
+        assert!(l.check_rate(&limits(3, 0), 1, 8).await.is_ok(), "another key has its own budget");
     }
 
-    #[test]
-    fn the_user_budget_spans_keys() {
+    #[tokio::test]
+    async fn the_user_budget_spans_keys() {
         let l = ProxyLimits::default();
-        assert!(l.check_rate(&limits(0, 2), 1, 1).is_ok());
-        assert!(l.check_rate(&limits(0, 2), 1, 2).is_ok());
-        assert!(l.check_rate(&limits(0, 2), 1, 3).is_err());
-        assert!(l.check_rate(&limits(0, 2), 2, 4).is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 1).await.is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 2).await.is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 3).await.is_err());
+        assert!(l.check_rate(&limits(0, 2), 2, 4).await.is_ok());
     }
 
     #[test]
