@@ -260,6 +260,17 @@ mod tests {
         assert_eq!(allowed, 4 + 599 / 6);
     }
 
+    #[tokio::test]
+    async fn an_unreachable_store_allows_the_hit_quickly() {
+        // Nothing listens on port 1: the hit fails open instead of refusing or hanging.
+        let store = SharedStore::redis("redis://127.0.0.1:1/0", Arc::new(crate::clock::SystemClock)).unwrap();
+        let started = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(store.hit("key:1", Gcra::per_minute(1, 1)).await, Verdict::Allowed);
+        }
+        assert!(started.elapsed() < STORE_TIMEOUT * 3, "{:?}", started.elapsed());
+    }
+
     #[test]
     fn long_client_supplied_buckets_are_hashed() {
         assert_eq!(bucket_name("login-ip:10.0.0.1"), "login-ip:10.0.0.1");

@@ -74,35 +74,43 @@ impl RedisStore {
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
             .set_number_of_retries(1);
-        match ConnectionManager::new_with_config(self.client.clone(), config).await {
-            Ok(conn) => {
+        // Marked down first: if the caller gives up (times out) mid-connect, the next
+        // requests skip Redis instead of each waiting for a connect of their own.
+        *state = Connection::Down(Instant::now() + RECONNECT_BACKOFF);
+        let connect = ConnectionManager::new_with_config(self.client.clone(), config);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => {
                 *state = Connection::Up(conn.clone());
                 Ok(conn)
             }
-            Err(e) => {
-                *state = Connection::Down(Instant::now() + RECONNECT_BACKOFF);
-                Err(format!("cannot connect: {e}"))
-            }
+            Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+            Err(_) => Err(format!("cannot connect within {} ms", CONNECT_TIMEOUT.as_millis())),
         }
     }
 
     /// Spends one hit of `rule` in `bucket` at `now` (micros).
     pub(super) async fn hit(&self, bucket: &str, rule: Gcra, now: i64) -> Result<Verdict, String> {
         let mut conn = self.connection().await?;
-        let (allowed, wait): (i64, i64) = self
-            .script
-            .key(format!("{PREFIX}{bucket}"))
-            .arg(now)
-            .arg(rule.interval_micros)
-            .arg(rule.span_micros())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut invocation = self.script.key(format!("{PREFIX}{bucket}"));
+        invocation.arg(now).arg(rule.interval_micros).arg(rule.span_micros());
+        let answer = match tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(self.trip(e.to_string()).await),
+            Err(_) => return Err(self.trip(format!("no answer within {} ms", RESPONSE_TIMEOUT.as_millis())).await),
+        };
+        let (allowed, wait): (i64, i64) = answer;
         Ok(if allowed == 1 {
             Verdict::Allowed
         } else {
             Verdict::Refused { retry_after: Duration::from_micros(u64::try_from(wait).unwrap_or(0)) }
         })
+    }
+
+    /// After a failed command, skips Redis for [`RECONNECT_BACKOFF`] (then reconnects
+    /// afresh), so a dead server costs one slow request per backoff, not one per request.
+    async fn trip(&self, error: String) -> String {
+        *self.state.lock().await = Connection::Down(Instant::now() + RECONNECT_BACKOFF);
+        error
     }
 
     /// Answers PING (health checks, the admin page).

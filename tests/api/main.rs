@@ -24,6 +24,7 @@ mod reliability_payments;
 mod reliability_proxy;
 mod scale_out;
 mod security_access;
+mod shared_limits;
 mod web;
 mod web_proxy;
 mod web_shop;
