@@ -35,6 +35,7 @@ pub mod ledger;
 pub mod markdown;
 pub mod money;
 pub mod oauth;
+pub mod ops_figures;
 pub mod orders;
 pub mod packages;
 pub mod payment;

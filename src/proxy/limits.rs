@@ -103,6 +103,11 @@ impl ProxyLimits {
         ProxyLimits { shared, ..Default::default() }
     }
 
+    /// Where request rates are counted: `redis`, `postgres` or `memory` (this instance).
+    pub fn backend_name(&self) -> &'static str {
+        self.shared.as_ref().map_or("memory", SharedStore::backend_name)
+    }
+
     /// Counts one request against the key's and the user's per-minute budgets.
     pub async fn check_rate(&self, limits: &RateLimitSettings, user_id: i64, key_id: i64) -> Result<(), ProxyError> {
         if let Some(store) = &self.shared {
