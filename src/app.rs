@@ -33,8 +33,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Cached enabled upstreams and prices for the proxy's hot path.
     pub catalog: crate::proxy::catalog::Catalog,
-    /// Proxy request-rate limiters (cluster-wide when Redis or PostgreSQL back them)
-    /// and concurrent-stream limiters (per instance).
+    /// Proxy request-rate and concurrent-stream limiters (cluster-wide when Redis or
+    /// PostgreSQL back them, in memory on SQLite).
     pub limits: crate::proxy::limits::ProxyLimits,
 }
 

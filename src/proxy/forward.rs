@@ -46,7 +46,7 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     let bytes = read_body(&headers, body, state.config.max_body_bytes).await?;
     let request = ClientRequest::parse(&bytes)?;
     let slot = if request.stream {
-        Some(state.limits.open_stream(settings.rate_limits.user_max_concurrent_streams, owner.user_id)?)
+        Some(state.limits.open_stream(settings.rate_limits.user_max_concurrent_streams, owner.user_id).await?)
     } else {
         None
     };

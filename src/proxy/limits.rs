@@ -1,10 +1,10 @@
 //! Per-key and per-user request rates and per-user concurrent streams, checked at
 //! admission so an abusive client is refused before it costs an upstream call.
 //! The limits come from [`RateLimitSettings`] (0 = unlimited); refusals are
-//! OpenAI-shaped 429s with `Retry-After`. Request rates are counted in the cluster's
-//! [`SharedStore`] (Redis or PostgreSQL) when there is one, else in memory. Concurrent
-//! streams are counted per instance: a shared counter would leak the slots of an
-//! instance that crashes mid-stream and lock users out until someone repairs it.
+//! OpenAI-shaped 429s with `Retry-After`. Request rates and concurrent streams are
+//! counted in the cluster's [`SharedStore`] (Redis or PostgreSQL) when there is one,
+//! else in memory. Shared stream slots are leases renewed while the stream runs (see
+//! [`crate::ratelimit::streams`]), so a crashed instance cannot lock a user out for good.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -127,14 +127,24 @@ impl ProxyLimits {
 
     /// Takes one of the user's concurrent stream slots (`max` 0 = unlimited); the slot
     /// is given back when the returned guard drops (attach it to the response body).
-    pub fn open_stream(&self, max: i64, user_id: i64) -> Result<StreamSlot, ProxyError> {
+    /// With a shared store the slot is a cluster-wide lease (fail open if the store is down).
+    pub async fn open_stream(&self, max: i64, user_id: i64) -> Result<StreamSlot, ProxyError> {
+        let mut shared = None;
+        if let (Some(store), true) = (&self.shared, max > 0) {
+            let id = crate::auth::random_token(16);
+            match store.admit_stream(user_id, max, &id).await {
+                Ok(true) => shared = Some(SharedSlot::start(store.clone(), user_id, id)),
+                Ok(false) => return Err(streams_refusal(max)),
+                Err(_) => {} // fail open: warned and counted by the store
+            }
+        }
         let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let open = streams.entry(user_id).or_insert(0);
-        if max > 0 && *open >= max {
-            return Err(refusal(format!("Too many concurrent streams for this account: at most {max} at a time."), 1));
+        if self.shared.is_none() && max > 0 && *open >= max {
+            return Err(streams_refusal(max));
         }
         *open += 1;
-        Ok(StreamSlot { streams: self.streams.clone(), user_id })
+        Ok(StreamSlot { streams: self.streams.clone(), user_id, _shared: shared })
     }
 
     /// Streams the user has open on this instance.
@@ -144,11 +154,61 @@ impl ProxyLimits {
     }
 }
 
+fn streams_refusal(max: i64) -> ProxyError {
+    refusal(format!("Too many concurrent streams for this account: at most {max} at a time."), 1)
+}
+
 /// One open stream; dropping it frees the slot.
 #[derive(Debug)]
 pub struct StreamSlot {
     streams: Arc<Mutex<HashMap<i64, i64>>>,
     user_id: i64,
+    _shared: Option<SharedSlot>,
+}
+
+/// A cluster-wide stream lease: renewed while held, deleted on drop.
+#[derive(Debug)]
+struct SharedSlot {
+    store: SharedStore,
+    user_id: i64,
+    id: String,
+    /// Dropping it stops the renewal task.
+    _renewing: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SharedSlot {
+    fn start(store: SharedStore, user_id: i64, id: String) -> SharedSlot {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (renewer, slot) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(crate::ratelimit::streams::RENEW_EVERY);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = ticker.tick() => {
+                        if let Err(error) = renewer.renew_stream(user_id, &slot).await {
+                            tracing::warn!(%error, "could not renew a stream slot lease");
+                        }
+                    }
+                }
+            }
+        });
+        SharedSlot { store, user_id, id, _renewing: stop }
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        let (store, user_id, id) = (self.store.clone(), self.user_id, std::mem::take(&mut self.id));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.release_stream(user_id, &id).await {
+                    tracing::warn!(%error, "could not release a stream slot (its lease will expire)");
+                }
+            });
+        }
+    }
 }
 
 impl StreamSlot {
@@ -216,15 +276,15 @@ mod tests {
         assert!(l.check_rate(&limits(0, 2), 2, 4).await.is_ok());
     }
 
-    #[test]
-    fn stream_slots_are_given_back_on_drop() {
+    #[tokio::test]
+    async fn stream_slots_are_given_back_on_drop() {
         let l = ProxyLimits::default();
-        let a = l.open_stream(2, 5).unwrap();
-        let _b = l.open_stream(2, 5).unwrap();
-        assert!(l.open_stream(2, 5).is_err());
+        let a = l.open_stream(2, 5).await.unwrap();
+        let _b = l.open_stream(2, 5).await.unwrap();
+        assert!(l.open_stream(2, 5).await.is_err());
         drop(a);
         assert_eq!(l.open_streams(5), 1);
-        assert!(l.open_stream(2, 5).is_ok());
-        assert!(l.open_stream(0, 6).is_ok());
+        assert!(l.open_stream(2, 5).await.is_ok());
+        assert!(l.open_stream(0, 6).await.is_ok());
     }
 }

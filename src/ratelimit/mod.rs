@@ -30,6 +30,7 @@
 
 mod redis_store;
 mod sql_store;
+pub mod streams;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -170,10 +171,7 @@ impl SharedStore {
         let bucket = bucket_name(bucket);
         let now = to_micros(self.clock.now());
         let started = Instant::now();
-        let result = match tokio::time::timeout(STORE_TIMEOUT, self.try_hit(&bucket, rule, now)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", STORE_TIMEOUT.as_millis())),
-        };
+        let result = self.bounded(self.try_hit(&bucket, rule, now)).await;
         let backend = self.backend_name();
         metrics::histogram!("gateway_rate_limit_check_seconds", "backend" => backend)
             .record(started.elapsed().as_secs_f64());
@@ -187,6 +185,14 @@ impl SharedStore {
         };
         metrics::counter!("gateway_rate_limit_checks_total", "backend" => backend, "outcome" => outcome).increment(1);
         verdict
+    }
+
+    /// Runs store work within [`STORE_TIMEOUT`].
+    async fn bounded<T>(&self, work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+        match tokio::time::timeout(STORE_TIMEOUT, work).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} ms", STORE_TIMEOUT.as_millis())),
+        }
     }
 
     async fn try_hit(&self, bucket: &str, rule: Gcra, now: i64) -> Result<Verdict, String> {

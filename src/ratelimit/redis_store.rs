@@ -90,20 +90,30 @@ impl RedisStore {
 
     /// Spends one hit of `rule` in `bucket` at `now` (micros).
     pub(super) async fn hit(&self, bucket: &str, rule: Gcra, now: i64) -> Result<Verdict, String> {
-        let mut conn = self.connection().await?;
         let mut invocation = self.script.key(format!("{PREFIX}{bucket}"));
         invocation.arg(now).arg(rule.interval_micros).arg(rule.span_micros());
-        let answer = match tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(self.trip(e.to_string()).await),
-            Err(_) => return Err(self.trip(format!("no answer within {} ms", RESPONSE_TIMEOUT.as_millis())).await),
-        };
-        let (allowed, wait): (i64, i64) = answer;
+        let (allowed, wait): (i64, i64) =
+            self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await?;
         Ok(if allowed == 1 {
             Verdict::Allowed
         } else {
             Verdict::Refused { retry_after: Duration::from_micros(u64::try_from(wait).unwrap_or(0)) }
         })
+    }
+
+    /// Runs one command (or script) on the connection within [`RESPONSE_TIMEOUT`];
+    /// a failure trips the circuit (see [`Self::trip`]).
+    pub(super) async fn run<T, F, Fut>(&self, command: F) -> Result<T, String>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(RESPONSE_TIMEOUT, command(conn)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(self.trip(e.to_string()).await),
+            Err(_) => Err(self.trip(format!("no answer within {} ms", RESPONSE_TIMEOUT.as_millis())).await),
+        }
     }
 
     /// After a failed command, skips Redis for [`RECONNECT_BACKOFF`] (then reconnects

@@ -75,6 +75,14 @@ fn exact_money(micros: f64) -> String {
     crate::money::Money::from_micros(micros as i64).to_string()
 }
 
+/// Request-rate checks, then stream-slot checks (backend shown as `redis (streams)`).
+fn limiter_rows(samples: &[Sample]) -> Vec<CountRow> {
+    let mut all = rows(samples, "gateway_rate_limit_checks_total", &["backend", "outcome"], "limiter");
+    let streams = rows(samples, "gateway_stream_slot_checks_total", &["backend", "outcome"], "streams");
+    all.extend(streams.into_iter().map(|r| CountRow { a: format!("{} (streams)", r.a), ..r }));
+    all
+}
+
 fn millis(seconds: Option<f64>) -> String {
     seconds.map_or_else(|| "—".to_string(), |s| format!("{:.0} ms", s * 1000.0))
 }
@@ -126,7 +134,7 @@ async fn metrics_page(State(state): State<AppState>, AdminPage(signed): AdminPag
         latency: latency_rows(&samples),
         notifies: rows(&samples, "gateway_payment_notifies_total", &["outcome"], "notify"),
         jobs: rows(&samples, "gateway_job_runs_total", &["job", "outcome"], "job"),
-        limiter_checks: rows(&samples, "gateway_rate_limit_checks_total", &["backend", "outcome"], "limiter"),
+        limiter_checks: limiter_rows(&samples),
     };
     render(ctx, StatusCode::OK, &page)
 }

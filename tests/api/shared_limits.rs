@@ -192,3 +192,72 @@ async fn one_limiter_hit_costs_well_under_a_millisecond_on_postgres_and_redis() 
     println!("MEASURE|limiter_hit|backend=redis|us_per_hit={rd}");
     assert!(rd < 20_000, "{rd} µs per hit");
 }
+
+/// Streams held open on two instances fill a limit of 2; the third instance refuses; a
+/// finished stream frees its slot cluster-wide; a slot whose instance died (never
+/// released, never renewed) frees itself when its lease runs out.
+async fn concurrent_streams_are_capped_across(apps: &[TestApp], store: SharedStore) {
+    use futures::StreamExt;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let s = crate::proxy::setup(
+        &apps[0],
+        MockOptions { gate: Some(gate.clone()), ..MockOptions::default() },
+        Some("20.00"),
+    )
+    .await;
+    for app in apps {
+        app.state.catalog.invalidate();
+    }
+    limit_everywhere(apps, &s.admin, json!({"user_max_concurrent_streams": 2})).await;
+    let stream = |app: &TestApp| {
+        v1(app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "stream": true, "input": "hi"})).send()
+    };
+    let mut a = stream(&apps[0]).await.unwrap().bytes_stream();
+    let mut b = stream(&apps[1]).await.unwrap().bytes_stream();
+    a.next().await.unwrap().unwrap();
+    b.next().await.unwrap().unwrap();
+    assert_eq!(store.open_streams(s.user_id).await.unwrap(), 2);
+    let third = stream(&apps[2]).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS, "the cluster holds 2 streams already");
+    assert_eq!(third.headers()["retry-after"], "1");
+
+    gate.add_permits(1000);
+    while a.next().await.is_some() {}
+    drop(b);
+    for _ in 0..200 {
+        if store.open_streams(s.user_id).await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.open_streams(s.user_id).await.unwrap(), 0, "finished and abandoned streams give slots back");
+
+    // An instance that crashed holding both slots: nothing releases or renews them.
+    assert!(store.admit_stream(s.user_id, 2, "crashed-1").await.unwrap());
+    assert!(store.admit_stream(s.user_id, 2, "crashed-2").await.unwrap());
+    assert_eq!(stream(&apps[2]).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    let lease = Duration::from_std(codex_gateway::ratelimit::streams::LEASE).unwrap();
+    apps[0].clock.advance(lease + Duration::seconds(1));
+    let after = stream(&apps[2]).await.unwrap();
+    assert_eq!(after.status(), StatusCode::OK, "leaked slots expire with their lease");
+    after.bytes().await.unwrap();
+    for app in apps {
+        app.wait_until_settled().await;
+    }
+    apps[0].assert_all_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_streams_are_capped_across_three_instances_on_postgres() {
+    let apps = spawn_cluster(3).await;
+    let store = SharedStore::postgres(apps[0].db.clone(), apps[0].clock.clone());
+    concurrent_streams_are_capped_across(&apps, store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_streams_are_capped_across_three_instances_with_redis() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let apps = spawn_cluster_with(3, &[("REDIS_URL", &redis.url)]).await;
+    let store = SharedStore::redis(&redis.url, apps[0].clock.clone()).unwrap();
+    concurrent_streams_are_capped_across(&apps, store).await;
+}

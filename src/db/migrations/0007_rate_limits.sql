@@ -8,3 +8,12 @@ CREATE TABLE IF NOT EXISTS rate_limit_buckets (
     allowed BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS rate_limit_buckets_tat ON rate_limit_buckets (tat_micros);
+-- Concurrent-stream slots shared by a cluster: one row per open stream, leased until
+-- expires_micros and renewed while the stream runs, so the slots of an instance that
+-- crashed free themselves when their lease runs out.
+CREATE TABLE IF NOT EXISTS stream_slots (
+    id TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL,
+    expires_micros BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stream_slots_user ON stream_slots (user_id, expires_micros);
