@@ -296,5 +296,18 @@ mod tests {
         assert_eq!(err.name, "DATABASE_URL");
         let err = Config::from_vars(&vars(&[("GATEWAY_SECRET", "short")])).unwrap_err();
         assert_eq!(err.name, "GATEWAY_SECRET");
+        let err = Config::from_vars(&vars(&[("REDIS_URL", "localhost:6379"), ("GATEWAY_SECRET", "0123456789abcdef")]))
+            .unwrap_err();
+        assert_eq!(err.name, "REDIS_URL");
+    }
+
+    #[test]
+    fn redis_is_optional_and_kept_secret_in_debug_output() {
+        let base = [("GATEWAY_SECRET", "0123456789abcdef"), ("DATABASE_URL", "sqlite://unused.db")];
+        assert!(Config::from_vars(&vars(&base)).unwrap().redis_url.is_none());
+        let config =
+            Config::from_vars(&vars(&[base[0], base[1], ("REDIS_URL", "redis://:hunter2@cache:6379/0")])).unwrap();
+        assert_eq!(config.redis_url.as_ref().unwrap().expose_secret(), "redis://:hunter2@cache:6379/0");
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 }
