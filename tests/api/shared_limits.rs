@@ -180,17 +180,38 @@ async fn cost_per_hit(store: &SharedStore) -> u128 {
     started.elapsed().as_micros() / hits
 }
 
+/// 300 concurrent hits from 3 stores (as 3 instances would) on one bucket of burst 50:
+/// exactly 50 pass (no lost update); returns the wall time in µs.
+async fn concurrent_hits_allow_exactly_the_burst(stores: Vec<SharedStore>) -> u128 {
+    let rule = Gcra::per_minute(1, 50);
+    let started = Instant::now();
+    let hits = (0..300).map(|n| {
+        let store = stores[n % stores.len()].clone();
+        tokio::spawn(async move { store.hit("bench:contended", rule).await })
+    });
+    let verdicts: Vec<Verdict> = join_all(hits).await.into_iter().map(Result::unwrap).collect();
+    let elapsed = started.elapsed().as_micros();
+    assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Allowed).count(), 50);
+    elapsed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_limiter_hit_costs_well_under_a_millisecond_on_postgres_and_redis() {
+async fn limiter_hits_are_cheap_and_concurrent_hits_allow_exactly_the_burst() {
     let apps = spawn_cluster(1).await;
     let clock: Arc<dyn Clock> = FakeClock::at("2026-01-15T04:00:00Z");
     let pg = cost_per_hit(&SharedStore::postgres(apps[0].db.clone(), clock.clone())).await;
     println!("MEASURE|limiter_hit|backend=postgres|us_per_hit={pg}");
     assert!(pg < 20_000, "{pg} µs per hit");
+    let stores = (0..3).map(|_| SharedStore::postgres(apps[0].db.clone(), clock.clone())).collect();
+    let us = concurrent_hits_allow_exactly_the_burst(stores).await;
+    println!("MEASURE|limiter_contended|backend=postgres|hits=300|allowed=50|us_total={us}");
     let Some(redis) = RedisServer::start().await else { return };
-    let rd = cost_per_hit(&SharedStore::redis(&redis.url, clock).unwrap()).await;
+    let rd = cost_per_hit(&SharedStore::redis(&redis.url, clock.clone()).unwrap()).await;
     println!("MEASURE|limiter_hit|backend=redis|us_per_hit={rd}");
     assert!(rd < 20_000, "{rd} µs per hit");
+    let stores = (0..3).map(|_| SharedStore::redis(&redis.url, clock.clone()).unwrap()).collect();
+    let us = concurrent_hits_allow_exactly_the_burst(stores).await;
+    println!("MEASURE|limiter_contended|backend=redis|hits=300|allowed=50|us_total={us}");
 }
 
 /// Streams held open on two instances fill a limit of 2; the third instance refuses; a
