@@ -33,7 +33,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Cached enabled upstreams and prices for the proxy's hot path.
     pub catalog: crate::proxy::catalog::Catalog,
-    /// Proxy request-rate and concurrent-stream limiters (per instance).
+    /// Proxy request-rate and concurrent-stream limiters (cluster-wide when Redis or
+    /// PostgreSQL back them, in memory on SQLite).
     pub limits: crate::proxy::limits::ProxyLimits,
     /// Runs admissions and settlements, batched per transaction.
     pub billing: crate::billing::writer::BillingWriter,
@@ -84,6 +85,9 @@ impl Application {
             .connect_timeout(config.upstream_connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
+        let shared_limits = crate::ratelimit::SharedStore::from_config(&config, &db, clock.clone())?;
+        let limiter = shared_limits.as_ref().map_or("memory (this instance)", |s| s.backend_name());
+        tracing::info!(limiter, "request-rate limits and login throttle counted in {limiter}");
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
         if db.backend() == db::Backend::Postgres {
             crate::cluster::spawn_listener(config.database_url.clone(), settings.clone(), catalog.clone());
@@ -94,11 +98,11 @@ impl Application {
             clock,
             settings,
             tasks: TaskTracker::new(),
-            login_throttle: Default::default(),
+            login_throttle: crate::auth::throttle::LoginThrottle::with_store(shared_limits.clone()),
             secrets,
             http,
             catalog,
-            limits: crate::proxy::limits::ProxyLimits::default(),
+            limits: crate::proxy::limits::ProxyLimits::new(shared_limits),
             billing,
             keys: Default::default(),
         };

@@ -53,6 +53,9 @@ pub struct Config {
     pub run_jobs: bool,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// `REDIS_URL`: when set, request-rate limits and the login throttle are counted in
+    /// Redis so every instance shares them (otherwise in PostgreSQL, or in memory on SQLite).
+    pub redis_url: Option<SecretString>,
 }
 
 /// Keys of the optional TOML file; each mirrors an environment variable.
@@ -73,6 +76,7 @@ struct FileConfig {
     pay_sandbox: Option<bool>,
     run_jobs: Option<bool>,
     metrics_token: Option<String>,
+    redis_url: Option<String>,
 }
 
 /// Default request body limit: Codex prompts with long histories are large.
@@ -166,6 +170,13 @@ impl Config {
         };
 
         let metrics_token = get("GATEWAY_METRICS_TOKEN").or(file.metrics_token);
+        let redis_url = match get("REDIS_URL").or(file.redis_url) {
+            Some(url) if url.starts_with("redis://") => Some(SecretString::from(url)),
+            Some(_) => {
+                return Err(ConfigError::new("REDIS_URL", "must start with redis:// (e.g. redis://127.0.0.1:6379/0)"));
+            }
+            None => None,
+        };
 
         Ok(Config {
             database_url,
@@ -182,6 +193,7 @@ impl Config {
             pay_sandbox,
             run_jobs,
             metrics_token,
+            redis_url,
         })
     }
 
@@ -284,5 +296,18 @@ mod tests {
         assert_eq!(err.name, "DATABASE_URL");
         let err = Config::from_vars(&vars(&[("GATEWAY_SECRET", "short")])).unwrap_err();
         assert_eq!(err.name, "GATEWAY_SECRET");
+        let err = Config::from_vars(&vars(&[("REDIS_URL", "localhost:6379"), ("GATEWAY_SECRET", "0123456789abcdef")]))
+            .unwrap_err();
+        assert_eq!(err.name, "REDIS_URL");
+    }
+
+    #[test]
+    fn redis_is_optional_and_kept_secret_in_debug_output() {
+        let base = [("GATEWAY_SECRET", "0123456789abcdef"), ("DATABASE_URL", "sqlite://unused.db")];
+        assert!(Config::from_vars(&vars(&base)).unwrap().redis_url.is_none());
+        let config =
+            Config::from_vars(&vars(&[base[0], base[1], ("REDIS_URL", "redis://:hunter2@cache:6379/0")])).unwrap();
+        assert_eq!(config.redis_url.as_ref().unwrap().expose_secret(), "redis://:hunter2@cache:6379/0");
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

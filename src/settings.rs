@@ -43,7 +43,8 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
 }
 
-/// Limits the proxy enforces per instance before admitting a request; 0 = unlimited.
+/// Limits the proxy enforces before admitting a request (cluster-wide on PostgreSQL or
+/// Redis, per instance on SQLite); 0 = unlimited.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct RateLimitSettings {

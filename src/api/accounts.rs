@@ -77,7 +77,7 @@ async fn login(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
-    state.login_throttle.check(client.ip().as_deref(), &body.email)?;
+    state.login_throttle.check(client.ip().as_deref(), &body.email).await?;
     let user = check_credentials(&state, &body.email, &body.password).await?;
     let client = client_info(&headers, client.0);
     let session = sessions::create(&state.db, user.id, &client, state.now()).await?;

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial data model", sql: include_str!("migrations/0001_initial.sql") },
     Migration { version: 3, name: "packages and payments", sql: include_str!("migrations/0003_packages_payments.sql") },
     Migration { version: 5, name: "community features", sql: include_str!("migrations/0005_community.sql") },
+    Migration { version: 7, name: "shared rate limits", sql: include_str!("migrations/0007_rate_limits.sql") },
     Migration { version: 8, name: "batched billing", sql: include_str!("migrations/0008_batched_billing.sql") },
 ];
 

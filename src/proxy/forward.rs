@@ -50,11 +50,11 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     let arrived = Instant::now();
     let owner = authenticate_cached(&state, &headers).await?;
     let settings = state.settings.get().await?;
-    state.limits.check_rate(&settings.rate_limits, owner.user_id, owner.key_id)?;
+    state.limits.check_rate(&settings.rate_limits, owner.user_id, owner.key_id).await?;
     let bytes = read_body(&headers, body, state.config.max_body_bytes).await?;
     let request = ClientRequest::parse(&bytes)?;
     let slot = if request.stream {
-        Some(state.limits.open_stream(settings.rate_limits.user_max_concurrent_streams, owner.user_id)?)
+        Some(state.limits.open_stream(settings.rate_limits.user_max_concurrent_streams, owner.user_id).await?)
     } else {
         None
     };

@@ -1,7 +1,10 @@
 //! Per-key and per-user request rates and per-user concurrent streams, checked at
 //! admission so an abusive client is refused before it costs an upstream call.
-//! The limits come from [`RateLimitSettings`] (0 = unlimited) and are counted per
-//! instance; refusals are OpenAI-shaped 429s with `Retry-After`.
+//! The limits come from [`RateLimitSettings`] (0 = unlimited); refusals are
+//! OpenAI-shaped 429s with `Retry-After`. Request rates and concurrent streams are
+//! counted in the cluster's [`SharedStore`] (Redis or PostgreSQL) when there is one,
+//! else in memory. Shared stream slots are leases renewed while the stream runs (see
+//! [`crate::ratelimit::streams`]), so a crashed instance cannot lock a user out for good.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,6 +19,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::error::ProxyError;
+use crate::ratelimit::{Gcra, SharedStore, Verdict};
 use crate::settings::RateLimitSettings;
 
 type Keyed = RateLimiter<i64, DefaultKeyedStateStore<i64>, DefaultClock>;
@@ -28,6 +32,8 @@ const SWEEP_ABOVE: usize = 10_000;
 pub struct ProxyLimits {
     rates: Arc<Mutex<Rates>>,
     streams: Arc<Mutex<HashMap<i64, i64>>>,
+    /// Where request rates are counted cluster-wide (None: in memory, this instance).
+    shared: Option<SharedStore>,
 }
 
 impl std::fmt::Debug for ProxyLimits {
@@ -63,11 +69,26 @@ fn check(limiter: Option<Arc<Keyed>>, id: i64, what: &str, per_minute: i64) -> R
     limiter.check_key(&id).map_err(|not_until| {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        refusal(
-            format!("Rate limit reached for this {what}: {per_minute} requests per minute. Try again in {secs}s."),
-            secs,
-        )
+        rate_refusal(what, per_minute, secs)
     })
+}
+
+fn rate_refusal(what: &str, per_minute: i64, secs: u64) -> ProxyError {
+    refusal(
+        format!("Rate limit reached for this {what}: {per_minute} requests per minute. Try again in {secs}s."),
+        secs,
+    )
+}
+
+/// One shared-store hit for `bucket` at `per_minute` (0 = unlimited).
+async fn check_shared(store: &SharedStore, bucket: String, what: &str, per_minute: i64) -> Result<(), ProxyError> {
+    if per_minute <= 0 {
+        return Ok(());
+    }
+    match store.hit(&bucket, Gcra::per_minute(per_minute, per_minute)).await {
+        Verdict::Allowed => Ok(()),
+        refused => Err(rate_refusal(what, per_minute, refused.retry_after_secs())),
+    }
 }
 
 fn refusal(message: String, retry_after_secs: u64) -> ProxyError {
@@ -77,8 +98,22 @@ fn refusal(message: String, retry_after_secs: u64) -> ProxyError {
 }
 
 impl ProxyLimits {
+    /// Limits counting request rates in `shared` when given (cluster-wide), else in memory.
+    pub fn new(shared: Option<SharedStore>) -> ProxyLimits {
+        ProxyLimits { shared, ..Default::default() }
+    }
+
+    /// Where request rates are counted: `redis`, `postgres` or `memory` (this instance).
+    pub fn backend_name(&self) -> &'static str {
+        self.shared.as_ref().map_or("memory", SharedStore::backend_name)
+    }
+
     /// Counts one request against the key's and the user's per-minute budgets.
-    pub fn check_rate(&self, limits: &RateLimitSettings, user_id: i64, key_id: i64) -> Result<(), ProxyError> {
+    pub async fn check_rate(&self, limits: &RateLimitSettings, user_id: i64, key_id: i64) -> Result<(), ProxyError> {
+        if let Some(store) = &self.shared {
+            check_shared(store, format!("key:{key_id}"), "API key", limits.key_requests_per_minute).await?;
+            return check_shared(store, format!("user:{user_id}"), "account", limits.user_requests_per_minute).await;
+        }
         let (key, user) = {
             let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             (
@@ -92,14 +127,24 @@ impl ProxyLimits {
 
     /// Takes one of the user's concurrent stream slots (`max` 0 = unlimited); the slot
     /// is given back when the returned guard drops (attach it to the response body).
-    pub fn open_stream(&self, max: i64, user_id: i64) -> Result<StreamSlot, ProxyError> {
+    /// With a shared store the slot is a cluster-wide lease (fail open if the store is down).
+    pub async fn open_stream(&self, max: i64, user_id: i64) -> Result<StreamSlot, ProxyError> {
+        let mut shared = None;
+        if let (Some(store), true) = (&self.shared, max > 0) {
+            let id = crate::auth::random_token(16);
+            match store.admit_stream(user_id, max, &id).await {
+                Ok(true) => shared = Some(SharedSlot::start(store.clone(), user_id, id)),
+                Ok(false) => return Err(streams_refusal(max)),
+                Err(_) => {} // fail open: warned and counted by the store
+            }
+        }
         let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let open = streams.entry(user_id).or_insert(0);
-        if max > 0 && *open >= max {
-            return Err(refusal(format!("Too many concurrent streams for this account: at most {max} at a time."), 1));
+        if self.shared.is_none() && max > 0 && *open >= max {
+            return Err(streams_refusal(max));
         }
         *open += 1;
-        Ok(StreamSlot { streams: self.streams.clone(), user_id })
+        Ok(StreamSlot { streams: self.streams.clone(), user_id, _shared: shared })
     }
 
     /// Streams the user has open on this instance.
@@ -109,11 +154,61 @@ impl ProxyLimits {
     }
 }
 
+fn streams_refusal(max: i64) -> ProxyError {
+    refusal(format!("Too many concurrent streams for this account: at most {max} at a time."), 1)
+}
+
 /// One open stream; dropping it frees the slot.
 #[derive(Debug)]
 pub struct StreamSlot {
     streams: Arc<Mutex<HashMap<i64, i64>>>,
     user_id: i64,
+    _shared: Option<SharedSlot>,
+}
+
+/// A cluster-wide stream lease: renewed while held, deleted on drop.
+#[derive(Debug)]
+struct SharedSlot {
+    store: SharedStore,
+    user_id: i64,
+    id: String,
+    /// Dropping it stops the renewal task.
+    _renewing: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SharedSlot {
+    fn start(store: SharedStore, user_id: i64, id: String) -> SharedSlot {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (renewer, slot) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(crate::ratelimit::streams::RENEW_EVERY);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = ticker.tick() => {
+                        if let Err(error) = renewer.renew_stream(user_id, &slot).await {
+                            tracing::warn!(%error, "could not renew a stream slot lease");
+                        }
+                    }
+                }
+            }
+        });
+        SharedSlot { store, user_id, id, _renewing: stop }
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        let (store, user_id, id) = (self.store.clone(), self.user_id, std::mem::take(&mut self.id));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.release_stream(user_id, &id).await {
+                    tracing::warn!(%error, "could not release a stream slot (its lease will expire)");
+                }
+            });
+        }
+    }
 }
 
 impl StreamSlot {
@@ -152,44 +247,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zero_means_unlimited() {
+    #[tokio::test]
+    async fn zero_means_unlimited() {
         let l = ProxyLimits::default();
         for _ in 0..1000 {
-            assert!(l.check_rate(&limits(0, 0), 1, 1).is_ok());
+            assert!(l.check_rate(&limits(0, 0), 1, 1).await.is_ok());
         }
     }
 
-    #[test]
-    fn the_key_budget_refuses_with_a_retry_after() {
+    #[tokio::test]
+    async fn the_key_budget_refuses_with_a_retry_after() {
         let l = ProxyLimits::default();
         for _ in 0..3 {
-            assert!(l.check_rate(&limits(3, 0), 1, 7).is_ok());
+            assert!(l.check_rate(&limits(3, 0), 1, 7).await.is_ok());
         }
-        let err = l.check_rate(&limits(3, 0), 1, 7).unwrap_err();
+        let err = l.check_rate(&limits(3, 0), 1, 7).await.unwrap_err();
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert!((1..=20).contains(&err.retry_after_secs.unwrap()), "{err:?}");
-        assert!(l.check_rate(&limits(3, 0), 1, 8).is_ok(), "another key has its own budget");
+        assert!(l.check_rate(&limits(3, 0), 1, 8).await.is_ok(), "another key has its own budget");
     }
 
-    #[test]
-    fn the_user_budget_spans_keys() {
+    #[tokio::test]
+    async fn the_user_budget_spans_keys() {
         let l = ProxyLimits::default();
-        assert!(l.check_rate(&limits(0, 2), 1, 1).is_ok());
-        assert!(l.check_rate(&limits(0, 2), 1, 2).is_ok());
-        assert!(l.check_rate(&limits(0, 2), 1, 3).is_err());
-        assert!(l.check_rate(&limits(0, 2), 2, 4).is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 1).await.is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 2).await.is_ok());
+        assert!(l.check_rate(&limits(0, 2), 1, 3).await.is_err());
+        assert!(l.check_rate(&limits(0, 2), 2, 4).await.is_ok());
     }
 
-    #[test]
-    fn stream_slots_are_given_back_on_drop() {
+    #[tokio::test]
+    async fn stream_slots_are_given_back_on_drop() {
         let l = ProxyLimits::default();
-        let a = l.open_stream(2, 5).unwrap();
-        let _b = l.open_stream(2, 5).unwrap();
-        assert!(l.open_stream(2, 5).is_err());
+        let a = l.open_stream(2, 5).await.unwrap();
+        let _b = l.open_stream(2, 5).await.unwrap();
+        assert!(l.open_stream(2, 5).await.is_err());
         drop(a);
         assert_eq!(l.open_streams(5), 1);
-        assert!(l.open_stream(2, 5).is_ok());
-        assert!(l.open_stream(0, 6).is_ok());
+        assert!(l.open_stream(2, 5).await.is_ok());
+        assert!(l.open_stream(0, 6).await.is_ok());
     }
 }

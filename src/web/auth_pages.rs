@@ -154,7 +154,7 @@ async fn login_submit(
 ) -> Response {
     let ctx = &guest.ctx;
     let next = safe_next(form.next.as_deref());
-    let checked = match state.login_throttle.check(addr.ip().as_deref(), &form.email) {
+    let checked = match state.login_throttle.check(addr.ip().as_deref(), &form.email).await {
         Ok(()) => check_credentials(&state, &form.email, &form.password).await,
         Err(e) => Err(e),
     };

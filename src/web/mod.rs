@@ -4,6 +4,7 @@
 //! Handlers stay thin: they call the same domain functions as the JSON API and only
 //! translate between forms, templates and [`crate::error::Error`].
 
+pub mod admin_metrics;
 pub mod admin_pages;
 pub mod admin_proxy;
 pub mod admin_shop;
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
         .merge(admin_codes::router())
         .merge(admin_announcements::router())
         .merge(admin_audit::router())
+        .merge(admin_metrics::router())
 }
 
 /// Field errors of a submitted form, shown next to their fields; the empty field

@@ -526,3 +526,72 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(self.db.pool()).await.unwrap()
     }
 }
+
+/// `n` instances on one fresh PostgreSQL database with extra configuration (e.g. `REDIS_URL`).
+pub async fn spawn_cluster_with(n: usize, extra: &[(&str, &str)]) -> Vec<TestApp> {
+    let clock = FakeClock::at("2026-01-15T04:00:00Z");
+    let mut apps: Vec<TestApp> = Vec::new();
+    let mut url = String::new();
+    for _ in 0..n {
+        let dir = TempDir(std::env::temp_dir().join(unique_name()));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        if url.is_empty() {
+            url = fresh_database_url(Backend::Postgres, &dir.0).await;
+        }
+        apps.push(launch(Backend::Postgres, &url, dir, clock.clone(), extra).await);
+    }
+    apps
+}
+
+/// A private `redis-server` on a free loopback port, stopped on drop. None (with a loud
+/// message) when the binary is missing, unless `TEST_REQUIRE_REDIS=1` (CI) makes that a failure.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub url: String,
+}
+
+impl RedisServer {
+    pub async fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                assert!(
+                    std::env::var("TEST_REQUIRE_REDIS").as_deref() != Ok("1"),
+                    "TEST_REQUIRE_REDIS=1 but redis-server cannot start: {e}"
+                );
+                eprintln!("\n*** SKIPPED: redis-server is not installed ({e}); apt-get install redis-server ***\n");
+                return None;
+            }
+        };
+        let server = RedisServer { child: Some(child), url: format!("redis://127.0.0.1:{port}/0") };
+        let client = redis::Client::open(server.url.as_str()).unwrap();
+        for _ in 0..200 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+                    return Some(server);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on port {port} did not answer PING");
+    }
+
+    /// Kills the server (to test what happens while Redis is down).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

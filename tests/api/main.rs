@@ -5,6 +5,7 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod admin_metrics;
 mod announcements;
 mod audit;
 mod billing;
@@ -24,6 +25,7 @@ mod reliability_payments;
 mod reliability_proxy;
 mod scale_out;
 mod security_access;
+mod shared_limits;
 mod web;
 mod web_community;
 mod web_community_sales;
