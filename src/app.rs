@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -83,6 +84,7 @@ impl Application {
         // is applied per attempt by the proxy.
         let http = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
+            .tcp_nodelay(true)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
         let shared_limits = crate::ratelimit::SharedStore::from_config(&config, &db, clock.clone())?;
@@ -126,7 +128,14 @@ impl Application {
             crate::jobs::spawn_scheduler(&state, jobs_stop.clone());
         }
         let router: Router = crate::routes::router(state.clone());
-        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        // Small SSE writes must leave at once: with Nagle's algorithm on, each event
+        // after the first waits for the client's delayed ACK (~40 ms on Linux).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+            }
+        });
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await?;
         jobs_stop.cancel();

@@ -18,6 +18,7 @@ on_both_databases!(
     streamed_chat_hides_the_usage_chunk_only_when_the_client_did_not_ask_for_it,
     non_streamed_chat_is_billed_from_its_usage,
     chunks_reach_the_client_before_the_upstream_finishes,
+    a_stream_of_small_events_is_not_slowed_down_per_event,
     a_failing_upstream_is_skipped_before_the_first_byte_and_marked_unhealthy,
     an_upstream_dying_mid_stream_is_billed_on_an_estimate_without_retry,
     a_client_disconnecting_mid_stream_is_still_billed,
@@ -258,6 +259,32 @@ async fn chunks_reach_the_client_before_the_upstream_finishes(app: TestApp) {
     }
     assert!(String::from_utf8_lossy(&rest).contains("response.completed"));
     assert_eq!(usage_rows(&app, 1).await[0].cost, MOCK_COST_MICROS);
+    app.assert_money_invariants().await;
+}
+
+/// A per-event delay on the way through (buffering, or Nagle's algorithm holding each
+/// small write for the client's delayed ACK, ~40 ms on Linux) would turn 24 events
+/// 2 ms apart (~50 ms) into a second or more. Measured here: 85-100 ms in a debug
+/// build; the bound leaves room for a loaded machine. (On this loopback Nagle does not
+/// show between the gateway and this client even without TCP_NODELAY; the gateway
+/// sets it on every client connection anyway, as SSE writes are small.)
+async fn a_stream_of_small_events_is_not_slowed_down_per_event(app: TestApp) {
+    let options = MockOptions { delay: std::time::Duration::from_millis(2), chunks: 24, ..MockOptions::default() };
+    let s = setup(&app, options, Some("10")).await;
+    let request =
+        || v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "stream": true, "input": "hi"})).send();
+    request().await.unwrap().bytes().await.unwrap(); // warm connections and the key cache
+    let started = std::time::Instant::now();
+    let mut stream = request().await.unwrap().bytes_stream();
+    let mut events = 0;
+    while let Some(chunk) = stream.next().await {
+        events += String::from_utf8_lossy(&chunk.unwrap()).matches("\n\n").count();
+    }
+    let elapsed = started.elapsed();
+    assert!(events >= 20, "{events} events");
+    println!("STREAM|events={events}|elapsed_ms={}", elapsed.as_millis());
+    assert!(elapsed < std::time::Duration::from_millis(500), "the stream took {elapsed:?}");
+    usage_rows(&app, 2).await;
     app.assert_money_invariants().await;
 }
 
