@@ -47,26 +47,7 @@ async fn generate(
         actor_id: admin.user.id,
     };
     request.validate()?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    let batch = redemption::create_batch(tx.conn(), &request, now).await?;
-    // The codes themselves stay out of the trail: the audit log is not a place to read secrets from.
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "redemption.generate",
-        target: Some(format!("redemption_batch:{}", batch.batch_id)),
-        before: None,
-        after: Some(json!({
-            "batch_id": batch.batch_id,
-            "count": request.count,
-            "amount": request.amount,
-            "package_id": request.package_id,
-            "note": request.note,
-        })),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    let batch = redemption::generate_audited(&state.db, &request, client.ip(), state.now()).await?;
     Ok((StatusCode::CREATED, Json(batch)))
 }
 

@@ -164,27 +164,7 @@ async fn generate(
     let ctx = &signed.ctx;
     let result = async {
         let request = form.request(signed.user.id)?;
-        let now = state.now();
-        let mut tx = state.db.begin().await?;
-        let batch = redemption::create_batch(tx.conn(), &request, now).await?;
-        // As in the JSON API: the codes themselves stay out of the trail.
-        let event = AuditEvent {
-            actor_id: Some(signed.user.id),
-            action: "redemption.generate",
-            target: Some(format!("redemption_batch:{}", batch.batch_id)),
-            before: None,
-            after: Some(json!({
-                "batch_id": batch.batch_id,
-                "count": request.count,
-                "amount": request.amount,
-                "package_id": request.package_id,
-                "note": request.note,
-            })),
-            ip: client.ip(),
-        };
-        audit::record(tx.conn(), &event, now).await?;
-        tx.commit().await?;
-        Ok::<_, Error>(batch)
+        redemption::generate_audited(&state.db, &request, client.ip(), state.now()).await
     }
     .await;
     match result {
