@@ -7,6 +7,7 @@ mod accounts;
 mod admin;
 mod announcements;
 mod audit;
+mod bench_mock;
 mod billing;
 mod coupons;
 mod keys;
