@@ -22,6 +22,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -153,6 +154,11 @@ pub async fn serve_mock(listener: TcpListener, options: MockOptions) -> std::io:
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state.clone());
     tokio::spawn(async move {
+        // Small SSE events must leave at once: without TCP_NODELAY, Nagle's algorithm holds each
+        // event behind the client's delayed ACK of the previous one (~40 ms stalls).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
