@@ -44,6 +44,12 @@ struct MockArgs {
     /// Pause between streamed events, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Pause before answering at all, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    initial_delay_ms: u64,
+    /// Prefix each streamed event with `: mock-sent-us=<unix micros>` (benchmark buffering check).
+    #[arg(long)]
+    stamp: bool,
     /// Number of text deltas per answer.
     #[arg(long, default_value_t = 4)]
     chunks: usize,
@@ -157,6 +163,8 @@ fn run_mock(args: MockArgs) -> anyhow::Result<()> {
     };
     let options = MockOptions {
         delay: std::time::Duration::from_millis(args.delay_ms),
+        initial_delay: std::time::Duration::from_millis(args.initial_delay_ms),
+        stamp: args.stamp,
         chunks: args.chunks,
         response_bytes: args.response_bytes,
         fault,

@@ -22,6 +22,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -78,6 +79,9 @@ pub struct MockOptions {
     pub usage: MockUsage,
     /// When set, streams pause after their first event until a permit is added.
     pub gate: Option<Arc<Semaphore>>,
+    /// Prefix every streamed event with an SSE comment `: mock-sent-us=<unix micros>` taken
+    /// as it is sent, so a benchmark client can tell how late each chunk reached it.
+    pub stamp: bool,
 }
 
 impl Default for MockOptions {
@@ -91,6 +95,7 @@ impl Default for MockOptions {
             fault: None,
             usage: MockUsage { input: 1000, cached: 200, output: 300, reasoning: 100 },
             gate: None,
+            stamp: false,
         }
     }
 }
@@ -144,10 +149,16 @@ pub async fn serve_mock(listener: TcpListener, options: MockOptions) -> std::io:
         .route("/v1/responses", post(answer))
         .route("/v1/chat/completions", post(answer))
         .route("/v1/models", get(models))
+        .route("/mock/stats", get(stats))
         // Codex prompts with long histories are large; accept what the gateway accepts.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state.clone());
     tokio::spawn(async move {
+        // Small SSE events must leave at once: without TCP_NODELAY, Nagle's algorithm holds each
+        // event behind the client's delayed ACK of the previous one (~40 ms stalls).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
@@ -162,6 +173,12 @@ async fn models() -> Json<Value> {
         { "id": "gpt-5", "object": "model", "created": 0, "owned_by": "mock" },
         { "id": "gpt-5-codex", "object": "model", "created": 0, "owned_by": "mock" }
     ] }))
+}
+
+/// `{"requests": n}`: how many answers were asked for, so a benchmark can check that
+/// every request that reached the upstream was billed exactly once.
+async fn stats(State(state): State<MockState>) -> Json<Value> {
+    Json(json!({ "requests": state.requests.load(Ordering::SeqCst) }))
 }
 
 async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -358,6 +375,14 @@ impl Script<'_> {
     }
 }
 
+/// The event behind a comment line carrying the wall-clock time it is sent at.
+fn stamped(event: &Bytes) -> Bytes {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    let mut out = format!(": mock-sent-us={micros}\n").into_bytes();
+    out.extend_from_slice(event);
+    Bytes::from(out)
+}
+
 fn sse(pieces: Vec<Piece>, options: Arc<MockOptions>) -> Response {
     let stream = futures::stream::unfold((pieces.into_iter().enumerate(), options), |(mut it, options)| async move {
         let (index, piece) = it.next()?;
@@ -372,6 +397,7 @@ fn sse(pieces: Vec<Piece>, options: Arc<MockOptions>) -> Response {
             tokio::time::sleep(options.delay).await;
         }
         let item = match piece {
+            Piece::Event(bytes) if options.stamp => Ok(stamped(&bytes)),
             Piece::Event(bytes) => Ok(bytes),
             Piece::Die => {
                 // Let what was sent reach the wire first, like a real crash mid-stream.

@@ -8,6 +8,7 @@ mod admin;
 mod admin_metrics;
 mod announcements;
 mod audit;
+mod bench_mock;
 mod billing;
 mod coupons;
 mod keys;
