@@ -431,17 +431,22 @@ impl Plan {
     }
 
     fn settle(&mut self, hold: &Hold, record: &UsageRecord, now: DateTime<Utc>) -> Result<Settlement> {
-        let user = self.facts.users.get(&hold.user_id).ok_or(Error::NotFound("user"))?;
+        if !self.facts.users.contains_key(&hold.user_id) {
+            return Err(Error::NotFound("user"));
+        }
+        // The batch deleted this hold if it was still there: give its amount back even
+        // when the request turns out to be settled already.
+        let release = if self.facts.released.remove(&hold.id) { hold.amount.micros() } else { 0 };
         if !self.facts.settled.insert(record.request_id.clone()) {
-            // Already settled (a retry after an ambiguous commit): change nothing.
+            // Already settled (a retry after an ambiguous commit): no charge.
+            let balance = self.release_only(hold.user_id, release);
             return Ok(Settlement {
                 package: Money::ZERO,
                 balance: Money::ZERO,
-                balance_after: Money::from_micros(user.balance),
+                balance_after: Money::from_micros(balance),
                 applied: false,
             });
         }
-        let release = if self.facts.released.remove(&hold.id) { hold.amount.micros() } else { 0 };
         let package = hold.user_package_id.and_then(|id| self.facts.package_limits.get(&id)).copied();
         let (package_used, _) = self.day(hold.user_id, hold.business_date);
         let split = rules::split_charge(record.cost, package.map(Money::from_micros), Money::from_micros(package_used));
@@ -500,6 +505,20 @@ impl Plan {
             balance_after: Money::from_micros(balance_after),
             applied: true,
         })
+    }
+
+    /// Gives a released hold back to the user's available funds; returns the balance.
+    fn release_only(&mut self, user_id: i64, release: i64) -> i64 {
+        if release > 0 {
+            self.users.entry(user_id).or_default().held -= release;
+        }
+        match self.facts.users.get_mut(&user_id) {
+            Some(user) => {
+                user.held = (user.held - release).max(0);
+                user.balance
+            }
+            None => 0,
+        }
     }
 
     /// Writes the plan; returns the new holds' ids by request id.
@@ -740,6 +759,19 @@ mod tests {
         assert_eq!(plan.keys[&10].0, m("1.40").micros());
         let day = &plan.days[&(1, "2026-01-01".to_string())];
         assert_eq!((day.package, day.balance, day.requests), (m("1.00").micros(), m("0.40").micros(), 2));
+    }
+
+    #[test]
+    fn a_duplicate_settlement_still_gives_back_the_hold_the_batch_deleted() {
+        let (mut plan, now) = plan("5.00", None);
+        let hold = admit(&mut plan, now, "0.10").unwrap().unwrap();
+        plan.facts.settled.insert("done".into());
+        plan.facts.released.insert(hold.id);
+        let again = plan.settle(&hold, &usage("done", "0.70"), now).unwrap();
+        assert!(!again.applied && again.balance_after == m("5.00"));
+        assert_eq!(plan.users[&1].held, 0, "admitted 0.10, released 0.10");
+        assert_eq!(plan.users[&1].balance, 0);
+        assert!(plan.usage.is_empty() && plan.entries.is_empty());
     }
 
     #[test]
