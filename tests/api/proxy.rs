@@ -19,6 +19,7 @@ on_both_databases!(
     non_streamed_chat_is_billed_from_its_usage,
     chunks_reach_the_client_before_the_upstream_finishes,
     a_stream_of_small_events_is_not_slowed_down_per_event,
+    a_request_sent_upstream_before_its_admission_gets_the_refusal_and_costs_nothing,
     a_failing_upstream_is_skipped_before_the_first_byte_and_marked_unhealthy,
     an_upstream_dying_mid_stream_is_billed_on_an_estimate_without_retry,
     a_client_disconnecting_mid_stream_is_still_billed,
@@ -285,6 +286,29 @@ async fn a_stream_of_small_events_is_not_slowed_down_per_event(app: TestApp) {
     println!("STREAM|events={events}|elapsed_ms={}", elapsed.as_millis());
     assert!(elapsed < std::time::Duration::from_millis(500), "the stream took {elapsed:?}");
     usage_rows(&app, 2).await;
+    app.assert_money_invariants().await;
+}
+
+/// A user with headroom has their next request forwarded while its admission
+/// commits (speculation); if the admission then refuses (here: the account was
+/// suspended meanwhile), the client gets the refusal, never the upstream's answer,
+/// and nothing is charged or held.
+async fn a_request_sent_upstream_before_its_admission_gets_the_refusal_and_costs_nothing(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("10")).await;
+    let call = || v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "input": "hi"})).send();
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK); // leaves headroom for the next one
+    usage_rows(&app, 1).await;
+    let suspended =
+        app.patch(&format!("/api/admin/users/{}", s.user_id), &s.admin, json!({"status": "suspended"})).await;
+    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.text);
+    let refused = call().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "account_suspended");
+    assert_eq!(s.mock.requests(), 2, "the second request went upstream before its admission was decided");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs").fetch_one(app.db.pool()).await.unwrap();
+    let holds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM holds").fetch_one(app.db.pool()).await.unwrap();
+    assert_eq!((rows, holds), (1, 0));
     app.assert_money_invariants().await;
 }
 
