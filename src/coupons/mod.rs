@@ -148,15 +148,15 @@ fn code_taken(code: &str) -> Error {
     Error::conflict("code_taken", format!("a coupon with code {code} already exists"))
 }
 
-/// Inserts a validated coupon on the caller's transaction.
-pub async fn create(conn: &mut AnyConnection, input: &CouponInput, now: DateTime<Utc>) -> Result<Coupon> {
-    let sql = format!(
-        "INSERT INTO coupons (code, percent_off, amount_off, package_ids, applies_to_topup, valid_from, valid_until, \
-           max_uses, max_uses_per_user, used, enabled, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $11) RETURNING {COLUMNS}"
-    );
+/// Binds a coupon's settings as `$1`..`$11` (the timestamp last), in the order both
+/// [`create`] and [`update`] name them.
+fn bind_input<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Any, Coupon, sqlx::any::AnyArguments<'q>>,
+    input: &'q CouponInput,
+    now: DateTime<Utc>,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, Coupon, sqlx::any::AnyArguments<'q>> {
     let package_ids = input.package_ids.as_ref().map(|ids| serde_json::json!(ids).to_string());
-    let result = sqlx::query_as::<_, Coupon>(&sql)
+    query
         .bind(&input.code)
         .bind(input.percent_off.map(Money::micros))
         .bind(input.amount_off.map(Money::micros))
@@ -168,8 +168,16 @@ pub async fn create(conn: &mut AnyConnection, input: &CouponInput, now: DateTime
         .bind(input.max_uses_per_user)
         .bind(i64::from(input.enabled))
         .bind(to_micros(now))
-        .fetch_one(conn)
-        .await;
+}
+
+/// Inserts a validated coupon on the caller's transaction.
+pub async fn create(conn: &mut AnyConnection, input: &CouponInput, now: DateTime<Utc>) -> Result<Coupon> {
+    let sql = format!(
+        "INSERT INTO coupons (code, percent_off, amount_off, package_ids, applies_to_topup, valid_from, valid_until, \
+           max_uses, max_uses_per_user, used, enabled, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $11) RETURNING {COLUMNS}"
+    );
+    let result = bind_input(sqlx::query_as::<_, Coupon>(&sql), input, now).fetch_one(conn).await;
     match result {
         Ok(coupon) => Ok(coupon),
         Err(e) if is_unique_violation(&e) => Err(code_taken(&input.code)),
@@ -184,22 +192,7 @@ pub async fn update(conn: &mut AnyConnection, id: i64, input: &CouponInput, now:
            valid_from = $6, valid_until = $7, max_uses = $8, max_uses_per_user = $9, enabled = $10, updated_at = $11 \
          WHERE id = $12 RETURNING {COLUMNS}"
     );
-    let package_ids = input.package_ids.as_ref().map(|ids| serde_json::json!(ids).to_string());
-    let result = sqlx::query_as::<_, Coupon>(&sql)
-        .bind(&input.code)
-        .bind(input.percent_off.map(Money::micros))
-        .bind(input.amount_off.map(Money::micros))
-        .bind(package_ids)
-        .bind(i64::from(input.applies_to_topup))
-        .bind(input.valid_from.map(to_micros))
-        .bind(input.valid_until.map(to_micros))
-        .bind(input.max_uses)
-        .bind(input.max_uses_per_user)
-        .bind(i64::from(input.enabled))
-        .bind(to_micros(now))
-        .bind(id)
-        .fetch_optional(conn)
-        .await;
+    let result = bind_input(sqlx::query_as::<_, Coupon>(&sql), input, now).bind(id).fetch_optional(conn).await;
     match result {
         Ok(Some(coupon)) => Ok(coupon),
         Ok(None) => Err(Error::NotFound("coupon")),

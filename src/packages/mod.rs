@@ -169,7 +169,18 @@ pub async fn create(db: &Db, input: &PackageInput, now: DateTime<Utc>) -> Result
            per_user_limit, sold, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10) RETURNING {COLUMNS}"
     );
-    let package = sqlx::query_as::<_, Package>(&sql)
+    let package = bind_input(sqlx::query_as::<_, Package>(&sql), input, now).fetch_one(db.pool()).await?;
+    Ok(package)
+}
+
+/// Binds a package's fields as `$1`..`$10` (the timestamp last), in the order both
+/// [`create`] and [`update`] name them.
+fn bind_input<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Any, Package, sqlx::any::AnyArguments<'q>>,
+    input: &'q PackageInput,
+    now: DateTime<Utc>,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, Package, sqlx::any::AnyArguments<'q>> {
+    query
         .bind(input.name.trim())
         .bind(&input.description)
         .bind(input.price.micros())
@@ -180,9 +191,6 @@ pub async fn create(db: &Db, input: &PackageInput, now: DateTime<Utc>) -> Result
         .bind(input.stock)
         .bind(input.per_user_limit)
         .bind(to_micros(now))
-        .fetch_one(db.pool())
-        .await?;
-    Ok(package)
 }
 
 /// Replaces a package's fields (the API merges a partial update into the current row first).
@@ -194,17 +202,7 @@ pub async fn update(db: &Db, id: i64, input: &PackageInput, now: DateTime<Utc>) 
            sort_order = $6, enabled = $7, stock = $8, per_user_limit = $9, updated_at = $10 \
          WHERE id = $11 RETURNING {COLUMNS}"
     );
-    sqlx::query_as::<_, Package>(&sql)
-        .bind(input.name.trim())
-        .bind(&input.description)
-        .bind(input.price.micros())
-        .bind(input.duration_days)
-        .bind(input.daily_limit.micros())
-        .bind(input.sort_order)
-        .bind(i64::from(input.enabled))
-        .bind(input.stock)
-        .bind(input.per_user_limit)
-        .bind(to_micros(now))
+    bind_input(sqlx::query_as::<_, Package>(&sql), input, now)
         .bind(id)
         .fetch_optional(db.pool())
         .await?
