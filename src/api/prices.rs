@@ -10,10 +10,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::record_admin_change;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit;
 use crate::auth::AdminUser;
 use crate::error::Error;
 use crate::money::Money;
@@ -65,7 +66,14 @@ async fn create(
     };
     pricing::create(&state.db, &price, state.now()).await?;
     state.catalog.invalidate();
-    audit_write(&state, &admin, &addr, ("price.create", &price.model), (None, audit::snapshot(&price))).await?;
+    record_admin_change(
+        &state,
+        &admin,
+        &addr,
+        ("price.create", format!("price:{}", price.model)),
+        (None, audit::snapshot(&price)),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(price)))
 }
 
@@ -88,7 +96,7 @@ async fn update(
     pricing::update(&state.db, &price, state.now()).await?;
     state.catalog.invalidate();
     let snapshots = (audit::snapshot(&current), audit::snapshot(&price));
-    audit_write(&state, &admin, &addr, ("price.update", &model), snapshots).await?;
+    record_admin_change(&state, &admin, &addr, ("price.update", format!("price:{model}")), snapshots).await?;
     Ok(Json(price))
 }
 
@@ -101,26 +109,13 @@ async fn remove(
     let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
     pricing::delete(&state.db, &model).await?;
     state.catalog.invalidate();
-    audit_write(&state, &admin, &addr, ("price.delete", &model), (audit::snapshot(&current), None)).await?;
+    record_admin_change(
+        &state,
+        &admin,
+        &addr,
+        ("price.delete", format!("price:{model}")),
+        (audit::snapshot(&current), None),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-type Snapshots = (Option<serde_json::Value>, Option<serde_json::Value>);
-
-async fn audit_write(
-    state: &AppState,
-    admin: &AdminUser,
-    addr: &ClientAddr,
-    (action, model): (&str, &str),
-    (before, after): Snapshots,
-) -> Result<(), Error> {
-    let event = AuditEvent {
-        actor_id: Some(admin.0.user.id),
-        action,
-        target: Some(format!("price:{model}")),
-        before,
-        after,
-        ip: addr.ip(),
-    };
-    audit::record_standalone(&state.db, &event, state.now()).await
 }

@@ -11,10 +11,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::record_admin_change;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit;
 use crate::auth::AdminUser;
 use crate::error::Error;
 use crate::proxy::upstreams::{self, UpstreamInput};
@@ -72,7 +73,14 @@ async fn create(
     let created = upstreams::create(&state.db, &state.secrets, input, state.now()).await?;
     state.catalog.invalidate();
     let view = created.view(state.calendar());
-    audit_write(&state, &admin, &addr, ("upstream.create", created.id), (None, audit::snapshot(&view))).await?;
+    record_admin_change(
+        &state,
+        &admin,
+        &addr,
+        ("upstream.create", format!("upstream:{}", created.id)),
+        (None, audit::snapshot(&view)),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -99,7 +107,7 @@ async fn update(
     state.catalog.invalidate();
     let view = updated.view(state.calendar());
     let snapshots = (audit::snapshot(&before), audit::snapshot(&view));
-    audit_write(&state, &admin, &addr, ("upstream.update", id), snapshots).await?;
+    record_admin_change(&state, &admin, &addr, ("upstream.update", format!("upstream:{id}")), snapshots).await?;
     Ok(Json(view))
 }
 
@@ -112,26 +120,13 @@ async fn remove(
     let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
     upstreams::delete(&state.db, id).await?;
     state.catalog.invalidate();
-    audit_write(&state, &admin, &addr, ("upstream.delete", id), (audit::snapshot(&before), None)).await?;
+    record_admin_change(
+        &state,
+        &admin,
+        &addr,
+        ("upstream.delete", format!("upstream:{id}")),
+        (audit::snapshot(&before), None),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-type Snapshots = (Option<serde_json::Value>, Option<serde_json::Value>);
-
-async fn audit_write(
-    state: &AppState,
-    admin: &AdminUser,
-    addr: &ClientAddr,
-    (action, id): (&str, i64),
-    (before, after): Snapshots,
-) -> Result<(), Error> {
-    let event = AuditEvent {
-        actor_id: Some(admin.0.user.id),
-        action,
-        target: Some(format!("upstream:{id}")),
-        before,
-        after,
-        ip: addr.ip(),
-    };
-    audit::record_standalone(&state.db, &event, state.now()).await
 }
