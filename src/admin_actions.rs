@@ -37,6 +37,7 @@ pub async fn update_user(state: &AppState, actor: &Actor, id: i64, patch: &UserP
         ip: actor.ip.clone(),
     };
     audit::record_standalone(&state.db, &event, now).await?;
+    crate::billing::user_changed(state, id).await;
     Ok(after)
 }
 
@@ -82,6 +83,7 @@ pub async fn adjust_balance(state: &AppState, actor: &Actor, adj: &BalanceAdjust
     };
     audit::record(tx.conn(), &event, now).await?;
     tx.commit().await?;
+    crate::billing::user_changed(state, adj.user_id).await;
     Ok(balance)
 }
 

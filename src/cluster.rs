@@ -8,10 +8,14 @@
 //! process, whose own writes already refresh its caches, so nothing is published.
 //!
 //! API keys need no invalidation: the key cache only maps a key to its owner, and
-//! billing admission re-checks the key and the user under the user's row lock.
+//! billing admission re-checks the key and the user under the user's row lock. What
+//! must be dropped is a user's headroom hint (requests admitted on it are forwarded
+//! before their admission commits): a change that makes a user poorer or a key
+//! unusable publishes `user:<id>`, and every instance drops that user's hint.
 
 use sqlx::postgres::PgListener;
 
+use crate::billing::writer::BillingWriter;
 use crate::db::{Backend, Db};
 use crate::proxy::catalog::Catalog;
 use crate::settings::SettingsStore;
@@ -24,13 +28,16 @@ const CHANNEL: &str = "codex_gateway_invalidate";
 pub enum Topic {
     Settings,
     Catalog,
+    /// A user's money, status or keys (their headroom hint is dropped).
+    User(i64),
 }
 
 impl Topic {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Topic::Settings => "settings",
-            Topic::Catalog => "catalog",
+            Topic::Settings => "settings".into(),
+            Topic::Catalog => "catalog".into(),
+            Topic::User(id) => format!("user:{id}"),
         }
     }
 }
@@ -42,7 +49,7 @@ pub async fn publish(db: &Db, topic: Topic) {
     }
     let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(topic.name()).execute(db.pool()).await;
     if let Err(e) = sent {
-        tracing::warn!(error = %e, topic = topic.name(), "cannot notify other instances of a change");
+        tracing::warn!(error = %e, topic = %topic.name(), "cannot notify other instances of a change");
     }
 }
 
@@ -56,15 +63,16 @@ pub fn publish_later(db: &Db, topic: Topic) {
 }
 
 /// Listens for other instances' changes and drops the matching local caches.
-pub fn spawn_listener(database_url: String, settings: SettingsStore, catalog: Catalog) {
+pub fn spawn_listener(database_url: String, settings: SettingsStore, catalog: Catalog, billing: BillingWriter) {
     tokio::spawn(async move {
         loop {
-            match listen(&database_url, &settings, &catalog).await {
+            match listen(&database_url, &settings, &catalog, &billing).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "cache invalidation listener failed; reconnecting");
                     settings.invalidate_local();
                     catalog.invalidate_local();
+                    billing.forget_all_headroom();
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
@@ -72,7 +80,12 @@ pub fn spawn_listener(database_url: String, settings: SettingsStore, catalog: Ca
     });
 }
 
-async fn listen(database_url: &str, settings: &SettingsStore, catalog: &Catalog) -> Result<(), sqlx::Error> {
+async fn listen(
+    database_url: &str,
+    settings: &SettingsStore,
+    catalog: &Catalog,
+    billing: &BillingWriter,
+) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect(database_url).await?;
     listener.listen(CHANNEL).await?;
     loop {
@@ -82,11 +95,15 @@ async fn listen(database_url: &str, settings: &SettingsStore, catalog: &Catalog)
             Some(notification) => match notification.payload() {
                 "settings" => settings.invalidate_local(),
                 "catalog" => catalog.invalidate_local(),
-                other => tracing::debug!(payload = other, "unknown invalidation"),
+                other => match other.strip_prefix("user:").and_then(|id| id.parse::<i64>().ok()) {
+                    Some(user_id) => billing.forget_headroom(user_id),
+                    None => tracing::debug!(payload = other, "unknown invalidation"),
+                },
             },
             None => {
                 settings.invalidate_local();
                 catalog.invalidate_local();
+                billing.forget_all_headroom();
             }
         }
     }

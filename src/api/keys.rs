@@ -76,6 +76,7 @@ async fn update(
 ) -> ApiResult<impl IntoResponse> {
     let patch = KeyPatch { name: body.name, spend_limit: body.spend_limit };
     let key = api_keys::update(&state.db, current.user.id, id, &patch).await?;
+    crate::billing::user_changed(&state, current.user.id).await;
     Ok(Json(key.view(state.calendar())))
 }
 
@@ -85,5 +86,6 @@ async fn revoke(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     api_keys::revoke(&state.db, current.user.id, id, state.now()).await?;
+    crate::billing::user_changed(&state, current.user.id).await;
     Ok(StatusCode::NO_CONTENT)
 }

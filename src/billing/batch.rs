@@ -24,7 +24,10 @@ use crate::money::Money;
 
 /// Work for the billing writer.
 pub enum Job {
-    Admit { request: AdmissionRequest, now: DateTime<Utc>, default_cap: Option<Money> },
+    /// `forced`: the request is already on its way upstream (admitted on this instance's
+    /// headroom hint), so a hold is written even when the rules would refuse it, and the
+    /// refusal is reported on the hold instead.
+    Admit { request: AdmissionRequest, now: DateTime<Utc>, default_cap: Option<Money>, forced: bool },
     Settle { hold: Hold, record: Box<UsageRecord>, now: DateTime<Utc> },
 }
 
@@ -41,6 +44,12 @@ impl Job {
             Job::Admit { .. } => Outcome::Admit(Err(error)),
             Job::Settle { .. } => Outcome::Settle(Err(error)),
         }
+    }
+
+    /// True when a caller waits for this job before answering its client: the writer
+    /// commits at once instead of lingering to gather a bigger batch.
+    pub fn urgent(&self) -> bool {
+        matches!(self, Job::Admit { forced: false, .. })
     }
 
     fn user_id(&self) -> i64 {
@@ -330,8 +339,8 @@ struct Plan {
 impl Plan {
     fn apply(&mut self, job: &Job, calendar: &BusinessCalendar) -> Outcome {
         match job {
-            Job::Admit { request, now, default_cap } => {
-                Outcome::Admit(self.admit(request, *now, *default_cap, calendar))
+            Job::Admit { request, now, default_cap, forced } => {
+                Outcome::Admit(self.admit(request, *now, *default_cap, *forced, calendar))
             }
             Job::Settle { hold, record, now } => Outcome::Settle(self.settle(hold, record, *now)),
         }
@@ -342,6 +351,7 @@ impl Plan {
         request: &AdmissionRequest,
         now: DateTime<Utc>,
         default_cap: Option<Money>,
+        forced: bool,
         calendar: &BusinessCalendar,
     ) -> Result<std::result::Result<Hold, KeyRefusal>> {
         let user = self.facts.users.get(&request.user_id).ok_or(Error::NotFound("user"))?;
@@ -358,9 +368,13 @@ impl Plan {
             user_status: user.status.clone(),
             role: user.role.clone(),
         });
+        let mut refused = None;
         if let Err(refusal) = check_owner(owner, now) {
             metrics::counter!("gateway_billing_admissions_total", "outcome" => "key_refused").increment(1);
-            return Ok(Err(refusal));
+            if !forced {
+                return Ok(Err(refusal));
+            }
+            refused = Some(refusal.code());
         }
         let today = calendar.business_date(now);
         let at = to_micros(now);
@@ -385,7 +399,10 @@ impl Plan {
                 Refusal::CapReached => "cap_reached",
             };
             metrics::counter!("gateway_billing_admissions_total", "outcome" => reason).increment(1);
-            return Err(super::refusal_error(refusal, calendar, now));
+            if !forced {
+                return Err(super::refusal_error(refusal, calendar, now));
+            }
+            refused = refused.or(Some(reason));
         }
         let user_package_id = package.map(|p| p.id);
         let headroom = rules::remaining_allowance(facts.daily_limit, facts.package_used_today)
@@ -417,6 +434,7 @@ impl Plan {
             business_date: today,
             user_package_id,
             headroom,
+            refused,
         }))
     }
 
@@ -716,7 +734,7 @@ mod tests {
 
     fn admit(plan: &mut Plan, now: DateTime<Utc>, hold: &str) -> Result<std::result::Result<Hold, KeyRefusal>> {
         let request = AdmissionRequest { request_id: None, user_id: 1, api_key_id: 10, hold: m(hold) };
-        plan.admit(&request, now, None, &calendar())
+        plan.admit(&request, now, None, false, &calendar())
     }
 
     fn usage(id: &str, cost: &str) -> UsageRecord {
@@ -739,6 +757,26 @@ mod tests {
         assert!(admit(&mut plan, now, "0.40").unwrap().is_ok());
         assert_eq!(plan.holds.len(), 2);
         assert_eq!(plan.users[&1].held, m("1.00").micros());
+    }
+
+    #[test]
+    fn a_forced_admission_holds_what_the_rules_refuse_and_says_why() {
+        let (mut plan, now) = plan("1.00", None);
+        if let Some(key) = plan.facts.keys.get_mut(&10) {
+            key.status = "revoked".into();
+        }
+        let request = AdmissionRequest { request_id: None, user_id: 1, api_key_id: 10, hold: m("3.00") };
+        assert!(plan.admit(&request, now, None, false, &calendar()).unwrap().is_err(), "refused when not forced");
+        let hold = plan.admit(&request, now, None, true, &calendar()).unwrap().unwrap();
+        assert_eq!(hold.refused, Some("api_key_revoked"));
+        assert!(hold.headroom.is_negative(), "the hint it would leave is below zero: {:?}", hold.headroom);
+        assert_eq!(plan.holds.len(), 1, "the request was already forwarded: it is held and will be charged");
+        assert_eq!(plan.users[&1].held, m("3.00").micros());
+        if let Some(key) = plan.facts.keys.get_mut(&10) {
+            key.status = "active".into();
+        }
+        let poor = plan.admit(&request, now, None, true, &calendar()).unwrap().unwrap();
+        assert_eq!(poor.refused, Some("cannot_pay"));
     }
 
     #[test]

@@ -65,6 +65,63 @@ pub struct Hold {
     /// balance − held): the proxy's hint for forwarding the next request while its
     /// admission is still being committed.
     pub headroom: Money,
+    /// Set on a forced admission (the request was already forwarded on the instance's
+    /// headroom hint) that the rules would have refused: the code of the refusal. The
+    /// request is still held and charged; the hint was stale and is dropped.
+    pub refused: Option<&'static str>,
+}
+
+/// A request's hold: committed before forwarding, or being committed while the
+/// request is already upstream (see [`admit_speculative`]).
+pub struct HoldTicket(Ticket);
+
+enum Ticket {
+    Ready(Hold),
+    Pending {
+        answer: tokio::sync::oneshot::Receiver<Outcome>,
+        /// Settles the request if its admission could not be written at all (the
+        /// database was away): a served request is charged even without a hold.
+        fallback: Hold,
+    },
+}
+
+impl HoldTicket {
+    /// A hold already committed.
+    pub fn ready(hold: Hold) -> HoldTicket {
+        HoldTicket(Ticket::Ready(hold))
+    }
+
+    /// The hold to settle against, once its admission has committed.
+    pub async fn resolve(self, state: &AppState) -> Hold {
+        let (answer, fallback) = match self.0 {
+            Ticket::Ready(hold) => return hold,
+            Ticket::Pending { answer, fallback } => (answer, fallback),
+        };
+        match answer.await {
+            Ok(Outcome::Admit(Ok(Ok(hold)))) => {
+                match hold.refused {
+                    None => state.billing.remember_headroom(hold.user_id, hold.headroom),
+                    Some(code) => {
+                        tracing::warn!(request_id = %hold.request_id, user_id = hold.user_id, refusal = code,
+                            "a request forwarded on a stale headroom hint would have been refused; it is charged as served");
+                        state.billing.forget_headroom(hold.user_id);
+                    }
+                }
+                hold
+            }
+            other => {
+                let error = match other {
+                    Ok(Outcome::Admit(Err(e))) => e.to_string(),
+                    Ok(_) => "unexpected outcome".to_string(),
+                    Err(_) => "the billing writer stopped".to_string(),
+                };
+                tracing::error!(request_id = %fallback.request_id, error = %error,
+                    "the admission of a forwarded request failed; settling it without a hold");
+                state.billing.forget_headroom(fallback.user_id);
+                fallback
+            }
+        }
+    }
 }
 
 /// What a finished request used and cost, as measured by the proxy.
@@ -153,7 +210,16 @@ pub async fn admit_checked(
     request: &AdmissionRequest,
 ) -> Result<std::result::Result<Hold, KeyRefusal>> {
     let settings = state.settings.get().await?;
-    let job = Job::Admit { request: request.clone(), now: state.now(), default_cap: settings.default_daily_cap };
+    admit_with_cap(state, request, settings.default_daily_cap).await
+}
+
+/// [`admit_checked`] with the default daily cap already read from the settings.
+pub async fn admit_with_cap(
+    state: &AppState,
+    request: &AdmissionRequest,
+    default_cap: Option<Money>,
+) -> Result<std::result::Result<Hold, KeyRefusal>> {
+    let job = Job::Admit { request: request.clone(), now: state.now(), default_cap, forced: false };
     let result = match state.billing.submit(job).await {
         Ok(Outcome::Admit(result)) => result,
         Ok(Outcome::Settle(_)) => Err(Error::internal("billing writer answered an admission with a settlement")),
@@ -164,6 +230,56 @@ pub async fn admit_checked(
         _ => state.billing.forget_headroom(request.user_id),
     }
     result
+}
+
+/// Admits without waiting when this instance's last admission of the user left at
+/// least `needed` (several holds' worth) to spare: the hold is taken from that hint at
+/// once and written by the billing writer while the request goes upstream. The written
+/// admission is forced — the request is served and charged whatever it finds — so
+/// overspend is bounded by what one instance admits within one writer batch on a hint
+/// gone stale (an admin debit, a package expiring, another instance's requests).
+/// Changes that make a user poorer or a key unusable drop the hint at once
+/// ([`writer::BillingWriter::forget_headroom`]). `None`: admit synchronously instead.
+pub async fn admit_speculative(
+    state: &AppState,
+    request: &AdmissionRequest,
+    needed: Money,
+    default_cap: Option<Money>,
+) -> Option<HoldTicket> {
+    if !state.billing.take_headroom(request.user_id, needed, request.hold) {
+        return None;
+    }
+    let now = state.now();
+    let request_id = request.request_id.clone().unwrap_or_else(|| format!("req_{}", crate::auth::random_token(24)));
+    let request = AdmissionRequest { request_id: Some(request_id.clone()), ..request.clone() };
+    let fallback = Hold {
+        id: 0,
+        request_id,
+        user_id: request.user_id,
+        api_key_id: request.api_key_id,
+        amount: Money::ZERO,
+        admitted_at: now,
+        business_date: state.calendar().business_date(now),
+        user_package_id: None,
+        headroom: Money::ZERO,
+        refused: None,
+    };
+    let job = Job::Admit { request, now, default_cap, forced: true };
+    match state.billing.enqueue(job).await {
+        Ok(answer) => Some(HoldTicket(Ticket::Pending { answer, fallback })),
+        Err(_) => {
+            state.billing.forget_headroom(fallback.user_id);
+            None
+        }
+    }
+}
+
+/// Call after any change that may make a user poorer or one of their keys unusable
+/// (debit, refund, suspension, cap, key revoked or limited): their next request on any
+/// instance is admitted before it is forwarded, so the change takes effect at once.
+pub async fn user_changed(state: &AppState, user_id: i64) {
+    state.billing.forget_headroom(user_id);
+    crate::cluster::publish(&state.db, crate::cluster::Topic::User(user_id)).await;
 }
 
 fn refusal_error(refusal: Refusal, calendar: &BusinessCalendar, now: DateTime<Utc>) -> Error {

@@ -155,5 +155,6 @@ async fn reverse(state: &AppState, order: &Order, by: RefundBy) -> Result<Order>
     );
     let refunded = sqlx::query_as::<_, Order>(&sql).bind(to_micros(now)).bind(order.id).fetch_one(tx.conn()).await?;
     tx.commit().await?;
+    crate::billing::user_changed(state, order.user_id).await;
     Ok(refunded)
 }

@@ -130,6 +130,7 @@ pub async fn buy_with_balance_coupon(
     }
     let order = mark_fulfilled(tx.conn(), order.id, &done, now).await?;
     tx.commit().await?;
+    crate::billing::user_changed(state, user_id).await;
     Ok((order, activation))
 }
 
@@ -256,5 +257,6 @@ pub async fn end(state: &AppState, by: &AdminAction, user_id: i64, user_package_
     audit::record(tx.conn(), &event, now).await?;
     let ended = activation::find_on(tx.conn(), user_package_id).await?.ok_or(Error::NotFound("user package"))?;
     tx.commit().await?;
+    crate::billing::user_changed(state, user_id).await;
     Ok(ended)
 }

@@ -16,13 +16,14 @@ use super::metering::Meter;
 use super::pricing::{self, ModelPrice};
 use super::upstreams;
 use crate::app::AppState;
-use crate::billing::{self, Hold, UsageRecord};
+use crate::billing::{self, HoldTicket, UsageRecord};
 use crate::money::Money;
 
 /// Everything needed to settle a request once it is over.
 pub struct Settlement {
     pub state: AppState,
-    pub hold: Hold,
+    /// The request's hold, possibly still being committed.
+    pub hold: HoldTicket,
     /// Pre-filled identity fields (request id, endpoint, model, upstream, status).
     pub record: UsageRecord,
     pub price: ModelPrice,
@@ -69,7 +70,7 @@ impl Settlement {
 
 /// Settles (and, when the upstream broke mid-stream, counts a health failure) in a
 /// tracked task.
-pub fn spawn_settle(state: AppState, hold: Hold, record: UsageRecord, upstream_failed: bool) {
+pub fn spawn_settle(state: AppState, hold: HoldTicket, record: UsageRecord, upstream_failed: bool) {
     if tokio::runtime::Handle::try_current().is_err() {
         tracing::error!(request_id = %record.request_id, "no runtime to settle on; the hold expires later");
         return;
@@ -84,6 +85,7 @@ pub fn spawn_settle(state: AppState, hold: Hold, record: UsageRecord, upstream_f
                 }
             }
         }
+        let hold = hold.resolve(&state).await;
         if let Err(e) = billing::settle_with_retry(&state, &hold, &record).await {
             tracing::error!(request_id = %record.request_id, error = %e, "usage could not be settled");
         }

@@ -22,7 +22,7 @@ use super::request::{bearer_key, forwarded_headers, keep_response_header, read_b
 use super::upstreams::{self, Upstream};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, KeyOwner};
-use crate::billing::{self, AdmissionRequest, Hold, UsageRecord};
+use crate::billing::{self, AdmissionRequest, HoldTicket, UsageRecord};
 use crate::money::Money;
 
 /// Checks the `sk-...` key of a `/v1` request against the database.
@@ -86,15 +86,15 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         hold: hold_amount,
     };
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
-    let admission = if state.billing.has_headroom(owner.user_id, headroom_needed) {
-        // Go upstream while the admission commits; it still decides before the client
-        // sees a byte. Awaited by the tracked forwarding task, so never abandoned.
-        let state = state.clone();
-        Admission::Pending(tokio::spawn(async move { billing::admit_checked(&state, &admission_request).await }))
-    } else {
-        // Awaited here: a client gone meanwhile drops the answer and the writer
-        // releases the hold at once.
-        Admission::Ready(billing::admit_checked(&state, &admission_request).await?.map_err(ProxyError::from_refusal)?)
+    let default_cap = settings.default_daily_cap;
+    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, default_cap).await {
+        // Admitted on this instance's hint; the hold is written while the request is upstream.
+        Some(ticket) => ticket,
+        // Admitted before anything is forwarded: a client gone meanwhile drops the
+        // answer and the writer releases the hold at once.
+        None => HoldTicket::ready(
+            billing::admit_with_cap(&state, &admission_request, default_cap).await?.map_err(ProxyError::from_refusal)?,
+        ),
     };
     let admitted = Admitted {
         state: state.clone(),
@@ -123,35 +123,17 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     }
 }
 
-/// How many holds' worth of headroom a user's previous admission must have left for
-/// the next request to go upstream before its own admission has committed.
+/// How many holds' worth of headroom a user's last admission on this instance must
+/// have left for the next request to be admitted on the hint, without waiting for the
+/// database (see [`billing::admit_speculative`]).
 const SPECULATION_MARGIN: i64 = 16;
-
-/// A request's admission: decided, or still being committed by the billing writer.
-enum Admission {
-    Ready(Hold),
-    Pending(tokio::task::JoinHandle<crate::error::Result<Result<Hold, api_keys::KeyRefusal>>>),
-}
-
-impl Admission {
-    /// The hold, or the refusal to answer instead of anything the upstream said.
-    async fn decided(self) -> Result<Hold, ProxyError> {
-        match self {
-            Admission::Ready(hold) => Ok(hold),
-            Admission::Pending(task) => match task.await {
-                Ok(result) => result?.map_err(ProxyError::from_refusal),
-                Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("admission task failed: {e}")))),
-            },
-        }
-    }
-}
 
 /// A request on its way upstream, admitted or being admitted.
 struct Admitted {
     state: AppState,
     api: Api,
     request_id: String,
-    admission: Admission,
+    admission: HoldTicket,
     request: ClientRequest,
     request_bytes: usize,
     upstream_body: Bytes,
@@ -198,8 +180,6 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         let call = Call { state: &state, upstream, api, headers: &outgoing, body };
         match attempt(call).await {
             Ok(answer) => {
-                // Dropping the answer on a refusal closes the upstream connection.
-                let hold = admission.decided().await?;
                 if upstream.consecutive_failures > 0 || !upstream.healthy {
                     mark_recovered(&state, upstream.id);
                 }
@@ -211,7 +191,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
                     record.error = Some(format!("upstream answered {}", answer.status));
                 }
                 let settlement =
-                    Settlement { state: state.clone(), hold, record, price, markup, request_bytes, started, billable };
+                    Settlement { state: state.clone(), hold: admission, record, price, markup, request_bytes, started, billable };
                 return Ok(respond(answer, &request, api, settlement, &request_id));
             }
             Err(failure) => {
@@ -228,7 +208,6 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
             }
         }
     }
-    let hold = admission.decided().await?;
     let error = match last_failure {
         Some(Failure::Timeout) => ProxyError::gateway_timeout("the upstream did not answer in time"),
         Some(f) => ProxyError::bad_gateway(format!("every upstream failed; last error: {}", f.message())),
@@ -237,7 +216,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
     record.status_code = error.status.as_u16();
     record.error = Some(error.message.clone());
     record.total_ms = Some(started.elapsed().as_millis() as i64);
-    spawn_settle(state, hold, record, false);
+    spawn_settle(state, admission, record, false);
     Err(error)
 }
 

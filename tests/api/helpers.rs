@@ -446,11 +446,12 @@ impl TestApp {
         assert!(violations.is_empty(), "invariants violated:\n{}", violations.join("\n"));
     }
 
-    /// Waits (bounded) until no hold is open: settlements run in background tasks.
+    /// Waits (bounded) until no background work (settlements, and admissions written
+    /// while their request was already upstream) is left and no hold is open.
     pub async fn wait_until_settled(&self) {
         for _ in 0..400 {
             let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM holds").fetch_one(self.db.pool()).await.unwrap();
-            if open == 0 {
+            if open == 0 && self.state.tasks.is_empty() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;

@@ -19,7 +19,8 @@ on_both_databases!(
     non_streamed_chat_is_billed_from_its_usage,
     chunks_reach_the_client_before_the_upstream_finishes,
     a_stream_of_small_events_is_not_slowed_down_per_event,
-    a_request_sent_upstream_before_its_admission_gets_the_refusal_and_costs_nothing,
+    a_suspension_takes_effect_before_the_next_request_goes_upstream,
+    a_request_served_on_a_stale_hint_is_charged_and_the_next_one_refused,
     a_failing_upstream_is_skipped_before_the_first_byte_and_marked_unhealthy,
     an_upstream_dying_mid_stream_is_billed_on_an_estimate_without_retry,
     a_client_disconnecting_mid_stream_is_still_billed,
@@ -289,11 +290,10 @@ async fn a_stream_of_small_events_is_not_slowed_down_per_event(app: TestApp) {
     app.assert_money_invariants().await;
 }
 
-/// A user with headroom has their next request forwarded while its admission
-/// commits (speculation); if the admission then refuses (here: the account was
-/// suspended meanwhile), the client gets the refusal, never the upstream's answer,
-/// and nothing is charged or held.
-async fn a_request_sent_upstream_before_its_admission_gets_the_refusal_and_costs_nothing(app: TestApp) {
+/// A user with headroom has their next request admitted on the instance's hint and
+/// forwarded at once. Suspending the account through the gateway drops the hint, so
+/// the next request is admitted first and refused before anything goes upstream.
+async fn a_suspension_takes_effect_before_the_next_request_goes_upstream(app: TestApp) {
     let s = setup(&app, MockOptions::default(), Some("10")).await;
     let call = || v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "input": "hi"})).send();
     assert_eq!(call().await.unwrap().status(), StatusCode::OK); // leaves headroom for the next one
@@ -305,10 +305,32 @@ async fn a_request_sent_upstream_before_its_admission_gets_the_refusal_and_costs
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "account_suspended");
-    assert_eq!(s.mock.requests(), 2, "the second request went upstream before its admission was decided");
+    assert_eq!(s.mock.requests(), 1, "the refused request never went upstream");
+    app.wait_until_settled().await;
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs").fetch_one(app.db.pool()).await.unwrap();
     let holds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM holds").fetch_one(app.db.pool()).await.unwrap();
     assert_eq!((rows, holds), (1, 0));
+    app.assert_money_invariants().await;
+}
+
+/// The bound of admission on a hint: a change the instance was not told about (here
+/// written straight to the database, as another instance would before its notice
+/// arrives) is seen when the request's admission commits. The request, already
+/// served, is held and charged like any other; the hint is dropped, so the next
+/// request is admitted first and refused.
+async fn a_request_served_on_a_stale_hint_is_charged_and_the_next_one_refused(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("10")).await;
+    let call = || v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "input": "hi"})).send();
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    usage_rows(&app, 1).await;
+    sqlx::query("UPDATE users SET status = 'suspended' WHERE id = $1").bind(s.user_id).execute(app.db.pool()).await.unwrap();
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK, "admitted on the hint");
+    app.wait_until_settled().await;
+    let rows = usage_rows(&app, 2).await;
+    assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - rows[0].cost - rows[1].cost, 0));
+    let refused = call().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(s.mock.requests(), 2, "the third request never went upstream");
     app.assert_money_invariants().await;
 }
 
