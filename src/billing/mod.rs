@@ -15,6 +15,18 @@
 //!
 //! Admissions and settlements run through the instance's [`writer::BillingWriter`],
 //! which commits every job waiting at the moment in one transaction ([`batch`]).
+//!
+//! Admission on a hint: once a user's admission on this instance left at least 16
+//! holds' worth of headroom, their next requests are admitted at once against that
+//! hint (each takes its hold from it) and forwarded while the writer commits their
+//! holds ([`admit_speculative`]); a commit refreshes the hint from the database. No
+//! database round trip is left on the request path. Such an admission is forced: the
+//! hold is written and the request charged even if, by then, the rules would refuse
+//! it. That happens only when the hint went stale without this instance being told
+//! (every gateway change that makes a user poorer or a key unusable calls
+//! [`user_changed`], which drops the hint here and, on PostgreSQL, on every instance),
+//! so the excess is bounded by what one instance admits on a hint before the next
+//! commit or notice: a few milliseconds of one user's requests.
 
 mod batch;
 pub mod rules;

@@ -109,7 +109,7 @@ impl BillingWriter {
 /// How long the writer waits for more jobs when nobody is waiting on the ones it has
 /// (settlements, forced admissions): fewer, bigger transactions at moderate rates, at
 /// no cost to any client's latency.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 async fn run(db: Db, calendar: BusinessCalendar, mut receiver: mpsc::Receiver<(Job, oneshot::Sender<Outcome>)>) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);

@@ -195,7 +195,10 @@ async fn settings_catalog_and_key_changes_reach_the_other_instances_at_once() {
         "B still serves the old catalog"
     );
 
-    // A key B has just used (and cached) is refused by B right after A revokes it.
+    // A key B has just used (and cached, with the user's headroom hint) is refused by B
+    // as soon as A's notice arrives: the hint is dropped, so admission decides before
+    // anything goes upstream. A request that B served in the milliseconds before the
+    // notice is billed like any other (the invariants below).
     let call = || {
         b.client
             .post(b.url("/v1/responses"))
@@ -207,9 +210,16 @@ async fn settings_catalog_and_key_changes_reach_the_other_instances_at_once() {
     let keys = a.get("/api/user/keys", &user.token).await;
     let key_id = keys.body["items"][0]["id"].as_i64().unwrap();
     assert_eq!(a.delete(&format!("/api/user/keys/{key_id}"), &user.token).await.status, StatusCode::NO_CONTENT);
+    assert!(
+        within_a_second(|| async { call().await.unwrap().status() == StatusCode::UNAUTHORIZED }).await,
+        "B still serves a revoked key"
+    );
     let refused = call().await.unwrap();
-    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "api_key_revoked");
+    let before = upstream.requests();
+    assert_eq!(call().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(upstream.requests(), before, "refused before anything went upstream");
+    b.wait_until_settled().await;
     b.assert_money_invariants().await;
 }
