@@ -92,7 +92,12 @@ impl Application {
         tracing::info!(limiter, "request-rate limits and login throttle counted in {limiter}");
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
         if db.backend() == db::Backend::Postgres {
-            crate::cluster::spawn_listener(config.database_url.clone(), settings.clone(), catalog.clone(), billing.clone());
+            crate::cluster::spawn_listener(
+                config.database_url.clone(),
+                settings.clone(),
+                catalog.clone(),
+                billing.clone(),
+            );
         }
         let state = AppState {
             db,

@@ -27,8 +27,17 @@ pub enum Job {
     /// `forced`: the request is already on its way upstream (admitted on this instance's
     /// headroom hint), so a hold is written even when the rules would refuse it, and the
     /// refusal is reported on the hold instead.
-    Admit { request: AdmissionRequest, now: DateTime<Utc>, default_cap: Option<Money>, forced: bool },
-    Settle { hold: Hold, record: Box<UsageRecord>, now: DateTime<Utc> },
+    Admit {
+        request: AdmissionRequest,
+        now: DateTime<Utc>,
+        default_cap: Option<Money>,
+        forced: bool,
+    },
+    Settle {
+        hold: Hold,
+        record: Box<UsageRecord>,
+        now: DateTime<Utc>,
+    },
 }
 
 /// What a job came to, in the same order as the jobs.

@@ -73,6 +73,16 @@ impl Db {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        // Measured under billed load: the hot pages (the user row, today's
+                        // usage row, index roots) are rewritten by every batch, and
+                        // checkpointing every 1,000 WAL pages spent ~16% of the process in
+                        // pwrite/fsync/pread. Checkpoint less often (each copies a hot page
+                        // once however often it changed), keep the WAL file bounded, and
+                        // read through a larger cache and mmap instead of pread.
+                        conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
+                        conn.execute("PRAGMA journal_size_limit = 67108864").await?;
+                        conn.execute("PRAGMA cache_size = -32768").await?;
+                        conn.execute("PRAGMA mmap_size = 268435456").await?;
                     }
                     Ok(())
                 })

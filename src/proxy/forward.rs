@@ -93,7 +93,9 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
         None => HoldTicket::ready(
-            billing::admit_with_cap(&state, &admission_request, default_cap).await?.map_err(ProxyError::from_refusal)?,
+            billing::admit_with_cap(&state, &admission_request, default_cap)
+                .await?
+                .map_err(ProxyError::from_refusal)?,
         ),
     };
     let admitted = Admitted {
@@ -190,8 +192,16 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
                 if !billable {
                     record.error = Some(format!("upstream answered {}", answer.status));
                 }
-                let settlement =
-                    Settlement { state: state.clone(), hold: admission, record, price, markup, request_bytes, started, billable };
+                let settlement = Settlement {
+                    state: state.clone(),
+                    hold: admission,
+                    record,
+                    price,
+                    markup,
+                    request_bytes,
+                    started,
+                    billable,
+                };
                 return Ok(respond(answer, &request, api, settlement, &request_id));
             }
             Err(failure) => {

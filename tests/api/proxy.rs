@@ -323,7 +323,11 @@ async fn a_request_served_on_a_stale_hint_is_charged_and_the_next_one_refused(ap
     let call = || v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "input": "hi"})).send();
     assert_eq!(call().await.unwrap().status(), StatusCode::OK);
     usage_rows(&app, 1).await;
-    sqlx::query("UPDATE users SET status = 'suspended' WHERE id = $1").bind(s.user_id).execute(app.db.pool()).await.unwrap();
+    sqlx::query("UPDATE users SET status = 'suspended' WHERE id = $1")
+        .bind(s.user_id)
+        .execute(app.db.pool())
+        .await
+        .unwrap();
     assert_eq!(call().await.unwrap().status(), StatusCode::OK, "admitted on the hint");
     app.wait_until_settled().await;
     let rows = usage_rows(&app, 2).await;
