@@ -16,9 +16,21 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::settings::SettingsStore;
 
-/// Everything a handler may need, cheap to clone.
+/// Everything a handler may need; one pointer, so a clone (several per proxied
+/// request) is one atomic increment instead of one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Services {
     pub db: Db,
     pub config: Arc<Config>,
     pub clock: SharedClock,
@@ -43,7 +55,7 @@ pub struct AppState {
     pub keys: crate::auth::api_keys::KeyCache,
 }
 
-impl AppState {
+impl Services {
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.clock.now()
     }
@@ -99,7 +111,7 @@ impl Application {
                 billing.clone(),
             );
         }
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             db,
             config: Arc::new(config),
             clock,
@@ -112,7 +124,7 @@ impl Application {
             limits: crate::proxy::limits::ProxyLimits::new(shared_limits),
             billing,
             keys: Default::default(),
-        };
+        }));
         Ok(Application { listener, state })
     }
 

@@ -104,20 +104,16 @@ impl HoldTicket {
     }
 
     /// The hold to settle against, once its admission has committed.
-    pub async fn resolve(self, state: &AppState) -> Hold {
+    pub async fn resolve(self) -> Hold {
         let (answer, fallback) = match self.0 {
             Ticket::Ready(hold) => return hold,
             Ticket::Pending { answer, fallback } => (answer, fallback),
         };
         match answer.await {
             Ok(Outcome::Admit(Ok(Ok(hold)))) => {
-                match hold.refused {
-                    None => state.billing.remember_headroom(hold.user_id, hold.headroom),
-                    Some(code) => {
-                        tracing::warn!(request_id = %hold.request_id, user_id = hold.user_id, refusal = code,
-                            "a request forwarded on a stale headroom hint would have been refused; it is charged as served");
-                        state.billing.forget_headroom(hold.user_id);
-                    }
+                if let Some(code) = hold.refused {
+                    tracing::warn!(request_id = %hold.request_id, user_id = hold.user_id, refusal = code,
+                        "a request forwarded on a stale headroom hint would have been refused; it is charged as served");
                 }
                 hold
             }
@@ -129,7 +125,6 @@ impl HoldTicket {
                 };
                 tracing::error!(request_id = %fallback.request_id, error = %error,
                     "the admission of a forwarded request failed; settling it without a hold");
-                state.billing.forget_headroom(fallback.user_id);
                 fallback
             }
         }
@@ -237,10 +232,6 @@ pub async fn admit_with_cap(
         Ok(Outcome::Settle(_)) => Err(Error::internal("billing writer answered an admission with a settlement")),
         Err(e) => Err(e),
     };
-    match &result {
-        Ok(Ok(hold)) => state.billing.remember_headroom(request.user_id, hold.headroom),
-        _ => state.billing.forget_headroom(request.user_id),
-    }
     result
 }
 
@@ -276,11 +267,12 @@ pub async fn admit_speculative(
         headroom: Money::ZERO,
         refused: None,
     };
+    let request_hold = request.hold;
     let job = Job::Admit { request, now, default_cap, forced: true };
     match state.billing.enqueue(job).await {
         Ok(answer) => Some(HoldTicket(Ticket::Pending { answer, fallback })),
         Err(_) => {
-            state.billing.forget_headroom(fallback.user_id);
+            state.billing.untake_headroom(fallback.user_id, request_hold);
             None
         }
     }

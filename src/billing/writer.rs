@@ -32,63 +32,110 @@ const QUEUE: usize = 16_384;
 #[derive(Clone)]
 pub struct BillingWriter {
     sender: mpsc::Sender<(Job, oneshot::Sender<Outcome>)>,
-    /// Each user's headroom after their last admission on this instance (a hint only).
-    headroom: Arc<RwLock<HashMap<i64, Money>>>,
+    hints: Hints,
 }
 
-/// Users remembered at most (the map is emptied when full; it is only a hint).
+/// Users remembered at most (idle entries are dropped when full; they are only hints).
 const HEADROOM_USERS: usize = 100_000;
+
+/// What this instance knows of each user's headroom: the figure its last committed
+/// admission of the user left (allowance left + balance − every hold in the database),
+/// minus the holds it has since taken on that figure and not yet committed. Both are
+/// kept by the writer as it commits, so a backlog cannot make the hint overstate.
+#[derive(Clone, Default)]
+struct Hints(Arc<RwLock<HashMap<i64, Room>>>);
+
+#[derive(Clone, Copy, Default)]
+struct Room {
+    /// `None` once dropped (a change the instance was told of): admit before forwarding.
+    committed: Option<Money>,
+    /// Holds taken from `committed` whose admission is not committed yet.
+    pending: Money,
+}
+
+impl Hints {
+    fn update(&self, user_id: i64, change: impl FnOnce(&mut Room)) {
+        let Ok(mut map) = self.0.write() else { return };
+        if map.len() >= HEADROOM_USERS && !map.contains_key(&user_id) {
+            map.retain(|_, room| room.pending.is_positive());
+        }
+        let room = map.entry(user_id).or_default();
+        change(room);
+        if room.committed.is_none() && !room.pending.is_positive() {
+            map.remove(&user_id);
+        }
+    }
+
+    /// Records a committed (or failed) admission: its hold is no longer pending when it
+    /// was taken on the hint, and the hint becomes what the database said.
+    fn admitted(&self, job: &Job, outcome: &Outcome) {
+        let Job::Admit { request, forced, .. } = job else { return };
+        let Outcome::Admit(result) = outcome else { return };
+        let after = match result {
+            Ok(Ok(hold)) if hold.refused.is_none() => Some(hold.headroom),
+            _ => None,
+        };
+        self.update(request.user_id, |room| {
+            if *forced {
+                room.pending = room.pending.saturating_sub(request.hold).max(Money::ZERO);
+            }
+            room.committed = after;
+        });
+    }
+}
 
 impl BillingWriter {
     /// Starts the writer task on the current runtime.
     pub fn start(db: Db, calendar: BusinessCalendar) -> BillingWriter {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, calendar, receiver));
-        BillingWriter { sender, headroom: Arc::default() }
+        let hints = Hints::default();
+        tokio::spawn(run(db, calendar, receiver, hints.clone()));
+        BillingWriter { sender, hints }
     }
 
-    /// True when this user's last admission left at least `needed` to spare, so a new
-    /// request may go upstream while its own admission commits. Only a hint: the
-    /// admission still decides before anything reaches the client.
+    /// True when this user's headroom, as this instance knows it, is at least `needed`:
+    /// a new request may then be admitted on it and go upstream at once.
     pub fn has_headroom(&self, user_id: i64, needed: Money) -> bool {
-        self.headroom.read().ok().and_then(|map| map.get(&user_id).copied()).is_some_and(|room| room >= needed)
+        let Ok(map) = self.hints.0.read() else { return false };
+        map.get(&user_id).is_some_and(|room| room.committed.is_some_and(|c| c.saturating_sub(room.pending) >= needed))
     }
 
-    /// [`BillingWriter::has_headroom`], and if so takes `hold` from the hint at once so
-    /// that requests admitted on it before the next commit cannot together exceed it.
+    /// [`BillingWriter::has_headroom`], and if so takes `hold` from it at once, so that
+    /// requests admitted on the hint before their commits cannot together exceed it.
     pub fn take_headroom(&self, user_id: i64, needed: Money, hold: Money) -> bool {
-        let Ok(mut map) = self.headroom.write() else { return false };
+        let Ok(mut map) = self.hints.0.write() else { return false };
         match map.get_mut(&user_id) {
-            Some(room) if *room >= needed => {
-                *room = room.saturating_sub(hold);
+            Some(room) if room.committed.is_some_and(|c| c.saturating_sub(room.pending) >= needed) => {
+                room.pending = room.pending.saturating_add(hold);
                 true
             }
             _ => false,
         }
     }
 
-    pub(super) fn remember_headroom(&self, user_id: i64, room: Money) {
-        if let Ok(mut map) = self.headroom.write() {
-            if map.len() >= HEADROOM_USERS {
-                map.clear();
-            }
-            map.insert(user_id, room);
-        }
+    /// Gives back a hold taken by [`BillingWriter::take_headroom`] whose admission never
+    /// reached the writer, and drops the hint (the writer is in trouble).
+    pub(super) fn untake_headroom(&self, user_id: i64, hold: Money) {
+        self.hints.update(user_id, |room| {
+            room.pending = room.pending.saturating_sub(hold).max(Money::ZERO);
+            room.committed = None;
+        });
     }
 
     /// Drops the user's hint, so their next request is admitted before it is forwarded:
     /// called by every change that may make the user poorer or a key unusable (and by
     /// other instances' notifications of such changes).
     pub fn forget_headroom(&self, user_id: i64) {
-        if let Ok(mut map) = self.headroom.write() {
-            map.remove(&user_id);
-        }
+        self.hints.update(user_id, |room| room.committed = None);
     }
 
     /// Drops every hint (the invalidation listener may have missed notifications).
     pub fn forget_all_headroom(&self) {
-        if let Ok(mut map) = self.headroom.write() {
-            map.clear();
+        if let Ok(mut map) = self.hints.0.write() {
+            map.retain(|_, room| room.pending.is_positive());
+            for room in map.values_mut() {
+                room.committed = None;
+            }
         }
     }
 
@@ -111,7 +158,12 @@ impl BillingWriter {
 /// no cost to any client's latency.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
-async fn run(db: Db, calendar: BusinessCalendar, mut receiver: mpsc::Receiver<(Job, oneshot::Sender<Outcome>)>) {
+async fn run(
+    db: Db,
+    calendar: BusinessCalendar,
+    mut receiver: mpsc::Receiver<(Job, oneshot::Sender<Outcome>)>,
+    hints: Hints,
+) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut waiting, MAX_BATCH).await > 0 {
         if !waiting.iter().any(|(job, _)| job.urgent()) {
@@ -129,7 +181,8 @@ async fn run(db: Db, calendar: BusinessCalendar, mut receiver: mpsc::Receiver<(J
         metrics::histogram!("gateway_billing_batch_size").record(jobs.len() as f64);
         match batch::run(&db, &calendar, &jobs).await {
             Ok(outcomes) => {
-                for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                for ((outcome, reply), job) in outcomes.into_iter().zip(replies).zip(&jobs) {
+                    hints.admitted(job, &outcome);
                     deliver(&db, outcome, reply).await;
                 }
             }
@@ -140,12 +193,15 @@ async fn run(db: Db, calendar: BusinessCalendar, mut receiver: mpsc::Receiver<(J
                         Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| job.failed(Error::internal("no outcome"))),
                         Err(error) => job.failed(error),
                     };
+                    hints.admitted(&job, &outcome);
                     deliver(&db, outcome, reply).await;
                 }
             }
             Err(error) => {
                 if let (Some(job), Some(reply)) = (jobs.first(), replies.into_iter().next()) {
-                    deliver(&db, job.failed(error), reply).await;
+                    let outcome = job.failed(error);
+                    hints.admitted(job, &outcome);
+                    deliver(&db, outcome, reply).await;
                 }
             }
         }
@@ -159,5 +215,75 @@ async fn deliver(db: &Db, outcome: Outcome, reply: oneshot::Sender<Outcome>) {
         if let Err(e) = super::release_hold(db, hold.id, hold.user_id).await {
             tracing::warn!(hold = hold.id, error = %e, "cannot release the hold of an abandoned admission");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::{AdmissionRequest, Hold};
+    use chrono::Utc;
+
+    fn m(units: &str) -> Money {
+        Money::parse(units).unwrap()
+    }
+
+    fn admission(hold: &str, forced: bool) -> Job {
+        let request = AdmissionRequest { request_id: None, user_id: 1, api_key_id: 1, hold: m(hold) };
+        Job::Admit { request, now: Utc::now(), default_cap: None, forced }
+    }
+
+    fn admitted(headroom: &str, refused: Option<&'static str>) -> Outcome {
+        let now = Utc::now();
+        Outcome::Admit(Ok(Ok(Hold {
+            id: 1,
+            request_id: "r".into(),
+            user_id: 1,
+            api_key_id: 1,
+            amount: m("1"),
+            admitted_at: now,
+            business_date: now.date_naive(),
+            user_package_id: None,
+            headroom: m(headroom),
+            refused,
+        })))
+    }
+
+    fn writer() -> BillingWriter {
+        let (sender, _receiver) = mpsc::channel(1);
+        BillingWriter { sender, hints: Hints::default() }
+    }
+
+    #[test]
+    fn holds_taken_on_the_hint_count_until_their_admission_commits() {
+        let w = writer();
+        assert!(!w.has_headroom(1, m("1")), "nothing known yet: admit first");
+        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        assert!(w.take_headroom(1, m("4"), m("1")));
+        assert!(w.take_headroom(1, m("4"), m("1")));
+        // A commit of an older admission reports 10 again (the two above are not in it
+        // yet): the pending holds still count, so the hint cannot overstate.
+        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        assert!(w.has_headroom(1, m("8")) && !w.has_headroom(1, m("8.000001")));
+        // The first forced admission commits: 9 left in the database, one still pending.
+        w.hints.admitted(&admission("1", true), &admitted("9", None));
+        assert!(w.has_headroom(1, m("8")) && !w.has_headroom(1, m("8.000001")));
+        w.hints.admitted(&admission("1", true), &admitted("8", None));
+        assert!(w.has_headroom(1, m("8")) && !w.has_headroom(1, m("8.000001")));
+    }
+
+    #[test]
+    fn a_refusal_or_a_notice_drops_the_hint_but_keeps_counting_pending_holds() {
+        let w = writer();
+        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        assert!(w.take_headroom(1, m("2"), m("1")));
+        w.forget_headroom(1);
+        assert!(!w.has_headroom(1, m("0.000001")));
+        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        assert!(!w.has_headroom(1, m("9.000001")), "the hold taken before the notice is still pending");
+        w.hints.admitted(&admission("1", true), &admitted("-1", Some("cannot_pay")));
+        assert!(!w.has_headroom(1, m("0.000001")), "a forced admission that would have been refused drops it");
+        w.untake_headroom(1, m("5"));
+        assert!(w.hints.0.read().unwrap().is_empty(), "nothing pending and nothing known: forgotten");
     }
 }

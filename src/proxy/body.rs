@@ -85,7 +85,7 @@ pub fn spawn_settle(state: AppState, hold: HoldTicket, record: UsageRecord, upst
                 }
             }
         }
-        let hold = hold.resolve(&state).await;
+        let hold = hold.resolve().await;
         if let Err(e) = billing::settle_with_retry(&state, &hold, &record).await {
             tracing::error!(request_id = %record.request_id, error = %e, "usage could not be settled");
         }

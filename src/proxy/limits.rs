@@ -144,7 +144,7 @@ impl ProxyLimits {
             return Err(streams_refusal(max));
         }
         *open += 1;
-        Ok(StreamSlot { streams: self.streams.clone(), user_id, _shared: shared })
+        Ok(StreamSlot { streams: self.streams.clone(), user_id, shared })
     }
 
     /// Streams the user has open on this instance.
@@ -163,7 +163,7 @@ fn streams_refusal(max: i64) -> ProxyError {
 pub struct StreamSlot {
     streams: Arc<Mutex<HashMap<i64, i64>>>,
     user_id: i64,
-    _shared: Option<SharedSlot>,
+    shared: Option<SharedSlot>,
 }
 
 /// A cluster-wide stream lease: renewed while held, deleted on drop.
@@ -198,19 +198,6 @@ impl SharedSlot {
     }
 }
 
-impl Drop for SharedSlot {
-    fn drop(&mut self) {
-        let (store, user_id, id) = (self.store.clone(), self.user_id, std::mem::take(&mut self.id));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = store.release_stream(user_id, &id).await {
-                    tracing::warn!(%error, "could not release a stream slot (its lease will expire)");
-                }
-            });
-        }
-    }
-}
-
 impl StreamSlot {
     /// Keeps the slot until the response body is finished or dropped.
     pub fn attach(self, response: Response) -> Response {
@@ -224,13 +211,34 @@ impl StreamSlot {
 }
 
 impl Drop for StreamSlot {
+    /// Frees the slot; a cluster-wide lease is deleted first, and only then is the slot
+    /// counted free here, so [`ProxyLimits::open_streams`] never reports a slot free
+    /// that the cluster still counts.
     fn drop(&mut self) {
-        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(open) = streams.get_mut(&self.user_id) {
-            *open -= 1;
-            if *open <= 0 {
-                streams.remove(&self.user_id);
+        let (streams, user_id) = (self.streams.clone(), self.user_id);
+        let free_here = move || {
+            let mut streams = streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(open) = streams.get_mut(&user_id) {
+                *open -= 1;
+                if *open <= 0 {
+                    streams.remove(&user_id);
+                }
             }
+        };
+        let runtime = tokio::runtime::Handle::try_current();
+        match (self.shared.take(), runtime) {
+            (Some(shared), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    // Stops the renewal task before the lease goes.
+                    let SharedSlot { store, user_id, id, _renewing } = shared;
+                    drop(_renewing);
+                    if let Err(error) = store.release_stream(user_id, &id).await {
+                        tracing::warn!(%error, "could not release a stream slot (its lease will expire)");
+                    }
+                    free_here();
+                });
+            }
+            _ => free_here(),
         }
     }
 }
