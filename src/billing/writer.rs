@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::money::Money;
 
 /// The most jobs committed together (bounded so one transaction stays short).
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 1024;
 
 /// Jobs queued beyond this make callers wait (back-pressure instead of memory growth).
 const QUEUE: usize = 16_384;
@@ -31,9 +31,14 @@ const QUEUE: usize = 16_384;
 /// Handle to the instance's billing writer.
 #[derive(Clone)]
 pub struct BillingWriter {
-    sender: mpsc::Sender<(Job, oneshot::Sender<Outcome>)>,
+    /// Jobs a caller waits on before answering a client (committed at once).
+    urgent: mpsc::Sender<Queued>,
+    /// Jobs nobody waits on: they gather without waking the writer for each.
+    lazy: mpsc::Sender<Queued>,
     hints: Hints,
 }
+
+type Queued = (Job, oneshot::Sender<Outcome>);
 
 /// Users remembered at most (idle entries are dropped when full; they are only hints).
 const HEADROOM_USERS: usize = 100_000;
@@ -87,10 +92,11 @@ impl Hints {
 impl BillingWriter {
     /// Starts the writer task on the current runtime.
     pub fn start(db: Db, calendar: BusinessCalendar) -> BillingWriter {
-        let (sender, receiver) = mpsc::channel(QUEUE);
+        let (urgent, urgent_jobs) = mpsc::channel(QUEUE);
+        let (lazy, lazy_jobs) = mpsc::channel(QUEUE);
         let hints = Hints::default();
-        tokio::spawn(run(db, calendar, receiver, hints.clone()));
-        BillingWriter { sender, hints }
+        tokio::spawn(run(db, calendar, urgent_jobs, lazy_jobs, hints.clone()));
+        BillingWriter { urgent, lazy, hints }
     }
 
     /// True when this user's headroom, as this instance knows it, is at least `needed`:
@@ -148,7 +154,8 @@ impl BillingWriter {
     /// Queues a job; its outcome arrives on the receiver once its batch commits.
     pub(super) async fn enqueue(&self, job: Job) -> Result<oneshot::Receiver<Outcome>> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send((job, reply)).await.map_err(|_| Error::Unavailable("the billing writer stopped".into()))?;
+        let queue = if job.urgent() { &self.urgent } else { &self.lazy };
+        queue.send((job, reply)).await.map_err(|_| Error::Unavailable("the billing writer stopped".into()))?;
         Ok(answer)
     }
 }
@@ -161,21 +168,41 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 async fn run(
     db: Db,
     calendar: BusinessCalendar,
-    mut receiver: mpsc::Receiver<(Job, oneshot::Sender<Outcome>)>,
+    mut urgent: mpsc::Receiver<Queued>,
+    mut lazy: mpsc::Receiver<Queued>,
     hints: Hints,
 ) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-        if !waiting.iter().any(|(job, _)| job.urgent()) {
-            let deadline = tokio::time::Instant::now() + LINGER;
-            while waiting.len() < MAX_BATCH {
-                let seen = waiting.len();
-                match tokio::time::timeout_at(deadline, receiver.recv_many(&mut waiting, MAX_BATCH - seen)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if waiting[seen..].iter().any(|(job, _)| job.urgent()) => break,
-                    Ok(_) => {}
+    loop {
+        let first = tokio::select! {
+            biased;
+            queued = urgent.recv() => queued,
+            queued = lazy.recv() => queued,
+        };
+        if let Some(queued) = first {
+            let only_lazy = !queued.0.urgent();
+            waiting.push(queued);
+            if only_lazy {
+                // Let more gather (they queue without waking this task), unless someone
+                // starts waiting on an admission meanwhile.
+                tokio::select! {
+                    biased;
+                    queued = urgent.recv() => waiting.extend(queued),
+                    _ = tokio::time::sleep(LINGER) => {}
                 }
             }
+        }
+        for queue in [&mut urgent, &mut lazy] {
+            while waiting.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(queued) => waiting.push(queued),
+                    Err(_) => break,
+                }
+            }
+        }
+        if waiting.is_empty() {
+            // Both queues closed (every handle dropped) and drained.
+            return;
         }
         let (jobs, replies): (Vec<Job>, Vec<_>) = std::mem::take(&mut waiting).into_iter().unzip();
         metrics::histogram!("gateway_billing_batch_size").record(jobs.len() as f64);
@@ -250,8 +277,9 @@ mod tests {
     }
 
     fn writer() -> BillingWriter {
-        let (sender, _receiver) = mpsc::channel(1);
-        BillingWriter { sender, hints: Hints::default() }
+        let (urgent, _) = mpsc::channel(1);
+        let (lazy, _) = mpsc::channel(1);
+        BillingWriter { urgent, lazy, hints: Hints::default() }
     }
 
     #[test]

@@ -112,14 +112,15 @@ pub struct Seen {
 struct MockState {
     options: Arc<MockOptions>,
     requests: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Only the last request is kept: a benchmark sends millions.
+    seen: Arc<Mutex<Option<Seen>>>,
 }
 
 /// A running mock; stops when dropped.
 pub struct MockHandle {
     pub addr: std::net::SocketAddr,
     requests: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Option<Seen>>>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -136,7 +137,7 @@ impl MockHandle {
 
     /// The last request received.
     pub fn last(&self) -> Option<Seen> {
-        self.seen.lock().ok().and_then(|s| s.last().cloned())
+        self.seen.lock().ok().and_then(|s| s.clone())
     }
 }
 
@@ -184,7 +185,7 @@ async fn stats(State(state): State<MockState>) -> Json<Value> {
 async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut seen) = state.seen.lock() {
-        seen.push(Seen { path: uri.path().to_string(), headers: headers.clone(), body: body.clone() });
+        *seen = Some(Seen { path: uri.path().to_string(), headers: headers.clone(), body: body.clone() });
     }
     if !state.options.initial_delay.is_zero() {
         tokio::time::sleep(state.options.initial_delay).await;
