@@ -224,8 +224,10 @@ impl KeyRefusal {
 /// Keys that authenticated recently, by hash, so the proxy's hot path skips the
 /// lookup query. Safe to be stale: billing admission re-reads the key and the user
 /// under the user's row lock and refuses a revoked, expired or over-limit key or a
-/// suspended user on every instance at once; an entry only decides who the caller is,
-/// which never changes for a key. Unknown keys are never cached.
+/// suspended user, and every such change drops the user's headroom hint on every
+/// instance (`billing::user_changed`), so that admission happens before the next
+/// request is forwarded; an entry only decides who the caller is, which never changes
+/// for a key. Unknown keys are never cached.
 #[derive(Clone, Default)]
 pub struct KeyCache {
     entries: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (KeyOwner, std::time::Instant)>>>,
