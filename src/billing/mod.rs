@@ -26,7 +26,9 @@
 //! (every gateway change that makes a user poorer or a key unusable calls
 //! [`user_changed`], which drops the hint here and, on PostgreSQL, on every instance),
 //! so the excess is bounded by what one instance admits on a hint before the next
-//! commit or notice: a few milliseconds of one user's requests.
+//! commit (≤ 10 ms plus any writer backlog) or notice. The holds an instance has taken
+//! on a hint but not yet committed keep counting against it, so its own requests can
+//! never together exceed what it last knew.
 
 mod batch;
 pub mod rules;
