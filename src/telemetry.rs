@@ -73,12 +73,17 @@ pub async fn metrics_endpoint(State(state): State<AppState>, headers: axum::http
     }
 }
 
+/// A new `req_...` id: HTTP requests without one, proxied requests and their usage rows.
+pub fn new_request_id() -> String {
+    format!("req_{}", crate::auth::random_token(24))
+}
+
 /// Random request ids for requests that arrive without one.
 #[derive(Clone, Copy, Default)]
 pub struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&format!("req_{}", crate::auth::random_token(24))).ok().map(RequestId::new)
+        HeaderValue::from_str(&new_request_id()).ok().map(RequestId::new)
     }
 }

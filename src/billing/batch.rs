@@ -423,7 +423,7 @@ impl Plan {
             user.held = user.held.saturating_add(amount);
         }
         self.users.entry(request.user_id).or_default().held += amount;
-        let request_id = request.request_id.clone().unwrap_or_else(|| format!("req_{}", crate::auth::random_token(24)));
+        let request_id = request.request_id.clone().unwrap_or_else(crate::telemetry::new_request_id);
         self.holds.push(NewHold {
             user_id: request.user_id,
             api_key_id: request.api_key_id,

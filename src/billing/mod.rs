@@ -241,10 +241,10 @@ pub async fn admit_with_cap(
 /// least `needed` (several holds' worth) to spare: the hold is taken from that hint at
 /// once and written by the billing writer while the request goes upstream. The written
 /// admission is forced — the request is served and charged whatever it finds — so
-/// overspend is bounded by what one instance admits within one writer batch on a hint
-/// gone stale (an admin debit, a package expiring, another instance's requests).
-/// Changes that make a user poorer or a key unusable drop the hint at once
-/// ([`writer::BillingWriter::forget_headroom`]). `None`: admit synchronously instead.
+/// overspend is bounded by what one instance admits before its next commit on a hint
+/// gone stale without it being told (another instance's requests, a package expiring,
+/// a direct database edit). Gateway changes that make a user poorer or a key unusable
+/// drop the hint at once ([`user_changed`]). `None`: admit synchronously instead.
 pub async fn admit_speculative(
     state: &AppState,
     request: &AdmissionRequest,
@@ -255,7 +255,7 @@ pub async fn admit_speculative(
         return None;
     }
     let now = state.now();
-    let request_id = request.request_id.clone().unwrap_or_else(|| format!("req_{}", crate::auth::random_token(24)));
+    let request_id = request.request_id.clone().unwrap_or_else(crate::telemetry::new_request_id);
     let request = AdmissionRequest { request_id: Some(request_id.clone()), ..request.clone() };
     let fallback = Hold {
         id: 0,

@@ -58,6 +58,18 @@ struct Room {
     pending: Money,
 }
 
+impl Room {
+    /// What requests may still be admitted on: `None` when nothing is known.
+    fn available(&self) -> Option<Money> {
+        self.committed.map(|c| c.saturating_sub(self.pending))
+    }
+
+    /// A hold taken on the hint is no longer pending (committed, or never sent).
+    fn release(&mut self, hold: Money) {
+        self.pending = self.pending.saturating_sub(hold).max(Money::ZERO);
+    }
+}
+
 impl Hints {
     fn update(&self, user_id: i64, change: impl FnOnce(&mut Room)) {
         let Ok(mut map) = self.0.write() else { return };
@@ -82,7 +94,7 @@ impl Hints {
         };
         self.update(request.user_id, |room| {
             if *forced {
-                room.pending = room.pending.saturating_sub(request.hold).max(Money::ZERO);
+                room.release(request.hold);
             }
             room.committed = after;
         });
@@ -99,19 +111,13 @@ impl BillingWriter {
         BillingWriter { urgent, lazy, hints }
     }
 
-    /// True when this user's headroom, as this instance knows it, is at least `needed`:
-    /// a new request may then be admitted on it and go upstream at once.
-    pub fn has_headroom(&self, user_id: i64, needed: Money) -> bool {
-        let Ok(map) = self.hints.0.read() else { return false };
-        map.get(&user_id).is_some_and(|room| room.committed.is_some_and(|c| c.saturating_sub(room.pending) >= needed))
-    }
-
-    /// [`BillingWriter::has_headroom`], and if so takes `hold` from it at once, so that
-    /// requests admitted on the hint before their commits cannot together exceed it.
+    /// When this user's headroom, as this instance knows it, is at least `needed`, takes
+    /// `hold` from it at once (so that requests admitted on the hint before their commits
+    /// cannot together exceed it) and says the request may go upstream now.
     pub fn take_headroom(&self, user_id: i64, needed: Money, hold: Money) -> bool {
         let Ok(mut map) = self.hints.0.write() else { return false };
         match map.get_mut(&user_id) {
-            Some(room) if room.committed.is_some_and(|c| c.saturating_sub(room.pending) >= needed) => {
+            Some(room) if room.available().is_some_and(|room| room >= needed) => {
                 room.pending = room.pending.saturating_add(hold);
                 true
             }
@@ -123,7 +129,7 @@ impl BillingWriter {
     /// reached the writer, and drops the hint (the writer is in trouble).
     pub(super) fn untake_headroom(&self, user_id: i64, hold: Money) {
         self.hints.update(user_id, |room| {
-            room.pending = room.pending.saturating_sub(hold).max(Money::ZERO);
+            room.release(hold);
             room.committed = None;
         });
     }
@@ -276,6 +282,11 @@ mod tests {
         })))
     }
 
+    /// What this instance may still admit user 1 on (`None`: admit first).
+    fn available(w: &BillingWriter) -> Option<Money> {
+        w.hints.0.read().unwrap().get(&1).and_then(Room::available)
+    }
+
     fn writer() -> BillingWriter {
         let (urgent, _) = mpsc::channel(1);
         let (lazy, _) = mpsc::channel(1);
@@ -285,19 +296,19 @@ mod tests {
     #[test]
     fn holds_taken_on_the_hint_count_until_their_admission_commits() {
         let w = writer();
-        assert!(!w.has_headroom(1, m("1")), "nothing known yet: admit first");
+        assert_eq!(available(&w), None, "nothing known yet: admit first");
         w.hints.admitted(&admission("1", false), &admitted("10", None));
         assert!(w.take_headroom(1, m("4"), m("1")));
         assert!(w.take_headroom(1, m("4"), m("1")));
         // A commit of an older admission reports 10 again (the two above are not in it
         // yet): the pending holds still count, so the hint cannot overstate.
         w.hints.admitted(&admission("1", false), &admitted("10", None));
-        assert!(w.has_headroom(1, m("8")) && !w.has_headroom(1, m("8.000001")));
+        assert_eq!(available(&w), Some(m("8")));
         // The first forced admission commits: 9 left in the database, one still pending.
         w.hints.admitted(&admission("1", true), &admitted("9", None));
-        assert!(w.has_headroom(1, m("8")) && !w.has_headroom(1, m("8.000001")));
+        assert_eq!(available(&w), Some(m("8")));
         w.hints.admitted(&admission("1", true), &admitted("8", None));
-        assert!(w.has_headroom(1, m("8")) && !w.has_headroom(1, m("8.000001")));
+        assert_eq!(available(&w), Some(m("8")));
     }
 
     #[test]
@@ -306,11 +317,11 @@ mod tests {
         w.hints.admitted(&admission("1", false), &admitted("10", None));
         assert!(w.take_headroom(1, m("2"), m("1")));
         w.forget_headroom(1);
-        assert!(!w.has_headroom(1, m("0.000001")));
+        assert_eq!(available(&w), None);
         w.hints.admitted(&admission("1", false), &admitted("10", None));
-        assert!(!w.has_headroom(1, m("9.000001")), "the hold taken before the notice is still pending");
+        assert_eq!(available(&w), Some(m("9")), "the hold taken before the notice is still pending");
         w.hints.admitted(&admission("1", true), &admitted("-1", Some("cannot_pay")));
-        assert!(!w.has_headroom(1, m("0.000001")), "a forced admission that would have been refused drops it");
+        assert_eq!(available(&w), None, "a forced admission that would have been refused drops it");
         w.untake_headroom(1, m("5"));
         assert!(w.hints.0.read().unwrap().is_empty(), "nothing pending and nothing known: forgotten");
     }

@@ -78,7 +78,7 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         reasoning: 0,
     };
     let hold_amount = pricing::cost(&price, &worst_case, settings.markup);
-    let request_id = format!("req_{}", crate::auth::random_token(24));
+    let request_id = crate::telemetry::new_request_id();
     let admission_request = AdmissionRequest {
         request_id: Some(request_id.clone()),
         user_id: owner.user_id,
