@@ -27,6 +27,7 @@ mod reliability_payments;
 mod reliability_proxy;
 mod scale_out;
 mod security_access;
+mod security_defects;
 mod shared_limits;
 mod web;
 mod web_community;
