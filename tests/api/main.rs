@@ -10,6 +10,7 @@ mod announcements;
 mod audit;
 mod bench_mock;
 mod billing;
+mod codex;
 mod coupons;
 mod keys;
 mod oauth;
