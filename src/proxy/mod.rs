@@ -7,16 +7,19 @@
 //! - [`forward`]: admission, upstream selection and failover before the first byte.
 //! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
 //! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
+//! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
 //! - [`error`]: the OpenAI error shape. [`mock`]: a fake upstream for tests and benchmarks.
 
 pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod forward;
+pub mod journal;
 pub mod limits;
 pub mod metering;
 pub mod mock;
 pub mod pricing;
+pub mod recovery;
 pub mod request;
 pub mod sse;
 pub mod upstreams;
