@@ -3,6 +3,10 @@
 //! Daily package allowances reset at 00:00 in the business zone (default
 //! Asia/Shanghai, UTC+8). Everything that needs "now" or "today" asks a [`Clock`]
 //! and the [`BusinessCalendar`], so tests can drive a fake clock across midnight.
+//! The windows package limits count in (5-hour block, day, week, month, term) are
+//! computed here too, in [`windows`].
+
+pub mod windows;
 
 use std::sync::Arc;
 

@@ -19,6 +19,7 @@ use super::error::ProxyError;
 use super::journal::Forwarded;
 use super::metering::{estimate_tokens, Api, Meter};
 use super::pricing::{self, ModelPrice, Usage};
+use super::quota;
 use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest};
 use super::upstreams::{self, Upstream};
 use crate::app::AppState;
@@ -94,11 +95,11 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
-        None => HoldTicket::ready(
-            billing::admit_with_cap(&state, &admission_request, default_cap)
-                .await?
-                .map_err(ProxyError::from_refusal)?,
-        ),
+        None => match billing::admit_with_cap(&state, &admission_request, default_cap).await {
+            Ok(Ok(hold)) => HoldTicket::ready(hold),
+            Ok(Err(refusal)) => return Err(ProxyError::from_refusal(refusal)),
+            Err(e) => return Err(quota::admission_refusal(&state, owner.user_id, default_cap, hold_amount, e).await),
+        },
     };
     let admitted = Admitted {
         state: state.clone(),
@@ -120,12 +121,35 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     // From here on the request must settle. The rest runs in a tracked task, so a
     // client that goes away while an upstream is being tried cannot cancel it (the
     // response it then produces is dropped, which settles it as a disconnect).
-    match state.tasks.spawn(forward_admitted(admitted)).await {
-        Ok(result) => result.map(|response| match slot {
-            Some(slot) => slot.attach(response),
-            None => response,
+    let forwarded = state.tasks.spawn(forward_admitted(admitted));
+    // The user's quota windows, read while the request is upstream (as of its start).
+    let quota = async {
+        match api {
+            Api::Responses => quota::windows(&state, owner.user_id, default_cap).await.ok(),
+            Api::Chat => None,
+        }
+    };
+    let (forwarded, quota) = tokio::join!(forwarded, quota);
+    match forwarded {
+        Ok(result) => result.map(|mut response| {
+            if let Some(quota) = quota {
+                add_headers(response.headers_mut(), &quota.headers());
+            }
+            match slot {
+                Some(slot) => slot.attach(response),
+                None => response,
+            }
         }),
         Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
+    }
+}
+
+/// Adds (replacing) headers whose values are valid header text; others are skipped.
+pub fn add_headers(headers: &mut HeaderMap, extra: &[(&'static str, String)]) {
+    for (name, value) in extra {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metering;
 pub mod mock;
 pub mod pricing;
+pub mod quota;
 pub mod recovery;
 pub mod request;
 pub mod sse;
