@@ -45,8 +45,24 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ProxyError> {
     })
 }
 
-/// Handles one `/v1/responses` or `/v1/chat/completions` request end to end.
+/// Handles one `/v1/responses`, `/v1/responses/compact` or `/v1/chat/completions`
+/// request end to end; Responses answers carry the user's quota headers.
 pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Result<Response, ProxyError> {
+    let (mut response, quota) = proxy_with_quota(state, api, headers, body).await?;
+    if let Some(quota) = quota {
+        add_headers(response.headers_mut(), &quota.headers());
+    }
+    Ok(response)
+}
+
+/// [`proxy`] with the quota windows apart (read while the request was upstream, as of
+/// its start), for a transport that sends them otherwise (the WebSocket's event).
+pub async fn proxy_with_quota(
+    state: AppState,
+    api: Api,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(Response, Option<quota::Quota>), ProxyError> {
     // Latencies in the usage log count from arrival, gateway work included.
     let arrived = Instant::now();
     let owner = authenticate_cached(&state, &headers).await?;
@@ -121,20 +137,18 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     // The user's quota windows, read while the request is upstream (as of its start).
     let quota = async {
         match api {
-            Api::Responses => quota::windows(&state, owner.user_id, default_cap).await.ok(),
+            Api::Responses | Api::Compact => quota::windows(&state, owner.user_id, default_cap).await.ok(),
             Api::Chat => None,
         }
     };
     let (forwarded, quota) = tokio::join!(forwarded, quota);
     match forwarded {
-        Ok(result) => result.map(|mut response| {
-            if let Some(quota) = quota {
-                add_headers(response.headers_mut(), &quota.headers());
-            }
-            match slot {
+        Ok(result) => result.map(|response| {
+            let response = match slot {
                 Some(slot) => slot.attach(response),
                 None => response,
-            }
+            };
+            (response, quota)
         }),
         Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
     }

@@ -24,6 +24,9 @@ use super::sse::{SseEvent, SseParser};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     Responses,
+    /// `POST /responses/compact` (Codex's remote compaction): a Responses-shaped JSON
+    /// answer with `usage`, metered and billed like any response.
+    Compact,
     Chat,
 }
 
@@ -32,6 +35,7 @@ impl Api {
     pub fn path(self) -> &'static str {
         match self {
             Api::Responses => "/responses",
+            Api::Compact => "/responses/compact",
             Api::Chat => "/chat/completions",
         }
     }
@@ -73,7 +77,7 @@ impl RawUsage {
     /// Either API's names; `None` when neither reported token counts.
     fn usage(&self, api: Api) -> Option<Usage> {
         let (input, output, input_details, output_details) = match api {
-            Api::Responses => {
+            Api::Responses | Api::Compact => {
                 (self.input_tokens, self.output_tokens, &self.input_tokens_details, &self.output_tokens_details)
             }
             Api::Chat => (
@@ -213,7 +217,7 @@ impl Meter {
             return true;
         }
         match self.api {
-            Api::Responses => {
+            Api::Responses | Api::Compact => {
                 if let Ok(e) = serde_json::from_str::<ResponsesEvent>(data) {
                     if e.kind.ends_with(".delta") {
                         if let Some(Value::String(text)) = &e.delta {
