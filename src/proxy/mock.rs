@@ -206,12 +206,19 @@ async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, bo
         _ => {}
     }
     if uri.path().ends_with("/responses/compact") {
-        let script = Script { options: &state.options, model, fault, text: answer_text(&state.options) };
+        let script =
+            Script { options: &state.options, model, fault, text: answer_text(&state.options), compaction: false };
         return Json(script.compaction_json()).into_response();
     }
     let chat = uri.path().ends_with("/chat/completions");
     let stream = request["stream"].as_bool().unwrap_or(false);
-    let script = Script { options: &state.options, model, fault, text: answer_text(&state.options) };
+    // Codex's remote compaction v2: a Responses request whose input ends with a
+    // `compaction_trigger` item, answered with exactly one `compaction` output item.
+    let compaction = request["input"]
+        .as_array()
+        .and_then(|items| items.last())
+        .is_some_and(|item| item["type"] == "compaction_trigger");
+    let script = Script { options: &state.options, model, fault, text: answer_text(&state.options), compaction };
     if !stream {
         return Json(if chat { script.chat_json() } else { script.responses_json() }).into_response();
     }
@@ -250,6 +257,7 @@ struct Script<'a> {
     model: String,
     fault: Option<Fault>,
     text: String,
+    compaction: bool,
 }
 
 impl Script<'_> {
@@ -301,7 +309,14 @@ impl Script<'_> {
     }
 
     fn responses_json(&self) -> Value {
+        if self.compaction {
+            return self.response("completed", json!([self.compaction_item()]));
+        }
         self.response("completed", json!([self.message("completed", &self.text)]))
+    }
+
+    fn compaction_item(&self) -> Value {
+        json!({ "type": "compaction", "id": "cmp_mock", "encrypted_content": format!("mock-compacted:{}", self.text) })
     }
 
     fn responses_events(&self) -> Vec<Piece> {
@@ -312,6 +327,15 @@ impl Script<'_> {
             seq += 1;
             event(Some(name), &data)
         };
+        if self.compaction {
+            let item = self.compaction_item();
+            return vec![
+                next("response.created", json!({ "response": self.response("in_progress", json!([])) })),
+                next("response.output_item.added", json!({ "output_index": 0, "item": item })),
+                next("response.output_item.done", json!({ "output_index": 0, "item": item })),
+                next("response.completed", json!({ "response": self.response("completed", json!([item])) })),
+            ];
+        }
         let mut pieces = vec![
             next("response.created", json!({ "response": self.response("in_progress", json!([])) })),
             next("response.in_progress", json!({ "response": self.response("in_progress", json!([])) })),
