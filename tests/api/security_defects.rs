@@ -8,7 +8,7 @@ use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{signed_notify, Answer, TestApp, TEST_KEY};
+use crate::helpers::{signed_notify, spawn_app_with, Answer, Backend, TestApp, TEST_KEY};
 use crate::on_both_databases_with_sandbox;
 
 on_both_databases_with_sandbox!(
@@ -17,6 +17,7 @@ on_both_databases_with_sandbox!(
     next_parameters_never_redirect_off_site,
     thirty_concurrent_balance_purchases_respect_a_limit_of_one,
     orders_paid_later_respect_the_per_user_limit,
+    a_refund_removes_only_what_its_order_bought,
 );
 
 /// A signed-in form post (session cookie and its CSRF token added).
@@ -252,4 +253,128 @@ async fn orders_paid_later_respect_the_per_user_limit(app: TestApp) {
     assert_eq!(credited, 2 * per_order.micros(), "each order over the limit is credited its value");
     assert_eq!(app.balance(&user).await, codex_gateway::money::Money::from_micros(credited).format_2dp());
     app.assert_all_invariants().await;
+}
+
+async fn a_refund_removes_only_what_its_order_bought(app: TestApp) {
+    let admin = app.admin_token().await;
+    let package = app
+        .create_package(&admin, json!({"name": "monthly", "price": "10.00", "duration_days": 30, "daily_limit": 5}))
+        .await;
+    let (user_id, user) = app.register_and_login("sec5@example.com").await;
+    app.fund(&admin, user_id, "20.00").await;
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        let r = app.post(&format!("/api/packages/{package}/purchase"), &user, json!({"pay_with": "balance"})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        orders.push(r.body["order"]["out_trade_no"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (&orders[0], &orders[1]);
+    let active = format!(
+        "SELECT CAST(COALESCE(SUM(duration_days), 0) AS BIGINT) FROM user_packages WHERE user_id = {user_id} AND status = 'active'"
+    );
+    assert_eq!(app.count(&active).await, 60, "A started the package, B extended it");
+
+    // A started what B extends: refunding A first would take B's days with it.
+    let refused = app.post(&format!("/api/admin/orders/{a}/refund"), &admin, json!({})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert_eq!(refused.error_code(), "later_extensions_first");
+    assert!(refused.text.contains(b.as_str()), "the error names the order to refund first: {}", refused.text);
+    assert_eq!(app.count(&active).await, 60, "a refused refund changes nothing");
+    assert_eq!(app.balance(&user).await, "0.00");
+
+    let refund_b = app.post(&format!("/api/admin/orders/{b}/refund"), &admin, json!({})).await;
+    assert_eq!(refund_b.status, StatusCode::OK, "{}", refund_b.text);
+    assert_eq!(app.count(&active).await, 30, "B's refund removed B's 30 days only");
+    assert_eq!(app.balance(&user).await, "10.00");
+
+    let refund_a = app.post(&format!("/api/admin/orders/{a}/refund"), &admin, json!({})).await;
+    assert_eq!(refund_a.status, StatusCode::OK, "{}", refund_a.text);
+    assert_eq!(
+        app.count(&format!("SELECT COUNT(*) FROM user_packages WHERE user_id = {user_id} AND status = 'active'")).await,
+        0
+    );
+    assert_eq!(app.balance(&user).await, "20.00", "each refund returned its own order's amount");
+    app.assert_all_invariants().await;
+}
+
+/// A failed login from `client` as seen behind a proxy that sets `X-Forwarded-For`.
+async fn bad_login_from(app: &TestApp, client: &str, email: &str) -> StatusCode {
+    let r = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", client)
+        .json(&json!({"email": email, "password": "wrong-password"}))
+        .send()
+        .await
+        .unwrap();
+    r.status()
+}
+
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_budget(backend: Backend) {
+    let app = spawn_app_with(backend, &[("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/32, ::1")]).await;
+    app.register_and_login("victim@example.com").await;
+    let mut refused = 0;
+    for i in 0..45 {
+        refused += usize::from(
+            bad_login_from(&app, "203.0.113.7", &format!("spray{i}@example.com")).await
+                == StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    assert!(refused >= 5, "the attacker's address is throttled ({refused} refused)");
+    // Another client behind the same proxy still signs in.
+    let ok = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", "198.51.100.2")
+        .json(&json!({"email": "victim@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK, "one client's bad logins lock out everyone behind the proxy");
+    // Audit rows carry the forwarded client address.
+    let admin = app.admin_token().await;
+    let (user_id, _) = app.register_and_login("audited@example.com").await;
+    let r = app
+        .client
+        .post(app.url(&format!("/api/admin/users/{user_id}/balance")))
+        .bearer_auth(&admin)
+        .header("x-forwarded-for", "192.0.2.44")
+        .json(&json!({"amount": "1.00", "reason": "audit ip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ips: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT ip FROM audit_logs").fetch_all(app.db.pool()).await.unwrap();
+    assert!(ips.contains(&Some("192.0.2.44".into())), "audit ips: {ips:?}");
+}
+
+async fn without_trusted_proxies_forwarded_headers_are_ignored(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
+    let mut refused = 0;
+    // A spoofed X-Forwarded-For per attempt gains nothing: the peer is the client.
+    for i in 0..45 {
+        refused += usize::from(
+            bad_login_from(&app, &format!("203.0.113.{i}"), &format!("spray{i}@example.com")).await
+                == StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    assert!(refused >= 5, "spoofed addresses bypassed the throttle ({refused} refused)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_budget_sqlite() {
+    behind_a_trusted_proxy_each_client_has_its_own_login_budget(Backend::Sqlite).await
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_budget_postgres() {
+    behind_a_trusted_proxy_each_client_has_its_own_login_budget(Backend::Postgres).await
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_forwarded_headers_are_ignored_sqlite() {
+    without_trusted_proxies_forwarded_headers_are_ignored(Backend::Sqlite).await
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_forwarded_headers_are_ignored_postgres() {
+    without_trusted_proxies_forwarded_headers_are_ignored(Backend::Postgres).await
 }
