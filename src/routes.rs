@@ -20,7 +20,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(telemetry::metrics_endpoint))
+        .route("/metrics", get(metrics))
         .merge(crate::api::router())
         .merge(crate::proxy::router())
         .merge(crate::web::router())
@@ -51,6 +51,11 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("strict-origin-when-cross-origin"),
         ))
         .with_state(state)
+}
+
+/// `GET /metrics`, behind the metrics token when one is configured.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    telemetry::metrics_answer(state.config.metrics_token.as_deref(), &headers)
 }
 
 async fn healthz() -> impl IntoResponse {
