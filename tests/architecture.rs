@@ -316,4 +316,3 @@ fn top_level_modules_form_no_cycle_and_files_stay_short() {
     let long = long_files();
     assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:?}");
 }
-
