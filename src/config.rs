@@ -51,11 +51,17 @@ pub struct Config {
     pub pay_sandbox: bool,
     /// Runs background jobs (expiry, reconciliation, health probes) in this process.
     pub run_jobs: bool,
+    /// Keeps the crash journal under `data_dir/journal` (see `proxy::journal`): off only
+    /// to measure what it costs.
+    pub journal: bool,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// `REDIS_URL`: when set, request-rate limits and the login throttle are counted in
     /// Redis so every instance shares them (otherwise in PostgreSQL, or in memory on SQLite).
     pub redis_url: Option<SecretString>,
+    /// `GATEWAY_TRUSTED_PROXIES`: peers (CIDRs) whose `X-Forwarded-For`/`X-Real-IP` name
+    /// the client (see [`crate::client_ip`]). Default none: the peer is the client.
+    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
 }
 
 /// Keys of the optional TOML file; each mirrors an environment variable.
@@ -75,8 +81,10 @@ struct FileConfig {
     log_format: Option<String>,
     pay_sandbox: Option<bool>,
     run_jobs: Option<bool>,
+    journal: Option<bool>,
     metrics_token: Option<String>,
     redis_url: Option<String>,
+    trusted_proxies: Option<String>,
 }
 
 /// Default request body limit: Codex prompts with long histories are large.
@@ -168,6 +176,10 @@ impl Config {
             Some(v) => parse_bool("GATEWAY_RUN_JOBS", &v)?,
             None => file.run_jobs.unwrap_or(true),
         };
+        let journal = match get("GATEWAY_JOURNAL") {
+            Some(v) => parse_bool("GATEWAY_JOURNAL", &v)?,
+            None => file.journal.unwrap_or(true),
+        };
 
         let metrics_token = get("GATEWAY_METRICS_TOKEN").or(file.metrics_token);
         let redis_url = match get("REDIS_URL").or(file.redis_url) {
@@ -176,6 +188,11 @@ impl Config {
                 return Err(ConfigError::new("REDIS_URL", "must start with redis:// (e.g. redis://127.0.0.1:6379/0)"));
             }
             None => None,
+        };
+        let trusted_proxies = match get("GATEWAY_TRUSTED_PROXIES").or(file.trusted_proxies) {
+            Some(list) => crate::client_ip::Cidr::parse_list(&list)
+                .map_err(|message| ConfigError::new("GATEWAY_TRUSTED_PROXIES", message))?,
+            None => Vec::new(),
         };
 
         Ok(Config {
@@ -192,8 +209,10 @@ impl Config {
             json_logs,
             pay_sandbox,
             run_jobs,
+            journal,
             metrics_token,
             redis_url,
+            trusted_proxies,
         })
     }
 

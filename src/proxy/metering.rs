@@ -263,13 +263,22 @@ impl Meter {
         serde_json::from_slice::<Body>(&self.body).ok()?.usage?.usage(self.api)
     }
 
+    /// The bytes the output estimate counts so far (streamed text for SSE, the body
+    /// otherwise): what the crash journal records as progress.
+    pub fn output_bytes(&self) -> u64 {
+        if self.sse {
+            self.text_bytes
+        } else {
+            self.body_bytes
+        }
+    }
+
     /// The documented tokenizer-free estimate (see the module docs).
     pub fn estimate(&self, request_bytes: usize) -> Usage {
-        let output_bytes = if self.sse { self.text_bytes } else { self.body_bytes };
         Usage {
             input: estimate_tokens(request_bytes as u64),
             cached: 0,
-            output: estimate_tokens(output_bytes),
+            output: estimate_tokens(self.output_bytes()),
             reasoning: 0,
         }
     }

@@ -8,6 +8,7 @@
 //! - [`forward`]: admission, upstream selection and failover before the first byte.
 //! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
 //! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
+//! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
 //! - [`quota`]: the user's windows and balance as Codex reads them (headers, events).
 //! - [`ws`]: the WebSocket transport, bridged to the HTTP path.
 //! - [`error`]: the OpenAI error shape. [`mock`]: a fake upstream for tests and benchmarks.
@@ -16,11 +17,13 @@ pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod forward;
+pub mod journal;
 pub mod limits;
 pub mod metering;
 pub mod mock;
 pub mod pricing;
 pub mod quota;
+pub mod recovery;
 pub mod request;
 pub mod sse;
 pub mod upstreams;
