@@ -86,16 +86,14 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
         hold: hold_amount,
     };
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
-    let default_cap = settings.default_daily_cap;
-    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, default_cap).await {
+    let policy = billing::Policy::new(&settings, Some(&request.model));
+    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
         None => HoldTicket::ready(
-            billing::admit_with_cap(&state, &admission_request, default_cap)
-                .await?
-                .map_err(ProxyError::from_refusal)?,
+            billing::admit_with(&state, &admission_request, &policy).await?.map_err(ProxyError::from_refusal)?,
         ),
     };
     let admitted = Admitted {
