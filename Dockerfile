@@ -2,9 +2,10 @@
 # Multi-stage build: compile in the Rust image, run from a small Debian image as a non-root user.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY templates ./templates
+COPY locales ./locales
 COPY static ./static
 RUN cargo build --release --locked && strip target/release/codex-gateway
 

@@ -17,6 +17,7 @@
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids;
 //!   [`cluster`]: cache invalidation across instances.
 //! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
+//! - [`redact`]: keeping stored secrets out of answers, errors and logs (hints, scrubbing).
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
 pub mod admin_actions;
@@ -43,6 +44,7 @@ pub mod packages;
 pub mod payment;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redact;
 pub mod redemption;
 pub mod routes;
 pub mod secrets;

@@ -102,6 +102,27 @@ async fn exercise(backend: Backend) -> (u64, String) {
     }
     assert_eq!(app.balance(&user).await, "8.00");
 
+    // The gateway refuses a refund (the sandbox never saw this trade), then cannot be
+    // reached at all: check, refund and the reconcile job each format a gateway error.
+    let refused = app.post(&format!("/api/admin/orders/{otn}/refund"), &admin, json!({})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert!(!refused.text.contains(CREDIT_KEY));
+    let pending = app.post("/api/user/topup", &user, json!({"amount": "4.00"})).await;
+    let pending = pending.body["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/epay", dead.local_addr().unwrap());
+    drop(dead);
+    let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": dead_url}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    for path in [format!("/api/admin/orders/{pending}/check"), format!("/api/admin/orders/{otn}/refund")] {
+        let r = app.post(&path, &admin, json!({})).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}: {}", r.text);
+        assert!(!r.text.contains(CREDIT_KEY), "{path}: {}", r.text);
+        requests += 1;
+    }
+    let reconciled = codex_gateway::orders::jobs::reconcile_once(&app.state).await.unwrap();
+    assert_eq!(reconciled.errors, 1, "the reconcile pass met the unreachable gateway");
+
     let key = app.post("/api/user/keys", &user, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_string();
     for fault in [None, Some("fail-500"), Some("die")] {
         let mut req = app.client.post(app.url("/v1/responses")).bearer_auth(&key);
@@ -140,6 +161,8 @@ async fn secrets_never_reach_the_logs(backend: Backend) {
     // The capture works: it saw the notify and the upstream calls.
     assert!(logs.contains("payment notify refused") && logs.contains(&otn), "the forged notify was not captured");
     assert!(logs.contains("upstream attempt failed"), "the failing upstream call was not captured");
+    assert!(logs.contains("reconciliation could not check an order"), "the reconcile warning was not captured");
+    assert!(logs.contains("did not answer"), "the unreachable-gateway error was not captured");
     assert!(logs.lines().count() > 50, "only {} log lines captured", logs.lines().count());
     let mut leaks = 0;
     for secret in [CREDIT_KEY, NEW_CREDIT_KEY, UPSTREAM_KEY, "0f1e2d3c4b5a6978", "7c6b5a4d3e2f1a0b"] {

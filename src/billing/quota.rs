@@ -26,6 +26,11 @@ pub struct WindowView {
     pub resets_at: Option<String>,
     /// Share of the limit used, 0-100 (for bars).
     pub percent: i64,
+    /// `resets_at` as an instant, and the window's length in minutes (Codex headers).
+    #[serde(skip)]
+    pub resets: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub minutes: i64,
 }
 
 /// A package in force with its windows.
@@ -139,6 +144,8 @@ async fn windows_of(
                 remaining,
                 resets_at: (!idle).then(|| calendar.format(w.span.end)),
                 percent: percent(used, w.limit),
+                resets: (!idle).then_some(w.span.end),
+                minutes: (w.span.end - w.span.start).num_minutes(),
             }
         })
         .collect())

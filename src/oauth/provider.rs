@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{pkce_challenge, FlowCookie};
 use crate::error::{Error, Result};
+use crate::redact;
 use crate::settings::OAuthSettings;
 
 /// Time allowed for each call to the provider.
@@ -91,10 +92,16 @@ pub async fn exchange_code(
         .timeout(PROVIDER_TIMEOUT)
         .send()
         .await
-        .map_err(|e| bad_gateway(format!("the provider's token endpoint is unreachable: {e}")))?;
+        .map_err(|e| {
+            bad_gateway(format!("the provider's token endpoint is unreachable: {}", redact::transport_error(e)))
+        })?;
     let status = response.status();
-    let body = response.text().await.map_err(|e| bad_gateway(format!("cannot read the token answer: {e}")))?;
+    let body = response
+        .text()
+        .await
+        .map_err(|e| bad_gateway(format!("cannot read the token answer: {}", redact::transport_error(e))))?;
     if !status.is_success() {
+        let body = redact::scrub(&body, &[&settings.client_secret]);
         tracing::warn!(%status, body = %body.chars().take(300).collect::<String>(), "OAuth code exchange refused");
         return Err(bad_gateway(format!("the provider refused the sign-in code (HTTP {status})")));
     }
@@ -112,12 +119,17 @@ pub async fn fetch_profile(http: &reqwest::Client, settings: &OAuthSettings, acc
         .timeout(PROVIDER_TIMEOUT)
         .send()
         .await
-        .map_err(|e| bad_gateway(format!("the provider's user-info endpoint is unreachable: {e}")))?;
+        .map_err(|e| {
+            bad_gateway(format!("the provider's user-info endpoint is unreachable: {}", redact::transport_error(e)))
+        })?;
     let status = response.status();
     if !status.is_success() {
         return Err(bad_gateway(format!("the provider refused the user-info request (HTTP {status})")));
     }
-    let body = response.text().await.map_err(|e| bad_gateway(format!("cannot read the user info: {e}")))?;
+    let body = response
+        .text()
+        .await
+        .map_err(|e| bad_gateway(format!("cannot read the user info: {}", redact::transport_error(e))))?;
     let value: Value = serde_json::from_str(&body).map_err(|_| bad_gateway("the provider's user info is not JSON"))?;
     Profile::from_json(&value)
 }

@@ -16,6 +16,11 @@ use crate::money::Money;
 use crate::packages::activation::{self, Grant, SwitchMode};
 use crate::packages::{self};
 
+/// Fulfilment of a package order paid back to the balance: sold out when paid.
+pub const SOLD_OUT_CREDIT: &str = "sold_out_credit";
+/// Fulfilment of a package order paid back to the balance: over the per-user limit when paid.
+pub const OVER_LIMIT_CREDIT: &str = "over_limit_credit";
+
 /// A payment the gateway confirmed (by notify or by order query).
 #[derive(Debug, Clone)]
 pub struct Payment<'a> {
@@ -103,8 +108,8 @@ pub async fn settle(state: &AppState, payment: &Payment<'_>) -> Result<Settled> 
     let done = fulfil_on(tx.conn(), &order, rules, now).await?;
     // The coupon row is locked last, as in balance purchases (package, user, coupon), so
     // the two paths cannot deadlock on PostgreSQL.
-    // A sold-out package is paid back to the balance: its coupon use is not spent.
-    let served = done.effect != "sold_out_credit";
+    // A package paid back to the balance (sold out, over the limit): its coupon use is not spent.
+    let served = done.effect != SOLD_OUT_CREDIT && done.effect != OVER_LIMIT_CREDIT;
     if served && coupons::pricing::claim(tx.conn(), order.id, now).await? == coupons::pricing::Claim::Exhausted {
         // The buyer paid the price we quoted: serve them, and flag the order for the admin.
         coupons::pricing::flag_exhausted(tx.conn(), order.id).await?;
@@ -171,7 +176,7 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
         ledger::change_balance(conn, order.user_id, ledger::kind::REFUND, paid_value, Overdraft::Refuse, &details, now)
             .await?;
         return Ok(Fulfilment {
-            effect: "sold_out_credit",
+            effect: SOLD_OUT_CREDIT,
             user_package_id: None,
             credit_amount: paid_value,
             flag: Some("sold_out_credited"),
@@ -179,6 +184,25 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
         });
     }
     let package = packages::find_on(conn, package_id).await?.ok_or(Error::NotFound("package"))?;
+    if !packages::purchase::under_user_limit(conn, &package, order.user_id, Some(order.id)).await? {
+        // Several orders were opened and paid later: the ones over the per-user limit are
+        // paid back to the balance, like a sold-out one, and the unit goes back to stock.
+        packages::return_stock(conn, package_id, now).await?;
+        let details = EntryDetails {
+            reference: Some(&order.out_trade_no),
+            note: Some("per-user limit reached when the payment arrived; paid amount credited"),
+            ..Default::default()
+        };
+        ledger::change_balance(conn, order.user_id, ledger::kind::REFUND, paid_value, Overdraft::Refuse, &details, now)
+            .await?;
+        return Ok(Fulfilment {
+            effect: OVER_LIMIT_CREDIT,
+            user_package_id: None,
+            credit_amount: paid_value,
+            flag: Some("over_limit_credited"),
+            granted_days: None,
+        });
+    }
     let grant = Grant {
         user_id: order.user_id,
         package: &package,

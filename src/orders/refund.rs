@@ -2,7 +2,7 @@
 //! is the fulfilment reversed (package ended as `refunded` or shortened, balance
 //! debited), in one transaction. A refused refund changes nothing.
 
-use super::{status, Order, COLUMNS};
+use super::{fulfil, status, Order, COLUMNS};
 use crate::app::AppState;
 use crate::clock::to_micros;
 use crate::error::{Error, Result};
@@ -20,7 +20,9 @@ pub struct RefundBy {
 /// Balance the reversal takes back (top-ups, sold-out credits); zero for packages.
 fn balance_to_take_back(order: &Order) -> Money {
     match order.fulfilment.as_deref() {
-        Some("topup") | Some("sold_out_credit") => Money::from_micros(order.credit_amount),
+        Some("topup") | Some(fulfil::SOLD_OUT_CREDIT) | Some(fulfil::OVER_LIMIT_CREDIT) => {
+            Money::from_micros(order.credit_amount)
+        }
         _ => Money::ZERO,
     }
 }

@@ -97,8 +97,9 @@ fn days(n: i64) -> i64 {
 }
 
 /// Serialises activations of one user on PostgreSQL (a row lock on the user); SQLite
-/// already runs one writer at a time.
-async fn lock_user(conn: &mut AnyConnection, user_id: i64) -> Result<()> {
+/// already runs one writer at a time. Also taken before a per-user purchase count, so the
+/// count and the purchase it allows are one step.
+pub(crate) async fn lock_user(conn: &mut AnyConnection, user_id: i64) -> Result<()> {
     let done =
         sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1").bind(user_id).execute(conn).await?;
     if done.rows_affected() == 0 {

@@ -24,23 +24,44 @@ pub async fn ensure_buyable(state: &AppState, package: &Package, user_id: i64) -
     if package.stock == Some(0) {
         return Err(Error::conflict("sold_out", "this package is sold out"));
     }
-    if let Some(limit) = package.per_user_limit {
-        let bought: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM payment_orders WHERE user_id = $1 AND package_id = $2 \
-               AND status IN ('paid', 'fulfilled', 'refunding')",
-        )
-        .bind(user_id)
-        .bind(package.id)
-        .fetch_one(state.db.pool())
-        .await?;
-        if bought >= limit {
-            return Err(Error::conflict(
-                "purchase_limit_reached",
-                format!("each user may buy this package {limit} time(s)"),
-            ));
-        }
+    // A courtesy check, so a buyer over the limit is told before paying; the binding one
+    // is `under_user_limit`, inside the purchase or fulfilment transaction.
+    let mut conn = state.db.pool().acquire().await?;
+    if !under_user_limit(&mut conn, package, user_id, None).await? {
+        return Err(limit_reached(package));
     }
     Ok(())
+}
+
+fn limit_reached(package: &Package) -> Error {
+    let limit = package.per_user_limit.unwrap_or_default();
+    Error::conflict("purchase_limit_reached", format!("each user may buy this package {limit} time(s)"))
+}
+
+/// Whether the user may have one more of `package` beside the orders already paid
+/// (`this_order` excluded: it is the one being decided). On a transaction, call it after
+/// [`super::take_stock`] (packages are locked before users on every money path): it takes
+/// the user's lock, so two purchases of one user cannot both count the same past.
+pub async fn under_user_limit(
+    conn: &mut sqlx::AnyConnection,
+    package: &Package,
+    user_id: i64,
+    this_order: Option<i64>,
+) -> Result<bool> {
+    let Some(limit) = package.per_user_limit else { return Ok(true) };
+    if this_order.is_some() {
+        activation::lock_user(conn, user_id).await?;
+    }
+    let bought: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payment_orders WHERE user_id = $1 AND package_id = $2 \
+           AND status IN ('paid', 'fulfilled', 'refunding') AND id <> $3",
+    )
+    .bind(user_id)
+    .bind(package.id)
+    .bind(this_order.unwrap_or(0))
+    .fetch_one(conn)
+    .await?;
+    Ok(bought < limit)
 }
 
 async fn buyable_package(state: &AppState, package_id: i64, user_id: i64) -> Result<Package> {
@@ -103,6 +124,9 @@ pub async fn buy_with_balance_coupon(
     }
     if !super::take_stock(tx.conn(), package.id, now).await? {
         return Err(Error::conflict("sold_out", "this package is sold out"));
+    }
+    if !under_user_limit(tx.conn(), &package, user_id, Some(order.id)).await? {
+        return Err(limit_reached(&package));
     }
     let details =
         EntryDetails { reference: Some(&order.out_trade_no), note: Some(&package.name), ..Default::default() };

@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::money::Money;
 use crate::payment::epay;
+use crate::redact;
 use crate::settings::CreditSettings;
 
 /// What `api.php?act=order` says about one order.
@@ -52,15 +53,22 @@ fn text_field(value: &Value, name: &str) -> Option<String> {
     }
 }
 
-fn gateway_error(e: impl std::fmt::Display) -> Error {
-    Error::BadGateway { code: "gateway_unreachable", message: format!("the payment gateway did not answer: {e}") }
+/// A transport failure, without the URL (the order query carries `key=`) and with the key
+/// scrubbed from whatever else the error says: this text reaches admins and the logs.
+fn gateway_error(e: reqwest::Error, credit: &CreditSettings) -> Error {
+    let text = redact::scrub(&redact::transport_error(e), &[&credit.key]);
+    Error::BadGateway { code: "gateway_unreachable", message: format!("the payment gateway did not answer: {text}") }
 }
 
-async fn read_json(response: reqwest::Response) -> Result<Value> {
-    let text = response.text().await.map_err(gateway_error)?;
+async fn read_json(response: reqwest::Response, credit: &CreditSettings) -> Result<Value> {
+    let text = response.text().await.map_err(|e| gateway_error(e, credit))?;
     serde_json::from_str(&text).map_err(|_| Error::BadGateway {
         code: "gateway_bad_answer",
-        message: format!("the payment gateway answered something that is not JSON: {}", truncate(&text)),
+        // A misconfigured gateway may echo the request back: scrub the key from its answer.
+        message: format!(
+            "the payment gateway answered something that is not JSON: {}",
+            truncate(&redact::scrub(&text, &[&credit.key]))
+        ),
     })
 }
 
@@ -98,8 +106,10 @@ pub async fn query_order(http: &reqwest::Client, credit: &CreditSettings, out_tr
         .timeout(GATEWAY_CALL_TIMEOUT)
         .send()
         .await
-        .map_err(gateway_error)?;
-    Ok(parse_order_answer(&read_json(response).await?))
+        .map_err(|e| gateway_error(e, credit))?;
+    let mut answer = parse_order_answer(&read_json(response, credit).await?);
+    answer.message = redact::scrub(&answer.message, &[&credit.key]);
+    Ok(answer)
 }
 
 /// Payment gateway calls are short; the shared client has no total timeout (streams).
@@ -131,8 +141,10 @@ pub async fn refund(
         .timeout(GATEWAY_CALL_TIMEOUT)
         .send()
         .await
-        .map_err(gateway_error)?;
-    Ok(parse_refund_answer(&read_json(response).await?))
+        .map_err(|e| gateway_error(e, credit))?;
+    let mut answer = parse_refund_answer(&read_json(response, credit).await?);
+    answer.message = redact::scrub(&answer.message, &[&credit.key]);
+    Ok(answer)
 }
 
 #[cfg(test)]

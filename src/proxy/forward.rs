@@ -18,6 +18,7 @@ use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
 use super::metering::{estimate_tokens, Api, Meter};
 use super::pricing::{self, ModelPrice, Usage};
+use super::quota;
 use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest};
 use super::upstreams::{self, Upstream};
 use crate::app::AppState;
@@ -87,14 +88,17 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     };
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
     let policy = billing::Policy::new(&settings, Some(&request.model));
+    let default_cap = policy.default_cap;
     let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
-        None => HoldTicket::ready(
-            billing::admit_with(&state, &admission_request, &policy).await?.map_err(ProxyError::from_refusal)?,
-        ),
+        None => match billing::admit_with(&state, &admission_request, &policy).await {
+            Ok(Ok(hold)) => HoldTicket::ready(hold),
+            Ok(Err(refusal)) => return Err(ProxyError::from_refusal(refusal)),
+            Err(e) => return Err(quota::admission_refusal(&state, owner.user_id, default_cap, hold_amount, e).await),
+        },
     };
     let admitted = Admitted {
         state: state.clone(),
@@ -114,12 +118,35 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     // From here on the request must settle. The rest runs in a tracked task, so a
     // client that goes away while an upstream is being tried cannot cancel it (the
     // response it then produces is dropped, which settles it as a disconnect).
-    match state.tasks.spawn(forward_admitted(admitted)).await {
-        Ok(result) => result.map(|response| match slot {
-            Some(slot) => slot.attach(response),
-            None => response,
+    let forwarded = state.tasks.spawn(forward_admitted(admitted));
+    // The user's quota windows, read while the request is upstream (as of its start).
+    let quota = async {
+        match api {
+            Api::Responses => quota::windows(&state, owner.user_id, default_cap).await.ok(),
+            Api::Chat => None,
+        }
+    };
+    let (forwarded, quota) = tokio::join!(forwarded, quota);
+    match forwarded {
+        Ok(result) => result.map(|mut response| {
+            if let Some(quota) = quota {
+                add_headers(response.headers_mut(), &quota.headers());
+            }
+            match slot {
+                Some(slot) => slot.attach(response),
+                None => response,
+            }
         }),
         Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
+    }
+}
+
+/// Adds (replacing) headers whose values are valid header text; others are skipped.
+pub fn add_headers(headers: &mut HeaderMap, extra: &[(&'static str, String)]) {
+    for (name, value) in extra {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metering;
 pub mod mock;
 pub mod pricing;
+pub mod quota;
 pub mod request;
 pub mod sse;
 pub mod upstreams;

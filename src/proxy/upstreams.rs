@@ -109,7 +109,8 @@ impl Upstream {
 
     pub fn view(&self, calendar: &BusinessCalendar) -> UpstreamView {
         let key = self.api_key.expose_secret();
-        let hint = if key.len() >= 8 { format!("{}…{}", &key[..3], &key[key.len() - 4..]) } else { "…".into() };
+        // Whole characters: a key pasted with multibyte characters must not panic here.
+        let hint = crate::redact::hint(key);
         UpstreamView {
             id: self.id,
             name: self.name.clone(),
@@ -342,7 +343,9 @@ pub async fn probe_unhealthy_once(state: &AppState) -> Result<usize> {
                 record_failure(&state.db, upstream.id, &format!("probe: HTTP {}", r.status()), state.now()).await?;
             }
             Err(e) => {
-                record_failure(&state.db, upstream.id, &format!("probe: {e}"), state.now()).await?;
+                let text =
+                    crate::redact::scrub(&crate::redact::transport_error(e), &[upstream.api_key.expose_secret()]);
+                record_failure(&state.db, upstream.id, &format!("probe: {text}"), state.now()).await?;
             }
         }
     }

@@ -291,12 +291,27 @@ pub fn with_cookies(ctx: &Ctx, mut response: Response) -> Response {
     response
 }
 
-/// Whether `next` is a path on this site (no open redirects).
+/// Longest `next=` followed; longer ones are nobody's bookmark.
+const MAX_NEXT_LEN: usize = 2048;
+
+/// `next` when it is a path on this site, else `/dashboard` (no open redirects).
+///
+/// Only a local path is followed: it starts with one `/`, and holds no backslash, no
+/// whitespace and no control character. Browsers drop tabs and newlines from a
+/// `Location` and read `\` as `/`, so `/\t/evil.example` would become `//evil.example`;
+/// a newline would also make the header value invalid.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n) if is_local_path(n) => n.to_string(),
         _ => "/dashboard".to_string(),
     }
+}
+
+fn is_local_path(n: &str) -> bool {
+    let Some(rest) = n.strip_prefix('/') else { return false };
+    n.len() <= MAX_NEXT_LEN
+        && !rest.starts_with('/')
+        && !n.chars().any(|c| c == '\\' || c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -310,5 +325,9 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), "/dashboard");
         assert_eq!(safe_next(Some("/\\evil.example")), "/dashboard");
         assert_eq!(safe_next(None), "/dashboard");
+        for hostile in ["/\t/evil.example", "/\n/x", "/\r\nSet-Cookie:x", "/\u{0}", "/\u{7f}", " /x", "/\u{2028}/x"] {
+            assert_eq!(safe_next(Some(hostile)), "/dashboard", "{hostile:?}");
+        }
+        assert_eq!(safe_next(Some(&format!("/{}", "a".repeat(3000)))), "/dashboard");
     }
 }

@@ -1,11 +1,23 @@
-//! Two languages, English and 简体中文: the choice (cookie, else `Accept-Language`),
-//! dictionary lookups for page strings, and translation of domain error messages.
+//! Page languages (English, 简体中文): the choice (cookie, else `Accept-Language`),
+//! lookups of page strings, and translation of domain error messages.
+//!
+//! The strings live in one file per language, `locales/<code>.toml`, compiled into the
+//! binary by `rust-i18n` (a translator edits a file, not Rust). The tests below fail
+//! when a file lacks a key another has, or a page uses a key no file has.
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::borrow::Cow;
 
-use super::dict::{CODES, DICT, MESSAGES};
 use crate::error::Error;
+
+// Generates the compiled-in backend from `locales/*.toml` (build.rs reruns the build
+// when a file there changes). No fallback locale: a missing key must show up (as "?"
+// and a warning), and the tests keep that from happening.
+rust_i18n::i18n!("locales");
+
+/// Domain messages that carry a number, in the English shape the domain writes them;
+/// each is also a key of `[messages]` in every locale file, with the same `%{…}` names.
+const MESSAGE_PATTERNS: &[&str] =
+    &["must be at least %{n} characters", "must be between %{low} and %{high}", "must be at most %{n} characters"];
 
 /// A page language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +27,9 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// Every language, one per file in `locales/` (a test holds the two lists together).
+    pub const ALL: [Lang; 2] = [Lang::En, Lang::Zh];
+
     /// Parses the cookie value or path segment (`en`, `zh`, `zh-CN`).
     pub fn parse(text: &str) -> Option<Lang> {
         let lower = text.trim().to_ascii_lowercase();
@@ -43,6 +58,7 @@ impl Lang {
         }
     }
 
+    /// The language the switch in the page header offers.
     pub fn other(self) -> Lang {
         match self {
             Lang::En => Lang::Zh,
@@ -67,37 +83,34 @@ pub fn from_accept_language(header: &str) -> Lang {
     best.map(|(_, l)| l).unwrap_or(Lang::En)
 }
 
-static TABLE: LazyLock<HashMap<&'static str, (&'static str, &'static str)>> =
-    LazyLock::new(|| DICT.iter().map(|(k, en, zh)| (*k, (*en, *zh))).collect());
-
-/// The page string for `key`; the key itself when missing (a test keeps that from happening).
+/// The page string for `key`; `"?"` and a warning when missing (a test keeps that from happening).
 pub fn t(lang: Lang, key: &str) -> &'static str {
-    match TABLE.get(key) {
-        Some((en, zh)) => match lang {
-            Lang::En => en,
-            Lang::Zh => zh,
-        },
-        None => {
-            tracing::warn!(key, "missing translation");
-            "?"
-        }
+    lookup(lang, key).unwrap_or_else(|| {
+        tracing::warn!(key, lang = lang.code(), "missing translation");
+        "?"
+    })
+}
+
+/// The compiled-in text of `key` in `lang`. The backend lends its static strings
+/// (`Cow::Borrowed`), which is what lets `t` hand out `&'static str` to the templates.
+fn lookup(lang: Lang, key: &str) -> Option<&'static str> {
+    match _rust_i18n_try_translate(lang.code(), key)? {
+        Cow::Borrowed(text) => Some(text),
+        Cow::Owned(_) => None,
     }
 }
 
-/// A domain message in `lang`: Chinese from the table, English capitalised.
+/// A domain message in `lang`: its entry under `[messages]` (exact text, then the
+/// patterns that carry a number), else the English text capitalised.
 pub fn message(lang: Lang, text: &str) -> String {
-    if lang == Lang::Zh {
-        if let Some((_, zh)) = MESSAGES.iter().find(|(en, _)| *en == text) {
-            return (*zh).to_string();
-        }
-        if let Some(n) = text.strip_prefix("must be at least ").and_then(|r| r.strip_suffix(" characters")) {
-            return format!("至少需要 {n} 个字符");
-        }
-        if let Some((low, high)) = text.strip_prefix("must be between ").and_then(|r| r.split_once(" and ")) {
-            return format!("须在 {low} 到 {high} 之间");
-        }
-        if let Some(n) = text.strip_prefix("must be at most ").and_then(|r| r.strip_suffix(" characters")) {
-            return format!("最多 {n} 个字符");
+    if let Some(found) = lookup(lang, &format!("messages.{text}")) {
+        return found.to_string();
+    }
+    for pattern in MESSAGE_PATTERNS {
+        if let (Some(values), Some(found)) = (fill(pattern, text), lookup(lang, &format!("messages.{pattern}"))) {
+            let names: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
+            let values: Vec<String> = values.iter().map(|(_, value)| (*value).to_string()).collect();
+            return rust_i18n::replace_patterns(found, &names, &values);
         }
     }
     let mut chars = text.chars();
@@ -107,27 +120,78 @@ pub fn message(lang: Lang, text: &str) -> String {
     }
 }
 
+/// The values `text` gives the `%{name}`s of `pattern`, or `None` when it has another shape.
+/// A value runs to the first occurrence of the literal after it (to the end for the last).
+fn fill<'p, 't>(pattern: &'p str, text: &'t str) -> Option<Vec<(&'p str, &'t str)>> {
+    let (lead, mut pattern_rest) = pattern.split_once("%{").unwrap_or((pattern, ""));
+    let mut text_rest = text.strip_prefix(lead)?;
+    let mut values = Vec::new();
+    if pattern_rest.is_empty() {
+        return text_rest.is_empty().then_some(values);
+    }
+    loop {
+        let (name, after) = pattern_rest.split_once('}')?;
+        let (literal, next) = after.split_once("%{").unwrap_or((after, ""));
+        if next.is_empty() {
+            values.push((name, text_rest.strip_suffix(literal)?));
+            return Some(values);
+        }
+        let (value, rest) = text_rest.split_once(literal)?;
+        values.push((name, value));
+        text_rest = rest;
+        pattern_rest = next;
+    }
+}
+
 /// What to tell the user about a refusal, in `lang`.
 pub fn error_text(lang: Lang, err: &Error) -> String {
-    if let Some((_, en, zh)) = CODES.iter().find(|(code, _, _)| *code == err.code()) {
-        return match lang {
-            Lang::En => (*en).to_string(),
-            Lang::Zh => (*zh).to_string(),
-        };
+    if let Some(found) = lookup(lang, &format!("refusals.{}", err.code())) {
+        return found.to_string();
     }
     match err {
         Error::NotFound(_) => t(lang, "error.not_found").to_string(),
-        e if e.status_code().is_server_error() => match lang {
-            Lang::En => "The server could not finish this request. Try again in a moment.".into(),
-            Lang::Zh => "服务器暂时无法完成请求，请稍后重试。".into(),
-        },
+        e if e.status_code().is_server_error() => t(lang, "error.server_retry").to_string(),
         e => message(lang, &e.public_message()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
     use super::*;
+
+    /// Every `key = "text"` of a locale file, nested tables joined with dots (as rust-i18n does).
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, inner) in table {
+                    let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    flatten(&key, inner, out);
+                }
+            }
+            toml::Value::String(text) => {
+                out.insert(prefix.to_string(), text.clone());
+            }
+            other => panic!("{prefix} is {other:?}, not a string"),
+        }
+    }
+
+    /// The locale files as read from disk, by file stem.
+    fn locale_files() -> BTreeMap<String, BTreeMap<String, String>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("locales");
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+            let value: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let mut keys = BTreeMap::new();
+            flatten("", &value, &mut keys);
+            files.insert(stem, keys);
+        }
+        files
+    }
 
     #[test]
     fn accept_language_picks_the_best_supported_language() {
@@ -139,24 +203,46 @@ mod tests {
     }
 
     #[test]
-    fn every_key_has_both_languages_and_appears_once() {
-        let mut seen = std::collections::HashSet::new();
-        for (key, en, zh) in DICT {
-            assert!(seen.insert(*key), "duplicate key {key}");
-            assert!(!en.is_empty() && !zh.is_empty(), "{key} lacks a translation");
+    fn every_language_has_a_file_and_every_file_a_language() {
+        let files: BTreeSet<String> = locale_files().into_keys().collect();
+        let langs: BTreeSet<String> = Lang::ALL.iter().map(|l| l.code().to_string()).collect();
+        assert_eq!(files, langs);
+    }
+
+    #[test]
+    fn every_locale_file_has_every_key_and_no_empty_text() {
+        let files = locale_files();
+        let all: BTreeSet<&String> = files.values().flat_map(|keys| keys.keys()).collect();
+        for (code, keys) in &files {
+            let missing: Vec<&&String> = all.iter().filter(|k| !keys.contains_key(k.as_str())).collect();
+            assert!(missing.is_empty(), "locales/{code}.toml lacks {missing:?}");
+            let empty: Vec<&String> = keys.iter().filter(|(_, text)| text.is_empty()).map(|(k, _)| k).collect();
+            assert!(empty.is_empty(), "locales/{code}.toml has empty texts for {empty:?}");
         }
     }
 
     #[test]
+    fn every_key_of_the_files_is_compiled_in_with_its_text() {
+        for (code, keys) in locale_files() {
+            let lang = Lang::parse(&code).unwrap();
+            for (key, text) in keys {
+                assert_eq!(lookup(lang, &key), Some(text.as_str()), "{code}: {key}");
+            }
+        }
+        assert_eq!(lookup(Lang::Zh, "no.such.key"), None);
+        assert_eq!(t(Lang::En, "no.such.key"), "?");
+    }
+
+    #[test]
     fn every_key_the_templates_and_handlers_use_is_in_the_dictionary() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut missing = Vec::new();
         for dir in ["templates", "src/web"] {
             for entry in std::fs::read_dir(root.join(dir)).unwrap() {
                 let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
                 for piece in text.split(".t(\"").skip(1) {
                     let key = piece.split('"').next().unwrap();
-                    if key.contains('.') && !TABLE.contains_key(key) {
+                    if key.contains('.') && lookup(Lang::En, key).is_none() {
                         missing.push(key.to_string());
                     }
                 }
@@ -166,11 +252,51 @@ mod tests {
     }
 
     #[test]
+    fn message_patterns_are_the_placeholder_keys_of_the_files() {
+        for (code, keys) in locale_files() {
+            let with_placeholders: BTreeSet<&str> =
+                keys.keys().filter_map(|k| k.strip_prefix("messages.")).filter(|k| k.contains("%{")).collect();
+            assert_eq!(with_placeholders, MESSAGE_PATTERNS.iter().copied().collect(), "locales/{code}.toml");
+        }
+    }
+
+    #[test]
+    fn fill_reads_the_values_of_a_pattern() {
+        assert_eq!(fill("must be at least %{n} characters", "must be at least 8 characters"), Some(vec![("n", "8")]));
+        assert_eq!(
+            fill("must be between %{low} and %{high}", "must be between 1 and 2 and 3"),
+            Some(vec![("low", "1"), ("high", "2 and 3")])
+        );
+        assert_eq!(fill("must be at least %{n} characters", "must be at least 8"), None);
+        assert_eq!(fill("is required", "is required"), Some(vec![]));
+        assert_eq!(fill("is required", "is required!"), None);
+    }
+
+    #[test]
     fn domain_messages_are_translated_or_capitalised() {
         assert_eq!(message(Lang::Zh, "is not a valid email address"), "不是有效的邮箱地址");
         assert_eq!(message(Lang::Zh, "must be at least 8 characters"), "至少需要 8 个字符");
+        assert_eq!(message(Lang::Zh, "must be between 1 and 1440"), "须在 1 到 1440 之间");
+        assert_eq!(message(Lang::Zh, "must be between 5 and 9"), "须在 5 到 9 之间");
+        assert_eq!(message(Lang::Zh, "must be at most 30 characters"), "最多 30 个字符");
+        assert_eq!(message(Lang::Zh, "something new"), "Something new");
         assert_eq!(message(Lang::En, "is not a valid email address"), "Is not a valid email address");
+        assert_eq!(message(Lang::En, "must be at least 8 characters"), "Must be at least 8 characters");
+        assert_eq!(message(Lang::En, "something new"), "Something new");
         let err = Error::conflict("email_taken", "a@b.c is already registered");
         assert_eq!(error_text(Lang::Zh, &err), "该邮箱已被注册。");
+        assert_eq!(error_text(Lang::En, &err), "This email is already registered.");
+    }
+
+    /// The English text of each message key is the key capitalised, as the domain writes it.
+    #[test]
+    fn english_messages_are_their_keys_capitalised() {
+        for (key, text) in &locale_files()["en"] {
+            if let Some(message) = key.strip_prefix("messages.") {
+                let mut chars = message.chars();
+                let expected: String = chars.next().unwrap().to_uppercase().chain(chars).collect();
+                assert_eq!(text, &expected);
+            }
+        }
     }
 }

@@ -12,7 +12,6 @@ pub mod assets;
 pub mod auth_pages;
 pub mod chart;
 pub mod ctx;
-mod dict;
 pub mod i18n;
 pub mod settings_form;
 pub mod shop_pages;

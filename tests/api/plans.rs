@@ -20,6 +20,7 @@ on_both_databases!(
     stacked_packages_pay_earliest_ending_first,
     a_renewal_mid_block_keeps_the_windows_and_an_expiry_mid_block_stops_paying,
     a_key_daily_cap_and_concurrency_cap_refuse,
+    codex_headers_report_the_tightest_plan_windows,
 );
 
 mod the_week_follows_new_york_across_the_dst_change {
@@ -337,5 +338,28 @@ async fn the_week_follows_new_york_across_the_dst_change(app: TestApp) {
     assert_eq!(window(&usage.body, "week")["used"], "0.00");
     assert_eq!(window(&usage.body, "week")["resets_at"], "2026-03-16T00:00:00-04:00");
     assert_eq!(charge(&app, user_id, key, "d3", "1.00").await.package, m("1"));
+    app.assert_money_invariants().await;
+}
+
+async fn codex_headers_report_the_tightest_plan_windows(app: TestApp) {
+    use codex_gateway::proxy::mock::MockOptions;
+    let s = crate::proxy::setup(&app, MockOptions::default(), Some("5")).await;
+    plan(&app, s.user_id, json!({"daily_limit": "1", "five_hour_limit": "0.01"})).await;
+    let body = json!({"model": "gpt-5", "stream": true, "input": "hi"});
+    let header =
+        |r: &reqwest::Response, name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    let first = crate::proxy::v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    first.text().await.unwrap();
+    crate::proxy::usage_rows(&app, 1).await;
+    // The first request (0.004025) started the block at 04:00 UTC: 40.2 % of 0.01 used.
+    let second = crate::proxy::v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();
+    assert_eq!(header(&second, "x-codex-primary-used-percent").as_deref(), Some("40.2"));
+    assert_eq!(header(&second, "x-codex-primary-window-minutes").as_deref(), Some("300"));
+    assert_eq!(header(&second, "x-codex-primary-reset-at").as_deref(), Some("1768467600"));
+    assert_eq!(header(&second, "x-codex-secondary-window-minutes").as_deref(), Some("1440"));
+    assert_eq!(header(&second, "x-codex-secondary-used-percent").as_deref(), Some("0.4"));
+    second.text().await.unwrap();
+    crate::proxy::usage_rows(&app, 2).await;
     app.assert_money_invariants().await;
 }

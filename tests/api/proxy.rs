@@ -482,10 +482,14 @@ async fn a_user_who_cannot_pay_is_refused_before_anything_is_forwarded(app: Test
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    // The usage-limit shape the Codex CLI does not retry; no window resets it (only a
+    // top-up does), so resets_at is null.
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().get("x-codex-promo-message").is_some());
     let body: Value = resp.json().await.unwrap();
     assert_openai_error(&body, "insufficient_balance");
-    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["error"]["type"], "usage_limit_reached");
+    assert_eq!(body["error"]["resets_at"], Value::Null);
     assert_eq!(s.mock.requests(), 0, "the upstream received nothing");
     assert_eq!(balance_and_held(&app, s.user_id).await, (0, 0));
     app.assert_money_invariants().await;

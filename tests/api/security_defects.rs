@@ -1,0 +1,255 @@
+//! Regression tests for the defects of issue 16, each written to fail before its fix:
+//! secrets in gateway errors, notify storage growth, per-user purchase limits (racing and
+//! paid later), refunds of extended packages, open redirects, multibyte upstream keys and
+//! the client address behind a trusted proxy.
+
+use codex_gateway::auth::extract::csrf_token;
+use reqwest::header::COOKIE;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{signed_notify, Answer, TestApp, TEST_KEY};
+use crate::on_both_databases_with_sandbox;
+
+on_both_databases_with_sandbox!(
+    an_unreachable_gateway_never_shows_the_merchant_key,
+    an_upstream_key_with_multibyte_characters_is_listed_shown_and_deleted,
+    next_parameters_never_redirect_off_site,
+    thirty_concurrent_balance_purchases_respect_a_limit_of_one,
+    orders_paid_later_respect_the_per_user_limit,
+);
+
+/// A signed-in form post (session cookie and its CSRF token added).
+async fn form_post(app: &TestApp, session: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
+    let csrf = csrf_token(app.state.config.secret_bytes(), session);
+    let mut all = vec![("_csrf", csrf.as_str())];
+    all.extend_from_slice(fields);
+    let req = app.client.post(app.url(path)).header(COOKIE, format!("cg_session={session}")).form(&all);
+    TestApp::answer(req.send().await.unwrap()).await
+}
+
+/// A base URL on which nothing listens (the port was bound, then released).
+async fn dead_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/epay")
+}
+
+/// Starts a top-up through Credit and fulfils it with a signed notify; returns its number.
+async fn paid_top_up(app: &TestApp, user: &str, amount: &str) -> String {
+    let topup = app.post("/api/user/topup", user, json!({"amount": amount})).await;
+    assert_eq!(topup.status, StatusCode::CREATED, "{}", topup.text);
+    let otn = topup.body["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let (status, body) = app.send_notify(&signed_notify(&otn, "G-sec-1", amount, &[])).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "success"));
+    otn
+}
+
+async fn an_unreachable_gateway_never_shows_the_merchant_key(app: TestApp) {
+    let admin = app.admin_token().await;
+    app.configure_credit(&admin).await;
+    let (_, user) = app.register_and_login("sec1@example.com").await;
+    let paid = paid_top_up(&app, &user, "3.00").await;
+    let pending = app.post("/api/user/topup", &user, json!({"amount": "4.00"})).await;
+    let pending = pending.body["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": dead_url().await}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    let check = app.post(&format!("/api/admin/orders/{pending}/check"), &admin, json!({})).await;
+    assert_eq!(check.status, StatusCode::BAD_GATEWAY, "{}", check.text);
+    assert!(!check.text.contains(TEST_KEY), "the check answer carries the key: {}", check.text);
+    let refund = app.post(&format!("/api/admin/orders/{paid}/refund"), &admin, json!({})).await;
+    assert_eq!(refund.status, StatusCode::BAD_GATEWAY, "{}", refund.text);
+    assert!(!refund.text.contains(TEST_KEY), "the refund answer carries the key: {}", refund.text);
+    assert_eq!(app.balance(&user).await, "3.00", "a refund the gateway never answered changes nothing");
+
+    // The reconcile job formats the same error into its WARN line.
+    let order = codex_gateway::orders::find(&app.db, &pending).await.unwrap().unwrap();
+    let credit = app.state.settings.get().await.unwrap().credit.clone();
+    let err = codex_gateway::orders::jobs::check_with_gateway(&app.state, &credit, &order).await.unwrap_err();
+    assert!(!err.to_string().contains(TEST_KEY), "{err}");
+    let report = codex_gateway::orders::jobs::reconcile_once(&app.state).await.unwrap();
+    assert_eq!(report.errors, 1);
+
+    // The settings page's "check configuration" shows the same text.
+    let page = form_post(&app, &admin, "/admin/settings/check", &[]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(!page.text.contains(TEST_KEY), "the settings page shows the key");
+    app.assert_all_invariants().await;
+}
+
+async fn an_upstream_key_with_multibyte_characters_is_listed_shown_and_deleted(app: TestApp) {
+    let admin = app.admin_token().await;
+    // Byte 3 falls inside the first character, byte len-4 inside the last ones.
+    for (i, key) in ["密钥密钥密钥密钥密钥密钥密钥", "é-é", "sk-ab€"].iter().enumerate() {
+        let created = app
+            .post(
+                "/api/admin/upstreams",
+                &admin,
+                json!({"name": format!("mb{i}"), "base_url": "http://127.0.0.1:9/v1", "api_key": key}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        let id = created.body["id"].as_i64().unwrap();
+        let list = app.get("/api/admin/upstreams", &admin).await;
+        assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+        assert!(!list.text.contains(key), "the full key is listed");
+        let show = app.get(&format!("/api/admin/upstreams/{id}"), &admin).await;
+        assert_eq!(show.status, StatusCode::OK, "{}", show.text);
+        let page = app
+            .client
+            .get(app.url("/admin/upstreams"))
+            .header(COOKIE, format!("cg_session={admin}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let delete = app.delete(&format!("/api/admin/upstreams/{id}"), &admin).await;
+        assert!(delete.status.is_success(), "{}", delete.text);
+    }
+    let long = app.get("/api/admin/upstreams", &admin).await;
+    assert_eq!(long.body["items"].as_array().unwrap().len(), 0);
+}
+
+/// `next=` values browsers would follow off the site (or that broke the redirect).
+const HOSTILE_NEXT: &[&str] = &[
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "/\r\nSet-Cookie: x=1",
+    "/\u{0}/evil.example",
+    "//evil.example",
+    "/\\evil.example",
+    "https://evil.example",
+    "/\u{7f}/evil.example",
+    " //evil.example",
+    "\t//evil.example",
+    "javascript:alert(1)",
+];
+
+/// A redirect target browsers keep on this site.
+fn is_local(location: &str) -> bool {
+    location.starts_with('/')
+        && !location[1..].starts_with(['/', '\\'])
+        && !location.chars().any(|c| c.is_control() || c == '\\')
+}
+
+async fn next_parameters_never_redirect_off_site(app: TestApp) {
+    let (_, user) = app.register_and_login("sec6@example.com").await;
+    for (i, next) in HOSTILE_NEXT.iter().enumerate() {
+        // One account each: the per-account login throttle allows a burst of 10.
+        let email = format!("sec6-{i}@example.com");
+        app.register_and_login(&email).await;
+        let query = serde_urlencoded::to_string([("next", next)]).unwrap();
+        let lang = app.client.get(app.url(&format!("/lang/en?{query}"))).send().await.unwrap();
+        assert_eq!(lang.status(), StatusCode::SEE_OTHER, "/lang with next={next:?}");
+        let location = lang.headers()["location"].to_str().unwrap().to_string();
+        assert!(is_local(&location), "/lang next={next:?} -> {location:?}");
+
+        let signed_in = app
+            .client
+            .get(app.url(&format!("/login?{query}")))
+            .header(COOKIE, format!("cg_session={user}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), StatusCode::SEE_OTHER, "/login (signed in) with next={next:?}");
+        let location = signed_in.headers()["location"].to_str().unwrap().to_string();
+        assert!(is_local(&location), "/login next={next:?} -> {location:?}");
+
+        let pre = "a-pre-session-value-of-some-length";
+        let csrf = csrf_token(app.state.config.secret_bytes(), &format!("pre:{pre}"));
+        let login = app
+            .client
+            .post(app.url("/login"))
+            .header(COOKIE, format!("cg_pre={pre}"))
+            .form(&[("_csrf", csrf.as_str()), ("email", email.as_str()), ("password", "password123"), ("next", next)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), StatusCode::SEE_OTHER, "POST /login with next={next:?}");
+        let location = login.headers()["location"].to_str().unwrap().to_string();
+        assert!(is_local(&location), "POST /login next={next:?} -> {location:?}");
+    }
+    let fine = app.client.get(app.url("/lang/zh?next=%2Fkeys%3Fpage%3D2")).send().await.unwrap();
+    assert_eq!(fine.headers()["location"], "/keys?page=2", "a local path is still followed");
+}
+
+async fn thirty_concurrent_balance_purchases_respect_a_limit_of_one(app: TestApp) {
+    let admin = app.admin_token().await;
+    let mut bought_total = 0;
+    for trial in 0..3 {
+        let package = app
+            .create_package(
+                &admin,
+                json!({"name": format!("limited {trial}"), "price": "1.00", "duration_days": 1, "daily_limit": 1, "per_user_limit": 1}),
+            )
+            .await;
+        let (user_id, user) = app.register_and_login(&format!("sec3-{trial}@example.com")).await;
+        app.fund(&admin, user_id, "100.00").await;
+        let path = format!("/api/packages/{package}/purchase");
+        let attempts = (0..30).map(|_| app.post(&path, &user, json!({"pay_with": "balance"})));
+        let answers = futures::future::join_all(attempts).await;
+        let bought = answers.iter().filter(|a| a.status == StatusCode::CREATED).count();
+        for a in answers.iter().filter(|a| a.status != StatusCode::CREATED) {
+            assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+        }
+        let fulfilled = app
+            .count(&format!(
+                "SELECT COUNT(*) FROM payment_orders WHERE user_id = {user_id} AND package_id = {package} AND status = 'fulfilled'"
+            ))
+            .await;
+        assert_eq!((bought, fulfilled), (1, 1), "trial {trial}: a limit of 1 sold {fulfilled}");
+        assert_eq!(app.balance(&user).await, "99.00", "trial {trial}: only one purchase was debited");
+        bought_total += bought;
+    }
+    assert_eq!(bought_total, 3);
+    app.assert_all_invariants().await;
+}
+
+async fn orders_paid_later_respect_the_per_user_limit(app: TestApp) {
+    let admin = app.admin_token().await;
+    app.configure_credit(&admin).await;
+    let package = app
+        .create_package(
+            &admin,
+            json!({"name": "once", "price": "30.00", "duration_days": 30, "daily_limit": 5, "per_user_limit": 1}),
+        )
+        .await;
+    let (user_id, user) = app.register_and_login("sec4@example.com").await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let r = app.post(&format!("/api/packages/{package}/purchase"), &user, json!({"pay_with": "credit"})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "pending orders may be opened: {}", r.text);
+        orders.push(r.body["order"]["out_trade_no"].as_str().unwrap().to_string());
+    }
+    for (i, otn) in orders.iter().enumerate() {
+        let (status, body) = app.send_notify(&signed_notify(otn, &format!("G-sec4-{i}"), "30.00", &[])).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "success"), "a paid order is always acknowledged");
+        // A repeat changes nothing.
+        let (_, again) = app.send_notify(&signed_notify(otn, &format!("G-sec4-{i}"), "30.00", &[])).await;
+        assert_eq!(again, "success");
+    }
+    let rows = app.count(&format!("SELECT COUNT(*) FROM user_packages WHERE user_id = {user_id}")).await;
+    let days = app
+        .count(&format!("SELECT CAST(SUM(duration_days) AS BIGINT) FROM user_packages WHERE user_id = {user_id}"))
+        .await;
+    assert_eq!((rows, days), (1, 30), "one package of 30 days, not 3 x the days");
+    let flagged = app
+        .count("SELECT COUNT(*) FROM payment_orders WHERE flags LIKE '%over_limit_credited%' AND status = 'fulfilled'")
+        .await;
+    assert_eq!(flagged, 2, "the orders over the limit are credited and flagged");
+    let stock_sold = app.count(&format!("SELECT sold FROM packages WHERE id = {package}")).await;
+    assert_eq!(stock_sold, 1, "only the package delivered counts as sold");
+    // The two over the limit were paid back to the balance at the top-up rate.
+    let credited = app
+        .count(&format!(
+            "SELECT CAST(SUM(amount) AS BIGINT) FROM ledger_entries WHERE user_id = {user_id} AND kind = 'refund'"
+        ))
+        .await;
+    let rate = app.state.settings.get().await.unwrap().credit.topup_rate;
+    let per_order = codex_gateway::orders::to_balance(codex_gateway::money::Money::units(30), rate);
+    assert_eq!(credited, 2 * per_order.micros(), "each order over the limit is credited its value");
+    assert_eq!(app.balance(&user).await, codex_gateway::money::Money::from_micros(credited).format_2dp());
+    app.assert_all_invariants().await;
+}
