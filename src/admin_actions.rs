@@ -13,12 +13,7 @@ use crate::money::Money;
 use crate::settings::Settings;
 use crate::users::{self, User, UserPatch};
 
-/// Who acts, and from where (for the audit row).
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub id: i64,
-    pub ip: Option<String>,
-}
+pub use crate::audit::Actor;
 
 /// Applies an admin patch to a user; an admin may not suspend or demote themselves.
 pub async fn update_user(state: &AppState, actor: &Actor, id: i64, patch: &UserPatch) -> Result<User> {

@@ -53,6 +53,8 @@ pub struct Services {
     pub billing: crate::billing::writer::BillingWriter,
     /// Who presented keys belong to, for the proxy's hot path.
     pub keys: crate::auth::api_keys::KeyCache,
+    /// Every forwarded request until its charge is committed (replayed after a crash).
+    pub journal: crate::proxy::journal::Journal,
 }
 
 impl Services {
@@ -103,6 +105,7 @@ impl Application {
         let limiter = shared_limits.as_ref().map_or("memory (this instance)", |s| s.backend_name());
         tracing::info!(limiter, "request-rate limits and login throttle counted in {limiter}");
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
+        let journal = open_journal(&config, &db, &billing, clock.now()).await?;
         if db.backend() == db::Backend::Postgres {
             crate::cluster::spawn_listener(
                 config.database_url.clone(),
@@ -124,6 +127,7 @@ impl Application {
             limits: crate::proxy::limits::ProxyLimits::new(shared_limits),
             billing,
             keys: Default::default(),
+            journal,
         }));
         Ok(Application { listener, state })
     }
@@ -160,6 +164,38 @@ impl Application {
         state.tasks.wait().await;
         Ok(())
     }
+}
+
+/// Charges what dead instances sharing this data directory forwarded and never
+/// settled, then opens this instance's own journal segment.
+async fn open_journal(
+    config: &Config,
+    db: &Db,
+    billing: &crate::billing::writer::BillingWriter,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<crate::proxy::journal::Journal> {
+    use crate::proxy::journal::Journal;
+    if !config.journal {
+        return Ok(Journal::disabled());
+    }
+    let dir = config.data_dir.join("journal");
+    let recovery = crate::proxy::recovery::Recovery { db, writer: billing, calendar: &config.calendar, now };
+    let report = recovery
+        .replay(&dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot replay the crash journal in {}: {e}", dir.display()))?;
+    if report.segments > 0 {
+        tracing::warn!(
+            segments = report.segments,
+            unsettled = report.unsettled,
+            charged = report.charged,
+            estimated = report.estimated,
+            amount = %report.amount,
+            "crash journal replayed: requests a stopped instance served and had not settled are charged now"
+        );
+    }
+    Journal::open(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot open the crash journal in {} (GATEWAY_DATA_DIR): {e}", dir.display()))
 }
 
 /// Connects and migrates, with the pool size the backend can take.

@@ -1,11 +1,110 @@
 //! The audit trail of admin actions: who did what to which object, before and after.
+//!
+//! Every admin change, from a page or the JSON API, is written in one shape:
+//! [`AuditedTx::begin`] → read the object as it was → change it → [`AuditedTx::commit`]
+//! with the [`Change`] (action, target, before, after). The transaction can only be
+//! committed together with its audit row, so no admin action can forget it. Writes that
+//! go through a store of their own (upstreams, prices, packages) are audited right after
+//! with [`record_change`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::AnyConnection;
 
 use crate::clock::to_micros;
+use crate::db::{Db, Tx};
 use crate::error::Result;
+
+/// Who acts, and from where (for the audit row).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub id: i64,
+    pub ip: Option<String>,
+}
+
+/// What one admin change did: the action (`coupon.update`), the object (`coupon:7`) and
+/// its views before and after (`None` for a creation's before or a deletion's after).
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub action: &'a str,
+    pub target: Option<String>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl<'a> Change<'a> {
+    /// A change of `target` with no snapshots yet.
+    pub fn new(action: &'a str, target: impl Into<String>) -> Change<'a> {
+        Change { action, target: Some(target.into()), before: None, after: None }
+    }
+
+    /// A change that concerns no single object (an export of every code).
+    pub fn of_all(action: &'a str) -> Change<'a> {
+        Change { action, target: None, before: None, after: None }
+    }
+
+    /// The object as it was (a view, as the API shows it).
+    pub fn before<T: Serialize>(mut self, view: &T) -> Change<'a> {
+        self.before = snapshot(view);
+        self
+    }
+
+    /// The object as it is now.
+    pub fn after<T: Serialize>(mut self, view: &T) -> Change<'a> {
+        self.after = snapshot(view);
+        self
+    }
+
+    /// The audit row of this change made by `actor`.
+    pub fn by(self, actor: &Actor) -> AuditEvent<'a> {
+        AuditEvent {
+            actor_id: Some(actor.id),
+            action: self.action,
+            target: self.target,
+            before: self.before,
+            after: self.after,
+            ip: actor.ip.clone(),
+        }
+    }
+}
+
+/// The transaction of one admin change; committing it writes the audit row in it.
+/// Dropped without [`AuditedTx::commit`] (an error, a refusal), it rolls back whole.
+pub struct AuditedTx {
+    tx: Tx,
+    actor: Actor,
+    now: DateTime<Utc>,
+}
+
+impl AuditedTx {
+    /// Opens the transaction for `actor`'s change at `now`.
+    pub async fn begin(db: &Db, actor: Actor, now: DateTime<Utc>) -> Result<AuditedTx> {
+        Ok(AuditedTx { tx: db.begin().await?, actor, now })
+    }
+
+    /// The connection to read the object and change it on.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        self.tx.conn()
+    }
+
+    /// The time of the change (also the audit row's).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    /// Writes the audit row of `change` and commits both.
+    pub async fn commit(mut self, change: Change<'_>) -> Result<()> {
+        let event = change.by(&self.actor);
+        record(self.tx.conn(), &event, self.now).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Audits a change that was written through a store of its own (and committed there).
+pub async fn record_change(db: &Db, actor: &Actor, change: Change<'_>, now: DateTime<Utc>) -> Result<()> {
+    record_standalone(db, &change.by(actor), now).await
+}
 
 /// One admin action to record.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +137,7 @@ pub async fn record(conn: &mut AnyConnection, event: &AuditEvent<'_>, now: DateT
 
 /// Records an event on a connection of its own, for admin writes that were not part of
 /// a larger transaction.
-pub async fn record_standalone(db: &crate::db::Db, event: &AuditEvent<'_>, now: DateTime<Utc>) -> Result<()> {
+pub async fn record_standalone(db: &Db, event: &AuditEvent<'_>, now: DateTime<Utc>) -> Result<()> {
     let mut conn = db.pool().acquire().await?;
     record(&mut conn, event, now).await
 }

@@ -51,6 +51,9 @@ pub struct Config {
     pub pay_sandbox: bool,
     /// Runs background jobs (expiry, reconciliation, health probes) in this process.
     pub run_jobs: bool,
+    /// Keeps the crash journal under `data_dir/journal` (see `proxy::journal`): off only
+    /// to measure what it costs.
+    pub journal: bool,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// `REDIS_URL`: when set, request-rate limits and the login throttle are counted in
@@ -75,6 +78,7 @@ struct FileConfig {
     log_format: Option<String>,
     pay_sandbox: Option<bool>,
     run_jobs: Option<bool>,
+    journal: Option<bool>,
     metrics_token: Option<String>,
     redis_url: Option<String>,
 }
@@ -168,6 +172,10 @@ impl Config {
             Some(v) => parse_bool("GATEWAY_RUN_JOBS", &v)?,
             None => file.run_jobs.unwrap_or(true),
         };
+        let journal = match get("GATEWAY_JOURNAL") {
+            Some(v) => parse_bool("GATEWAY_JOURNAL", &v)?,
+            None => file.journal.unwrap_or(true),
+        };
 
         let metrics_token = get("GATEWAY_METRICS_TOKEN").or(file.metrics_token);
         let redis_url = match get("REDIS_URL").or(file.redis_url) {
@@ -192,6 +200,7 @@ impl Config {
             json_logs,
             pay_sandbox,
             run_jobs,
+            journal,
             metrics_token,
             redis_url,
         })

@@ -98,7 +98,7 @@ async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
             let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
             pg_ctl(&dir, &["-l", dir.join("log").to_str().unwrap(), "-w", "-o", &opts, "start"]);
         }
-        let r = send(i % 2 == 0).await.unwrap();
+        let r = send(i.is_multiple_of(2)).await.unwrap();
         let status = r.status();
         let _ = r.bytes().await;
         statuses.push(status);

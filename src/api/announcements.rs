@@ -15,7 +15,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::announcements::{self, AnnouncementInput};
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{AuditedTx, Change};
 use crate::auth::AdminUser;
 use crate::error::Error;
 
@@ -95,20 +95,11 @@ async fn create(
     let empty =
         AnnouncementInput { title: String::new(), body: String::new(), enabled: true, starts_at: None, ends_at: None };
     let input = body.merge_into(empty)?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
+    let now = tx.now();
     let created = announcements::create(tx.conn(), &input, admin.user.id, now).await?;
     let view = created.view(state.calendar());
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "announcement.create",
-        target: Some(format!("announcement:{}", created.id)),
-        before: None,
-        after: audit::snapshot(&view),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    tx.commit(Change::new("announcement.create", format!("announcement:{}", created.id)).after(&view)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "announcement": view }))))
 }
 
@@ -119,22 +110,18 @@ async fn update(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<AnnouncementBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
+    let now = tx.now();
     let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
     let input = body.merge_into(AnnouncementInput::from_row(&before))?;
     let after = announcements::update(tx.conn(), id, &input, now).await?;
     let view = after.view(state.calendar());
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "announcement.update",
-        target: Some(format!("announcement:{id}")),
-        before: audit::snapshot(&before.view(state.calendar())),
-        after: audit::snapshot(&view),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    tx.commit(
+        Change::new("announcement.update", format!("announcement:{id}"))
+            .before(&before.view(state.calendar()))
+            .after(&view),
+    )
+    .await?;
     Ok(Json(json!({ "announcement": view })))
 }
 
@@ -144,19 +131,10 @@ async fn remove(
     client: ClientAddr,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
     let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
     announcements::delete(tx.conn(), id).await?;
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "announcement.delete",
-        target: Some(format!("announcement:{id}")),
-        before: audit::snapshot(&before.view(state.calendar())),
-        after: None,
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    tx.commit(Change::new("announcement.delete", format!("announcement:{id}")).before(&before.view(state.calendar())))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

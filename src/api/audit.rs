@@ -8,35 +8,12 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 
 use super::error::ApiResult;
-use super::extract::{ApiQuery, ClientAddr};
+use super::extract::ApiQuery;
 use super::pagination::PageQuery;
 use crate::app::AppState;
 use crate::audit::{self, AuditFilter};
 use crate::auth::AdminUser;
 use crate::error::Error;
-
-/// An audit row's before and after snapshots.
-pub type Snapshots = (Option<serde_json::Value>, Option<serde_json::Value>);
-
-/// Records an admin's change made through the JSON API (`target` like `price:gpt-5`),
-/// on a connection of its own.
-pub async fn record_admin_change(
-    state: &AppState,
-    admin: &AdminUser,
-    addr: &ClientAddr,
-    (action, target): (&str, String),
-    (before, after): Snapshots,
-) -> Result<(), Error> {
-    let event = audit::AuditEvent {
-        actor_id: Some(admin.0.user.id),
-        action,
-        target: Some(target),
-        before,
-        after,
-        ip: addr.ip(),
-    };
-    audit::record_standalone(&state.db, &event, state.now()).await
-}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/admin/audit", get(list))

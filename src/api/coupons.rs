@@ -15,7 +15,7 @@ use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{AuditedTx, Change};
 use crate::auth::{AdminUser, CurrentUser};
 use crate::coupons::{self, pricing, CouponInput};
 use crate::error::Error;
@@ -109,20 +109,11 @@ async fn create(
     ApiJson(body): ApiJson<CouponBody>,
 ) -> ApiResult<impl IntoResponse> {
     let input = body.into_input()?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
+    let now = tx.now();
     let coupon = coupons::create(tx.conn(), &input, now).await?;
     let view = coupon.view(state.calendar());
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "coupon.create",
-        target: Some(format!("coupon:{}", coupon.id)),
-        before: None,
-        after: audit::snapshot(&view),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    tx.commit(Change::new("coupon.create", format!("coupon:{}", coupon.id)).after(&view)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "coupon": view }))))
 }
 
@@ -134,21 +125,13 @@ async fn update(
     ApiJson(body): ApiJson<CouponBody>,
 ) -> ApiResult<impl IntoResponse> {
     let input = body.into_input()?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
+    let now = tx.now();
     let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
     let after = coupons::update(tx.conn(), id, &input, now).await?;
     let view = after.view(state.calendar());
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "coupon.update",
-        target: Some(format!("coupon:{id}")),
-        before: audit::snapshot(&before.view(state.calendar())),
-        after: audit::snapshot(&view),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    tx.commit(Change::new("coupon.update", format!("coupon:{id}")).before(&before.view(state.calendar())).after(&view))
+        .await?;
     Ok(Json(json!({ "coupon": view })))
 }
 
@@ -158,20 +141,14 @@ async fn remove(
     client: ClientAddr,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
+    let now = tx.now();
     let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
     let after = coupons::disable(tx.conn(), id, now).await?;
     let view = after.view(state.calendar());
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "coupon.disable",
-        target: Some(format!("coupon:{id}")),
-        before: audit::snapshot(&before.view(state.calendar())),
-        after: audit::snapshot(&view),
-        ip: client.ip(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    tx.commit(
+        Change::new("coupon.disable", format!("coupon:{id}")).before(&before.view(state.calendar())).after(&view),
+    )
+    .await?;
     Ok(Json(json!({ "coupon": view })))
 }

@@ -65,6 +65,11 @@ impl ClientAddr {
     pub fn ip(&self) -> Option<String> {
         self.0.map(|a| a.ip().to_string())
     }
+
+    /// The audit actor: user `id` acting from this address.
+    pub fn actor(&self, id: i64) -> crate::audit::Actor {
+        crate::audit::Actor { id, ip: self.ip() }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {

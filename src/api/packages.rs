@@ -12,7 +12,7 @@ use serde_json::json;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, Actor, Change};
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::Error;
 use crate::money::Money;
@@ -117,15 +117,12 @@ pub async fn audit_package(
     before: Option<&Package>,
     after: &Package,
 ) -> Result<(), Error> {
-    let event = AuditEvent {
-        actor_id: Some(by.actor_id),
-        action,
-        target: Some(format!("package:{}", after.id)),
-        before: before.and_then(|b| audit::snapshot(&b.view(state.calendar()))),
-        after: audit::snapshot(&after.view(state.calendar())),
-        ip: by.ip,
+    let calendar = state.calendar();
+    let change = Change {
+        before: before.and_then(|b| audit::snapshot(&b.view(calendar))),
+        ..Change::new(action, format!("package:{}", after.id)).after(&after.view(calendar))
     };
-    audit::record_standalone(&state.db, &event, state.now()).await
+    audit::record_change(&state.db, &Actor { id: by.actor_id, ip: by.ip }, change, state.now()).await
 }
 
 async fn create(

@@ -14,13 +14,13 @@ use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, Actor, Change};
 use crate::auth::{AdminUser, CurrentUser};
 use crate::clock::to_micros;
 use crate::error::Error;
 use crate::money::Money;
 use crate::orders::refund::RefundBy;
-use crate::orders::{self, jobs, OrderFilter};
+use crate::orders::{self, jobs, Order, OrderFilter};
 use crate::payment::{self, notify, page};
 
 /// The Payments routes of `docs/api.md`, plus `GET /api/user/orders/{out_trade_no}` for polling.
@@ -151,15 +151,14 @@ async fn refund(
     client: ClientAddr,
     ApiPath(otn): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let order = orders::refund::refund(&state, &otn, RefundBy { actor_id: admin.user.id }).await?;
-    let event = AuditEvent {
-        actor_id: Some(admin.user.id),
-        action: "order.refund",
-        target: Some(format!("order:{otn}")),
-        before: None,
-        after: audit::snapshot(&order.view(state.calendar())),
-        ip: client.ip(),
-    };
-    audit::record_standalone(&state.db, &event, state.now()).await?;
+    let order = refund_audited(&state, &client.actor(admin.user.id), &otn).await?;
     Ok(Json(json!({ "order": order.view(state.calendar()) })))
+}
+
+/// An admin's refund of order `otn` (from the API and the orders page alike), audited.
+pub(crate) async fn refund_audited(state: &AppState, actor: &Actor, otn: &str) -> Result<Order, Error> {
+    let order = orders::refund::refund(state, otn, RefundBy { actor_id: actor.id }).await?;
+    let change = Change::new("order.refund", format!("order:{otn}")).after(&order.view(state.calendar()));
+    audit::record_change(&state.db, actor, change, state.now()).await?;
+    Ok(order)
 }

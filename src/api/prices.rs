@@ -10,11 +10,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::audit::record_admin_change;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
+use super::upstreams::catalog_changed;
 use crate::app::AppState;
-use crate::audit;
+use crate::audit::Change;
 use crate::auth::AdminUser;
 use crate::error::Error;
 use crate::money::Money;
@@ -65,15 +65,8 @@ async fn create(
         enabled: body.enabled.unwrap_or(true),
     };
     pricing::create(&state.db, &price, state.now()).await?;
-    state.catalog.invalidate();
-    record_admin_change(
-        &state,
-        &admin,
-        &addr,
-        ("price.create", format!("price:{}", price.model)),
-        (None, audit::snapshot(&price)),
-    )
-    .await?;
+    let change = Change::new("price.create", format!("price:{}", price.model)).after(&price);
+    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
     Ok((StatusCode::CREATED, Json(price)))
 }
 
@@ -94,9 +87,8 @@ async fn update(
         enabled: body.enabled.unwrap_or(current.enabled),
     };
     pricing::update(&state.db, &price, state.now()).await?;
-    state.catalog.invalidate();
-    let snapshots = (audit::snapshot(&current), audit::snapshot(&price));
-    record_admin_change(&state, &admin, &addr, ("price.update", format!("price:{model}")), snapshots).await?;
+    let change = Change::new("price.update", format!("price:{model}")).before(&current).after(&price);
+    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
     Ok(Json(price))
 }
 
@@ -108,14 +100,7 @@ async fn remove(
 ) -> ApiResult<impl IntoResponse> {
     let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
     pricing::delete(&state.db, &model).await?;
-    state.catalog.invalidate();
-    record_admin_change(
-        &state,
-        &admin,
-        &addr,
-        ("price.delete", format!("price:{model}")),
-        (audit::snapshot(&current), None),
-    )
-    .await?;
+    let change = Change::new("price.delete", format!("price:{model}")).before(&current);
+    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
     Ok(StatusCode::NO_CONTENT)
 }

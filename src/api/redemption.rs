@@ -12,7 +12,7 @@ use super::error::ApiResult;
 use super::extract::{ApiJson, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, Change};
 use crate::auth::{AdminUser, CurrentUser};
 use crate::error::Error;
 use crate::money::Money;
@@ -81,15 +81,12 @@ async fn list(
             let disposition = format!("attachment; filename=\"{name}\"");
             let csv = redemption::to_csv(&rows, state.calendar());
             // Exporting hands out spendable codes, so it is on the trail like a write.
-            let event = AuditEvent {
-                actor_id: Some(admin.user.id),
-                action: "redemption.export",
-                target: query.batch.map(|id| format!("redemption_batch:{id}")),
-                before: None,
-                after: Some(json!({ "batch_id": query.batch, "rows": rows.len() })),
-                ip: client.ip(),
+            let change = match query.batch {
+                Some(id) => Change::new("redemption.export", format!("redemption_batch:{id}")),
+                None => Change::of_all("redemption.export"),
             };
-            audit::record_standalone(&state.db, &event, state.now()).await?;
+            let change = change.after(&json!({ "batch_id": query.batch, "rows": rows.len() }));
+            audit::record_change(&state.db, &client.actor(admin.user.id), change, state.now()).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

@@ -11,14 +11,20 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::audit::record_admin_change;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
 use crate::app::AppState;
-use crate::audit;
+use crate::audit::{self, Actor, Change};
 use crate::auth::AdminUser;
 use crate::error::Error;
 use crate::proxy::upstreams::{self, UpstreamInput};
+
+/// After a write to upstreams or prices: the proxy's catalog is reloaded at once and the
+/// change audited (from the API and the admin pages alike; views carry no credential).
+pub(crate) async fn catalog_changed(state: &AppState, actor: &Actor, change: Change<'_>) -> Result<(), Error> {
+    state.catalog.invalidate();
+    audit::record_change(&state.db, actor, change, state.now()).await
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -71,16 +77,9 @@ async fn create(
         enabled: body.enabled.unwrap_or(true),
     };
     let created = upstreams::create(&state.db, &state.secrets, input, state.now()).await?;
-    state.catalog.invalidate();
     let view = created.view(state.calendar());
-    record_admin_change(
-        &state,
-        &admin,
-        &addr,
-        ("upstream.create", format!("upstream:{}", created.id)),
-        (None, audit::snapshot(&view)),
-    )
-    .await?;
+    let change = Change::new("upstream.create", format!("upstream:{}", created.id)).after(&view);
+    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -104,10 +103,9 @@ async fn update(
         enabled: body.enabled.unwrap_or(current.enabled),
     };
     let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
-    state.catalog.invalidate();
     let view = updated.view(state.calendar());
-    let snapshots = (audit::snapshot(&before), audit::snapshot(&view));
-    record_admin_change(&state, &admin, &addr, ("upstream.update", format!("upstream:{id}")), snapshots).await?;
+    let change = Change::new("upstream.update", format!("upstream:{id}")).before(&before).after(&view);
+    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
     Ok(Json(view))
 }
 
@@ -119,14 +117,7 @@ async fn remove(
 ) -> ApiResult<impl IntoResponse> {
     let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
     upstreams::delete(&state.db, id).await?;
-    state.catalog.invalidate();
-    record_admin_change(
-        &state,
-        &admin,
-        &addr,
-        ("upstream.delete", format!("upstream:{id}")),
-        (audit::snapshot(&before), None),
-    )
-    .await?;
+    let change = Change::new("upstream.delete", format!("upstream:{id}")).before(&before);
+    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
     Ok(StatusCode::NO_CONTENT)
 }

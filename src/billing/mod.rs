@@ -167,8 +167,9 @@ impl HoldTicket {
     }
 }
 
-/// What a finished request used and cost, as measured by the proxy.
-#[derive(Debug, Clone, Default)]
+/// What a finished request used and cost, as measured by the proxy (also written to
+/// the proxy's crash journal, hence serialisable).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     /// Unique per request; settling the same id twice changes nothing the second time.
     pub request_id: String,
@@ -392,8 +393,19 @@ pub(crate) fn refusal_error(
 /// spend, hold release — one transaction (shared with the other jobs of its batch).
 /// Settling the same `request_id` twice applies it once.
 pub async fn settle(state: &AppState, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
-    let job = Job::Settle { hold: hold.clone(), record: Box::new(record.clone()), now: state.now() };
-    let settlement = match state.billing.submit(job).await? {
+    settle_with(&state.billing, hold, record, state.now()).await
+}
+
+/// [`settle`] with only what it needs: the writer and the instant (the journal replay
+/// at start runs before the application state exists).
+pub async fn settle_with(
+    writer: &writer::BillingWriter,
+    hold: &Hold,
+    record: &UsageRecord,
+    now: DateTime<Utc>,
+) -> Result<Settlement> {
+    let job = Job::Settle { hold: hold.clone(), record: Box::new(record.clone()), now };
+    let settlement = match writer.submit(job).await? {
         Outcome::Settle(result) => result?,
         Outcome::Admit(_) => return Err(Error::internal("billing writer answered a settlement with an admission")),
     };

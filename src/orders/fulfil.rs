@@ -134,9 +134,11 @@ pub async fn mark_fulfilled(
         "UPDATE payment_orders SET status = 'fulfilled', fulfilled_at = $1, paid_at = COALESCE(paid_at, $1), \
            updated_at = $1, user_package_id = $2, fulfilment = $3, credit_amount = $4, granted_days = $7, \
            flags = CASE WHEN $5 IS NULL THEN flags WHEN flags IS NULL OR flags = '' THEN $5 ELSE flags || ',' || $5 END \
-         WHERE id = $6 RETURNING {COLUMNS}"
+         WHERE id = $6 AND status IN ('pending', 'paid') RETURNING {COLUMNS}"
     );
-    Ok(sqlx::query_as::<_, Order>(&sql)
+    // Guarded by the expected status (a balance purchase is still `pending`, a gateway
+    // order was just claimed `paid`): a fulfilled or refunded order is never fulfilled again.
+    sqlx::query_as::<_, Order>(&sql)
         .bind(to_micros(now))
         .bind(done.user_package_id)
         .bind(done.effect)
@@ -144,8 +146,9 @@ pub async fn mark_fulfilled(
         .bind(done.flag)
         .bind(order_id)
         .bind(done.granted_days)
-        .fetch_one(conn)
-        .await?)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| Error::conflict("order_not_fulfillable", "the order is no longer pending or paid"))
 }
 
 /// Delivers what a paid gateway order bought, on the caller's transaction.

@@ -49,6 +49,16 @@ async fn check_refundable(state: &AppState, order: &Order) -> Result<()> {
     }
     if let Some(up_id) = order.user_package_id {
         let mut conn = state.db.pool().acquire().await?;
+        let later = later_extensions(&mut conn, order).await?;
+        if !later.is_empty() {
+            return Err(Error::conflict(
+                "later_extensions_first",
+                format!(
+                    "orders {} extended the package this order started; refund them first (this refund would end their days too)",
+                    later.join(", ")
+                ),
+            ));
+        }
         let row = activation::find_on(&mut conn, up_id).await?.ok_or(Error::NotFound("user package"))?;
         if row.status == activation::status::ENDED || row.status == activation::status::REFUNDED {
             return Err(Error::conflict(
@@ -58,6 +68,23 @@ async fn check_refundable(state: &AppState, order: &Order) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Other live orders that extended the package row this order created (none when the
+/// order itself was an extension: taking back its days leaves the rest alone).
+async fn later_extensions(conn: &mut sqlx::AnyConnection, order: &Order) -> Result<Vec<String>> {
+    let Some(up_id) = order.user_package_id else { return Ok(Vec::new()) };
+    if order.fulfilment.as_deref() == Some("extended") {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT out_trade_no FROM payment_orders WHERE user_package_id = $1 AND id <> $2 \
+           AND status IN ('paid', 'fulfilled', 'refunding') ORDER BY id",
+    )
+    .bind(up_id)
+    .bind(order.id)
+    .fetch_all(conn)
+    .await?)
 }
 
 async fn set_status(state: &AppState, order_id: i64, from: &str, to: &str) -> Result<bool> {
@@ -142,7 +169,10 @@ async fn reverse(state: &AppState, order: &Order, by: RefundBy) -> Result<Order>
     }
     if let (Some(up_id), Some(package_id)) = (order.user_package_id, order.package_id) {
         let row = activation::find_on(tx.conn(), up_id).await?.ok_or(Error::NotFound("user package"))?;
-        if order.fulfilment.as_deref() == Some("extended") {
+        // An extension paid between the check and now also keeps its days: take back
+        // only this order's days instead of ending the row.
+        let extended_since = !later_extensions(tx.conn(), order).await?.is_empty();
+        if order.fulfilment.as_deref() == Some("extended") || extended_since {
             let days = match order.granted_days {
                 Some(d) => d,
                 None => packages::find_on(tx.conn(), package_id).await?.map(|p| p.duration_days).unwrap_or(0),
@@ -153,9 +183,17 @@ async fn reverse(state: &AppState, order: &Order, by: RefundBy) -> Result<Order>
         }
     }
     let sql = format!(
-        "UPDATE payment_orders SET status = 'refunded', refunded_at = $1, updated_at = $1 WHERE id = $2 RETURNING {COLUMNS}"
+        "UPDATE payment_orders SET status = 'refunded', refunded_at = $1, updated_at = $1 \
+         WHERE id = $2 AND status = 'refunding' RETURNING {COLUMNS}"
     );
-    let refunded = sqlx::query_as::<_, Order>(&sql).bind(to_micros(now)).bind(order.id).fetch_one(tx.conn()).await?;
+    // Guarded by the expected status even though the claim above already holds it: if
+    // anything moved the order meanwhile, the whole reversal rolls back.
+    let refunded = sqlx::query_as::<_, Order>(&sql)
+        .bind(to_micros(now))
+        .bind(order.id)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| Error::conflict("refund_in_progress", "the order left 'refunding' during its refund"))?;
     tx.commit().await?;
     crate::billing::user_changed(state, order.user_id).await;
     Ok(refunded)

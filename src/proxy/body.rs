@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Future, Stream, StreamExt};
 
+use super::journal::JournalEntry;
 use super::metering::Meter;
 use super::pricing::{self, ModelPrice};
 use super::upstreams;
@@ -32,6 +33,8 @@ pub struct Settlement {
     pub started: Instant,
     /// False for upstream error answers (4xx passed through): logged at cost 0.
     pub billable: bool,
+    /// The request's place in the crash journal (none when the journal is off).
+    pub journal: Option<JournalEntry>,
 }
 
 /// How a metered response ended.
@@ -45,7 +48,7 @@ pub enum Ending {
 impl Settlement {
     /// Fills usage and cost from the meter and settles in a tracked task.
     pub fn finish(self, meter: Option<&Meter>, ending: Ending) {
-        let Settlement { state, hold, mut record, price, markup, request_bytes, started, billable } = self;
+        let Settlement { state, hold, mut record, price, markup, request_bytes, started, billable, journal } = self;
         record.total_ms = Some(started.elapsed().as_millis() as i64);
         if let (true, Some(meter)) = (billable, meter) {
             let (usage, estimated) = match meter.reported_usage() {
@@ -64,15 +67,28 @@ impl Settlement {
             Ending::UpstreamBroke(e) => record.error = Some(format!("upstream stream broke: {e}")),
             Ending::ClientGone => record.error = Some("client disconnected before the end".into()),
         }
-        spawn_settle(state, hold, record, matches!(ending, Ending::UpstreamBroke(_)));
+        spawn_settle(state, hold, record, journal, matches!(ending, Ending::UpstreamBroke(_)));
     }
 }
 
 /// Settles (and, when the upstream broke mid-stream, counts a health failure) in a
-/// tracked task.
-pub fn spawn_settle(state: AppState, hold: HoldTicket, record: UsageRecord, upstream_failed: bool) {
+/// tracked task. The measured record goes to the crash journal first, so a process
+/// that dies before the settlement commits is charged exactly this at its next start.
+pub fn spawn_settle(
+    state: AppState,
+    hold: HoldTicket,
+    record: UsageRecord,
+    journal: Option<JournalEntry>,
+    upstream_failed: bool,
+) {
+    if let Some(entry) = &journal {
+        entry.measured(&record);
+    }
     if tokio::runtime::Handle::try_current().is_err() {
-        tracing::error!(request_id = %record.request_id, "no runtime to settle on; the hold expires later");
+        tracing::error!(request_id = %record.request_id, "no runtime to settle on; the journal replays it at the next start");
+        if let Some(entry) = journal {
+            entry.keep();
+        }
         return;
     }
     let tasks = state.tasks.clone();
@@ -86,8 +102,19 @@ pub fn spawn_settle(state: AppState, hold: HoldTicket, record: UsageRecord, upst
             }
         }
         let hold = hold.resolve().await;
-        if let Err(e) = billing::settle_with_retry(&state, &hold, &record).await {
-            tracing::error!(request_id = %record.request_id, error = %e, "usage could not be settled");
+        match billing::settle_with_retry(&state, &hold, &record).await {
+            Ok(_) => {
+                if let Some(entry) = journal {
+                    entry.settled();
+                }
+            }
+            Err(e) => {
+                tracing::error!(request_id = %record.request_id, error = %e,
+                    "usage could not be settled; the journal replays it at the next start");
+                if let Some(entry) = journal {
+                    entry.keep();
+                }
+            }
         }
     });
 }
@@ -163,6 +190,9 @@ impl Stream for MeteredBody {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.rearm_idle();
                     let out = this.meter.pass(chunk);
+                    if let Some(entry) = this.settlement.as_mut().and_then(|s| s.journal.as_mut()) {
+                        entry.progress(this.meter.output_bytes());
+                    }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));
                     }

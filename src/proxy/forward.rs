@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 
 use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
+use super::journal::Forwarded;
 use super::metering::{estimate_tokens, Api, Meter};
 use super::pricing::{self, ModelPrice, Usage};
 use super::quota;
@@ -24,6 +25,7 @@ use super::upstreams::{self, Upstream};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, KeyOwner};
 use crate::billing::{self, AdmissionRequest, HoldTicket, UsageRecord};
+use crate::clock::to_micros;
 use crate::money::Money;
 
 /// Checks the `sk-...` key of a `/v1` request against the database.
@@ -45,8 +47,24 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ProxyError> {
     })
 }
 
-/// Handles one `/v1/responses` or `/v1/chat/completions` request end to end.
+/// Handles one `/v1/responses`, `/v1/responses/compact` or `/v1/chat/completions`
+/// request end to end; Responses answers carry the user's quota headers.
 pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Result<Response, ProxyError> {
+    let (mut response, quota) = proxy_with_quota(state, api, headers, body).await?;
+    if let Some(quota) = quota {
+        add_headers(response.headers_mut(), &quota.headers());
+    }
+    Ok(response)
+}
+
+/// [`proxy`] with the quota windows apart (read while the request was upstream, as of
+/// its start), for a transport that sends them otherwise (the WebSocket's event).
+pub async fn proxy_with_quota(
+    state: AppState,
+    api: Api,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(Response, Option<quota::Quota>), ProxyError> {
     // Latencies in the usage log count from arrival, gateway work included.
     let arrived = Instant::now();
     let owner = authenticate_cached(&state, &headers).await?;
@@ -103,6 +121,8 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     let admitted = Admitted {
         state: state.clone(),
         api,
+        user_id: owner.user_id,
+        api_key_id: owner.key_id,
         request_id,
         admission,
         request,
@@ -122,20 +142,18 @@ pub async fn proxy(state: AppState, api: Api, headers: HeaderMap, body: Body) ->
     // The user's quota windows, read while the request is upstream (as of its start).
     let quota = async {
         match api {
-            Api::Responses => quota::windows(&state, owner.user_id, default_cap).await.ok(),
+            Api::Responses | Api::Compact => quota::windows(&state, owner.user_id, default_cap).await.ok(),
             Api::Chat => None,
         }
     };
     let (forwarded, quota) = tokio::join!(forwarded, quota);
     match forwarded {
-        Ok(result) => result.map(|mut response| {
-            if let Some(quota) = quota {
-                add_headers(response.headers_mut(), &quota.headers());
-            }
-            match slot {
+        Ok(result) => result.map(|response| {
+            let response = match slot {
                 Some(slot) => slot.attach(response),
                 None => response,
-            }
+            };
+            (response, quota)
         }),
         Err(e) => Err(ProxyError::from(crate::error::Error::internal(format!("forwarding task failed: {e}")))),
     }
@@ -159,6 +177,8 @@ const SPECULATION_MARGIN: i64 = 16;
 struct Admitted {
     state: AppState,
     api: Api,
+    user_id: i64,
+    api_key_id: i64,
     request_id: String,
     admission: HoldTicket,
     request: ClientRequest,
@@ -177,6 +197,8 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
     let Admitted {
         state,
         api,
+        user_id,
+        api_key_id,
         request_id,
         admission,
         request,
@@ -197,6 +219,23 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         ..UsageRecord::default()
     };
     let started = arrived;
+    // Written before any byte goes upstream: a process that dies from here on is
+    // charged for this request at its next start (see `journal`).
+    let mut journal = state.journal.forwarded(&Forwarded {
+        request_id: request_id.clone(),
+        user_id,
+        api_key_id,
+        admitted_at: to_micros(state.now()),
+        endpoint: api.path().to_string(),
+        model: request.model.clone(),
+        upstream_id: candidates.first().map(|u| u.id),
+        streamed: request.stream,
+        request_bytes: request_bytes as u64,
+        price_input: price.input.micros(),
+        price_cached: price.cached_input.micros(),
+        price_output: price.output.micros(),
+        markup: markup.micros(),
+    });
     let mut last_failure: Option<Failure> = None;
     for upstream in candidates.iter().take(attempts) {
         let body = match upstream.mapped_model(&request.model) {
@@ -226,6 +265,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
                     request_bytes,
                     started,
                     billable,
+                    journal: journal.take(),
                 };
                 return Ok(respond(answer, &request, api, settlement, &request_id));
             }
@@ -251,7 +291,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
     record.status_code = error.status.as_u16();
     record.error = Some(error.message.clone());
     record.total_ms = Some(started.elapsed().as_millis() as i64);
-    spawn_settle(state, admission, record, false);
+    spawn_settle(state, admission, record, journal, false);
     Err(error)
 }
 

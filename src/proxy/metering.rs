@@ -24,6 +24,9 @@ use super::sse::{SseEvent, SseParser};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     Responses,
+    /// `POST /responses/compact` (Codex's remote compaction): a Responses-shaped JSON
+    /// answer with `usage`, metered and billed like any response.
+    Compact,
     Chat,
 }
 
@@ -32,6 +35,7 @@ impl Api {
     pub fn path(self) -> &'static str {
         match self {
             Api::Responses => "/responses",
+            Api::Compact => "/responses/compact",
             Api::Chat => "/chat/completions",
         }
     }
@@ -73,7 +77,7 @@ impl RawUsage {
     /// Either API's names; `None` when neither reported token counts.
     fn usage(&self, api: Api) -> Option<Usage> {
         let (input, output, input_details, output_details) = match api {
-            Api::Responses => {
+            Api::Responses | Api::Compact => {
                 (self.input_tokens, self.output_tokens, &self.input_tokens_details, &self.output_tokens_details)
             }
             Api::Chat => (
@@ -213,7 +217,7 @@ impl Meter {
             return true;
         }
         match self.api {
-            Api::Responses => {
+            Api::Responses | Api::Compact => {
                 if let Ok(e) = serde_json::from_str::<ResponsesEvent>(data) {
                     if e.kind.ends_with(".delta") {
                         if let Some(Value::String(text)) = &e.delta {
@@ -259,13 +263,22 @@ impl Meter {
         serde_json::from_slice::<Body>(&self.body).ok()?.usage?.usage(self.api)
     }
 
+    /// The bytes the output estimate counts so far (streamed text for SSE, the body
+    /// otherwise): what the crash journal records as progress.
+    pub fn output_bytes(&self) -> u64 {
+        if self.sse {
+            self.text_bytes
+        } else {
+            self.body_bytes
+        }
+    }
+
     /// The documented tokenizer-free estimate (see the module docs).
     pub fn estimate(&self, request_bytes: usize) -> Usage {
-        let output_bytes = if self.sse { self.text_bytes } else { self.body_bytes };
         Usage {
             input: estimate_tokens(request_bytes as u64),
             cached: 0,
-            output: estimate_tokens(output_bytes),
+            output: estimate_tokens(self.output_bytes()),
             reasoning: 0,
         }
     }

@@ -148,6 +148,7 @@ pub async fn serve_mock(listener: TcpListener, options: MockOptions) -> std::io:
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = Router::new()
         .route("/v1/responses", post(answer))
+        .route("/v1/responses/compact", post(answer))
         .route("/v1/chat/completions", post(answer))
         .route("/v1/models", get(models))
         .route("/mock/stats", get(stats))
@@ -203,6 +204,10 @@ async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, bo
         Some(Fault::Fail429) => return error(StatusCode::TOO_MANY_REQUESTS, "mock upstream rate limit"),
         Some(Fault::Fail400) => return error(StatusCode::BAD_REQUEST, "mock upstream refuses this request"),
         _ => {}
+    }
+    if uri.path().ends_with("/responses/compact") {
+        let script = Script { options: &state.options, model, fault, text: answer_text(&state.options) };
+        return Json(script.compaction_json()).into_response();
     }
     let chat = uri.path().ends_with("/chat/completions");
     let stream = request["stream"].as_bool().unwrap_or(false);
@@ -281,6 +286,18 @@ impl Script<'_> {
             r["usage"] = self.responses_usage();
         }
         r
+    }
+
+    /// The answer of `/responses/compact`: the history replaced by one summary item.
+    fn compaction_json(&self) -> Value {
+        let summary = json!({ "type": "message", "role": "user",
+                              "content": [{ "type": "input_text", "text": format!("Summary: {}", self.text) }] });
+        let mut body = json!({ "id": "cmp_mock", "object": "response.compaction", "created_at": 1_767_225_600,
+                               "output": [summary] });
+        if self.fault != Some(Fault::NoUsage) {
+            body["usage"] = self.responses_usage();
+        }
+        body
     }
 
     fn responses_json(&self) -> Value {

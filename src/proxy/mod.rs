@@ -1,5 +1,6 @@
 //! The OpenAI-compatible gateway under `/v1`: `POST /v1/responses` (what the Codex
-//! CLI speaks), `POST /v1/chat/completions` and `GET /v1/models`, authenticated with
+//! CLI speaks; also over a WebSocket, [`ws`]), `POST /v1/responses/compact`,
+//! `POST /v1/chat/completions` and `GET /v1/models`, authenticated with
 //! the user's `sk-...` key. Bodies pass through as bytes both ways; usage is metered
 //! as the response streams past and settled through the billing engine exactly once.
 //!
@@ -7,20 +8,26 @@
 //! - [`forward`]: admission, upstream selection and failover before the first byte.
 //! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
 //! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
+//! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
+//! - [`quota`]: the user's windows and balance as Codex reads them (headers, events).
+//! - [`ws`]: the WebSocket transport, bridged to the HTTP path.
 //! - [`error`]: the OpenAI error shape. [`mock`]: a fake upstream for tests and benchmarks.
 
 pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod forward;
+pub mod journal;
 pub mod limits;
 pub mod metering;
 pub mod mock;
 pub mod pricing;
 pub mod quota;
+pub mod recovery;
 pub mod request;
 pub mod sse;
 pub mod upstreams;
+pub mod ws;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -39,7 +46,8 @@ pub use upstreams::probe_unhealthy_once;
 /// The `/v1` routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/responses", post(responses))
+        .route("/v1/responses", post(responses).get(ws::upgrade))
+        .route("/v1/responses/compact", post(compact))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
@@ -47,6 +55,10 @@ pub fn router() -> Router<AppState> {
 
 async fn responses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     forward::proxy(state, Api::Responses, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn compact(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    forward::proxy(state, Api::Compact, headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {

@@ -35,7 +35,7 @@ pub(super) async fn hit(db: &Db, bucket: &str, rule: Gcra, now: i64) -> Result<V
         .await?;
     let tat: i64 = row.try_get(0)?;
     let allowed: i64 = row.try_get(1)?;
-    if rand::random::<u32>() % SWEEP_ONE_IN == 0 {
+    if rand::random::<u32>().is_multiple_of(SWEEP_ONE_IN) {
         sweep(db, now).await?;
     }
     Ok(if allowed == 1 { Verdict::Allowed } else { rule.refused(tat.max(now), now) })

@@ -5,18 +5,19 @@
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
+use super::admin_write::FormWrite;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, FieldErrors};
 use crate::announcements::{self, Announcement, AnnouncementInput};
 use crate::api::extract::ClientAddr;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{AuditedTx, Change};
 use crate::clock::{from_micros, to_micros, BusinessCalendar};
 use crate::error::{Error, Result};
 
@@ -156,29 +157,6 @@ async fn list_page(State(state): State<AppState>, AdminPage(signed): AdminPage) 
     render_list(&state, &signed.ctx, form, FieldErrors::none()).await
 }
 
-/// An admin's change to an announcement, for the audit trail.
-struct Change<'a> {
-    actor_id: i64,
-    ip: Option<String>,
-    action: &'a str,
-    id: i64,
-    before: Option<&'a Announcement>,
-    after: Option<&'a Announcement>,
-}
-
-async fn audited(state: &AppState, conn: &mut sqlx::AnyConnection, change: Change<'_>) -> Result<()> {
-    let calendar = state.calendar();
-    let event = AuditEvent {
-        actor_id: Some(change.actor_id),
-        action: change.action,
-        target: Some(format!("announcement:{}", change.id)),
-        before: change.before.and_then(|a| audit::snapshot(&a.view(calendar))),
-        after: change.after.and_then(|a| audit::snapshot(&a.view(calendar))),
-        ip: change.ip,
-    };
-    audit::record(conn, &event, state.now()).await
-}
-
 async fn create(
     State(state): State<AppState>,
     AdminPage(signed): AdminPage,
@@ -188,28 +166,15 @@ async fn create(
     let ctx = &signed.ctx;
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = state.db.begin().await?;
-        let created = announcements::create(tx.conn(), &input, signed.user.id, state.now()).await?;
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "announcement.create",
-            id: created.id,
-            before: None,
-            after: Some(&created),
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
+        let now = tx.now();
+        let created = announcements::create(tx.conn(), &input, signed.user.id, now).await?;
+        let change = Change::new("announcement.create", format!("announcement:{}", created.id));
+        tx.commit(change.after(&created.view(state.calendar()))).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/announcements").into_response(),
-        Err(e) if e.status_code().is_client_error() => {
-            render_list(&state, ctx, form, FieldErrors::from_error(ctx, &e)).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let form_write = FormWrite::new(ctx, "/admin/announcements");
+    form_write.answer(result, async |errors| render_list(&state, ctx, form, errors).await).await
 }
 
 #[derive(Template)]
@@ -248,30 +213,21 @@ async fn save(
     let ctx = &signed.ctx;
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = state.db.begin().await?;
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
+        let now = tx.now();
         let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
-        let after = announcements::update(tx.conn(), id, &input, state.now()).await?;
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "announcement.update",
-            id,
-            before: Some(&before),
-            after: Some(&after),
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let after = announcements::update(tx.conn(), id, &input, now).await?;
+        let calendar = state.calendar();
+        let change = Change::new("announcement.update", format!("announcement:{id}"));
+        tx.commit(change.before(&before.view(calendar)).after(&after.view(calendar))).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/announcements").into_response(),
-        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
-            let errors = FieldErrors::from_error(ctx, &e);
+    let form_write = FormWrite::new(ctx, "/admin/announcements").editing();
+    form_write
+        .answer(result, async |errors| {
             render(ctx, StatusCode::UNPROCESSABLE_ENTITY, &EditPage { ctx, id, form, errors })
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+        })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -286,20 +242,11 @@ async fn delete(
 ) -> Response {
     let ctx = &signed.ctx;
     let result = async {
-        let mut tx = state.db.begin().await?;
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
         let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
         announcements::delete(tx.conn(), id).await?;
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "announcement.delete",
-            id,
-            before: Some(&before),
-            after: None,
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let change = Change::new("announcement.delete", format!("announcement:{id}"));
+        tx.commit(change.before(&before.view(state.calendar()))).await
     }
     .await;
     match result {

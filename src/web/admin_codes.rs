@@ -16,7 +16,7 @@ use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
 use crate::api::extract::ClientAddr;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, Change};
 use crate::error::Error;
 use crate::money::Money;
 use crate::redemption::{self, batches, Batch, BatchRequest};
@@ -197,15 +197,9 @@ async fn export_csv(
             return Err(Error::NotFound("redemption batch"));
         }
         // Exporting hands out spendable codes, so it is on the trail like a write.
-        let event = AuditEvent {
-            actor_id: Some(signed.user.id),
-            action: "redemption.export",
-            target: Some(format!("redemption_batch:{batch}")),
-            before: None,
-            after: Some(json!({ "batch_id": batch, "rows": rows.len() })),
-            ip: client.ip(),
-        };
-        audit::record_standalone(&state.db, &event, state.now()).await?;
+        let change = Change::new("redemption.export", format!("redemption_batch:{batch}"))
+            .after(&json!({ "batch_id": batch, "rows": rows.len() }));
+        audit::record_change(&state.db, &client.actor(signed.user.id), change, state.now()).await?;
         Ok(redemption::to_csv(&rows, state.calendar()))
     }
     .await;

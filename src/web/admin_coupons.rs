@@ -6,20 +6,21 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
+use super::admin_write::{back_or_error_page, FormWrite};
 use super::coupon_form::CouponForm;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, view, FieldErrors};
 use crate::api::extract::ClientAddr;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{AuditedTx, Change};
 use crate::clock::from_micros;
 use crate::coupons::{self, Coupon, CouponInput};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::money::Money;
 
 pub fn router() -> Router<AppState> {
@@ -133,27 +134,12 @@ async fn coupons_page(State(state): State<AppState>, AdminPage(signed): AdminPag
     render_list(&state, &signed.ctx, outcome).await
 }
 
-/// An admin's change to a coupon, for the audit trail.
-struct Change<'a> {
-    actor_id: i64,
-    ip: Option<String>,
-    action: &'a str,
-    id: i64,
-    before: Option<&'a Coupon>,
-    after: Option<&'a Coupon>,
-}
-
-async fn audited(state: &AppState, conn: &mut sqlx::AnyConnection, change: Change<'_>) -> Result<()> {
-    let calendar = state.calendar();
-    let event = AuditEvent {
-        actor_id: Some(change.actor_id),
-        action: change.action,
-        target: Some(format!("coupon:{}", change.id)),
-        before: change.before.and_then(|c| audit::snapshot(&c.view(calendar))),
-        after: change.after.and_then(|c| audit::snapshot(&c.view(calendar))),
-        ip: change.ip,
-    };
-    audit::record(conn, &event, state.now()).await
+/// A taken code is said on the code field; other refusals where they belong.
+fn coupon_errors(ctx: &Ctx, err: &Error) -> FieldErrors {
+    match err {
+        Error::Conflict { .. } => FieldErrors::one("code", super::i18n::error_text(ctx.lang, err)),
+        other => FieldErrors::from_error(ctx, other),
+    }
 }
 
 async fn create_coupon(
@@ -166,32 +152,18 @@ async fn create_coupon(
     let form = CouponForm::from_pairs(&pairs);
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = state.db.begin().await?;
-        let coupon = coupons::create(tx.conn(), &input, state.now()).await?;
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "coupon.create",
-            id: coupon.id,
-            before: None,
-            after: Some(&coupon),
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
+        let now = tx.now();
+        let coupon = coupons::create(tx.conn(), &input, now).await?;
+        let calendar = state.calendar();
+        let change = Change::new("coupon.create", format!("coupon:{}", coupon.id)).after(&coupon.view(calendar));
+        tx.commit(change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/coupons").into_response(),
-        Err(e) if e.status_code().is_client_error() => {
-            let errors = match &e {
-                Error::Conflict { .. } => FieldErrors::one("code", super::i18n::error_text(ctx.lang, &e)),
-                _ => FieldErrors::from_error(ctx, &e),
-            };
-            render_list(&state, ctx, Outcome { form, notice: None, errors }).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let form_write = FormWrite::new(ctx, "/admin/coupons").errors_by(coupon_errors);
+    form_write
+        .answer(result, async |errors| render_list(&state, ctx, Outcome { form, notice: None, errors }).await)
+        .await
 }
 
 #[derive(Template)]
@@ -246,33 +218,19 @@ async fn save_coupon(
     let form = CouponForm::from_pairs(&pairs);
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = state.db.begin().await?;
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
+        let now = tx.now();
         let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
-        let after = coupons::update(tx.conn(), id, &input, state.now()).await?;
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "coupon.update",
-            id,
-            before: Some(&before),
-            after: Some(&after),
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let after = coupons::update(tx.conn(), id, &input, now).await?;
+        let calendar = state.calendar();
+        let change = Change::new("coupon.update", format!("coupon:{id}"))
+            .before(&before.view(calendar))
+            .after(&after.view(calendar));
+        tx.commit(change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/coupons").into_response(),
-        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
-            let errors = match &e {
-                Error::Conflict { .. } => FieldErrors::one("code", super::i18n::error_text(ctx.lang, &e)),
-                _ => FieldErrors::from_error(ctx, &e),
-            };
-            render_edit(&state, ctx, id, Some(form), errors).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let form_write = FormWrite::new(ctx, "/admin/coupons").errors_by(coupon_errors).editing();
+    form_write.answer(result, async |errors| render_edit(&state, ctx, id, Some(form), errors).await).await
 }
 
 fn input_of(c: &Coupon) -> CouponInput {
@@ -303,8 +261,8 @@ async fn toggle_coupon(
 ) -> Response {
     let ctx = &signed.ctx;
     let result = async {
-        let now = state.now();
-        let mut tx = state.db.begin().await?;
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
+        let now = tx.now();
         let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
         let (after, action) = if before.enabled != 0 {
             (coupons::disable(tx.conn(), id, now).await?, "coupon.disable")
@@ -312,23 +270,13 @@ async fn toggle_coupon(
             let input = CouponInput { enabled: true, ..input_of(&before) };
             (coupons::update(tx.conn(), id, &input, now).await?, "coupon.enable")
         };
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action,
-            id,
-            before: Some(&before),
-            after: Some(&after),
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let calendar = state.calendar();
+        let change =
+            Change::new(action, format!("coupon:{id}")).before(&before.view(calendar)).after(&after.view(calendar));
+        tx.commit(change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/coupons").into_response(),
-        Err(e) => error_page_for(ctx, &e),
-    }
+    back_or_error_page(ctx, result, "/admin/coupons")
 }
 
 /// Deletes a coupon no order used; otherwise says to disable it instead.
@@ -341,20 +289,12 @@ async fn delete_coupon(
 ) -> Response {
     let ctx = &signed.ctx;
     let result = async {
-        let mut tx = state.db.begin().await?;
+        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
         let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
         coupons::delete(tx.conn(), id).await?;
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "coupon.delete",
-            id,
-            before: Some(&before),
-            after: None,
-        };
-        audited(&state, tx.conn(), change).await?;
-        tx.commit().await?;
-        Ok::<(), Error>(())
+        let calendar = state.calendar();
+        let change = Change::new("coupon.delete", format!("coupon:{id}")).before(&before.view(calendar));
+        tx.commit(change).await
     }
     .await;
     match result {

@@ -6,17 +6,19 @@
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::admin_write::{back_or_error_page, FormWrite};
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, FieldErrors};
 use crate::api::extract::ClientAddr;
+use crate::api::upstreams::catalog_changed;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
+use crate::audit::{self, Change};
 use crate::error::{Error, Result};
 use crate::money::Money;
 use crate::proxy::pricing::{self, ModelPrice};
@@ -30,29 +32,6 @@ pub fn router() -> Router<AppState> {
         .route("/admin/pricing", get(pricing_page).post(save_price))
         .route("/admin/pricing/{model}/toggle", post(toggle_price))
         .route("/admin/pricing/{model}/delete", post(delete_price))
-}
-
-/// Who changed what, for the audit row.
-struct Change<'a> {
-    actor_id: i64,
-    ip: Option<String>,
-    action: &'a str,
-    target: String,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-}
-
-async fn record(state: &AppState, change: Change<'_>) -> Result<()> {
-    state.catalog.invalidate();
-    let event = AuditEvent {
-        actor_id: Some(change.actor_id),
-        action: change.action,
-        target: Some(change.target),
-        before: change.before,
-        after: change.after,
-        ip: change.ip,
-    };
-    audit::record_standalone(&state.db, &event, state.now()).await
 }
 
 #[derive(Deserialize)]
@@ -132,27 +111,16 @@ async fn create_upstream(
     let ctx = &signed.ctx;
     let result = async {
         let created = upstreams::create(&state.db, &state.secrets, form.input()?, state.now()).await?;
-        let after = audit::snapshot(&created.view(state.calendar()));
-        let target = format!("upstream:{}", created.id);
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "upstream.create",
-            target,
-            before: None,
-            after,
-        };
-        record(&state, change).await
+        let change = Change::new("upstream.create", format!("upstream:{}", created.id));
+        catalog_changed(&state, &client.actor(signed.user.id), change.after(&created.view(state.calendar()))).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/upstreams").into_response(),
-        Err(e) if e.status_code().is_client_error() => {
-            let errors = FieldErrors::from_error(ctx, &e);
+    let form_write = FormWrite::new(ctx, "/admin/upstreams");
+    form_write
+        .answer(result, async |errors| {
             render_upstreams(&state, ctx, UpstreamForm { api_key: String::new(), ..form }, errors).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+        })
+        .await
 }
 
 async fn toggle_upstream(
@@ -164,7 +132,7 @@ async fn toggle_upstream(
 ) -> Response {
     let result = async {
         let current = upstreams::find(&state.db, &state.secrets, id).await?;
-        let before = audit::snapshot(&current.view(state.calendar()));
+        let before = current.view(state.calendar());
         let input = UpstreamInput {
             name: current.name.clone(),
             base_url: current.base_url.clone(),
@@ -176,19 +144,12 @@ async fn toggle_upstream(
             enabled: !current.enabled,
         };
         let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
-        let after = audit::snapshot(&updated.view(state.calendar()));
-        let target = format!("upstream:{id}");
-        record(
-            &state,
-            Change { actor_id: signed.user.id, ip: client.ip(), action: "upstream.update", target, before, after },
-        )
-        .await
+        let change = Change::new("upstream.update", format!("upstream:{id}"));
+        let change = change.before(&before).after(&updated.view(state.calendar()));
+        catalog_changed(&state, &client.actor(signed.user.id), change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/upstreams").into_response(),
-        Err(e) => error_page_for(&signed.ctx, &e),
-    }
+    back_or_error_page(&signed.ctx, result, "/admin/upstreams")
 }
 
 async fn delete_upstream(
@@ -199,24 +160,13 @@ async fn delete_upstream(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let result = async {
-        let before = audit::snapshot(&upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar()));
+        let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
         upstreams::delete(&state.db, id).await?;
-        let target = format!("upstream:{id}");
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "upstream.delete",
-            target,
-            before,
-            after: None,
-        };
-        record(&state, change).await
+        let change = Change::new("upstream.delete", format!("upstream:{id}")).before(&before);
+        catalog_changed(&state, &client.actor(signed.user.id), change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/upstreams").into_response(),
-        Err(e) => error_page_for(&signed.ctx, &e),
-    }
+    back_or_error_page(&signed.ctx, result, "/admin/upstreams")
 }
 
 /// The price form as typed (USD per 1M tokens).
@@ -306,25 +256,14 @@ async fn save_price(
             Some(_) => pricing::update(&state.db, &price, state.now()).await.map(|()| "price.update")?,
             None => pricing::create(&state.db, &price, state.now()).await.map(|()| "price.create")?,
         };
+        // A new model has no before (not a JSON null).
         let before = current.as_ref().and_then(audit::snapshot);
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action,
-            target: format!("price:{model}"),
-            before,
-            after: audit::snapshot(&price),
-        };
-        record(&state, change).await
+        let change = Change { before, ..Change::new(action, format!("price:{model}")).after(&price) };
+        catalog_changed(&state, &client.actor(signed.user.id), change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/pricing").into_response(),
-        Err(e) if e.status_code().is_client_error() => {
-            render_pricing(&state, ctx, form, FieldErrors::from_error(ctx, &e)).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let form_write = FormWrite::new(ctx, "/admin/pricing");
+    form_write.answer(result, async |errors| render_pricing(&state, ctx, form, errors).await).await
 }
 
 async fn toggle_price(
@@ -338,19 +277,11 @@ async fn toggle_price(
         let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
         let price = ModelPrice { enabled: !current.enabled, ..current.clone() };
         pricing::update(&state.db, &price, state.now()).await?;
-        let (before, after) = (audit::snapshot(&current), audit::snapshot(&price));
-        let target = format!("price:{model}");
-        record(
-            &state,
-            Change { actor_id: signed.user.id, ip: client.ip(), action: "price.update", target, before, after },
-        )
-        .await
+        let change = Change::new("price.update", format!("price:{model}")).before(&current).after(&price);
+        catalog_changed(&state, &client.actor(signed.user.id), change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/pricing").into_response(),
-        Err(e) => error_page_for(&signed.ctx, &e),
-    }
+    back_or_error_page(&signed.ctx, result, "/admin/pricing")
 }
 
 async fn delete_price(
@@ -363,20 +294,9 @@ async fn delete_price(
     let result = async {
         let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
         pricing::delete(&state.db, &model).await?;
-        let target = format!("price:{model}");
-        let change = Change {
-            actor_id: signed.user.id,
-            ip: client.ip(),
-            action: "price.delete",
-            target,
-            before: audit::snapshot(&current),
-            after: None,
-        };
-        record(&state, change).await
+        let change = Change::new("price.delete", format!("price:{model}")).before(&current);
+        catalog_changed(&state, &client.actor(signed.user.id), change).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/pricing").into_response(),
-        Err(e) => error_page_for(&signed.ctx, &e),
-    }
+    back_or_error_page(&signed.ctx, result, "/admin/pricing")
 }

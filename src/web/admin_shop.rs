@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
+use super::admin_write::FormWrite;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::shop_pages::OrderRow;
 use super::view::{self, Pager};
@@ -19,10 +20,9 @@ use super::{error_page_for, render, FieldErrors};
 use crate::api::extract::ClientAddr;
 use crate::api::packages::audit_package;
 use crate::app::AppState;
-use crate::audit::{self, AuditEvent};
 use crate::error::{Error, Result};
 use crate::money::Money;
-use crate::orders::{self, refund::RefundBy, OrderFilter};
+use crate::orders::{self, OrderFilter};
 use crate::packages::purchase::AdminAction;
 use crate::packages::{self, held, Package, PackageInput};
 
@@ -196,13 +196,8 @@ async fn create_package(
         audit_package(&state, by, "package.create", None, &package).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/packages").into_response(),
-        Err(e) if e.status_code().is_client_error() => {
-            render_list(&state, ctx, form, FieldErrors::from_error(ctx, &e)).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let form_write = FormWrite::new(ctx, "/admin/packages");
+    form_write.answer(result, async |errors| render_list(&state, ctx, form, errors).await).await
 }
 
 #[derive(Template)]
@@ -241,14 +236,12 @@ async fn save_package(
         audit_package(&state, by, "package.update", Some(&before), &after).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/packages").into_response(),
-        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
-            let errors = FieldErrors::from_error(ctx, &e);
+    let form_write = FormWrite::new(ctx, "/admin/packages").editing();
+    form_write
+        .answer(result, async |errors| {
             render(ctx, StatusCode::UNPROCESSABLE_ENTITY, &EditPage { ctx, id, form, errors })
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+        })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -276,13 +269,8 @@ async fn toggle_package(
         audit_package(&state, by, action, Some(&before), &after).await
     }
     .await;
-    match result {
-        Ok(()) => Redirect::to("/admin/packages").into_response(),
-        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
-            render_list(&state, ctx, PackageForm::default(), FieldErrors::from_error(ctx, &e)).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let form_write = FormWrite::new(ctx, "/admin/packages").editing();
+    form_write.answer(result, async |errors| render_list(&state, ctx, PackageForm::default(), errors).await).await
 }
 
 #[derive(Template)]
@@ -372,19 +360,9 @@ async fn refund_order(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let result = async {
-        let order = orders::refund::refund(&state, &otn, RefundBy { actor_id: signed.user.id }).await?;
-        let event = AuditEvent {
-            actor_id: Some(signed.user.id),
-            action: "order.refund",
-            target: Some(format!("order:{otn}")),
-            before: None,
-            after: audit::snapshot(&order.view(state.calendar())),
-            ip: client.ip(),
-        };
-        audit::record_standalone(&state.db, &event, state.now()).await
-    }
-    .await;
+    let result =
+        async { crate::api::payments::refund_audited(&state, &client.actor(signed.user.id), &otn).await.map(|_| ()) }
+            .await;
     let outcome = match result {
         Ok(()) => (Some(format!("{} {otn}", ctx.t("orders.refunded"))), FieldErrors::none()),
         Err(e) if e.status_code().is_client_error() || e.status_code() == StatusCode::BAD_GATEWAY => {

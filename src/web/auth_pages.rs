@@ -17,6 +17,7 @@ use crate::api::extract::ClientAddr;
 use crate::app::AppState;
 use crate::auth::sessions;
 use crate::auth::Role;
+use crate::error::Error;
 use crate::users::{self, User};
 
 pub fn router() -> Router<AppState> {
@@ -65,6 +66,31 @@ struct Credentials {
     next: Option<String>,
 }
 
+/// One sign-in attempt of a credentials form (setup, login, register): its outcome, and
+/// where a signed-in user goes next.
+struct Attempt<'a> {
+    ctx: &'a Ctx,
+    client: sessions::ClientInfo,
+    next: &'a str,
+    outcome: Result<User, Error>,
+}
+
+impl Attempt<'_> {
+    /// The one answer of every credentials form: signed in and on to `next`; the form again
+    /// (through `again`, with the errors and the refusal's status) when the input was refused;
+    /// an error page for the rest.
+    async fn answer(self, state: &AppState, again: impl AsyncFnOnce(FieldErrors, StatusCode) -> Response) -> Response {
+        let ctx = self.ctx;
+        match self.outcome {
+            Ok(user) => sign_in(state, ctx, &user, self.client, self.next).await,
+            Err(e) if e.status_code().is_client_error() => {
+                again(FieldErrors::from_error(ctx, &e), e.status_code()).await
+            }
+            Err(e) => error_page_for(ctx, &e),
+        }
+    }
+}
+
 /// Creates a session for `user` and redirects to `next` with the cookie set.
 async fn sign_in(state: &AppState, ctx: &Ctx, user: &User, client: sessions::ClientInfo, next: &str) -> Response {
     match sessions::create(&state.db, user.id, &client, state.now()).await {
@@ -89,14 +115,13 @@ async fn setup_submit(
         Ok(false) => {}
         Err(e) => return error_page_for(ctx, &e),
     }
-    match users::create(&state.db, &form.email, &form.password, Role::Admin, state.now()).await {
-        Ok(user) => sign_in(&state, ctx, &user, client_info(&headers, addr.0), "/admin/settings").await,
-        Err(e) if e.status_code().is_client_error() => {
-            let errors = FieldErrors::from_error(ctx, &e);
+    let outcome = users::create(&state.db, &form.email, &form.password, Role::Admin, state.now()).await;
+    let attempt = Attempt { ctx, client: client_info(&headers, addr.0), next: "/admin/settings", outcome };
+    attempt
+        .answer(&state, async |errors, _| {
             render(ctx, StatusCode::UNPROCESSABLE_ENTITY, &SetupPage { ctx, email: &form.email, errors })
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+        })
+        .await
 }
 
 #[derive(Template)]
@@ -133,16 +158,16 @@ async fn login_form(State(state): State<AppState>, guest: Guest, Query(query): Q
     if guest.user.is_some() {
         return Redirect::to(&next).into_response();
     }
-    let page = LoginPage {
-        ctx: &guest.ctx,
-        email: "",
-        next: &next,
-        registered: query.registered.is_some(),
-        registration_open: registration_open(&state).await,
-        oauth: oauth_usable(&state).await,
-        errors: FieldErrors::none(),
-    };
-    render(&guest.ctx, StatusCode::OK, &page)
+    let page = LoginPage::new(&state, &guest.ctx, (&next, ""), FieldErrors::none()).await;
+    render(&guest.ctx, StatusCode::OK, &LoginPage { registered: query.registered.is_some(), ..page })
+}
+
+impl<'a> LoginPage<'a> {
+    /// The login form for `(next, email)`, offering what the site's settings allow.
+    async fn new(state: &AppState, ctx: &'a Ctx, (next, email): (&'a str, &'a str), errors: FieldErrors) -> Self {
+        let registration_open = registration_open(state).await;
+        LoginPage { ctx, email, next, registered: false, registration_open, oauth: oauth_usable(state).await, errors }
+    }
 }
 
 async fn login_submit(
@@ -158,22 +183,12 @@ async fn login_submit(
         Ok(()) => check_credentials(&state, &form.email, &form.password).await,
         Err(e) => Err(e),
     };
-    match checked {
-        Ok(user) => sign_in(&state, ctx, &user, client_info(&headers, addr.0), &next).await,
-        Err(e) if e.status_code().is_client_error() => {
-            let page = LoginPage {
-                ctx,
-                email: &form.email,
-                next: &next,
-                registered: false,
-                registration_open: registration_open(&state).await,
-                oauth: oauth_usable(&state).await,
-                errors: FieldErrors::from_error(ctx, &e),
-            };
-            render(ctx, e.status_code(), &page)
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+    let attempt = Attempt { ctx, client: client_info(&headers, addr.0), next: &next, outcome: checked };
+    attempt
+        .answer(&state, async |errors, status| {
+            render(ctx, status, &LoginPage::new(&state, ctx, (&next, &form.email), errors).await)
+        })
+        .await
 }
 
 #[derive(Template)]
@@ -210,16 +225,14 @@ async fn register_submit(
         let page = RegisterPage { ctx, open: false, oauth, email: "", errors: FieldErrors::none() };
         return render(ctx, StatusCode::FORBIDDEN, &page);
     }
-    match users::create(&state.db, &form.email, &form.password, Role::User, state.now()).await {
-        Ok(user) => sign_in(&state, ctx, &user, client_info(&headers, addr.0), "/dashboard").await,
-        Err(e) if e.status_code().is_client_error() => {
-            let errors = FieldErrors::from_error(ctx, &e);
+    let outcome = users::create(&state.db, &form.email, &form.password, Role::User, state.now()).await;
+    let attempt = Attempt { ctx, client: client_info(&headers, addr.0), next: "/dashboard", outcome };
+    attempt
+        .answer(&state, async |errors, status| {
             let oauth = oauth_usable(&state).await;
-            let page = RegisterPage { ctx, open: true, oauth, email: &form.email, errors };
-            render(ctx, e.status_code(), &page)
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
+            render(ctx, status, &RegisterPage { ctx, open: true, oauth, email: &form.email, errors })
+        })
+        .await
 }
 
 #[derive(Deserialize)]

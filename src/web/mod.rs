@@ -8,6 +8,7 @@ pub mod admin_metrics;
 pub mod admin_pages;
 pub mod admin_proxy;
 pub mod admin_shop;
+pub mod admin_write;
 pub mod assets;
 pub mod auth_pages;
 pub mod chart;

@@ -11,6 +11,7 @@ mod audit;
 mod bench_mock;
 mod billing;
 mod codex;
+mod codex_ws;
 mod coupons;
 mod keys;
 mod oauth;

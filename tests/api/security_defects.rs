@@ -17,6 +17,7 @@ on_both_databases_with_sandbox!(
     next_parameters_never_redirect_off_site,
     thirty_concurrent_balance_purchases_respect_a_limit_of_one,
     orders_paid_later_respect_the_per_user_limit,
+    a_refund_removes_only_what_its_order_bought,
 );
 
 /// A signed-in form post (session cookie and its CSRF token added).
@@ -251,5 +252,47 @@ async fn orders_paid_later_respect_the_per_user_limit(app: TestApp) {
     let per_order = codex_gateway::orders::to_balance(codex_gateway::money::Money::units(30), rate);
     assert_eq!(credited, 2 * per_order.micros(), "each order over the limit is credited its value");
     assert_eq!(app.balance(&user).await, codex_gateway::money::Money::from_micros(credited).format_2dp());
+    app.assert_all_invariants().await;
+}
+
+async fn a_refund_removes_only_what_its_order_bought(app: TestApp) {
+    let admin = app.admin_token().await;
+    let package = app
+        .create_package(&admin, json!({"name": "monthly", "price": "10.00", "duration_days": 30, "daily_limit": 5}))
+        .await;
+    let (user_id, user) = app.register_and_login("sec5@example.com").await;
+    app.fund(&admin, user_id, "20.00").await;
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        let r = app.post(&format!("/api/packages/{package}/purchase"), &user, json!({"pay_with": "balance"})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        orders.push(r.body["order"]["out_trade_no"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (&orders[0], &orders[1]);
+    let active = format!(
+        "SELECT CAST(COALESCE(SUM(duration_days), 0) AS BIGINT) FROM user_packages WHERE user_id = {user_id} AND status = 'active'"
+    );
+    assert_eq!(app.count(&active).await, 60, "A started the package, B extended it");
+
+    // A started what B extends: refunding A first would take B's days with it.
+    let refused = app.post(&format!("/api/admin/orders/{a}/refund"), &admin, json!({})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert_eq!(refused.error_code(), "later_extensions_first");
+    assert!(refused.text.contains(b.as_str()), "the error names the order to refund first: {}", refused.text);
+    assert_eq!(app.count(&active).await, 60, "a refused refund changes nothing");
+    assert_eq!(app.balance(&user).await, "0.00");
+
+    let refund_b = app.post(&format!("/api/admin/orders/{b}/refund"), &admin, json!({})).await;
+    assert_eq!(refund_b.status, StatusCode::OK, "{}", refund_b.text);
+    assert_eq!(app.count(&active).await, 30, "B's refund removed B's 30 days only");
+    assert_eq!(app.balance(&user).await, "10.00");
+
+    let refund_a = app.post(&format!("/api/admin/orders/{a}/refund"), &admin, json!({})).await;
+    assert_eq!(refund_a.status, StatusCode::OK, "{}", refund_a.text);
+    assert_eq!(
+        app.count(&format!("SELECT COUNT(*) FROM user_packages WHERE user_id = {user_id} AND status = 'active'")).await,
+        0
+    );
+    assert_eq!(app.balance(&user).await, "20.00", "each refund returned its own order's amount");
     app.assert_all_invariants().await;
 }
