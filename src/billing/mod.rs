@@ -211,6 +211,63 @@ pub struct ApplicablePackage {
     pub ends_at: i64,
 }
 
+/// What an admission at `at` would have put on a hold besides the money: the packages
+/// that pay, the 5-hour blocks running, the preference and whether the key has caps.
+/// Used to rebuild the hold of a request whose admission was lost (crash recovery);
+/// the preference is the user's own, else `package_first` (the settings are not read there).
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionContext {
+    pub packages: Vec<i64>,
+    pub blocks: Vec<(String, i64)>,
+    pub preference: Preference,
+    pub key_capped: bool,
+}
+
+/// Reads the [`AdmissionContext`] of a request admitted at `at`.
+pub async fn admission_context(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    api_key_id: i64,
+    at: DateTime<Utc>,
+) -> Result<AdmissionContext> {
+    let t = to_micros(at);
+    let packages: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM user_packages WHERE user_id = $1 AND status IN ('active', 'queued', 'expired', 'ended') \
+           AND starts_at <= $2 AND ends_at > $2 ORDER BY ends_at, id",
+    )
+    .bind(user_id)
+    .bind(t)
+    .fetch_all(&mut *conn)
+    .await?;
+    let packages: Vec<i64> = packages.into_iter().map(|(id,)| id).collect();
+    let since = t - chrono::Duration::hours(clock::windows::BLOCK_HOURS).num_microseconds().unwrap_or(0);
+    let mut blocks = Vec::new();
+    let scopes = packages.iter().map(|id| allowance::package_scope(*id)).chain([allowance::user_scope(user_id)]);
+    for scope in scopes {
+        let start: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(starts_at) FROM window_usage WHERE scope = $1 AND kind = '5h' AND starts_at > $2 AND starts_at <= $3",
+        )
+        .bind(&scope)
+        .bind(since)
+        .bind(t)
+        .fetch_one(&mut *conn)
+        .await?;
+        blocks.extend(start.map(|start| (scope, start)));
+    }
+    let user: Option<(Option<String>,)> = sqlx::query_as("SELECT billing_preference FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let preference = Preference::stored_or(user.and_then(|(p,)| p).as_deref(), Preference::PackageFirst);
+    let caps: Option<(Option<i64>, Option<i64>)> =
+        sqlx::query_as("SELECT daily_cap, max_concurrency FROM api_keys WHERE id = $1")
+            .bind(api_key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let key_capped = caps.is_some_and(|(cap, max)| cap.is_some() || max.is_some());
+    Ok(AdmissionContext { packages, blocks, preference, key_capped })
+}
+
 /// Finds the package in force for `user_id` at `at`.
 pub async fn applicable_package(
     conn: &mut AnyConnection,
