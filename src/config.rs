@@ -59,6 +59,9 @@ pub struct Config {
     /// `REDIS_URL`: when set, request-rate limits and the login throttle are counted in
     /// Redis so every instance shares them (otherwise in PostgreSQL, or in memory on SQLite).
     pub redis_url: Option<SecretString>,
+    /// `GATEWAY_TRUSTED_PROXIES`: peers (CIDRs) whose `X-Forwarded-For`/`X-Real-IP` name
+    /// the client (see [`crate::client_ip`]). Default none: the peer is the client.
+    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
 }
 
 /// Keys of the optional TOML file; each mirrors an environment variable.
@@ -81,6 +84,7 @@ struct FileConfig {
     journal: Option<bool>,
     metrics_token: Option<String>,
     redis_url: Option<String>,
+    trusted_proxies: Option<String>,
 }
 
 /// Default request body limit: Codex prompts with long histories are large.
@@ -185,6 +189,11 @@ impl Config {
             }
             None => None,
         };
+        let trusted_proxies = match get("GATEWAY_TRUSTED_PROXIES").or(file.trusted_proxies) {
+            Some(list) => crate::client_ip::Cidr::parse_list(&list)
+                .map_err(|message| ConfigError::new("GATEWAY_TRUSTED_PROXIES", message))?,
+            None => Vec::new(),
+        };
 
         Ok(Config {
             database_url,
@@ -203,6 +212,7 @@ impl Config {
             journal,
             metrics_token,
             redis_url,
+            trusted_proxies,
         })
     }
 

@@ -17,6 +17,7 @@
 //! - [`jobs`]: periodic work under cluster-wide leases; [`telemetry`]: metrics and request ids;
 //!   [`cluster`]: cache invalidation across instances.
 //! - [`packages`], [`orders`], [`payment`]: the catalog and activation, payment orders, the Credit gateway.
+//! - [`client_ip`]: who the client is (the peer, or what a trusted proxy forwarded).
 //! - [`redact`]: keeping stored secrets out of answers, errors and logs (hints, scrubbing).
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
@@ -27,6 +28,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod client_ip;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -38,8 +38,12 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            let client = request.extensions().get::<crate::client_ip::ClientIp>().and_then(|c| c.0);
+            let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id, client = %client)
         }))
+        // Outside the trace layer, so the request span names the resolved client.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::client_ip::resolve))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,

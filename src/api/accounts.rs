@@ -41,10 +41,10 @@ async fn register(State(state): State<AppState>, ApiJson(body): ApiJson<Credenti
 }
 
 /// Client details for the session row.
-pub fn client_info(headers: &HeaderMap, addr: Option<std::net::SocketAddr>) -> ClientInfo {
+pub fn client_info(headers: &HeaderMap, addr: Option<std::net::IpAddr>) -> ClientInfo {
     ClientInfo {
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
-        ip: addr.map(|a| a.ip().to_string()),
+        ip: addr.map(|a| a.to_string()),
     }
 }
 

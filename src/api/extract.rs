@@ -56,14 +56,14 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The peer address of the connection (when served with connect info), for audits
-/// and rate limits.
+/// The client's address, as [`crate::client_ip`] resolved it (the peer, or what a
+/// trusted proxy forwarded), for the login throttle, rate limits and audits.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<std::net::SocketAddr>);
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
 impl ClientAddr {
     pub fn ip(&self) -> Option<String> {
-        self.0.map(|a| a.ip().to_string())
+        self.0.map(|a| a.to_string())
     }
 
     /// The audit actor: user `id` acting from this address.
@@ -76,7 +76,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)))
+        // Resolved once by the `client_ip::resolve` middleware; the peer if it did not run.
+        let resolved = parts.extensions.get::<crate::client_ip::ClientIp>().map(|c| c.0);
+        let peer = || parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientAddr(resolved.unwrap_or_else(peer)))
     }
 }
 

@@ -492,40 +492,71 @@ fn record_settlement_metrics(record: &UsageRecord, package: Money, balance: Mone
     }
 }
 
-/// Settles in the background of a request, retrying while the database is away, so
-/// a served request's charge is never dropped because of a transient outage.
+/// How long a settlement keeps retrying while the database is away before it is left
+/// to the crash journal (replayed at the next start).
+pub const SETTLE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Settles in the background of a request, retrying while the database is away (an
+/// outage, a restart), so a served request's charge is never dropped: the request was
+/// already written to the crash journal, so if the outage outlasts
+/// [`SETTLE_RETRY_FOR`] or the instance is shutting down, the charge waits there.
 pub async fn settle_with_retry(state: &AppState, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
+    let started = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(100);
-    let mut attempt = 0;
+    let mut attempt = 0u32;
     loop {
         attempt += 1;
         match settle(state, hold, record).await {
-            Ok(s) => return Ok(s),
-            Err(e) if attempt < 8 && e.status_code().as_u16() == 503 => {
-                tracing::warn!(request_id = %record.request_id, attempt, error = %e, "settlement failed; retrying");
+            Ok(s) => {
+                if attempt > 1 {
+                    tracing::info!(request_id = %record.request_id, attempt, "settlement caught up after the database came back");
+                }
+                return Ok(s);
+            }
+            Err(e)
+                if e.status_code().as_u16() == 503
+                    && started.elapsed() < SETTLE_RETRY_FOR
+                    && !state.tasks.is_closed() =>
+            {
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(request_id = %record.request_id, attempt, error = %e, "settlement failed; retrying");
+                }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
             Err(e) => {
-                tracing::error!(request_id = %record.request_id, error = ?e, "settlement failed; charge not recorded");
+                tracing::error!(request_id = %record.request_id, error = ?e, "settlement failed; left to the crash journal");
                 return Err(e);
             }
         }
     }
 }
 
-/// Releases holds whose request never settled (an instance died mid-request).
+/// Releases holds whose request never settled within [`HOLD_LIFETIME_HOURS`]. A dead
+/// instance's requests are normally charged long before, by the replay of its crash
+/// journal when it starts again; what is left here belongs to an instance that never
+/// came back (or lost its data directory), so each release is reported with its
+/// request id and amount: the operator can tell what went uncharged.
 pub async fn release_expired_holds(state: &AppState) -> Result<u64> {
     let now = to_micros(state.now());
-    let expired: Vec<(i64, i64)> = sqlx::query_as("SELECT id, user_id FROM holds WHERE expires_at <= $1")
-        .bind(now)
-        .fetch_all(state.db.pool())
-        .await?;
+    let expired: Vec<(i64, i64, i64, Option<String>)> =
+        sqlx::query_as("SELECT id, user_id, amount, request_id FROM holds WHERE expires_at <= $1")
+            .bind(now)
+            .fetch_all(state.db.pool())
+            .await?;
     let mut released = 0;
-    for (id, user_id) in expired {
+    let mut amount = Money::ZERO;
+    for (id, user_id, held, request_id) in expired {
         if release_hold(&state.db, id, user_id).await? {
             released += 1;
+            amount = amount.saturating_add(Money::from_micros(held));
+            tracing::warn!(user_id, request_id = request_id.as_deref().unwrap_or("-"), amount = %Money::from_micros(held),
+                "released an expired hold uncharged: no journal replay settled its request");
         }
+    }
+    if released > 0 {
+        metrics::counter!("gateway_expired_holds_released_total").increment(released);
+        metrics::counter!("gateway_expired_holds_released_micros_total").increment(amount.micros().unsigned_abs());
     }
     Ok(released)
 }

@@ -1,5 +1,6 @@
 //! One proxied request: authenticate the key, read and check the body, refuse
-//! unpriced models, admit against the user's money, then try upstreams in order —
+//! unpriced models, admit against the user's money, then try upstreams in order (the
+//! session's preferred upstream first, [`super::affinity`]) —
 //! failing over on connect errors, timeouts, 5xx and 429 while nothing has reached
 //! the client — and stream the chosen answer back through a [`MeteredBody`].
 
@@ -14,6 +15,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 
+use super::affinity;
 use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
 use super::journal::Forwarded;
@@ -80,7 +82,8 @@ pub async fn proxy_with_quota(
     let snapshot = state.catalog.get().await;
     let price =
         snapshot.prices.get(&request.model).cloned().ok_or_else(|| ProxyError::model_not_found(&request.model))?;
-    let candidates = snapshot.candidates(&request.model, &mut rand::thread_rng());
+    let affinity_key = affinity::key(&headers, request.prompt_cache_key.as_deref());
+    let candidates = affinity::prefer(snapshot.candidates(&request.model, &mut rand::thread_rng()), affinity_key);
     if candidates.is_empty() {
         return Err(ProxyError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -6,6 +6,7 @@ mod helpers;
 mod accounts;
 mod admin;
 mod admin_metrics;
+mod affinity;
 mod announcements;
 mod audit;
 mod bench_mock;

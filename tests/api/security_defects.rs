@@ -8,7 +8,7 @@ use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{signed_notify, Answer, TestApp, TEST_KEY};
+use crate::helpers::{signed_notify, spawn_app_with, Answer, Backend, TestApp, TEST_KEY};
 use crate::on_both_databases_with_sandbox;
 
 on_both_databases_with_sandbox!(
@@ -295,4 +295,86 @@ async fn a_refund_removes_only_what_its_order_bought(app: TestApp) {
     );
     assert_eq!(app.balance(&user).await, "20.00", "each refund returned its own order's amount");
     app.assert_all_invariants().await;
+}
+
+/// A failed login from `client` as seen behind a proxy that sets `X-Forwarded-For`.
+async fn bad_login_from(app: &TestApp, client: &str, email: &str) -> StatusCode {
+    let r = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", client)
+        .json(&json!({"email": email, "password": "wrong-password"}))
+        .send()
+        .await
+        .unwrap();
+    r.status()
+}
+
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_budget(backend: Backend) {
+    let app = spawn_app_with(backend, &[("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/32, ::1")]).await;
+    app.register_and_login("victim@example.com").await;
+    let mut refused = 0;
+    for i in 0..45 {
+        refused += usize::from(
+            bad_login_from(&app, "203.0.113.7", &format!("spray{i}@example.com")).await
+                == StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    assert!(refused >= 5, "the attacker's address is throttled ({refused} refused)");
+    // Another client behind the same proxy still signs in.
+    let ok = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", "198.51.100.2")
+        .json(&json!({"email": "victim@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK, "one client's bad logins lock out everyone behind the proxy");
+    // Audit rows carry the forwarded client address.
+    let admin = app.admin_token().await;
+    let (user_id, _) = app.register_and_login("audited@example.com").await;
+    let r = app
+        .client
+        .post(app.url(&format!("/api/admin/users/{user_id}/balance")))
+        .bearer_auth(&admin)
+        .header("x-forwarded-for", "192.0.2.44")
+        .json(&json!({"amount": "1.00", "reason": "audit ip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ips: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT ip FROM audit_logs").fetch_all(app.db.pool()).await.unwrap();
+    assert!(ips.contains(&Some("192.0.2.44".into())), "audit ips: {ips:?}");
+}
+
+async fn without_trusted_proxies_forwarded_headers_are_ignored(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
+    let mut refused = 0;
+    // A spoofed X-Forwarded-For per attempt gains nothing: the peer is the client.
+    for i in 0..45 {
+        refused += usize::from(
+            bad_login_from(&app, &format!("203.0.113.{i}"), &format!("spray{i}@example.com")).await
+                == StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    assert!(refused >= 5, "spoofed addresses bypassed the throttle ({refused} refused)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_budget_sqlite() {
+    behind_a_trusted_proxy_each_client_has_its_own_login_budget(Backend::Sqlite).await
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_budget_postgres() {
+    behind_a_trusted_proxy_each_client_has_its_own_login_budget(Backend::Postgres).await
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_forwarded_headers_are_ignored_sqlite() {
+    without_trusted_proxies_forwarded_headers_are_ignored(Backend::Sqlite).await
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_forwarded_headers_are_ignored_postgres() {
+    without_trusted_proxies_forwarded_headers_are_ignored(Backend::Postgres).await
 }
