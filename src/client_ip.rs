@@ -80,7 +80,7 @@ fn trusted(ip: IpAddr, proxies: &[Cidr]) -> bool {
 /// else `X-Real-IP`, else the peer. Unparsable header values are ignored.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &[Cidr]) -> Option<IpAddr> {
     let peer = peer.map(canonical);
-    let Some(p) = peer else { return None };
+    let p = peer?;
     if !trusted(p, proxies) {
         return peer;
     }

@@ -65,33 +65,33 @@ async fn usage_rows(app: &TestApp, n: usize) -> Vec<UsageRow> {
     panic!("expected {n} usage rows");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_codex_cli_runs_a_turn_through_the_gateway() {
-    if !available(std::process::Command::new("codex").arg("--version"), "the Codex CLI (npm install -g @openai/codex)")
-    {
-        return;
-    }
-    let app = spawn_app(Backend::Sqlite).await;
-    let s = setup(&app).await;
-    let home = helpers::TempDir(std::env::temp_dir().join(format!("cg-codex-{}", std::process::id())));
+/// Runs `codex exec` against the gateway with the custom provider (`provider_extra`
+/// added to its table) and `extra` lines in `[features]`. Plugins are off: their start-up
+/// sync tries the network, which the test machine does not have.
+async fn run_codex(app: &TestApp, key: &str, provider_extra: &str, extra: &str) -> (std::process::Output, Duration) {
+    let home =
+        helpers::TempDir(std::env::temp_dir().join(format!("cg-codex-{}-{}", std::process::id(), rand_suffix())));
     let work = home.0.join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(
         home.0.join("config.toml"),
         format!(
             "model = \"gpt-5-codex\"\nmodel_provider = \"codexgw\"\n\n[model_providers.codexgw]\n\
-             name = \"codex-gateway\"\nbase_url = \"{}/v1\"\nenv_key = \"CODEXGW_API_KEY\"\nwire_api = \"responses\"\n",
+             name = \"codex-gateway\"\nbase_url = \"{}/v1\"\nenv_key = \"CODEXGW_API_KEY\"\nwire_api = \"responses\"\n{provider_extra}\n\n\
+             [features]\nplugins = false\nremote_plugin = false\n{extra}\n",
             app.base
         ),
     )
     .unwrap();
+    let started = std::time::Instant::now();
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("codex")
             .args(["exec", "--skip-git-repo-check", "--sandbox", "read-only", "say hello"])
             .current_dir(&work)
             .env("CODEX_HOME", &home.0)
-            .env("CODEXGW_API_KEY", &s.key)
+            .env("CODEXGW_API_KEY", key)
+            .env("RUST_LOG", std::env::var("CODEX_LOG").unwrap_or_else(|_| "codex_api=info,codex_core=info".into()))
             .env_remove("OPENAI_API_KEY")
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -100,6 +100,25 @@ async fn the_codex_cli_runs_a_turn_through_the_gateway() {
     .await
     .expect("codex exec finished in time")
     .unwrap();
+    (output, started.elapsed())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn codex_available() -> bool {
+    available(std::process::Command::new("codex").arg("--version"), "the Codex CLI (npm install -g @openai/codex)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_runs_a_turn_through_the_gateway() {
+    if !codex_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let s = setup(&app).await;
+    let (output, _) = run_codex(&app, &s.key, "", "").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("codex stdout:\n{stdout}\ncodex stderr:\n{stderr}");
@@ -118,6 +137,126 @@ async fn the_codex_cli_runs_a_turn_through_the_gateway() {
     assert_eq!((turn.1.as_str(), turn.2, turn.3, turn.4, turn.5, turn.7), ("gpt-5-codex", 1, 1000, 200, 300, 0));
     // gpt-5-codex list price: 800×1.25 + 200×0.125 + 300×10 = 4025 micro-USD.
     assert_eq!(turn.6, 4_025);
+    app.assert_money_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_speaks_websocket_to_the_gateway_without_falling_back() {
+    if !codex_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let s = setup(&app).await;
+    let (output, elapsed) = run_codex(&app, &s.key, "supports_websockets = true", "").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("codex ({elapsed:?}) stdout:\n{stdout}\ncodex stderr:\n{stderr}");
+    assert!(output.status.success(), "codex exec failed");
+    assert!(stdout.contains("Hello from the mock upstream."), "stdout:\n{stdout}");
+    assert!(!stderr.contains("Falling back") && !stdout.contains("Falling back"), "codex fell back to HTTPS");
+    assert!(stderr.contains("successfully connected to Responses WebSocket"), "codex used the WebSocket");
+    let seen = s.mock.last().expect("the bridged request reached the mock");
+    assert_eq!(seen.path, "/v1/responses");
+    assert!(seen.headers.get("openai-beta").is_none_or(|v| !v.to_str().unwrap_or("").contains("websockets")));
+    let rows = usage_rows(&app, 1).await;
+    let turns: Vec<_> = rows.iter().filter(|r| r.0 == "/responses").collect();
+    assert_eq!(turns.len(), 1, "one response, one usage row: {rows:?}");
+    assert_eq!((turns[0].3, turns[0].4, turns[0].5, turns[0].6), (1000, 200, 300, 4_025));
+    app.assert_money_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_codex_user_is_told_when_to_come_back_within_seconds() {
+    if !codex_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = serve_mock(listener, MockOptions::default()).await.unwrap();
+    let admin = app.admin_token().await;
+    app.post("/api/admin/upstreams", &admin, json!({"name": "mock", "base_url": mock.base_url(), "api_key": "sk-up"}))
+        .await;
+    let (user_id, token) = app.register_and_login("broke@example.com").await;
+    let package = app
+        .create_package(&admin, json!({"name": "Tiny", "price": 10, "duration_days": 30, "daily_limit": "0.01"}))
+        .await;
+    let granted =
+        app.post(&format!("/api/admin/users/{user_id}/packages"), &admin, json!({"package_id": package})).await;
+    assert_eq!(granted.status, StatusCode::CREATED, "{}", granted.text);
+    let key = app.post("/api/user/keys", &token, json!({"name": "cli"})).await;
+    let key = key.body["key"].as_str().unwrap().to_string();
+    let (output, elapsed) = run_codex(&app, &key, "", "").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("codex ({elapsed:?}) stdout:\n{stdout}\ncodex stderr:\n{stderr}");
+    let all = format!("{stdout}\n{stderr}");
+    assert!(all.contains("usage limit"), "codex shows the usage limit");
+    assert!(all.contains("try again at"), "codex shows when the allowance comes back");
+    assert!(elapsed < Duration::from_secs(5), "codex gave up at once instead of retrying: {elapsed:?}");
+    assert_eq!(mock.requests(), 0, "nothing was forwarded");
+}
+
+/// Codex compacts remotely only for the built-in OpenAI provider; pointing that provider
+/// at the gateway (`openai_base_url` in config.toml, key from `codex login --with-api-key`)
+/// is what a user does to get it. A low `model_auto_compact_token_limit` makes the second turn (a
+/// resumed session) compact the first one's history before it samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_compacts_remotely_through_the_gateway_and_it_is_billed() {
+    if !codex_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let s = setup(&app).await;
+    let home = helpers::TempDir(std::env::temp_dir().join(format!("cg-codex-compact-{}", rand_suffix())));
+    let work = home.0.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        home.0.join("config.toml"),
+        format!(
+            "model = \"gpt-5-codex\"\nmodel_provider = \"openai\"\nopenai_base_url = \"{}/v1\"\n\
+             model_auto_compact_token_limit = 500\n\n[features]\nplugins = false\nremote_plugin = false\n",
+            app.base
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<&'static str>| {
+        tokio::process::Command::new("codex")
+            .args(args)
+            .current_dir(&work)
+            .env("CODEX_HOME", &home.0)
+            .env("OPENAI_API_KEY", &s.key)
+            .env("RUST_LOG", "codex_core=info,codex_api=info")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+    };
+    // The built-in provider takes its key from Codex's login, not from an env_key.
+    let mut login = std::process::Command::new("codex")
+        .args(["login", "--with-api-key"])
+        .env("CODEX_HOME", &home.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut login.stdin.take().unwrap(), s.key.as_bytes()).unwrap();
+    assert!(login.wait().unwrap().success(), "codex login --with-api-key");
+    let first = run(vec!["exec", "--skip-git-repo-check", "--sandbox", "read-only", "say hello"]).await.unwrap();
+    eprintln!("first:\n{}\n{}", String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert!(first.status.success());
+    let second = run(vec!["exec", "--skip-git-repo-check", "--sandbox", "read-only", "resume", "--last", "again"])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    eprintln!("second:\n{}\n{stderr}", String::from_utf8_lossy(&second.stdout));
+    // Codex 0.171 compacts with "remote compaction v2": a Responses request whose input
+    // ends with a `compaction_trigger` item (the mock answers it with one `compaction`
+    // item). It is an ordinary response to the gateway: proxied and billed as one.
+    assert!(!stderr.contains("Error running remote compact task"), "the compaction succeeded");
+    assert!(second.status.success(), "the resumed turn succeeded");
+    assert!(String::from_utf8_lossy(&second.stdout).contains("Hello from the mock upstream."));
+    let rows = usage_rows(&app, 3).await;
+    assert_eq!(rows.len(), 3, "turn, compaction, turn: {rows:?}");
+    assert!(rows.iter().all(|r| r.0 == "/responses" && r.6 == 4_025 && r.7 == 0), "each billed exactly: {rows:?}");
     app.assert_money_invariants().await;
 }
 

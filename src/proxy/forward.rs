@@ -1,5 +1,6 @@
 //! One proxied request: authenticate the key, read and check the body, refuse
-//! unpriced models, admit against the user's money, then try upstreams in order —
+//! unpriced models, admit against the user's money, then try upstreams in order (the
+//! session's preferred upstream first, [`super::affinity`]) —
 //! failing over on connect errors, timeouts, 5xx and 429 while nothing has reached
 //! the client — and stream the chosen answer back through a [`MeteredBody`].
 
@@ -14,6 +15,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 
+use super::affinity;
 use super::body::{spawn_settle, MeteredBody, Settlement};
 use super::error::ProxyError;
 use super::journal::Forwarded;
@@ -80,7 +82,8 @@ pub async fn proxy_with_quota(
     let snapshot = state.catalog.get().await;
     let price =
         snapshot.prices.get(&request.model).cloned().ok_or_else(|| ProxyError::model_not_found(&request.model))?;
-    let candidates = snapshot.candidates(&request.model, &mut rand::thread_rng());
+    let affinity_key = affinity::key(&headers, request.prompt_cache_key.as_deref());
+    let candidates = affinity::prefer(snapshot.candidates(&request.model, &mut rand::thread_rng()), affinity_key);
     if candidates.is_empty() {
         return Err(ProxyError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -105,13 +108,14 @@ pub async fn proxy_with_quota(
         hold: hold_amount,
     };
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
-    let default_cap = settings.default_daily_cap;
-    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, default_cap).await {
+    let policy = billing::Policy::new(&settings, Some(&request.model));
+    let default_cap = policy.default_cap;
+    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
-        None => match billing::admit_with_cap(&state, &admission_request, default_cap).await {
+        None => match billing::admit_with(&state, &admission_request, &policy).await {
             Ok(Ok(hold)) => HoldTicket::ready(hold),
             Ok(Err(refusal)) => return Err(ProxyError::from_refusal(refusal)),
             Err(e) => return Err(quota::admission_refusal(&state, owner.user_id, default_cap, hold_amount, e).await),

@@ -82,6 +82,10 @@ pub struct MockOptions {
     /// Prefix every streamed event with an SSE comment `: mock-sent-us=<unix micros>` taken
     /// as it is sent, so a benchmark client can tell how late each chunk reached it.
     pub stamp: bool,
+    /// Behave like a provider's prompt cache: report as input the estimated tokens of
+    /// the Responses `input` (one per 4 bytes of each item's JSON) and as cached those of
+    /// its longest prefix of items this mock has seen before (the affinity measurement).
+    pub prefix_cache: bool,
 }
 
 impl Default for MockOptions {
@@ -96,6 +100,7 @@ impl Default for MockOptions {
             usage: MockUsage { input: 1000, cached: 200, output: 300, reasoning: 100 },
             gate: None,
             stamp: false,
+            prefix_cache: false,
         }
     }
 }
@@ -114,6 +119,8 @@ struct MockState {
     requests: Arc<AtomicUsize>,
     /// Only the last request is kept: a benchmark sends millions.
     seen: Arc<Mutex<Option<Seen>>>,
+    /// Hashes of the input prefixes seen ([`MockOptions::prefix_cache`]).
+    prefixes: Arc<Mutex<std::collections::HashSet<u64>>>,
 }
 
 /// A running mock; stops when dropped.
@@ -144,7 +151,12 @@ impl MockHandle {
 /// Serves the mock on `listener` until the handle is dropped.
 pub async fn serve_mock(listener: TcpListener, options: MockOptions) -> std::io::Result<MockHandle> {
     let addr = listener.local_addr()?;
-    let state = MockState { options: Arc::new(options), requests: Arc::default(), seen: Arc::default() };
+    let state = MockState {
+        options: Arc::new(options),
+        requests: Arc::default(),
+        seen: Arc::default(),
+        prefixes: Arc::default(),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = Router::new()
         .route("/v1/responses", post(answer))
@@ -206,18 +218,65 @@ async fn answer(State(state): State<MockState>, uri: Uri, headers: HeaderMap, bo
         _ => {}
     }
     if uri.path().ends_with("/responses/compact") {
-        let script = Script { options: &state.options, model, fault, text: answer_text(&state.options) };
+        let usage = state.options.usage;
+        let text = answer_text(&state.options);
+        let script = Script { options: &state.options, model, fault, text, compaction: false, usage };
         return Json(script.compaction_json()).into_response();
     }
     let chat = uri.path().ends_with("/chat/completions");
     let stream = request["stream"].as_bool().unwrap_or(false);
-    let script = Script { options: &state.options, model, fault, text: answer_text(&state.options) };
+    // Codex's remote compaction v2: a Responses request whose input ends with a
+    // `compaction_trigger` item, answered with exactly one `compaction` output item.
+    let compaction = request["input"]
+        .as_array()
+        .and_then(|items| items.last())
+        .is_some_and(|item| item["type"] == "compaction_trigger");
+    let usage = if state.options.prefix_cache && !chat_path(&uri) {
+        prefix_cached_usage(&state, &request["input"])
+    } else {
+        state.options.usage
+    };
+    let script = Script { options: &state.options, model, fault, text: answer_text(&state.options), compaction, usage };
     if !stream {
         return Json(if chat { script.chat_json() } else { script.responses_json() }).into_response();
     }
     let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     let pieces = if chat { script.chat_events(include_usage) } else { script.responses_events() };
     sse(pieces, state.options.clone())
+}
+
+fn chat_path(uri: &Uri) -> bool {
+    uri.path().ends_with("/chat/completions")
+}
+
+/// Usage as a prompt cache reports it: every item's tokens as input, those of the
+/// longest already-seen prefix of items as cached; the prefixes are then remembered.
+fn prefix_cached_usage(state: &MockState, input: &Value) -> MockUsage {
+    let items: Vec<String> = match input {
+        Value::Array(items) => items.iter().map(Value::to_string).collect(),
+        Value::Null => Vec::new(),
+        other => vec![other.to_string()],
+    };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let (mut total, mut cached, mut in_cache) = (0i64, 0i64, true);
+    let mut seen = match state.prefixes.lock() {
+        Ok(seen) => seen,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for item in &items {
+        for byte in item.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let tokens = i64::try_from(item.len().div_ceil(4)).unwrap_or(i64::MAX);
+        total += tokens;
+        in_cache = in_cache && seen.contains(&hash);
+        if in_cache {
+            cached += tokens;
+        }
+        seen.insert(hash);
+    }
+    MockUsage { input: total, cached, ..state.options.usage }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -250,6 +309,8 @@ struct Script<'a> {
     model: String,
     fault: Option<Fault>,
     text: String,
+    compaction: bool,
+    usage: MockUsage,
 }
 
 impl Script<'_> {
@@ -260,14 +321,14 @@ impl Script<'_> {
     }
 
     fn responses_usage(&self) -> Value {
-        let u = self.options.usage;
+        let u = self.usage;
         json!({ "input_tokens": u.input, "input_tokens_details": { "cached_tokens": u.cached },
                 "output_tokens": u.output, "output_tokens_details": { "reasoning_tokens": u.reasoning },
                 "total_tokens": u.input + u.output })
     }
 
     fn chat_usage(&self) -> Value {
-        let u = self.options.usage;
+        let u = self.usage;
         json!({ "prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
                 "prompt_tokens_details": { "cached_tokens": u.cached },
                 "completion_tokens_details": { "reasoning_tokens": u.reasoning } })
@@ -301,7 +362,14 @@ impl Script<'_> {
     }
 
     fn responses_json(&self) -> Value {
+        if self.compaction {
+            return self.response("completed", json!([self.compaction_item()]));
+        }
         self.response("completed", json!([self.message("completed", &self.text)]))
+    }
+
+    fn compaction_item(&self) -> Value {
+        json!({ "type": "compaction", "id": "cmp_mock", "encrypted_content": format!("mock-compacted:{}", self.text) })
     }
 
     fn responses_events(&self) -> Vec<Piece> {
@@ -312,6 +380,15 @@ impl Script<'_> {
             seq += 1;
             event(Some(name), &data)
         };
+        if self.compaction {
+            let item = self.compaction_item();
+            return vec![
+                next("response.created", json!({ "response": self.response("in_progress", json!([])) })),
+                next("response.output_item.added", json!({ "output_index": 0, "item": item })),
+                next("response.output_item.done", json!({ "output_index": 0, "item": item })),
+                next("response.completed", json!({ "response": self.response("completed", json!([item])) })),
+            ];
+        }
         let mut pieces = vec![
             next("response.created", json!({ "response": self.response("in_progress", json!([])) })),
             next("response.in_progress", json!({ "response": self.response("in_progress", json!([])) })),

@@ -5,7 +5,8 @@
 //! as the response streams past and settled through the billing engine exactly once.
 //!
 //! - [`request`]: key, body limit, the few fields read, forwarded headers.
-//! - [`forward`]: admission, upstream selection and failover before the first byte.
+//! - [`forward`]: admission, upstream selection and failover before the first byte;
+//!   [`affinity`]: a session's turns on one upstream (its prompt cache).
 //! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
 //! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
 //! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
@@ -13,6 +14,7 @@
 //! - [`ws`]: the WebSocket transport, bridged to the HTTP path.
 //! - [`error`]: the OpenAI error shape. [`mock`]: a fake upstream for tests and benchmarks.
 
+pub mod affinity;
 pub mod body;
 pub mod catalog;
 pub mod error;

@@ -1,5 +1,6 @@
 //! What the gateway reads from a client's request: the key, the body (size-limited),
-//! and from the JSON only `model`, `stream` and the output-token limits. The body is
+//! and from the JSON only `model`, `stream`, the output-token limits and
+//! `prompt_cache_key`. The body is
 //! forwarded as received, except two documented rewrites: an upstream's `model_map`
 //! ([`with_model`]), and a streaming Chat
 //! Completions request that did not ask for usage gets
@@ -25,6 +26,8 @@ pub struct ClientRequest {
     pub max_output_tokens: Option<i64>,
     /// The client asked for the Chat usage chunk itself.
     pub wants_usage_chunk: bool,
+    /// The Responses `prompt_cache_key` (a session affinity key, see [`super::affinity`]).
+    pub prompt_cache_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +39,7 @@ struct Peek {
     max_completion_tokens: Option<i64>,
     max_tokens: Option<i64>,
     stream_options: Option<StreamOptions>,
+    prompt_cache_key: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +70,10 @@ impl ClientRequest {
                 .or(peek.max_tokens)
                 .filter(|n| *n > 0),
             wants_usage_chunk: peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            prompt_cache_key: match peek.prompt_cache_key {
+                Some(Value::String(key)) => Some(key),
+                _ => None,
+            },
         })
     }
 

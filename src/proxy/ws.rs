@@ -122,7 +122,9 @@ async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
             }
         };
         let turn = Turn { state: &state, headers: &headers, sink: &mut sink, source: &mut source };
-        match turn.run(request, &mut conversation).await {
+        // Boxed: the turn's future (the whole HTTP path) is large, and an idle
+        // connection's task must not carry its space.
+        match Box::pin(turn.run(request, &mut conversation)).await {
             TurnEnd::Done => {}
             TurnEnd::SocketGone => return,
         }
