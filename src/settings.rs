@@ -29,8 +29,11 @@ pub struct Settings {
     pub default_daily_cap: Option<Money>,
     /// Price multiplier applied to every model price (1.00 = list price).
     pub markup: Money,
-    /// What buying a different package while one is active does: `queue` or `switch`.
+    /// What buying a different package while one is active does: `queue`, `switch`
+    /// or `stack` (both apply at once, the earlier-ending one paying first).
     pub package_switch_mode: String,
+    /// Who pays first for users who chose nothing (`package_first` = the seed's rule).
+    pub default_billing_preference: crate::billing::rules::Preference,
     pub credit: CreditSettings,
     /// Output tokens the proxy assumes for the admission hold when a request sets no
     /// `max_output_tokens`/`max_completion_tokens`/`max_tokens`.
@@ -61,6 +64,7 @@ impl Default for Settings {
             default_daily_cap: None,
             markup: Money::units(1),
             package_switch_mode: "queue".into(),
+            default_billing_preference: crate::billing::rules::Preference::PackageFirst,
             credit: CreditSettings::default(),
             hold_output_tokens: 4096,
             upstream_max_attempts: 3,

@@ -1,6 +1,7 @@
 //! Usage and billing reads: daily usage, ledger, usage logs (user and admin).
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -8,10 +9,13 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 
 use super::error::ApiResult;
-use super::extract::ApiQuery;
+use super::extract::{ApiJson, ApiQuery};
 use super::pagination::PageQuery;
 use crate::app::AppState;
+use crate::auth::api_keys;
 use crate::auth::{AdminUser, CurrentUser};
+use crate::billing::quota;
+use crate::billing::rules::Preference;
 use crate::billing::usage::{self, UsageFilter};
 use crate::error::Error;
 use crate::ledger;
@@ -19,6 +23,8 @@ use crate::ledger;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/user/daily-usage", get(daily_usage))
+        .route("/api/user/billing-preference", get(get_preference).put(put_preference))
+        .route("/api/user/quota", get(key_quota))
         .route("/api/user/ledger", get(user_ledger))
         .route("/api/user/usage", get(user_usage))
         .route("/api/admin/usage", get(admin_usage))
@@ -35,6 +41,37 @@ async fn daily_usage(
     ApiQuery(query): ApiQuery<DailyUsageQuery>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(usage::daily_usage(&state, current.user.id, query.days).await?))
+}
+
+async fn get_preference(State(state): State<AppState>, current: CurrentUser) -> ApiResult<impl IntoResponse> {
+    Ok(Json(quota::preference(&state, current.user.id).await?))
+}
+
+#[derive(Deserialize)]
+struct PreferenceBody {
+    preference: String,
+}
+
+async fn put_preference(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    ApiJson(body): ApiJson<PreferenceBody>,
+) -> ApiResult<impl IntoResponse> {
+    let preference = Preference::parse(body.preference.trim()).ok_or_else(|| {
+        Error::validation("preference", "must be package_first, balance_first, package_only or balance_only")
+    })?;
+    Ok(Json(quota::set_preference(&state, current.user.id, preference).await?))
+}
+
+/// `GET /api/user/quota` with an `sk-` key: the daily-usage figures for scripts and
+/// status lines (a key that may not be used is refused as the proxy refuses it).
+async fn key_quota(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    let presented = crate::proxy::request::bearer_key(&headers)
+        .ok_or_else(|| Error::Unauthorized("send Authorization: Bearer sk-...".into()))?;
+    let owner = api_keys::authenticate(&state.db, presented, state.now())
+        .await?
+        .map_err(|refusal| Error::Unauthorized(refusal.message().into()))?;
+    Ok(Json(usage::daily_usage(&state, owner.user_id, None).await?))
 }
 
 async fn user_ledger(

@@ -66,6 +66,10 @@ struct UpdateKey {
     name: Option<String>,
     #[serde(default, deserialize_with = "super::nullable")]
     spend_limit: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    daily_cap: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    max_concurrency: Option<Option<i64>>,
 }
 
 async fn update(
@@ -74,7 +78,12 @@ async fn update(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<UpdateKey>,
 ) -> ApiResult<impl IntoResponse> {
-    let patch = KeyPatch { name: body.name, spend_limit: body.spend_limit };
+    let patch = KeyPatch {
+        name: body.name,
+        spend_limit: body.spend_limit,
+        daily_cap: body.daily_cap,
+        max_concurrency: body.max_concurrency,
+    };
     let key = api_keys::update(&state.db, current.user.id, id, &patch).await?;
     crate::billing::user_changed(&state, current.user.id).await;
     Ok(Json(key.view(state.calendar())))

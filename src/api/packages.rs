@@ -47,6 +47,16 @@ struct PackageBody {
     stock: Option<Option<i64>>,
     #[serde(default, deserialize_with = "super::nullable")]
     per_user_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    five_hour_limit: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    weekly_limit: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    monthly_limit: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    total_limit: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    models: Option<Option<Vec<String>>>,
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Error> {
@@ -65,6 +75,11 @@ impl PackageBody {
             enabled: self.enabled.unwrap_or(true),
             stock: self.stock.flatten(),
             per_user_limit: self.per_user_limit.flatten(),
+            five_hour_limit: self.five_hour_limit.flatten(),
+            weekly_limit: self.weekly_limit.flatten(),
+            monthly_limit: self.monthly_limit.flatten(),
+            total_limit: self.total_limit.flatten(),
+            models: self.models.flatten(),
         })
     }
 
@@ -79,6 +94,11 @@ impl PackageBody {
             enabled: self.enabled.unwrap_or(p.is_enabled()),
             stock: self.stock.unwrap_or(p.stock),
             per_user_limit: self.per_user_limit.unwrap_or(p.per_user_limit),
+            five_hour_limit: self.five_hour_limit.unwrap_or(p.five_hour_limit.map(Money::from_micros)),
+            weekly_limit: self.weekly_limit.unwrap_or(p.weekly_limit.map(Money::from_micros)),
+            monthly_limit: self.monthly_limit.unwrap_or(p.monthly_limit.map(Money::from_micros)),
+            total_limit: self.total_limit.unwrap_or(p.total_limit.map(Money::from_micros)),
+            models: self.models.unwrap_or_else(|| crate::billing::allowance::parse_models(p.models.as_deref())),
         }
     }
 }

@@ -6,9 +6,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::admin_actions::{self, Actor};
 use super::error::ApiResult;
 use super::extract::{ApiJson, ClientAddr};
-use crate::admin_actions::{self, Actor};
 use crate::app::AppState;
 use crate::auth::AdminUser;
 use crate::error::Error;
@@ -96,8 +96,8 @@ fn validate(s: &Settings) -> Result<(), Error> {
     if s.default_daily_cap.is_some_and(|c| c.is_negative()) {
         return Err(Error::validation("default_daily_cap", "must not be negative"));
     }
-    if !["queue", "switch"].contains(&s.package_switch_mode.as_str()) {
-        return Err(Error::validation("package_switch_mode", "must be queue or switch"));
+    if !["queue", "switch", "stack"].contains(&s.package_switch_mode.as_str()) {
+        return Err(Error::validation("package_switch_mode", "must be queue, switch or stack"));
     }
     let c = &s.credit;
     if !(1..=1440).contains(&c.order_ttl_minutes) {

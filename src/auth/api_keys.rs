@@ -22,9 +22,13 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
     pub created_at: i64,
+    /// The key's own daily USD cap (business day) and most concurrent requests.
+    pub daily_cap: Option<i64>,
+    pub max_concurrency: Option<i64>,
 }
 
-const KEY_COLUMNS: &str = "id, user_id, name, prefix, status, spend_limit, spent, expires_at, last_used_at, created_at";
+const KEY_COLUMNS: &str =
+    "id, user_id, name, prefix, status, spend_limit, spent, expires_at, last_used_at, created_at, daily_cap, max_concurrency";
 
 /// What the API shows of a key.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +42,8 @@ pub struct ApiKeyView {
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
     pub created_at: String,
+    pub daily_cap: Option<Money>,
+    pub max_concurrency: Option<i64>,
 }
 
 impl ApiKey {
@@ -52,6 +58,8 @@ impl ApiKey {
             expires_at: self.expires_at.map(|t| calendar.format(from_micros(t))),
             last_used_at: self.last_used_at.map(|t| calendar.format(from_micros(t))),
             created_at: calendar.format(from_micros(self.created_at)),
+            daily_cap: self.daily_cap.map(Money::from_micros),
+            max_concurrency: self.max_concurrency,
         }
     }
 }
@@ -133,6 +141,8 @@ pub async fn list_for_user(db: &Db, user_id: i64) -> Result<Vec<ApiKey>> {
 pub struct KeyPatch {
     pub name: Option<String>,
     pub spend_limit: Option<Option<Money>>,
+    pub daily_cap: Option<Option<Money>>,
+    pub max_concurrency: Option<Option<i64>>,
 }
 
 pub async fn update(db: &Db, user_id: i64, key_id: i64, patch: &KeyPatch) -> Result<ApiKey> {
@@ -142,9 +152,17 @@ pub async fn update(db: &Db, user_id: i64, key_id: i64, patch: &KeyPatch) -> Res
             return Err(Error::validation("spend_limit", "must not be negative"));
         }
     }
+    if patch.daily_cap.flatten().is_some_and(|cap| cap.is_negative()) {
+        return Err(Error::validation("daily_cap", "must not be negative (null = no cap)"));
+    }
+    if patch.max_concurrency.flatten().is_some_and(|n| !(1..=10_000).contains(&n)) {
+        return Err(Error::validation("max_concurrency", "must be between 1 and 10000 (null = no limit)"));
+    }
     sqlx::query_as::<_, ApiKey>(&format!(
         "UPDATE api_keys SET name = CASE WHEN $1 IS NULL THEN name ELSE $1 END, \
-           spend_limit = CASE WHEN $2 = 1 THEN $3 ELSE spend_limit END \
+           spend_limit = CASE WHEN $2 = 1 THEN $3 ELSE spend_limit END, \
+           daily_cap = CASE WHEN $6 = 1 THEN $7 ELSE daily_cap END, \
+           max_concurrency = CASE WHEN $8 = 1 THEN $9 ELSE max_concurrency END \
          WHERE id = $4 AND user_id = $5 RETURNING {KEY_COLUMNS}"
     ))
     .bind(name)
@@ -152,6 +170,10 @@ pub async fn update(db: &Db, user_id: i64, key_id: i64, patch: &KeyPatch) -> Res
     .bind(patch.spend_limit.flatten().map(Money::micros))
     .bind(key_id)
     .bind(user_id)
+    .bind(i64::from(patch.daily_cap.is_some()))
+    .bind(patch.daily_cap.flatten().map(Money::micros))
+    .bind(i64::from(patch.max_concurrency.is_some()))
+    .bind(patch.max_concurrency.flatten())
     .fetch_optional(db.pool())
     .await?
     .ok_or(Error::NotFound("api key"))

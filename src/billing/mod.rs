@@ -30,7 +30,9 @@
 //! on a hint but not yet committed keep counting against it, so its own requests can
 //! never together exceed what it last knew.
 
+pub mod allowance;
 mod batch;
+pub mod quota;
 pub mod rules;
 pub mod usage;
 pub mod writer;
@@ -40,12 +42,12 @@ use sqlx::AnyConnection;
 
 use crate::app::AppState;
 use crate::auth::api_keys::KeyRefusal;
-use crate::clock::{date_key, to_micros, BusinessCalendar};
+use crate::clock::{self, date_key, to_micros, BusinessCalendar};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::money::Money;
 use batch::{Job, Outcome};
-use rules::Refusal;
+use rules::{Preference, Refusal};
 
 /// How long a hold may live before the janitor job releases it (a crashed instance's
 /// holds must not block a user forever; streams longer than this are still settled).
@@ -62,6 +64,28 @@ pub struct AdmissionRequest {
     pub hold: Money,
 }
 
+/// What an admission takes from the settings and the request besides the hold.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The global per-user daily cap (`Settings.default_daily_cap`).
+    pub default_cap: Option<Money>,
+    /// The preference of users who chose none (`Settings.default_billing_preference`).
+    pub default_preference: Preference,
+    /// The requested model: packages pay only for the models they list.
+    pub model: Option<String>,
+}
+
+impl Policy {
+    /// The policy the settings give a request for `model`.
+    pub fn new(settings: &crate::settings::Settings, model: Option<&str>) -> Policy {
+        Policy {
+            default_cap: settings.default_daily_cap,
+            default_preference: settings.default_billing_preference,
+            model: model.map(str::to_string),
+        }
+    }
+}
+
 /// An admitted request's reservation; pass it back to [`settle`].
 #[derive(Debug, Clone)]
 pub struct Hold {
@@ -75,6 +99,16 @@ pub struct Hold {
     pub business_date: NaiveDate,
     /// The package in force at admission (charged first at settlement).
     pub user_package_id: Option<i64>,
+    /// Every package in force at admission that pays for the request, in the order
+    /// they pay (earliest-ending first); the first is `user_package_id`.
+    pub packages: Vec<i64>,
+    /// The 5-hour blocks the request counts in: (scope, block start in micro-seconds).
+    pub blocks: Vec<(String, i64)>,
+    /// Who pays first, as it was at admission.
+    pub preference: Preference,
+    /// The key has a cap of its own (daily USD or concurrency): its spend is counted
+    /// per day, and its requests are never admitted on a hint.
+    pub key_capped: bool,
     /// What the user could still have admitted after this hold (allowance left +
     /// balance − held): the proxy's hint for forwarding the next request while its
     /// admission is still being committed.
@@ -177,6 +211,63 @@ pub struct ApplicablePackage {
     pub ends_at: i64,
 }
 
+/// What an admission at `at` would have put on a hold besides the money: the packages
+/// that pay, the 5-hour blocks running, the preference and whether the key has caps.
+/// Used to rebuild the hold of a request whose admission was lost (crash recovery);
+/// the preference is the user's own, else `package_first` (the settings are not read there).
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionContext {
+    pub packages: Vec<i64>,
+    pub blocks: Vec<(String, i64)>,
+    pub preference: Preference,
+    pub key_capped: bool,
+}
+
+/// Reads the [`AdmissionContext`] of a request admitted at `at`.
+pub async fn admission_context(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    api_key_id: i64,
+    at: DateTime<Utc>,
+) -> Result<AdmissionContext> {
+    let t = to_micros(at);
+    let packages: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM user_packages WHERE user_id = $1 AND status IN ('active', 'queued', 'expired', 'ended') \
+           AND starts_at <= $2 AND ends_at > $2 ORDER BY ends_at, id",
+    )
+    .bind(user_id)
+    .bind(t)
+    .fetch_all(&mut *conn)
+    .await?;
+    let packages: Vec<i64> = packages.into_iter().map(|(id,)| id).collect();
+    let since = t - chrono::Duration::hours(clock::windows::BLOCK_HOURS).num_microseconds().unwrap_or(0);
+    let mut blocks = Vec::new();
+    let scopes = packages.iter().map(|id| allowance::package_scope(*id)).chain([allowance::user_scope(user_id)]);
+    for scope in scopes {
+        let start: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(starts_at) FROM window_usage WHERE scope = $1 AND kind = '5h' AND starts_at > $2 AND starts_at <= $3",
+        )
+        .bind(&scope)
+        .bind(since)
+        .bind(t)
+        .fetch_one(&mut *conn)
+        .await?;
+        blocks.extend(start.map(|start| (scope, start)));
+    }
+    let user: Option<(Option<String>,)> = sqlx::query_as("SELECT billing_preference FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let preference = Preference::stored_or(user.and_then(|(p,)| p).as_deref(), Preference::PackageFirst);
+    let caps: Option<(Option<i64>, Option<i64>)> =
+        sqlx::query_as("SELECT daily_cap, max_concurrency FROM api_keys WHERE id = $1")
+            .bind(api_key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let key_capped = caps.is_some_and(|(cap, max)| cap.is_some() || max.is_some());
+    Ok(AdmissionContext { packages, blocks, preference, key_capped })
+}
+
 /// Finds the package in force for `user_id` at `at`.
 pub async fn applicable_package(
     conn: &mut AnyConnection,
@@ -220,16 +311,16 @@ pub async fn admit_checked(
     request: &AdmissionRequest,
 ) -> Result<std::result::Result<Hold, KeyRefusal>> {
     let settings = state.settings.get().await?;
-    admit_with_cap(state, request, settings.default_daily_cap).await
+    admit_with(state, request, &Policy::new(&settings, None)).await
 }
 
-/// [`admit_checked`] with the default daily cap already read from the settings.
-pub async fn admit_with_cap(
+/// [`admit_checked`] with the policy already taken from the settings.
+pub async fn admit_with(
     state: &AppState,
     request: &AdmissionRequest,
-    default_cap: Option<Money>,
+    policy: &Policy,
 ) -> Result<std::result::Result<Hold, KeyRefusal>> {
-    let job = Job::Admit { request: request.clone(), now: state.now(), default_cap, forced: false };
+    let job = Job::Admit { request: request.clone(), now: state.now(), policy: policy.clone(), forced: false };
     let result = match state.billing.submit(job).await {
         Ok(Outcome::Admit(result)) => result,
         Ok(Outcome::Settle(_)) => Err(Error::internal("billing writer answered an admission with a settlement")),
@@ -250,9 +341,9 @@ pub async fn admit_speculative(
     state: &AppState,
     request: &AdmissionRequest,
     needed: Money,
-    default_cap: Option<Money>,
+    policy: &Policy,
 ) -> Option<HoldTicket> {
-    if !state.billing.take_headroom(request.user_id, needed, request.hold) {
+    if !state.billing.take_headroom(request.user_id, request.api_key_id, needed, request.hold) {
         return None;
     }
     let now = state.now();
@@ -267,11 +358,15 @@ pub async fn admit_speculative(
         admitted_at: now,
         business_date: state.calendar().business_date(now),
         user_package_id: None,
+        packages: Vec::new(),
+        blocks: Vec::new(),
+        preference: policy.default_preference,
+        key_capped: false,
         headroom: Money::ZERO,
         refused: None,
     };
     let request_hold = request.hold;
-    let job = Job::Admit { request, now, default_cap, forced: true };
+    let job = Job::Admit { request, now, policy: policy.clone(), forced: true };
     match state.billing.enqueue(job).await {
         Ok(answer) => Some(HoldTicket(Ticket::Pending { answer, fallback })),
         Err(_) => {
@@ -289,7 +384,28 @@ pub async fn user_changed(state: &AppState, user_id: i64) {
     crate::cluster::publish(&state.db, crate::cluster::Topic::User(user_id)).await;
 }
 
-fn refusal_error(refusal: Refusal, calendar: &BusinessCalendar, now: DateTime<Utc>) -> Error {
+/// When what refused a request frees up again (for the message and `Retry-After`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Resets {
+    /// The first package that has room for the hold again (`package_only`).
+    pub packages: Option<DateTime<Utc>>,
+    /// The end of the user's 5-hour block (5-hour cap).
+    pub block: Option<DateTime<Utc>>,
+}
+
+fn rate_limited(what: &str, calendar: &BusinessCalendar, now: DateTime<Utc>, reset: DateTime<Utc>) -> Error {
+    Error::RateLimited {
+        message: format!("{what}; it resets at {}", calendar.format(reset)),
+        retry_after_secs: (reset - now).num_seconds().max(1) as u64,
+    }
+}
+
+pub(crate) fn refusal_error(
+    refusal: Refusal,
+    calendar: &BusinessCalendar,
+    now: DateTime<Utc>,
+    resets: Resets,
+) -> Error {
     match refusal {
         Refusal::CannotPay { has_package: true } => Error::PaymentRequired {
             code: "insufficient_quota",
@@ -301,13 +417,32 @@ fn refusal_error(refusal: Refusal, calendar: &BusinessCalendar, now: DateTime<Ut
             code: "insufficient_balance",
             message: "insufficient balance for this request; top up or buy a package".into(),
         },
-        Refusal::CapReached => {
-            let reset = calendar.next_reset(now);
-            Error::RateLimited {
-                message: format!("daily spending cap reached; it resets at {}", calendar.format(reset)),
-                retry_after_secs: (reset - now).num_seconds().max(1) as u64,
-            }
+        Refusal::CapReached => rate_limited("daily spending cap reached", calendar, now, calendar.next_reset(now)),
+        Refusal::PackageExhausted => match resets.packages {
+            Some(reset) => rate_limited(
+                "package allowance used up and the billing preference is package_only",
+                calendar,
+                now,
+                reset,
+            ),
+            None => Error::PaymentRequired {
+                code: "insufficient_quota",
+                message: "no package pays for this request and the billing preference is package_only; \
+                          buy a package or change the preference"
+                    .into(),
+            },
+        },
+        Refusal::BlockCapReached => {
+            let reset = resets.block.unwrap_or_else(|| now + chrono::Duration::hours(clock::windows::BLOCK_HOURS));
+            rate_limited("5-hour spending cap reached", calendar, now, reset)
         }
+        Refusal::KeyCapReached => {
+            rate_limited("this key's daily spending cap reached", calendar, now, calendar.next_reset(now))
+        }
+        Refusal::KeyBusy => Error::RateLimited {
+            message: "this key already runs as many requests as it may at once; retry when one ends".into(),
+            retry_after_secs: 1,
+        },
     }
 }
 

@@ -21,6 +21,12 @@ pub struct DailyUsageView {
     pub spent_today: SpentToday,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<DaySpend>>,
+    /// Who pays first for this user now.
+    pub billing_preference: super::rules::Preference,
+    /// The windows of the package in force (`package`): 5h, day, week, month, total.
+    pub windows: Vec<super::quota::WindowView>,
+    /// Every package in force, earliest-ending (first to pay) first, with its windows.
+    pub packages_in_force: Vec<super::quota::PackageWindows>,
 }
 
 /// The package in force and how much of today's allowance is left.
@@ -74,7 +80,15 @@ pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u3
             ends_at: calendar.format(from_micros(p.ends_at)),
         }
     });
+    let in_force = super::quota::packages_in_force(&mut conn, calendar, user_id, now).await?;
     drop(conn);
+    let windows = package
+        .as_ref()
+        .and_then(|p| in_force.iter().find(|f| f.id == p.id))
+        .or(in_force.first())
+        .map(|f| f.windows.clone())
+        .unwrap_or_default();
+    let billing_preference = super::quota::preference(state, user_id).await?.preference;
     let history = match history_days {
         Some(days) => Some(history(state, user_id, today, days.clamp(1, 366)).await?),
         None => None,
@@ -91,6 +105,9 @@ pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u3
             total: package_used.saturating_add(balance_used),
         },
         history,
+        billing_preference,
+        windows,
+        packages_in_force: in_force,
     })
 }
 

@@ -50,12 +50,15 @@ const HEADROOM_USERS: usize = 100_000;
 #[derive(Clone, Default)]
 struct Hints(Arc<RwLock<HashMap<i64, Room>>>);
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Room {
     /// `None` once dropped (a change the instance was told of): admit before forwarding.
     committed: Option<Money>,
     /// Holds taken from `committed` whose admission is not committed yet.
     pending: Money,
+    /// Keys of the user with a cap of their own (daily USD, concurrency): the hint says
+    /// nothing about them, so their requests are always admitted before forwarding.
+    capped_keys: Vec<i64>,
 }
 
 impl Room {
@@ -78,7 +81,7 @@ impl Hints {
         }
         let room = map.entry(user_id).or_default();
         change(room);
-        if room.committed.is_none() && !room.pending.is_positive() {
+        if room.committed.is_none() && !room.pending.is_positive() && room.capped_keys.is_empty() {
             map.remove(&user_id);
         }
     }
@@ -92,11 +95,15 @@ impl Hints {
             Ok(Ok(hold)) if hold.refused.is_none() => Some(hold.headroom),
             _ => None,
         };
+        let capped = matches!(result, Ok(Ok(hold)) if hold.key_capped);
         self.update(request.user_id, |room| {
             if *forced {
                 room.release(request.hold);
             }
             room.committed = after;
+            if capped && !room.capped_keys.contains(&request.api_key_id) {
+                room.capped_keys.push(request.api_key_id);
+            }
         });
     }
 }
@@ -114,10 +121,12 @@ impl BillingWriter {
     /// When this user's headroom, as this instance knows it, is at least `needed`, takes
     /// `hold` from it at once (so that requests admitted on the hint before their commits
     /// cannot together exceed it) and says the request may go upstream now.
-    pub fn take_headroom(&self, user_id: i64, needed: Money, hold: Money) -> bool {
+    pub fn take_headroom(&self, user_id: i64, key_id: i64, needed: Money, hold: Money) -> bool {
         let Ok(mut map) = self.hints.0.write() else { return false };
         match map.get_mut(&user_id) {
-            Some(room) if room.available().is_some_and(|room| room >= needed) => {
+            Some(room)
+                if room.available().is_some_and(|room| room >= needed) && !room.capped_keys.contains(&key_id) =>
+            {
                 room.pending = room.pending.saturating_add(hold);
                 true
             }
@@ -263,7 +272,7 @@ mod tests {
 
     fn admission(hold: &str, forced: bool) -> Job {
         let request = AdmissionRequest { request_id: None, user_id: 1, api_key_id: 1, hold: m(hold) };
-        Job::Admit { request, now: Utc::now(), default_cap: None, forced }
+        Job::Admit { request, now: Utc::now(), policy: crate::billing::Policy::default(), forced }
     }
 
     fn admitted(headroom: &str, refused: Option<&'static str>) -> Outcome {
@@ -277,6 +286,10 @@ mod tests {
             admitted_at: now,
             business_date: now.date_naive(),
             user_package_id: None,
+            packages: Vec::new(),
+            blocks: Vec::new(),
+            preference: crate::billing::rules::Preference::PackageFirst,
+            key_capped: false,
             headroom: m(headroom),
             refused,
         })))
@@ -298,8 +311,8 @@ mod tests {
         let w = writer();
         assert_eq!(available(&w), None, "nothing known yet: admit first");
         w.hints.admitted(&admission("1", false), &admitted("10", None));
-        assert!(w.take_headroom(1, m("4"), m("1")));
-        assert!(w.take_headroom(1, m("4"), m("1")));
+        assert!(w.take_headroom(1, 1, m("4"), m("1")));
+        assert!(w.take_headroom(1, 1, m("4"), m("1")));
         // A commit of an older admission reports 10 again (the two above are not in it
         // yet): the pending holds still count, so the hint cannot overstate.
         w.hints.admitted(&admission("1", false), &admitted("10", None));
@@ -315,7 +328,7 @@ mod tests {
     fn a_refusal_or_a_notice_drops_the_hint_but_keeps_counting_pending_holds() {
         let w = writer();
         w.hints.admitted(&admission("1", false), &admitted("10", None));
-        assert!(w.take_headroom(1, m("2"), m("1")));
+        assert!(w.take_headroom(1, 1, m("2"), m("1")));
         w.forget_headroom(1);
         assert_eq!(available(&w), None);
         w.hints.admitted(&admission("1", false), &admitted("10", None));

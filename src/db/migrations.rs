@@ -24,6 +24,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "community features", sql: include_str!("migrations/0005_community.sql") },
     Migration { version: 7, name: "shared rate limits", sql: include_str!("migrations/0007_rate_limits.sql") },
     Migration { version: 8, name: "batched billing", sql: include_str!("migrations/0008_batched_billing.sql") },
+    // Numbered after its issue so parallel branches cannot take the same version.
+    Migration { version: 19, name: "plan windows", sql: include_str!("migrations/0019_plan_windows.sql") },
 ];
 
 /// Arbitrary constant naming our advisory lock.

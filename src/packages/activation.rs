@@ -2,8 +2,10 @@
 //! relies on this contract exactly:
 //!
 //! - rows of `user_packages` have `status` in `active`, `queued`, `expired`, `ended`, `refunded`;
-//! - the package that applies at instant T is the row with `status IN ('active','queued')
-//!   AND starts_at <= T AND ends_at > T` (earliest `starts_at`); at most one row matches;
+//! - the packages that apply at instant T are the rows with `status IN ('active','queued')
+//!   AND starts_at <= T AND ends_at > T`; at most one row matches, except with
+//!   `package_switch_mode = "stack"`, where a different package starts at once beside
+//!   the others (billing consumes them earliest-ending first);
 //! - a package starts when its payment is confirmed and lasts `duration_days` × 24 h;
 //! - the same package bought while it applies extends that row; a different one is queued
 //!   after the last queued end, or, with `package_switch_mode = "switch"`, replaces the
@@ -31,15 +33,17 @@ use crate::money::Money;
 pub enum SwitchMode {
     Queue,
     Switch,
+    /// Several packages at once: a different package starts now beside the others.
+    Stack,
 }
 
 impl SwitchMode {
     /// Reads `Settings.package_switch_mode` (anything but `switch` queues).
     pub fn from_setting(value: &str) -> Self {
-        if value == "switch" {
-            SwitchMode::Switch
-        } else {
-            SwitchMode::Queue
+        match value {
+            "switch" => SwitchMode::Switch,
+            "stack" => SwitchMode::Stack,
+            _ => SwitchMode::Queue,
         }
     }
 }
@@ -111,7 +115,28 @@ pub async fn activate(conn: &mut AnyConnection, grant: &Grant<'_>, now: DateTime
     lock_user(conn, grant.user_id).await?;
     let length = days(grant.package.duration_days);
     let t = to_micros(now);
-    let current = current_on(conn, grant.user_id, now).await?;
+    let current = match grant.mode {
+        // Stacked, the row to extend is the one of the same package, whichever applies first.
+        SwitchMode::Stack => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM user_packages WHERE user_id = $1 AND package_id = $2 \
+                   AND status IN ('active', 'queued') AND starts_at <= $3 AND ends_at > $3 ORDER BY starts_at, id LIMIT 1"
+            );
+            let same = sqlx::query_as::<_, UserPackage>(&sql)
+                .bind(grant.user_id)
+                .bind(grant.package.id)
+                .bind(t)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if same.is_none() {
+                let id = insert(conn, grant, status::ACTIVE, t, now).await?;
+                reflow(conn, grant.user_id, now).await?;
+                return Ok(Activation { user_package_id: id, effect: Effect::Started, credited: Money::ZERO });
+            }
+            same
+        }
+        _ => current_on(conn, grant.user_id, now).await?,
+    };
     let (id, effect, credited) = match current {
         Some(cur) if cur.package_id == grant.package.id => {
             sqlx::query(
@@ -159,8 +184,9 @@ async fn insert(
 ) -> Result<i64> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO user_packages (user_id, package_id, order_id, name, daily_limit, duration_days, paid_amount, \
-           source, status, starts_at, ends_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING id",
+           source, status, starts_at, ends_at, created_at, updated_at, five_hour_limit, weekly_limit, monthly_limit, \
+           total_limit, models) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17) RETURNING id",
     )
     .bind(grant.user_id)
     .bind(grant.package.id)
@@ -174,6 +200,11 @@ async fn insert(
     .bind(starts_at)
     .bind(starts_at.saturating_add(days(grant.package.duration_days)))
     .bind(to_micros(now))
+    .bind(grant.package.five_hour_limit)
+    .bind(grant.package.weekly_limit)
+    .bind(grant.package.monthly_limit)
+    .bind(grant.package.total_limit)
+    .bind(&grant.package.models)
     .fetch_one(conn)
     .await?;
     Ok(id)
@@ -238,14 +269,18 @@ pub async fn reflow(conn: &mut AnyConnection, user_id: i64, now: DateTime<Utc>) 
          ORDER BY starts_at, id"
     );
     let rows = sqlx::query_as::<_, UserPackage>(&sql).bind(user_id).bind(t).fetch_all(&mut *conn).await?;
-    let mut cursor: Option<i64> = None;
+    // Rows that have started keep their span (several run at once when stacked); the
+    // rows still waiting chain after the last of them, or start now.
+    let mut cursor = rows.iter().filter(|r| r.starts_at <= t).map(|r| r.ends_at).max().unwrap_or(t).max(t);
     for row in rows {
         let length = row.ends_at - row.starts_at;
-        let start = match cursor {
-            None => row.starts_at.min(t),
-            Some(c) => c,
+        let (start, end) = if row.starts_at <= t {
+            (row.starts_at, row.ends_at)
+        } else {
+            let start = cursor;
+            cursor = start + length;
+            (start, start + length)
         };
-        let end = start + length;
         let new_status = if start <= t { status::ACTIVE } else { status::QUEUED };
         if start != row.starts_at || end != row.ends_at || new_status != row.status {
             sqlx::query(
@@ -259,7 +294,6 @@ pub async fn reflow(conn: &mut AnyConnection, user_id: i64, now: DateTime<Utc>) 
             .execute(&mut *conn)
             .await?;
         }
-        cursor = Some(end);
     }
     Ok(())
 }
@@ -337,5 +371,6 @@ mod tests {
     fn switch_mode_is_read_from_the_setting() {
         assert_eq!(SwitchMode::from_setting("switch"), SwitchMode::Switch);
         assert_eq!(SwitchMode::from_setting("queue"), SwitchMode::Queue);
+        assert_eq!(SwitchMode::from_setting("stack"), SwitchMode::Stack);
     }
 }

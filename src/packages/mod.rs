@@ -21,7 +21,8 @@ use crate::money::Money;
 /// `enabled` is a 0/1 integer: the `Any` driver cannot decode SQLite booleans.
 const COLUMNS: &str = "id, name, description, price, duration_days, daily_limit, sort_order, \
                        enabled, stock, \
-                       per_user_limit, sold, created_at, updated_at";
+                       per_user_limit, sold, created_at, updated_at, \
+                       five_hour_limit, weekly_limit, monthly_limit, total_limit, models";
 
 /// A row of `packages`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -43,6 +44,13 @@ pub struct Package {
     pub sold: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// USD per 5-hour block, week, month and the whole term (micro-units; `None` = no limit).
+    pub five_hour_limit: Option<i64>,
+    pub weekly_limit: Option<i64>,
+    pub monthly_limit: Option<i64>,
+    pub total_limit: Option<i64>,
+    /// Models the package pays for, comma-separated; `None` = all.
+    pub models: Option<String>,
 }
 
 /// The admin view of a package.
@@ -62,6 +70,11 @@ pub struct PackageView {
     pub sold_out: bool,
     pub created_at: String,
     pub updated_at: String,
+    pub five_hour_limit: Option<Money>,
+    pub weekly_limit: Option<Money>,
+    pub monthly_limit: Option<Money>,
+    pub total_limit: Option<Money>,
+    pub models: Option<Vec<String>>,
 }
 
 impl Package {
@@ -92,6 +105,11 @@ impl Package {
             sold_out: self.stock == Some(0),
             created_at: calendar.format(from_micros(self.created_at)),
             updated_at: calendar.format(from_micros(self.updated_at)),
+            five_hour_limit: self.five_hour_limit.map(Money::from_micros),
+            weekly_limit: self.weekly_limit.map(Money::from_micros),
+            monthly_limit: self.monthly_limit.map(Money::from_micros),
+            total_limit: self.total_limit.map(Money::from_micros),
+            models: crate::billing::allowance::parse_models(self.models.as_deref()),
         }
     }
 }
@@ -108,6 +126,21 @@ pub struct PackageInput {
     pub enabled: bool,
     pub stock: Option<i64>,
     pub per_user_limit: Option<i64>,
+    /// The other windows' limits (`None` = no limit) and the models paid for (`None` = all).
+    pub five_hour_limit: Option<Money>,
+    pub weekly_limit: Option<Money>,
+    pub monthly_limit: Option<Money>,
+    pub total_limit: Option<Money>,
+    pub models: Option<Vec<String>>,
+}
+
+impl PackageInput {
+    /// The models list as stored (`None` = all).
+    fn stored_models(&self) -> Option<String> {
+        let joined =
+            self.models.as_ref()?.iter().map(|m| m.trim()).filter(|m| !m.is_empty()).collect::<Vec<_>>().join(",");
+        (!joined.is_empty()).then_some(joined)
+    }
 }
 
 /// Checks the catalog rules, naming the field that breaks one.
@@ -133,6 +166,21 @@ pub fn validate(input: &PackageInput) -> Result<()> {
     }
     if input.daily_limit.is_negative() {
         return Err(Error::validation("daily_limit", "must not be negative"));
+    }
+    for (field, limit) in [
+        ("five_hour_limit", input.five_hour_limit),
+        ("weekly_limit", input.weekly_limit),
+        ("monthly_limit", input.monthly_limit),
+        ("total_limit", input.total_limit),
+    ] {
+        if limit.is_some_and(|l| l.is_negative()) {
+            return Err(Error::validation(field, "must not be negative (null = no limit)"));
+        }
+    }
+    if let Some(models) = &input.models {
+        if models.len() > 100 || models.iter().any(|m| m.chars().count() > 200 || m.contains(',')) {
+            return Err(Error::validation("models", "must be at most 100 model names without commas"));
+        }
     }
     if input.stock.is_some_and(|s| s < 0) {
         return Err(Error::validation("stock", "must not be negative (null = unlimited)"));
@@ -166,14 +214,15 @@ pub async fn create(db: &Db, input: &PackageInput, now: DateTime<Utc>) -> Result
     ensure_unique_name(db, input, None).await?;
     let sql = format!(
         "INSERT INTO packages (name, description, price, duration_days, daily_limit, sort_order, enabled, stock, \
-           per_user_limit, sold, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10) RETURNING {COLUMNS}"
+           per_user_limit, sold, created_at, updated_at, five_hour_limit, weekly_limit, monthly_limit, total_limit, \
+           models) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13, $14, $15) RETURNING {COLUMNS}"
     );
     let package = bind_input(sqlx::query_as::<_, Package>(&sql), input, now).fetch_one(db.pool()).await?;
     Ok(package)
 }
 
-/// Binds a package's fields as `$1`..`$10` (the timestamp last), in the order both
+/// Binds a package's fields as `$1`..`$15` (the timestamp tenth), in the order both
 /// [`create`] and [`update`] name them.
 fn bind_input<'q>(
     query: sqlx::query::QueryAs<'q, sqlx::Any, Package, sqlx::any::AnyArguments<'q>>,
@@ -191,6 +240,11 @@ fn bind_input<'q>(
         .bind(input.stock)
         .bind(input.per_user_limit)
         .bind(to_micros(now))
+        .bind(input.five_hour_limit.map(Money::micros))
+        .bind(input.weekly_limit.map(Money::micros))
+        .bind(input.monthly_limit.map(Money::micros))
+        .bind(input.total_limit.map(Money::micros))
+        .bind(input.stored_models())
 }
 
 /// Replaces a package's fields (the API merges a partial update into the current row first).
@@ -199,8 +253,9 @@ pub async fn update(db: &Db, id: i64, input: &PackageInput, now: DateTime<Utc>) 
     ensure_unique_name(db, input, Some(id)).await?;
     let sql = format!(
         "UPDATE packages SET name = $1, description = $2, price = $3, duration_days = $4, daily_limit = $5, \
-           sort_order = $6, enabled = $7, stock = $8, per_user_limit = $9, updated_at = $10 \
-         WHERE id = $11 RETURNING {COLUMNS}"
+           sort_order = $6, enabled = $7, stock = $8, per_user_limit = $9, updated_at = $10, \
+           five_hour_limit = $11, weekly_limit = $12, monthly_limit = $13, total_limit = $14, models = $15 \
+         WHERE id = $16 RETURNING {COLUMNS}"
     );
     bind_input(sqlx::query_as::<_, Package>(&sql), input, now)
         .bind(id)
@@ -280,6 +335,11 @@ mod tests {
             enabled: true,
             stock: None,
             per_user_limit: None,
+            five_hour_limit: None,
+            weekly_limit: None,
+            monthly_limit: None,
+            total_limit: None,
+            models: None,
         }
     }
 
@@ -298,5 +358,7 @@ mod tests {
         assert_eq!(field(|i| i.daily_limit = Money::from_micros(-1)).as_deref(), Some("daily_limit"));
         assert_eq!(field(|i| i.stock = Some(-1)).as_deref(), Some("stock"));
         assert_eq!(field(|i| i.per_user_limit = Some(0)).as_deref(), Some("per_user_limit"));
+        assert_eq!(field(|i| i.weekly_limit = Some(Money::from_micros(-1))).as_deref(), Some("weekly_limit"));
+        assert_eq!(field(|i| i.models = Some(vec!["a,b".into()])).as_deref(), Some("models"));
     }
 }

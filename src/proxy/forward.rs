@@ -108,13 +108,14 @@ pub async fn proxy_with_quota(
         hold: hold_amount,
     };
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
-    let default_cap = settings.default_daily_cap;
-    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, default_cap).await {
+    let policy = billing::Policy::new(&settings, Some(&request.model));
+    let default_cap = policy.default_cap;
+    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
-        None => match billing::admit_with_cap(&state, &admission_request, default_cap).await {
+        None => match billing::admit_with(&state, &admission_request, &policy).await {
             Ok(Ok(hold)) => HoldTicket::ready(hold),
             Ok(Err(refusal)) => return Err(ProxyError::from_refusal(refusal)),
             Err(e) => return Err(quota::admission_refusal(&state, owner.user_id, default_cap, hold_amount, e).await),
@@ -408,7 +409,11 @@ fn respond(answer: Answer, request: &ClientRequest, api: Api, settlement: Settle
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = answer.status;
     for (name, value) in &answer.headers {
-        if keep_response_header(name) {
+        if name.as_str() == "x-request-id" {
+            // `x-request-id` stays the id of the client's request (theirs, or the one the
+            // gateway gave it); the upstream's own id is kept apart for support cases.
+            response.headers_mut().insert("x-upstream-request-id", value.clone());
+        } else if keep_response_header(name) {
             response.headers_mut().append(name.clone(), value.clone());
         }
     }

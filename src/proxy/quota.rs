@@ -10,10 +10,10 @@
 //! (`api_bridge.rs`: HTTP 429 whose `error.type` is `usage_limit_reached`, with
 //! `error.resets_at`), which it does not retry.
 //!
-//! [`windows`] is the one place that computes the windows. Today the package gives a
-//! daily window and the user's daily cap a second one; the plan windows of issue 19
-//! (5-hour, weekly, monthly, total) are to be appended in [`windows`] and nowhere else:
-//! the header and event builders pick the two tightest of whatever it returns.
+//! [`windows`] is the one place that computes the windows: the package's daily window,
+//! the user's daily cap, and the plan windows of issue 19 (5-hour block, week, month,
+//! term of every package in force, from `billing::quota`); the header and event
+//! builders pick the two tightest of whatever it returns.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -85,6 +85,7 @@ pub async fn windows(state: &AppState, user_id: i64, default_cap: Option<Money>)
     let (balance, own_cap) = user.unwrap_or((0, None));
     let package = billing::applicable_package(&mut conn, user_id, now).await?;
     let (package_used, balance_used) = billing::day_usage(&mut conn, user_id, today).await?;
+    let plans = billing::quota::packages_in_force(&mut conn, calendar, user_id, now).await?;
     drop(conn);
     let facts = DayFacts {
         package_daily_limit: package.map(|p| Money::from_micros(p.daily_limit)),
@@ -92,7 +93,28 @@ pub async fn windows(state: &AppState, user_id: i64, default_cap: Option<Money>)
         spent_today: package_used.saturating_add(balance_used),
         daily_cap: own_cap.map(Money::from_micros).or(default_cap),
     };
-    Ok(Quota { windows: daily_windows(&facts, calendar, now), balance: Money::from_micros(balance) })
+    let mut windows = daily_windows(&facts, calendar, now);
+    windows.extend(plan_windows(&plans, now));
+    Ok(Quota { windows, balance: Money::from_micros(balance) })
+}
+
+/// The plan windows of the packages in force besides the day (issue 19): the 5-hour
+/// block, week, month and term. A block not started yet counts as a fresh 5 hours.
+fn plan_windows(plans: &[billing::quota::PackageWindows], now: DateTime<Utc>) -> Vec<QuotaWindow> {
+    use crate::clock::windows::WindowKind;
+    let mut out = Vec::new();
+    for w in plans.iter().flat_map(|p| &p.windows) {
+        let kind = match w.window {
+            WindowKind::Day => continue,
+            WindowKind::FiveHour => "package_5h",
+            WindowKind::Week => "package_weekly",
+            WindowKind::Month => "package_monthly",
+            WindowKind::Total => "package_total",
+        };
+        let resets_at = w.resets.unwrap_or(now + chrono::Duration::minutes(w.minutes));
+        out.push(QuotaWindow { kind, limit: w.limit, used: w.used, resets_at, window_minutes: w.minutes });
+    }
+    out
 }
 
 /// Today's figures the daily windows are made of.

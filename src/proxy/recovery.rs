@@ -87,6 +87,8 @@ impl Recovery<'_> {
         let admitted_at = from_micros(admitted_at);
         let mut conn = self.db.pool().acquire().await?;
         let package = billing::applicable_package(&mut conn, forwarded.user_id, admitted_at).await?;
+        let context =
+            billing::admission_context(&mut conn, forwarded.user_id, forwarded.api_key_id, admitted_at).await?;
         Ok(Hold {
             id,
             request_id: forwarded.request_id.clone(),
@@ -95,7 +97,11 @@ impl Recovery<'_> {
             amount: Money::from_micros(amount),
             admitted_at,
             business_date: self.calendar.business_date(admitted_at),
-            user_package_id: package.map(|p| p.id),
+            user_package_id: package.map(|p| p.id).or(context.packages.first().copied()),
+            packages: context.packages,
+            blocks: context.blocks,
+            preference: context.preference,
+            key_capped: context.key_capped,
             headroom: Money::ZERO,
             refused: None,
         })

@@ -49,10 +49,24 @@ pub struct PackageForm {
     pub stock: String,
     pub per_user_limit: String,
     pub enabled: String,
+    pub five_hour_limit: String,
+    pub weekly_limit: String,
+    pub monthly_limit: String,
+    pub total_limit: String,
+    /// Model names separated by commas; empty = all.
+    pub models: String,
 }
 
 fn amount(field: &str, text: &str) -> Result<Money> {
     Money::parse(text.trim()).map_err(|_| Error::validation(field, "must be an amount such as 1.50"))
+}
+
+fn optional_amount(field: &str, text: &str) -> Result<Option<Money>> {
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        amount(field, text).map(Some)
+    }
 }
 
 fn whole(field: &str, text: &str) -> Result<i64> {
@@ -79,6 +93,11 @@ impl PackageForm {
             stock: p.stock.map(|s| s.to_string()).unwrap_or_default(),
             per_user_limit: p.per_user_limit.map(|s| s.to_string()).unwrap_or_default(),
             enabled: if p.is_enabled() { "on".into() } else { String::new() },
+            five_hour_limit: p.five_hour_limit.map(|l| Money::from_micros(l).to_string()).unwrap_or_default(),
+            weekly_limit: p.weekly_limit.map(|l| Money::from_micros(l).to_string()).unwrap_or_default(),
+            monthly_limit: p.monthly_limit.map(|l| Money::from_micros(l).to_string()).unwrap_or_default(),
+            total_limit: p.total_limit.map(|l| Money::from_micros(l).to_string()).unwrap_or_default(),
+            models: p.models.clone().unwrap_or_default(),
         }
     }
 
@@ -97,6 +116,11 @@ impl PackageForm {
             enabled: self.is_enabled(),
             stock: optional_whole("stock", &self.stock)?,
             per_user_limit: optional_whole("per_user_limit", &self.per_user_limit)?,
+            five_hour_limit: optional_amount("five_hour_limit", &self.five_hour_limit)?,
+            weekly_limit: optional_amount("weekly_limit", &self.weekly_limit)?,
+            monthly_limit: optional_amount("monthly_limit", &self.monthly_limit)?,
+            total_limit: optional_amount("total_limit", &self.total_limit)?,
+            models: crate::billing::allowance::parse_models(Some(&self.models)),
         })
     }
 }

@@ -19,6 +19,7 @@ mod oauth;
 mod ops;
 mod packages;
 mod payments;
+mod plans;
 mod proxy;
 mod proxy_admin;
 mod proxy_failures;
