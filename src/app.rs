@@ -39,6 +39,8 @@ pub struct Services {
     pub tasks: TaskTracker,
     /// Login attempt budgets (brute-force protection).
     pub login_throttle: crate::auth::throttle::LoginThrottle,
+    /// Per-address budget of payment notifies (unauthenticated writes).
+    pub notify_throttle: crate::auth::throttle::IpThrottle,
     /// Seals credentials stored in the database.
     pub secrets: crate::secrets::SecretBox,
     /// The one outgoing HTTP client (upstreams, payment gateway, sandbox notifies). It has
@@ -117,6 +119,12 @@ impl Application {
             settings,
             tasks: TaskTracker::new(),
             login_throttle: crate::auth::throttle::LoginThrottle::with_store(shared_limits.clone()),
+            notify_throttle: crate::auth::throttle::IpThrottle::new(
+                "notify-ip",
+                crate::payment::notify::PER_IP_PER_MINUTE,
+                crate::payment::notify::PER_IP_BURST,
+                shared_limits.clone(),
+            ),
             secrets,
             http,
             catalog,
