@@ -233,3 +233,40 @@ fn money_parser_takes_any_text() {
         Ok(())
     });
 }
+
+/// `next=` sanitiser: any text yields a local path browsers keep on this site.
+#[test]
+fn next_sanitiser_only_ever_answers_a_local_path() {
+    fuzz("fuzz_next_sanitiser", any::<String>(), |text| {
+        let next = codex_gateway::web::ctx::safe_next(Some(&text));
+        prop_assert!(next.starts_with('/') && !next[1..].starts_with('/'), "{next:?}");
+        prop_assert!(!next.chars().any(|c| c == '\\' || c.is_whitespace() || c.is_control()), "{next:?}");
+        Ok(())
+    });
+}
+
+/// Masking helpers: any secret (multibyte included) gives a hint without panicking that
+/// never contains the whole secret; scrubbing removes every occurrence.
+#[test]
+fn masking_helpers_take_any_secret() {
+    fuzz("fuzz_masking_helpers", (any::<String>(), any::<String>()), |(secret, text)| {
+        let hint = codex_gateway::redact::hint(&secret);
+        prop_assert!(secret.chars().count() < 12 || !hint.contains(&secret));
+        prop_assert!(hint.chars().count() <= 8);
+        let scrubbed = codex_gateway::redact::scrub(&format!("{text}{secret}{text}"), &[&secret]);
+        prop_assert!(secret.chars().count() < 4 || !scrubbed.contains(&secret));
+        Ok(())
+    });
+}
+
+/// What is stored of a notify is bounded whatever the sender adds.
+#[test]
+fn stored_notify_fields_are_bounded() {
+    let params = proptest::collection::btree_map(any::<String>(), any::<String>(), 0..40);
+    fuzz("fuzz_notify_storage", params, |p| {
+        let kept = codex_gateway::payment::notify::stored_params(&p);
+        prop_assert!(kept.len() <= 11);
+        prop_assert!(kept.values().all(|v| v.chars().count() <= 64));
+        Ok(())
+    });
+}
