@@ -39,6 +39,8 @@ pub struct Services {
     pub tasks: TaskTracker,
     /// Login attempt budgets (brute-force protection).
     pub login_throttle: crate::auth::throttle::LoginThrottle,
+    /// Per-address budget of payment notifies (unauthenticated writes).
+    pub notify_throttle: crate::auth::throttle::IpThrottle,
     /// Seals credentials stored in the database.
     pub secrets: crate::secrets::SecretBox,
     /// The one outgoing HTTP client (upstreams, payment gateway, sandbox notifies). It has
@@ -107,12 +109,8 @@ impl Application {
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
         let journal = open_journal(&config, &db, &billing, clock.now()).await?;
         if db.backend() == db::Backend::Postgres {
-            crate::cluster::spawn_listener(
-                config.database_url.clone(),
-                settings.clone(),
-                catalog.clone(),
-                billing.clone(),
-            );
+            let caches = Caches { settings: settings.clone(), catalog: catalog.clone(), billing: billing.clone() };
+            crate::cluster::spawn_listener(config.database_url.clone(), caches);
         }
         let state = AppState(Arc::new(Services {
             db,
@@ -121,6 +119,12 @@ impl Application {
             settings,
             tasks: TaskTracker::new(),
             login_throttle: crate::auth::throttle::LoginThrottle::with_store(shared_limits.clone()),
+            notify_throttle: crate::auth::throttle::IpThrottle::new(
+                "notify-ip",
+                crate::payment::notify::PER_IP_PER_MINUTE,
+                crate::payment::notify::PER_IP_BURST,
+                shared_limits.clone(),
+            ),
             secrets,
             http,
             catalog,
@@ -163,6 +167,29 @@ impl Application {
         state.tasks.close();
         state.tasks.wait().await;
         Ok(())
+    }
+}
+
+/// This process's caches, as the cluster listener drops them.
+struct Caches {
+    settings: SettingsStore,
+    catalog: crate::proxy::catalog::Catalog,
+    billing: crate::billing::writer::BillingWriter,
+}
+
+impl crate::cluster::LocalCaches for Caches {
+    fn drop(&self, topic: crate::cluster::Topic) {
+        match topic {
+            crate::cluster::Topic::Settings => self.settings.invalidate_local(),
+            crate::cluster::Topic::Catalog => self.catalog.invalidate_local(),
+            crate::cluster::Topic::User(user_id) => self.billing.forget_headroom(user_id),
+        }
+    }
+
+    fn drop_all(&self) {
+        self.settings.invalidate_local();
+        self.catalog.invalidate_local();
+        self.billing.forget_all_headroom();
     }
 }
 

@@ -14,8 +14,6 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::app::AppState;
-
 /// A network in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -108,10 +106,14 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &[Cidr]) ->
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
+/// The proxies whose forwarding headers are believed (`GATEWAY_TRUSTED_PROXIES`), as the
+/// middleware's state (so this module needs no application state).
+pub type TrustedProxies = std::sync::Arc<[Cidr]>;
+
 /// Middleware: resolves the client address once per request, before logging and handlers.
-pub async fn resolve(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn resolve(State(trusted): State<TrustedProxies>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let ip = client_ip(peer, request.headers(), &state.config.trusted_proxies);
+    let ip = client_ip(peer, request.headers(), &trusted);
     request.extensions_mut().insert(ClientIp(ip));
     next.run(request).await
 }

@@ -15,10 +15,7 @@
 
 use sqlx::postgres::PgListener;
 
-use crate::billing::writer::BillingWriter;
 use crate::db::{Backend, Db};
-use crate::proxy::catalog::Catalog;
-use crate::settings::SettingsStore;
 
 /// The PostgreSQL notification channel.
 const CHANNEL: &str = "codex_gateway_invalidate";
@@ -62,17 +59,25 @@ pub fn publish_later(db: &Db, topic: Topic) {
     tokio::spawn(async move { publish(&db, topic).await });
 }
 
+/// The caches of this process that other instances' changes make stale. The composition
+/// root (`app`) implements it over the settings store, the catalog and the billing writer,
+/// so this module needs none of them.
+pub trait LocalCaches: Send + Sync + 'static {
+    /// Drops what `topic` names.
+    fn drop(&self, topic: Topic);
+    /// Drops everything (notifications may have been missed).
+    fn drop_all(&self);
+}
+
 /// Listens for other instances' changes and drops the matching local caches.
-pub fn spawn_listener(database_url: String, settings: SettingsStore, catalog: Catalog, billing: BillingWriter) {
+pub fn spawn_listener(database_url: String, caches: impl LocalCaches) {
     tokio::spawn(async move {
         loop {
-            match listen(&database_url, &settings, &catalog, &billing).await {
+            match listen(&database_url, &caches).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "cache invalidation listener failed; reconnecting");
-                    settings.invalidate_local();
-                    catalog.invalidate_local();
-                    billing.forget_all_headroom();
+                    caches.drop_all();
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
@@ -80,31 +85,41 @@ pub fn spawn_listener(database_url: String, settings: SettingsStore, catalog: Ca
     });
 }
 
-async fn listen(
-    database_url: &str,
-    settings: &SettingsStore,
-    catalog: &Catalog,
-    billing: &BillingWriter,
-) -> Result<(), sqlx::Error> {
+/// The topic a notification's payload names.
+fn parse_topic(payload: &str) -> Option<Topic> {
+    match payload {
+        "settings" => Some(Topic::Settings),
+        "catalog" => Some(Topic::Catalog),
+        other => other.strip_prefix("user:").and_then(|id| id.parse::<i64>().ok()).map(Topic::User),
+    }
+}
+
+async fn listen(database_url: &str, caches: &impl LocalCaches) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect(database_url).await?;
     listener.listen(CHANNEL).await?;
     loop {
         // `None`: the connection dropped and is re-established on the next call;
         // anything sent meanwhile is lost, so every cache is dropped.
         match listener.try_recv().await? {
-            Some(notification) => match notification.payload() {
-                "settings" => settings.invalidate_local(),
-                "catalog" => catalog.invalidate_local(),
-                other => match other.strip_prefix("user:").and_then(|id| id.parse::<i64>().ok()) {
-                    Some(user_id) => billing.forget_headroom(user_id),
-                    None => tracing::debug!(payload = other, "unknown invalidation"),
-                },
+            Some(notification) => match parse_topic(notification.payload()) {
+                Some(topic) => caches.drop(topic),
+                None => tracing::debug!(payload = notification.payload(), "unknown invalidation"),
             },
-            None => {
-                settings.invalidate_local();
-                catalog.invalidate_local();
-                billing.forget_all_headroom();
-            }
+            None => caches.drop_all(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_reads_back_from_its_name() {
+        for topic in [Topic::Settings, Topic::Catalog, Topic::User(42)] {
+            assert_eq!(parse_topic(&topic.name()), Some(topic));
+        }
+        assert_eq!(parse_topic("user:x"), None);
+        assert_eq!(parse_topic("prices"), None);
     }
 }

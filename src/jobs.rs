@@ -69,6 +69,16 @@ pub fn all_jobs() -> Vec<Job> {
             },
         },
         Job {
+            name: "prune_payment_notifies",
+            every: Duration::from_secs(3600),
+            run: |state| {
+                Box::pin(async move {
+                    let pruned = crate::payment::notify::prune_once(&state).await?;
+                    Ok(format!("pruned {pruned} raw notifies"))
+                })
+            },
+        },
+        Job {
             name: "probe_upstreams",
             every: Duration::from_secs(30),
             run: |state| {

@@ -21,7 +21,6 @@
 //! - [`redact`]: keeping stored secrets out of answers, errors and logs (hints, scrubbing).
 //! - [`app`], [`routes`]: building, binding and serving the application.
 
-pub mod admin_actions;
 pub mod announcements;
 pub mod api;
 pub mod app;
@@ -40,7 +39,6 @@ pub mod ledger;
 pub mod markdown;
 pub mod money;
 pub mod oauth;
-pub mod ops_figures;
 pub mod orders;
 pub mod packages;
 pub mod payment;
@@ -51,7 +49,6 @@ pub mod redemption;
 pub mod routes;
 pub mod secrets;
 pub mod settings;
-pub mod stats;
 pub mod telemetry;
 pub mod users;
 pub mod web;

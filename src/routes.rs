@@ -17,10 +17,11 @@ const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-reques
 
 /// Every route of the application with its state applied.
 pub fn router(state: AppState) -> Router {
+    let trusted: crate::client_ip::TrustedProxies = state.config.trusted_proxies.as_slice().into();
     let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(telemetry::metrics_endpoint))
+        .route("/metrics", get(metrics))
         .merge(crate::api::router())
         .merge(crate::proxy::router())
         .merge(crate::web::router())
@@ -43,7 +44,7 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id, client = %client)
         }))
         // Outside the trace layer, so the request span names the resolved client.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::client_ip::resolve))
+        .layer(axum::middleware::from_fn_with_state(trusted, crate::client_ip::resolve))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -55,6 +56,11 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("strict-origin-when-cross-origin"),
         ))
         .with_state(state)
+}
+
+/// `GET /metrics`, behind the metrics token when one is configured.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    telemetry::metrics_answer(state.config.metrics_token.as_deref(), &headers)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -7,15 +7,13 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestId, RequestId};
-
-use crate::app::AppState;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -52,9 +50,10 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics` in Prometheus text format; behind `GATEWAY_METRICS_TOKEN` when set.
-pub async fn metrics_endpoint(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(expected) = state.config.metrics_token.as_deref() {
+/// The answer of `GET /metrics` (Prometheus text), behind `expected_token`
+/// (`GATEWAY_METRICS_TOKEN`) when one is set.
+pub fn metrics_answer(expected_token: Option<&str>, headers: &axum::http::HeaderMap) -> Response {
+    if let Some(expected) = expected_token {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -295,8 +295,10 @@ fn the_cycle_finder_finds_a_loop_and_only_loops() {
 }
 
 /// What is left of the import circle may only shrink: the largest group of top-level
-/// modules that reach each other stays within this many (62 files / 20 modules before issue 17).
-const MAX_CYCLE_MODULES: usize = 20;
+/// modules that reach each other stays within this many (20 before issue 17; 11 after
+/// `cluster`, `telemetry` and the auth extractors stopped naming the application state
+/// and `admin_actions`, `ops_figures`, `stats` moved to their surfaces).
+const MAX_CYCLE_MODULES: usize = 11;
 
 #[test]
 fn the_import_circle_does_not_grow() {

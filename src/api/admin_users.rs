@@ -7,10 +7,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::admin_actions::{self, Actor, BalanceAdjustment};
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
-use crate::admin_actions::{self, Actor, BalanceAdjustment};
 use crate::app::AppState;
 use crate::auth::{AdminUser, Role, Status};
 use crate::error::Error;

@@ -2,6 +2,8 @@
 //!
 //! [`ApiJson`] does not insist on a `Content-Type` (curl users forget it) and reads an
 //! empty body as `{}` so optional bodies (`POST /api/packages/1/purchase`) need nothing.
+//! [`CurrentUser`] and [`AdminUser`] are resolved here too (their rules are in
+//! [`crate::auth::extract`]), so the auth domain needs no application state.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -9,6 +11,9 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth::extract::{resolve, Resolver};
+use crate::auth::{AdminUser, CurrentUser};
 use crate::error::Error;
 
 /// Parsed JSON request body.
@@ -93,6 +98,36 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             Error::bad_request("invalid_body", format!("the body does not match what this route expects: {e}"))
         }
     })
+}
+
+/// What [`crate::auth::extract::resolve`] needs, from the application state.
+pub fn resolver(state: &AppState) -> Resolver<'_> {
+    Resolver { db: &state.db, now: state.now(), secret: state.config.secret_bytes() }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(cached) = parts.extensions.get::<CurrentUser>() {
+            return Ok(cached.clone());
+        }
+        let user = resolve(parts, resolver(state)).await?;
+        parts.extensions.insert(user.clone());
+        Ok(user)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let current = CurrentUser::from_request_parts(parts, state).await?;
+        if !current.user.is_admin() {
+            return Err(Error::forbidden("admin_only", "this needs an admin account").into());
+        }
+        Ok(AdminUser(current))
+    }
 }
 
 #[cfg(test)]

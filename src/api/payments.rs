@@ -26,7 +26,12 @@ use crate::payment::{self, notify, page};
 /// The Payments routes of `docs/api.md`, plus `GET /api/user/orders/{out_trade_no}` for polling.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/payment/credit/notify", get(credit_notify).post(credit_notify))
+        .route(
+            "/api/payment/credit/notify",
+            get(credit_notify)
+                .post(credit_notify)
+                .layer(axum::extract::DefaultBodyLimit::max(notify::MAX_NOTIFY_BYTES)),
+        )
         .route("/api/user/topup", post(topup))
         .route("/api/user/orders", get(my_orders))
         .route("/api/user/orders/{out_trade_no}", get(my_order))
@@ -37,10 +42,15 @@ pub fn router() -> Router<AppState> {
 
 /// Answers the gateway in plain text: `success` or a refusal it will retry.
 async fn credit_notify(State(state): State<AppState>, client: ClientAddr, query: RawQuery, body: Bytes) -> Response {
+    if query.0.as_ref().map_or(0, String::len) + body.len() > notify::MAX_NOTIFY_BYTES {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
+    }
     let params = payment::collect_params(&query, &body);
     let reply = notify::handle(&state, &params, client.ip()).await;
     if reply.ok {
         (StatusCode::OK, "success").into_response()
+    } else if reply.outcome == notify::RATE_LIMITED {
+        (StatusCode::TOO_MANY_REQUESTS, "fail").into_response()
     } else if reply.internal {
         (StatusCode::INTERNAL_SERVER_ERROR, "fail").into_response()
     } else {

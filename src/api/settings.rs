@@ -6,9 +6,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::admin_actions::{self, Actor};
 use super::error::ApiResult;
 use super::extract::{ApiJson, ClientAddr};
-use crate::admin_actions::{self, Actor};
 use crate::app::AppState;
 use crate::auth::AdminUser;
 use crate::error::Error;

@@ -2,8 +2,9 @@
 //! `AdminUser` (an active admin). Both accept `Authorization: Bearer <token>` and
 //! the web session cookie; a cookie-authenticated unsafe request must also carry
 //! the session's CSRF token in `x-csrf-token`, so other sites cannot ride the cookie.
+//! The extractor impls live with the surfaces (`api::extract`), so this module needs
+//! no application state: [`resolve`] takes the database, the time and the secret.
 
-use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use hmac::digest::KeyInit;
@@ -12,8 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::sessions::{self, SESSION_COOKIE};
-use crate::api::error::ApiError;
-use crate::app::AppState;
+use crate::db::Db;
 use crate::error::Error;
 use crate::users::User;
 
@@ -72,10 +72,19 @@ pub fn csrf_matches(secret: &[u8], session_token: &str, presented: &str) -> bool
     expected.as_bytes().ct_eq(presented.as_bytes()).into()
 }
 
+/// What resolving a caller needs: the database, the time, and the server secret the
+/// CSRF tokens are bound to.
+#[derive(Clone, Copy)]
+pub struct Resolver<'a> {
+    pub db: &'a Db,
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub secret: &'a [u8],
+}
+
 /// Resolves the caller of a request, refusing suspended users and forged cookie posts.
-pub async fn resolve(parts: &Parts, state: &AppState) -> Result<CurrentUser, Error> {
+pub async fn resolve(parts: &Parts, with: Resolver<'_>) -> Result<CurrentUser, Error> {
     let (token, source) = session_token(parts).ok_or_else(|| Error::Unauthorized("sign in first".into()))?;
-    let (session_id, user) = sessions::lookup(&state.db, &token, state.now())
+    let (session_id, user) = sessions::lookup(with.db, &token, with.now)
         .await?
         .ok_or_else(|| Error::Unauthorized("the session is invalid or has expired; sign in again".into()))?;
     if !user.is_active() {
@@ -84,36 +93,11 @@ pub async fn resolve(parts: &Parts, state: &AppState) -> Result<CurrentUser, Err
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     if source == TokenSource::Cookie && !safe {
         let presented = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !csrf_matches(state.config.secret_bytes(), &token, presented) {
+        if !csrf_matches(with.secret, &token, presented) {
             return Err(Error::forbidden("csrf_failed", "missing or wrong CSRF token"));
         }
     }
     Ok(CurrentUser { user, session_id })
-}
-
-impl FromRequestParts<AppState> for CurrentUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if let Some(cached) = parts.extensions.get::<CurrentUser>() {
-            return Ok(cached.clone());
-        }
-        let user = resolve(parts, state).await?;
-        parts.extensions.insert(user.clone());
-        Ok(user)
-    }
-}
-
-impl FromRequestParts<AppState> for AdminUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let current = CurrentUser::from_request_parts(parts, state).await?;
-        if !current.user.is_admin() {
-            return Err(Error::forbidden("admin_only", "this needs an admin account").into());
-        }
-        Ok(AdminUser(current))
-    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,37 @@ impl LoginThrottle {
     }
 }
 
+/// A per-client-address budget for an unauthenticated endpoint that writes (the payment
+/// notify): cluster-wide in the [`SharedStore`] when there is one, else in memory.
+#[derive(Clone)]
+pub struct IpThrottle {
+    name: &'static str,
+    per_minute: u32,
+    burst: u32,
+    memory: Arc<DefaultKeyedRateLimiter<String>>,
+    shared: Option<SharedStore>,
+}
+
+impl IpThrottle {
+    /// `name` prefixes the shared buckets (`{name}:{ip}`).
+    pub fn new(name: &'static str, per_minute: u32, burst: u32, shared: Option<SharedStore>) -> Self {
+        IpThrottle { name, per_minute, burst, memory: Arc::new(RateLimiter::keyed(quota(per_minute, burst))), shared }
+    }
+
+    /// Spends one request of `ip`'s budget; false when it is spent (answer 429).
+    /// A request without a known address is not limited (there is nothing to key on).
+    pub async fn allow(&self, ip: Option<&str>) -> bool {
+        let Some(ip) = ip else { return true };
+        match &self.shared {
+            Some(store) => {
+                let rule = Gcra::per_minute(self.per_minute.into(), self.burst.into());
+                !matches!(store.hit(&format!("{}:{ip}", self.name), rule).await, Verdict::Refused { .. })
+            }
+            None => self.memory.check_key(&ip.to_string()).is_ok(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

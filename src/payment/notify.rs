@@ -1,6 +1,8 @@
 //! The asynchronous notify (`GET`/`POST /api/payment/credit/notify`): checks in the order
 //! `epay.md` prescribes, then settles through [`crate::orders::fulfil::settle`]. Every
-//! attempt is logged in `payment_notifies` with its outcome.
+//! attempt is logged in `payment_notifies` with its outcome: its known fields only,
+//! truncated, kept [`RETENTION_DAYS`] days. The route caps the size of a notify and its
+//! rate per client address.
 
 use super::epay::{self, Params, TRADE_SUCCESS};
 use crate::app::AppState;
@@ -26,6 +28,14 @@ impl NotifyReply {
 /// Handles one notify and logs it.
 pub async fn handle(state: &AppState, params: &Params, remote_addr: Option<String>) -> NotifyReply {
     let reply = process(state, params).await;
+    // Only refused notifies spend the sender's budget: a genuine one (signed with our key)
+    // is always processed, however many the gateway sends; a flood of forged ones from one
+    // address is answered 429 and no longer stored.
+    if !reply.ok && !state.notify_throttle.allow(remote_addr.as_deref()).await {
+        metrics::counter!("gateway_payment_notifies_total", "outcome" => RATE_LIMITED).increment(1);
+        tracing::warn!(client = ?remote_addr, "refused payment notifies over the per-address limit; not stored");
+        return NotifyReply { ok: false, internal: false, outcome: RATE_LIMITED.into() };
+    }
     let outcome_label = if reply.outcome.starts_with("error") { "error".to_string() } else { reply.outcome.clone() };
     metrics::counter!("gateway_payment_notifies_total", "outcome" => outcome_label).increment(1);
     if !reply.ok {
@@ -87,13 +97,54 @@ fn ok(outcome: &str) -> NotifyReply {
     NotifyReply { ok: true, internal: false, outcome: outcome.into() }
 }
 
+/// The fields of a notify kept in `payment_notifies` (the protocol's own); anything else a
+/// sender adds is counted in `_extra_fields`, not stored, so nobody can grow the table
+/// with unauthenticated requests.
+const KEPT_FIELDS: &[&str] =
+    &["pid", "trade_no", "out_trade_no", "type", "name", "money", "trade_status", "param", "sign", "sign_type"];
+/// Characters kept of each field (order numbers are 32, names short).
+const KEPT_CHARS: usize = 64;
+/// Refused notifies one client address may send per minute, and the burst: a gateway
+/// sends valid ones (never limited); a forger's flood is stopped.
+pub const PER_IP_PER_MINUTE: u32 = 120;
+pub const PER_IP_BURST: u32 = 100;
+/// The outcome of a refused notify over its sender's budget (answered 429, not stored).
+pub const RATE_LIMITED: &str = "rate_limited";
+/// Largest notify accepted (query string or body); real ones are under 1 KiB.
+pub const MAX_NOTIFY_BYTES: usize = 8 * 1024;
+
+/// How long raw notifies are kept ([`prune_once`]); orders keep their last one.
+pub const RETENTION_DAYS: i64 = 90;
+
+/// What is stored of a notify: the known fields, each truncated (pure, fuzzed).
+pub fn stored_params(params: &Params) -> Params {
+    let mut kept: Params = params
+        .iter()
+        .filter(|(k, _)| KEPT_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.chars().take(KEPT_CHARS).collect()))
+        .collect();
+    let extra = params.keys().filter(|k| !KEPT_FIELDS.contains(&k.as_str())).count();
+    if extra > 0 {
+        kept.insert("_extra_fields".into(), extra.to_string());
+    }
+    kept
+}
+
+/// Deletes raw notifies older than [`RETENTION_DAYS`]; returns how many.
+pub async fn prune_once(state: &AppState) -> crate::error::Result<u64> {
+    let cutoff = to_micros(state.now() - chrono::Duration::days(RETENTION_DAYS));
+    let done =
+        sqlx::query("DELETE FROM payment_notifies WHERE created_at < $1").bind(cutoff).execute(state.db.pool()).await?;
+    Ok(done.rows_affected())
+}
+
 async fn log(
     state: &AppState,
     params: &Params,
     reply: &NotifyReply,
     remote_addr: Option<String>,
 ) -> crate::error::Result<()> {
-    let json = serde_json::to_string(params).unwrap_or_default();
+    let json = serde_json::to_string(&stored_params(params)).unwrap_or_default();
     let now = to_micros(state.now());
     let out_trade_no =
         params.get("out_trade_no").filter(|v| !v.is_empty()).map(|v| v.chars().take(64).collect::<String>());
@@ -117,4 +168,21 @@ async fn log(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_fields_are_stored_and_truncated() {
+        let mut p = Params::new();
+        p.insert("out_trade_no".into(), "T".repeat(500));
+        p.insert("junk".into(), "x".repeat(5000));
+        p.insert("more".into(), String::new());
+        let kept = stored_params(&p);
+        assert_eq!(kept["out_trade_no"].len(), KEPT_CHARS);
+        assert_eq!(kept["_extra_fields"], "2");
+        assert!(!kept.contains_key("junk"));
+    }
 }

@@ -409,7 +409,11 @@ fn respond(answer: Answer, request: &ClientRequest, api: Api, settlement: Settle
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = answer.status;
     for (name, value) in &answer.headers {
-        if keep_response_header(name) {
+        if name.as_str() == "x-request-id" {
+            // `x-request-id` stays the id of the client's request (theirs, or the one the
+            // gateway gave it); the upstream's own id is kept apart for support cases.
+            response.headers_mut().insert("x-upstream-request-id", value.clone());
+        } else if keep_response_header(name) {
             response.headers_mut().append(name.clone(), value.clone());
         }
     }

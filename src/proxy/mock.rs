@@ -505,6 +505,7 @@ fn sse(pieces: Vec<Piece>, options: Arc<MockOptions>) -> Response {
     Response::builder()
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
+        .header("x-request-id", "req_mock_upstream")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

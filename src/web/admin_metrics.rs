@@ -10,9 +10,9 @@ use axum::routing::get;
 use axum::Router;
 
 use super::ctx::{AdminPage, Ctx};
+use super::ops_figures::{self, ClusterFigures, Sample};
 use super::{error_page_for, render, view};
 use crate::app::AppState;
-use crate::ops_figures::{self, ClusterFigures, Sample};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/metrics", get(metrics_page))

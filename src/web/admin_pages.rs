@@ -13,7 +13,7 @@ use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::settings_form::SettingsForm;
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
-use crate::admin_actions::{self, Actor, BalanceAdjustment};
+use crate::api::admin_actions::{self, Actor, BalanceAdjustment};
 use crate::api::extract::ClientAddr;
 use crate::app::AppState;
 use crate::auth::{Role, Status};
@@ -88,8 +88,8 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         let newest = users::list(&state.db, &UserFilter::default(), 5, 0).await?.0;
         let settings = state.settings.get().await?;
         let today = state.calendar().business_date(state.now());
-        let history = crate::stats::spend_history(&state.db, today, 30).await?;
-        let revenue = crate::stats::revenue_on(&state.db, state.calendar(), today).await?;
+        let history = super::stats::spend_history(&state.db, today, 30).await?;
+        let revenue = super::stats::revenue_on(&state.db, state.calendar(), today).await?;
         Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue)))
     }
     .await;

@@ -35,8 +35,13 @@ async fn a_responses_answer_carries_the_package_window_and_the_balance_in_codex_
     let s = setup(&app, MockOptions::default(), Some("5")).await;
     grant_package(&app, &s.admin, s.user_id, "1.00").await;
     let body = json!({"model": "gpt-5", "stream": true, "input": "hi"});
-    let first = v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();
+    let first =
+        v1(&app, "/v1/responses", &s.key).header("x-request-id", "client-abc").json(&body).send().await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
+    // x-request-id names the client's request; the upstream's id is kept apart.
+    assert_eq!(header(&first, "x-request-id"), Some("client-abc"));
+    assert_eq!(header(&first, "x-upstream-request-id"), Some("req_mock_upstream"));
+    assert!(header(&first, "x-gateway-request-id").is_some_and(|id| id.starts_with("req_")));
     assert_eq!(header(&first, "x-codex-primary-used-percent"), Some("0.0"));
     assert_eq!(header(&first, "x-codex-primary-window-minutes"), Some("1440"));
     assert_eq!(header(&first, "x-codex-primary-reset-at"), Some(NEXT_RESET.to_string().as_str()));

@@ -18,6 +18,7 @@ on_both_databases_with_sandbox!(
     thirty_concurrent_balance_purchases_respect_a_limit_of_one,
     orders_paid_later_respect_the_per_user_limit,
     a_refund_removes_only_what_its_order_bought,
+    notifies_are_stored_bounded_capped_and_rate_limited,
 );
 
 /// A signed-in form post (session cookie and its CSRF token added).
@@ -377,4 +378,47 @@ async fn without_trusted_proxies_forwarded_headers_are_ignored_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_trusted_proxies_forwarded_headers_are_ignored_postgres() {
     without_trusted_proxies_forwarded_headers_are_ignored(Backend::Postgres).await
+}
+
+async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
+    let admin = app.admin_token().await;
+    app.configure_credit(&admin).await;
+    let url = app.url("/api/payment/credit/notify");
+    // A large body is refused before anything is stored.
+    let big = format!("pid=1001&junk={}", "x".repeat(2 * 1024 * 1024 - 100));
+    let r = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 0, "the oversized notify was stored");
+    // Within the cap, only the known fields are kept, truncated.
+    let mut fields: Vec<(String, String)> = (0..30).map(|i| (format!("extra{i}"), "y".repeat(50))).collect();
+    fields.push(("out_trade_no".into(), "T".repeat(1000)));
+    fields.push(("name".into(), "名".repeat(300)));
+    let r = app.client.post(&url).form(&fields).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let stored: String =
+        sqlx::query_scalar("SELECT params FROM payment_notifies").fetch_one(app.db.pool()).await.unwrap();
+    assert!(stored.chars().count() < 1024, "stored {} characters: {stored}", stored.chars().count());
+    assert!(!stored.contains("extra1"), "unknown fields are not stored: {stored}");
+    // A forger sending many notifies from one address is slowed down.
+    let forged = signed_notify("T-none", "G-x", "1.00", &[("sign", "0".repeat(32).as_str())]);
+    let mut limited = 0;
+    for _ in 0..200 {
+        let r = app.client.get(&url).query(&forged).send().await.unwrap();
+        limited += usize::from(r.status() == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(limited > 0, "200 forged notifies in a row were all processed");
+    let rows = app.count("SELECT COUNT(*) FROM payment_notifies").await;
+    assert!(rows <= 200 - limited as i64 + 1, "refused notifies are not stored ({rows} rows)");
+    // Raw notifies are kept for a bounded retention.
+    app.clock.advance(chrono::Duration::days(91));
+    let pruned = codex_gateway::payment::notify::prune_once(&app.state).await.unwrap();
+    assert_eq!(pruned as i64, rows);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 0);
 }
