@@ -33,7 +33,7 @@ pub struct Settings {
     /// or `stack` (both apply at once, the earlier-ending one paying first).
     pub package_switch_mode: String,
     /// Who pays first for users who chose nothing (`package_first` = the seed's rule).
-    pub default_billing_preference: crate::billing::rules::Preference,
+    pub default_billing_preference: Preference,
     pub credit: CreditSettings,
     /// Output tokens the proxy assumes for the admission hold when a request sets no
     /// `max_output_tokens`/`max_completion_tokens`/`max_tokens`.
@@ -64,7 +64,7 @@ impl Default for Settings {
             default_daily_cap: None,
             markup: Money::units(1),
             package_switch_mode: "queue".into(),
-            default_billing_preference: crate::billing::rules::Preference::PackageFirst,
+            default_billing_preference: Preference::PackageFirst,
             credit: CreditSettings::default(),
             hold_output_tokens: 4096,
             upstream_max_attempts: 3,
@@ -271,4 +271,43 @@ async fn read(db: &Db, secrets: &SecretBox) -> Result<Settings> {
             String::new()
         })
     }))
+}
+/// Who pays first: the user's choice (`users.billing_preference`), else the admin default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preference {
+    /// The seed's rule: the package while its windows have room, then the balance.
+    #[default]
+    PackageFirst,
+    /// The balance while it lasts, then the package.
+    BalanceFirst,
+    /// Only the package; refused (with the earliest reset) when it has no room.
+    PackageOnly,
+    /// Only the balance; packages are kept for later.
+    BalanceOnly,
+}
+
+impl Preference {
+    pub const ALL: [Preference; 4] =
+        [Preference::PackageFirst, Preference::BalanceFirst, Preference::PackageOnly, Preference::BalanceOnly];
+
+    /// The name in the API and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preference::PackageFirst => "package_first",
+            Preference::BalanceFirst => "balance_first",
+            Preference::PackageOnly => "package_only",
+            Preference::BalanceOnly => "balance_only",
+        }
+    }
+
+    /// Parses [`Preference::as_str`].
+    pub fn parse(name: &str) -> Option<Preference> {
+        Preference::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// A stored value; absent or unknown means the admin default.
+    pub fn stored_or(value: Option<&str>, default: Preference) -> Preference {
+        value.and_then(Preference::parse).unwrap_or(default)
+    }
 }

@@ -25,45 +25,9 @@ pub fn remaining_allowance(daily_limit: Option<Money>, used_today: Money) -> Mon
     }
 }
 
-/// Who pays first: the user's choice (`users.billing_preference`), else the admin default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preference {
-    /// The seed's rule: the package while its windows have room, then the balance.
-    #[default]
-    PackageFirst,
-    /// The balance while it lasts, then the package.
-    BalanceFirst,
-    /// Only the package; refused (with the earliest reset) when it has no room.
-    PackageOnly,
-    /// Only the balance; packages are kept for later.
-    BalanceOnly,
-}
-
-impl Preference {
-    pub const ALL: [Preference; 4] =
-        [Preference::PackageFirst, Preference::BalanceFirst, Preference::PackageOnly, Preference::BalanceOnly];
-
-    /// The name in the API and in storage.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preference::PackageFirst => "package_first",
-            Preference::BalanceFirst => "balance_first",
-            Preference::PackageOnly => "package_only",
-            Preference::BalanceOnly => "balance_only",
-        }
-    }
-
-    /// Parses [`Preference::as_str`].
-    pub fn parse(name: &str) -> Option<Preference> {
-        Preference::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-
-    /// A stored value; absent or unknown means the admin default.
-    pub fn stored_or(value: Option<&str>, default: Preference) -> Preference {
-        value.and_then(Preference::parse).unwrap_or(default)
-    }
-}
+// `Preference` is defined with the settings (whose default it is), so `settings` needs
+// nothing from `billing`; it is used here as before.
+pub use crate::settings::Preference;
 
 /// How one charge divides between the packages in force (earliest-ending first) and
 /// the balance.
