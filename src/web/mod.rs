@@ -15,6 +15,7 @@ pub mod chart;
 pub mod ctx;
 pub mod i18n;
 pub mod ops_figures;
+pub mod plan_pages;
 pub mod settings_form;
 pub mod shop_pages;
 pub mod stats;
@@ -46,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .route("/static/{file}", get(assets::serve))
         .merge(auth_pages::router())
         .merge(user_pages::router())
+        .merge(plan_pages::router())
         .merge(admin_pages::router())
         .merge(usage_pages::router())
         .merge(shop_pages::router())

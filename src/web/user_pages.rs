@@ -43,6 +43,9 @@ struct DashboardPage<'a> {
     chart: SpendChart,
     /// Current announcements: title and sanitised HTML from their markdown.
     announcements: Vec<(String, String)>,
+    /// Every package in force with its windows, and the billing preference switch.
+    plans: Vec<super::plan_pages::PlanRow>,
+    preferences: Vec<super::plan_pages::PreferenceChoice>,
 }
 
 /// The package in force, as the dashboard shows it.
@@ -110,6 +113,8 @@ async fn dashboard(State(state): State<AppState>, signed: Signed) -> Response {
         package: usage.package.as_ref().map(|p| PackageStatus::new(p, calendar)),
         chart: SpendChart::new(usage.history.as_deref().unwrap_or(&[])),
         announcements: news.iter().map(|a| (a.title.clone(), crate::markdown::render_markdown(&a.body))).collect(),
+        plans: super::plan_pages::plan_rows(ctx, calendar, &usage.packages_in_force),
+        preferences: super::plan_pages::preference_choices(ctx, usage.billing_preference),
     };
     render(ctx, StatusCode::OK, &page)
 }

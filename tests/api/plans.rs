@@ -21,6 +21,7 @@ on_both_databases!(
     a_renewal_mid_block_keeps_the_windows_and_an_expiry_mid_block_stops_paying,
     a_key_daily_cap_and_concurrency_cap_refuse,
     codex_headers_report_the_tightest_plan_windows,
+    the_dashboard_shows_each_window_and_switches_the_preference,
 );
 
 mod the_week_follows_new_york_across_the_dst_change {
@@ -362,4 +363,34 @@ async fn codex_headers_report_the_tightest_plan_windows(app: TestApp) {
     second.text().await.unwrap();
     crate::proxy::usage_rows(&app, 2).await;
     app.assert_money_invariants().await;
+}
+
+async fn the_dashboard_shows_each_window_and_switches_the_preference(app: TestApp) {
+    use reqwest::header::COOKIE;
+    let (user_id, token, key, _) = customer(&app, "dash@example.com", "10.00").await;
+    plan(&app, user_id, json!({"name": "Pro", "daily_limit": "5", "five_hour_limit": "2", "monthly_limit": "40"}))
+        .await;
+    charge(&app, user_id, key, "dash1", "1.60").await;
+    let get = || app.client.get(app.url("/dashboard")).header(COOKIE, format!("cg_session={token}")).send();
+    let page = get().await.unwrap().text().await.unwrap();
+    assert!(page.contains("id=\"plan-windows\""), "{page}");
+    assert!(page.contains("5-hour block") && page.contains("This month"), "window labels");
+    assert!(page.contains("1.60 / 2.00 USD") && page.contains("1.60 / 40.00 USD"), "used / limit per window");
+    assert!(page.contains("width: 80%") && page.contains("progress warn"), "the 5-hour bar at 80 %");
+    assert!(page.contains("value=\"package_first\" selected"));
+    let csrf = codex_gateway::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
+    let form = [("_csrf", csrf.as_str()), ("preference", "balance_first")];
+    let posted = app
+        .client
+        .post(app.url("/dashboard/billing-preference"))
+        .header(COOKIE, format!("cg_session={token}"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_redirection(), "{}", posted.status());
+    let r = app.get("/api/user/billing-preference", &token).await;
+    assert_eq!(r.body["preference"], "balance_first");
+    let page = get().await.unwrap().text().await.unwrap();
+    assert!(page.contains("value=\"balance_first\" selected"));
 }
