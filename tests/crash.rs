@@ -26,8 +26,24 @@ struct Gateway {
     base: String,
 }
 
+fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", dir.join("gateway.db").display())
+}
+
 fn start(dir: &std::path::Path, port: u16) -> Gateway {
-    start_on(dir, port, &format!("sqlite://{}?mode=rwc", dir.join("gateway.db").display()))
+    start_on(dir, port, &sqlite_url(dir))
+}
+
+/// `codex-gateway admin create` for root@example.com / password123 on `database_url`.
+fn create_admin(dir: &std::path::Path, database_url: &str) {
+    let admin = Command::new(env!("CARGO_BIN_EXE_codex-gateway"))
+        .args(["admin", "create", "--email", "root@example.com", "--password", "password123"])
+        .env("DATABASE_URL", database_url)
+        .env("GATEWAY_DATA_DIR", dir)
+        .env("GATEWAY_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(admin.status.success(), "{}", String::from_utf8_lossy(&admin.stderr));
 }
 
 fn start_on(dir: &std::path::Path, port: u16, database_url: &str) -> Gateway {
@@ -80,13 +96,7 @@ async fn a_gateway_killed_mid_stream_loses_no_settled_charge_and_applies_nothing
     let dir = helpers::TempDir(std::env::temp_dir().join(format!("cg-crash-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
-    let admin = Command::new(env!("CARGO_BIN_EXE_codex-gateway"))
-        .args(["admin", "create", "--email", "root@example.com", "--password", "password123"])
-        .env("GATEWAY_DATA_DIR", &dir.0)
-        .env("GATEWAY_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(admin.status.success(), "{}", String::from_utf8_lossy(&admin.stderr));
+    create_admin(&dir.0, &sqlite_url(&dir.0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let slow = MockOptions { chunks: 40, delay: Duration::from_millis(100), ..MockOptions::default() };
     let mock = serve_mock(listener, slow).await.unwrap();

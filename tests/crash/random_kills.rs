@@ -20,7 +20,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::helpers::{fresh_database_url, invariant_violations, report, test_config, Backend, FakeClock, TempDir};
-use super::{post, start_on, wait_ready, Gateway, SECRET};
+use super::{create_admin, post, sqlite_url, start_on, wait_ready, Gateway};
 
 /// Kills per scenario (`CRASH_KILLS` overrides; the issue asks for 20).
 fn kills() -> usize {
@@ -50,17 +50,10 @@ async fn scenario(backend: Backend, instances: usize) {
     let root = TempDir(std::env::temp_dir().join(format!("cg-kills-{}-{}", std::process::id(), rand::random::<u32>())));
     std::fs::create_dir_all(&root.0).unwrap();
     let url = match backend {
-        Backend::Sqlite => format!("sqlite://{}?mode=rwc", root.0.join("gateway.db").display()),
+        Backend::Sqlite => sqlite_url(&root.0),
         Backend::Postgres => fresh_database_url(Backend::Postgres, &root.0).await,
     };
-    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_codex-gateway"))
-        .args(["admin", "create", "--email", "root@example.com", "--password", "password123"])
-        .env("DATABASE_URL", &url)
-        .env("GATEWAY_DATA_DIR", &root.0)
-        .env("GATEWAY_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(admin.status.success(), "{}", String::from_utf8_lossy(&admin.stderr));
+    create_admin(&root.0, &url);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = MockOptions { chunks: 8, delay: Duration::from_millis(15), ..MockOptions::default() };
     let mock = serve_mock(listener, options).await.unwrap();
