@@ -87,6 +87,40 @@ async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: 
     r.json().await.unwrap_or(Value::Null)
 }
 
+/// A signed-in user with `balance` and an API key, served by an upstream at `upstream_url`.
+struct Customer {
+    user_id: i64,
+    token: String,
+    key: String,
+}
+
+/// Through `base`'s API as root@example.com: adds the upstream, registers and funds
+/// u@example.com, signs them in and creates their key.
+async fn provision(client: &reqwest::Client, base: &str, upstream_url: &str, balance: &str) -> Customer {
+    let token = |v: Value| v["token"].as_str().unwrap().to_string();
+    let credentials = |email: &str| json!({"email": email, "password": "password123"});
+    let admin = token(post(client, format!("{base}/api/auth/login"), None, credentials("root@example.com")).await);
+    post(
+        client,
+        format!("{base}/api/admin/upstreams"),
+        Some(&admin),
+        json!({"name": "mock", "base_url": upstream_url, "api_key": "sk-upstream-crash"}),
+    )
+    .await;
+    let user = post(client, format!("{base}/api/auth/register"), None, credentials("u@example.com")).await;
+    let user_id = user["user"]["id"].as_i64().unwrap();
+    post(
+        client,
+        format!("{base}/api/admin/users/{user_id}/balance"),
+        Some(&admin),
+        json!({"amount": balance, "reason": "crash test"}),
+    )
+    .await;
+    let token = token(post(client, format!("{base}/api/auth/login"), None, credentials("u@example.com")).await);
+    let key = post(client, format!("{base}/api/user/keys"), Some(&token), json!({"name": "k"})).await;
+    Customer { user_id, token, key: key["key"].as_str().unwrap().to_string() }
+}
+
 #[path = "crash/random_kills.rs"]
 mod random_kills;
 
@@ -105,46 +139,8 @@ async fn a_gateway_killed_mid_stream_loses_no_settled_charge_and_applies_nothing
 
     let mut gw = start(&dir.0, port);
     wait_ready(&client, &gw.base).await;
-    let login = post(
-        &client,
-        format!("{}/api/auth/login", gw.base),
-        None,
-        json!({"email": "root@example.com", "password": "password123"}),
-    )
-    .await;
-    let admin_token = login["token"].as_str().unwrap().to_string();
-    post(
-        &client,
-        format!("{}/api/admin/upstreams", gw.base),
-        Some(&admin_token),
-        json!({"name": "mock", "base_url": format!("{}/", mock.base_url()), "api_key": "sk-upstream-crash"}),
-    )
-    .await;
-    let user = post(
-        &client,
-        format!("{}/api/auth/register", gw.base),
-        None,
-        json!({"email": "u@example.com", "password": "password123"}),
-    )
-    .await;
-    let user_id = user["user"]["id"].as_i64().unwrap();
-    post(
-        &client,
-        format!("{}/api/admin/users/{user_id}/balance", gw.base),
-        Some(&admin_token),
-        json!({"amount": "50.00", "reason": "crash test"}),
-    )
-    .await;
-    let login = post(
-        &client,
-        format!("{}/api/auth/login", gw.base),
-        None,
-        json!({"email": "u@example.com", "password": "password123"}),
-    )
-    .await;
-    let user_token = login["token"].as_str().unwrap().to_string();
-    let key = post(&client, format!("{}/api/user/keys", gw.base), Some(&user_token), json!({"name": "k"})).await;
-    let key = key["key"].as_str().unwrap().to_string();
+    let Customer { user_id, token: user_token, key } =
+        provision(&client, &gw.base, &format!("{}/", mock.base_url()), "50.00").await;
 
     let mut completed = 0i64;
     let mut killed_streams = 0u64;

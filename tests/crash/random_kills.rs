@@ -20,7 +20,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::helpers::{fresh_database_url, invariant_violations, report, test_config, Backend, FakeClock, TempDir};
-use super::{create_admin, post, sqlite_url, start_on, wait_ready, Gateway};
+use super::{create_admin, provision, sqlite_url, start_on, wait_ready, Gateway};
 
 /// Kills per scenario (`CRASH_KILLS` overrides; the issue asks for 20).
 fn kills() -> usize {
@@ -69,49 +69,7 @@ async fn scenario(backend: Backend, instances: usize) {
         fleet.push(Instance { dir, port, gateway });
     }
     let base = fleet[0].gateway.base.clone();
-    let token = |v: serde_json::Value| v["token"].as_str().unwrap().to_string();
-    let admin_token = token(
-        post(
-            &client,
-            format!("{base}/api/auth/login"),
-            None,
-            json!({"email": "root@example.com", "password": "password123"}),
-        )
-        .await,
-    );
-    post(
-        &client,
-        format!("{base}/api/admin/upstreams"),
-        Some(&admin_token),
-        json!({"name": "mock", "base_url": mock.base_url(), "api_key": "sk-upstream-kills"}),
-    )
-    .await;
-    let user = post(
-        &client,
-        format!("{base}/api/auth/register"),
-        None,
-        json!({"email": "u@example.com", "password": "password123"}),
-    )
-    .await;
-    let user_id = user["user"]["id"].as_i64().unwrap();
-    post(
-        &client,
-        format!("{base}/api/admin/users/{user_id}/balance"),
-        Some(&admin_token),
-        json!({"amount": "100.00", "reason": "kill test"}),
-    )
-    .await;
-    let user_token = token(
-        post(
-            &client,
-            format!("{base}/api/auth/login"),
-            None,
-            json!({"email": "u@example.com", "password": "password123"}),
-        )
-        .await,
-    );
-    let key = post(&client, format!("{base}/api/user/keys"), Some(&user_token), json!({"name": "k"})).await;
-    let key = key["key"].as_str().unwrap().to_string();
+    let key = provision(&client, &base, &mock.base_url(), "100.00").await.key;
 
     let ports: Vec<u16> = fleet.iter().map(|i| i.port).collect();
     let gates: Arc<Vec<Gate>> =
