@@ -86,6 +86,9 @@ pub struct MockOptions {
     /// the Responses `input` (one per 4 bytes of each item's JSON) and as cached those of
     /// its longest prefix of items this mock has seen before (the affinity measurement).
     pub prefix_cache: bool,
+    /// Pause after the last event before the body ends: an upstream slow to close its
+    /// stream, so a client has its `response.completed` well before the end.
+    pub tail: Duration,
 }
 
 impl Default for MockOptions {
@@ -101,6 +104,7 @@ impl Default for MockOptions {
             gate: None,
             stamp: false,
             prefix_cache: false,
+            tail: Duration::ZERO,
         }
     }
 }
@@ -480,7 +484,12 @@ fn stamped(event: &Bytes) -> Bytes {
 
 fn sse(pieces: Vec<Piece>, options: Arc<MockOptions>) -> Response {
     let stream = futures::stream::unfold((pieces.into_iter().enumerate(), options), |(mut it, options)| async move {
-        let (index, piece) = it.next()?;
+        let Some((index, piece)) = it.next() else {
+            if !options.tail.is_zero() {
+                tokio::time::sleep(options.tail).await;
+            }
+            return None;
+        };
         if index == 1 {
             if let Some(gate) = &options.gate {
                 if let Ok(permit) = gate.acquire().await {

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
 
 use super::error::ProxyError;
 use super::forward;
@@ -86,13 +87,40 @@ struct Conversation {
 }
 
 type Sink = SplitSink<WebSocket, Message>;
-type Source = SplitStream<WebSocket>;
+
+/// Frames a turn read while its response was still streaming (Codex sends its next
+/// `response.create` as soon as it has `response.completed`, which can be before the
+/// upstream body ends): kept in order for the connection loop, never dropped.
+const MAX_QUEUED_FRAMES: usize = 16;
+
+/// The client side of the socket, with the frames read ahead during a turn.
+struct Inbox {
+    source: SplitStream<WebSocket>,
+    queued: VecDeque<Message>,
+}
+
+impl Inbox {
+    /// The next client frame: a queued one first.
+    async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+        match self.queued.pop_front() {
+            Some(message) => Some(Ok(message)),
+            None => self.source.next().await,
+        }
+    }
+
+    /// Whether a turn may read ahead (beyond the bound the socket is not read, so the
+    /// client is slowed by TCP rather than losing frames).
+    fn has_room(&self) -> bool {
+        self.queued.len() < MAX_QUEUED_FRAMES
+    }
+}
 
 async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
     let opened = state.now();
-    let (mut sink, mut source) = socket.split();
+    let (mut sink, source) = socket.split();
+    let mut inbox = Inbox { source, queued: VecDeque::new() };
     let mut conversation = Conversation::default();
-    while let Some(incoming) = source.next().await {
+    while let Some(incoming) = inbox.next().await {
         let text = match incoming {
             Ok(Message::Text(text)) => text,
             Ok(Message::Binary(_)) => {
@@ -121,7 +149,7 @@ async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
                 continue;
             }
         };
-        let turn = Turn { state: &state, headers: &headers, sink: &mut sink, source: &mut source };
+        let turn = Turn { state: &state, headers: &headers, sink: &mut sink, inbox: &mut inbox };
         // Boxed: the turn's future (the whole HTTP path) is large, and an idle
         // connection's task must not carry its space.
         match Box::pin(turn.run(request, &mut conversation)).await {
@@ -202,12 +230,12 @@ struct Turn<'a> {
     state: &'a AppState,
     headers: &'a HeaderMap,
     sink: &'a mut Sink,
-    source: &'a mut Source,
+    inbox: &'a mut Inbox,
 }
 
 impl Turn<'_> {
     async fn run(self, request: Request, conversation: &mut Conversation) -> TurnEnd {
-        let Turn { state, headers, sink, source } = self;
+        let Turn { state, headers, sink, inbox } = self;
         if request.prewarm {
             let id = crate::telemetry::new_request_id().replacen("req_", "resp_", 1);
             conversation.last_response_id = Some(id.clone());
@@ -254,10 +282,11 @@ impl Turn<'_> {
                     }
                     None => break,
                 },
-                incoming = source.next() => match incoming {
+                incoming = inbox.source.next(), if inbox.has_room() => match incoming {
                     // The client went away: dropping the body settles the request once.
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return TurnEnd::SocketGone,
-                    Some(Ok(_)) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(frame)) => inbox.queued.push_back(frame),
                 },
             }
         }

@@ -20,6 +20,7 @@ use crate::proxy::{balance_and_held, setup, usage_rows, v1};
 
 on_both_databases!(
     two_responses_on_one_socket_bill_exactly_and_the_follow_up_carries_the_whole_conversation,
+    a_follow_up_sent_before_the_upstream_closes_its_stream_is_answered,
     a_refused_user_gets_an_in_band_usage_limit_frame_and_nothing_is_forwarded,
     a_bad_key_is_refused_at_the_handshake,
     a_socket_dropped_mid_response_is_settled_once,
@@ -109,6 +110,30 @@ async fn two_responses_on_one_socket_bill_exactly_and_the_follow_up_carries_the_
     app.wait_until_settled().await;
     assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - 2 * COST, 0));
     app.assert_money_invariants().await;
+}
+
+/// Codex sends its next `response.create` as soon as it has `response.completed`; an
+/// upstream may still be closing its stream then. The frame is queued, not dropped.
+async fn a_follow_up_sent_before_the_upstream_closes_its_stream_is_answered(app: TestApp) {
+    let options = MockOptions { tail: Duration::from_millis(400), ..MockOptions::default() };
+    let s = setup(&app, options, Some("10")).await;
+    let mut socket = connect(&app, &s.key).await.unwrap();
+    let create = |text: &str| {
+        json!({"type": "response.create", "model": "gpt-5",
+               "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]})
+    };
+    send(&mut socket, create("one")).await;
+    assert_eq!(kinds(&until_done(&mut socket).await).last(), Some(&"response.completed"));
+    // The upstream body is still open for 400 ms: both frames arrive inside it.
+    send(&mut socket, json!({"type": "response.processed", "response_id": "resp_mock"})).await;
+    send(&mut socket, create("two")).await;
+    assert_eq!(kinds(&until_done(&mut socket).await).last(), Some(&"response.completed"));
+    let seen: Value = serde_json::from_slice(&s.mock.last().unwrap().body).unwrap();
+    assert_eq!(seen["input"][0]["content"][0]["text"], "two");
+    assert_eq!(usage_rows(&app, 2).await.len(), 2);
+    assert_eq!(s.mock.requests(), 2);
+    app.wait_until_settled().await;
+    assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - 2 * COST, 0));
 }
 
 async fn a_refused_user_gets_an_in_band_usage_limit_frame_and_nothing_is_forwarded(app: TestApp) {
