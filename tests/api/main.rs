@@ -35,6 +35,7 @@ mod shared_limits;
 mod web;
 mod web_community;
 mod web_community_sales;
+mod web_money;
 mod web_proxy;
 mod web_shop;
 mod web_usage;
