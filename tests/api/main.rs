@@ -14,6 +14,7 @@ mod billing;
 mod codex;
 mod codex_ws;
 mod coupons;
+mod hardening;
 mod keys;
 mod oauth;
 mod ops;
