@@ -89,7 +89,7 @@ struct TopLine {
 
 impl TopLine {
     fn new(row: &super::stats::TopRow) -> Self {
-        TopLine { id: row.id, name: row.name.clone(), spent: row.spent.to_string(), requests: row.requests }
+        TopLine { id: row.id, name: row.name.clone(), spent: view::money(row.spent.micros()), requests: row.requests }
     }
 }
 
@@ -263,9 +263,8 @@ async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<
         .map(|e| LedgerRow {
             time: view::time(state.calendar(), e.created_at),
             kind: e.kind.clone(),
-            // Exact: a request's cost is a few thousandths (0.004025 is not 0.00).
-            amount: Money::from_micros(e.amount).to_string(),
-            balance_after: Money::from_micros(e.balance_after).to_string(),
+            amount: view::money(e.amount),
+            balance_after: view::money(e.balance_after),
             note: e.note.clone().unwrap_or_default(),
         })
         .collect();

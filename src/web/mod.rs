@@ -14,6 +14,7 @@ pub mod assets;
 pub mod auth_pages;
 pub mod chart;
 pub mod ctx;
+pub mod dashboard;
 pub mod i18n;
 pub mod ops_figures;
 pub mod order_check;
