@@ -17,7 +17,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-pub use migrations::{migrate, MIGRATIONS};
+pub use migrations::{migrate, migrate_up_to, MIGRATIONS};
 
 /// Which backend a URL points at; only migrations and pool set-up care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

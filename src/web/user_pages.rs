@@ -62,16 +62,21 @@ struct PackageStatus {
 
 impl PackageStatus {
     fn new(p: &PackageToday, calendar: &crate::clock::BusinessCalendar) -> Self {
-        let limit = p.daily_limit.micros();
-        let percent = if limit > 0 { (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100) } else { 100 };
+        // No daily window: the bar stays empty (the plan card shows the other windows).
+        let percent = match p.daily_limit.map(Money::micros) {
+            Some(limit) if limit > 0 => (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100),
+            Some(_) => 100,
+            None => 0,
+        };
+        let dash = || "—".to_string();
         let ends = chrono::DateTime::parse_from_rfc3339(&p.ends_at)
             .map(|t| view::time(calendar, t.timestamp_micros()))
             .unwrap_or_else(|_| p.ends_at.clone());
         PackageStatus {
             name: p.name.clone(),
-            limit: p.daily_limit.format_2dp(),
+            limit: p.daily_limit.map_or_else(dash, Money::format_2dp),
             used: p.used_today.format_2dp(),
-            remaining: p.remaining_today.format_2dp(),
+            remaining: p.remaining_today.map_or_else(dash, Money::format_2dp),
             percent,
             level: if percent >= 100 {
                 "bad"
