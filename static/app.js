@@ -10,3 +10,15 @@ document.addEventListener("click", function (event) {
     setTimeout(function () { button.textContent = label; }, 1500);
   });
 });
+
+// A form with data-confirm asks before it is sent (no inline handlers: the CSP forbids them).
+document.addEventListener("submit", function (event) {
+  var form = event.target;
+  if (form.hasAttribute && form.hasAttribute("data-confirm") && !window.confirm(form.getAttribute("data-confirm"))) {
+    event.preventDefault();
+  }
+});
+
+// The payment page sends its signed form on to the gateway at once; its button is the fallback.
+var autosubmit = document.querySelector("form[data-autosubmit]");
+if (autosubmit) autosubmit.submit();

@@ -13,6 +13,7 @@ pub mod assets;
 pub mod auth_pages;
 pub mod chart;
 pub mod ctx;
+pub mod dashboard;
 pub mod i18n;
 pub mod ops_figures;
 pub mod plan_pages;

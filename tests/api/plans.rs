@@ -376,7 +376,7 @@ async fn the_dashboard_shows_each_window_and_switches_the_preference(app: TestAp
     assert!(page.contains("id=\"plan-windows\""), "{page}");
     assert!(page.contains("5-hour block") && page.contains("This month"), "window labels");
     assert!(page.contains("1.60 / 2.00 USD") && page.contains("1.60 / 40.00 USD"), "used / limit per window");
-    assert!(page.contains("width: 80%") && page.contains("progress warn"), "the 5-hour bar at 80 %");
+    assert!(page.contains("pct-80") && page.contains("progress warn"), "the 5-hour bar at 80 %");
     assert!(page.contains("value=\"package_first\" selected"));
     let csrf = codex_gateway::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
     let form = [("_csrf", csrf.as_str()), ("preference", "balance_first")];
