@@ -177,6 +177,11 @@ pub fn not_found_for(headers: &axum::http::HeaderMap) -> Response {
     message_page(ctx::lang_from_headers(headers), StatusCode::NOT_FOUND, "error.not_found_title", "error.not_found")
 }
 
+/// The HTML page for a domain error, in the language the request asks for.
+pub fn error_page_for_headers(headers: &axum::http::HeaderMap, err: &Error) -> Response {
+    error_page_in(ctx::lang_from_headers(headers), err)
+}
+
 /// The HTML 404 when the request is not at hand.
 pub fn not_found_page() -> Response {
     message_page(Lang::En, StatusCode::NOT_FOUND, "error.not_found_title", "error.not_found")
