@@ -62,6 +62,11 @@ pub struct Config {
     /// `GATEWAY_TRUSTED_PROXIES`: peers (CIDRs) whose `X-Forwarded-For`/`X-Real-IP` name
     /// the client (see [`crate::client_ip`]). Default none: the peer is the client.
     pub trusted_proxies: Vec<crate::client_ip::Cidr>,
+    /// `GATEWAY_CODEX_INSTRUCTIONS_FILE`: the agent prompt the Codex catalogue
+    /// (`GET /v1/models?client_version=…`) gives each model as `base_instructions`.
+    /// Codex uses that text as its whole system prompt, so without it the catalogue
+    /// lists no model and Codex keeps its own built-in prompt (see `proxy::codex_models`).
+    pub codex_instructions: Option<std::sync::Arc<str>>,
 }
 
 /// Keys of the optional TOML file; each mirrors an environment variable.
@@ -85,6 +90,7 @@ struct FileConfig {
     metrics_token: Option<String>,
     redis_url: Option<String>,
     trusted_proxies: Option<String>,
+    codex_instructions_file: Option<String>,
 }
 
 /// Default request body limit: Codex prompts with long histories are large.
@@ -195,6 +201,11 @@ impl Config {
             None => Vec::new(),
         };
 
+        let codex_instructions = match get("GATEWAY_CODEX_INSTRUCTIONS_FILE").or(file.codex_instructions_file) {
+            Some(path) => Some(read_instructions(&path)?),
+            None => None,
+        };
+
         Ok(Config {
             database_url,
             listen,
@@ -213,6 +224,7 @@ impl Config {
             metrics_token,
             redis_url,
             trusted_proxies,
+            codex_instructions,
         })
     }
 
@@ -229,6 +241,17 @@ impl Config {
     pub fn secret_bytes(&self) -> &[u8] {
         self.secret.expose_secret().as_bytes()
     }
+}
+
+/// The Codex agent prompt file: read once at start, and never empty (an empty prompt
+/// would leave Codex with no system prompt at all).
+fn read_instructions(path: &str) -> Result<std::sync::Arc<str>, ConfigError> {
+    let name = "GATEWAY_CODEX_INSTRUCTIONS_FILE";
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(name, format!("cannot read {path}: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(name, format!("{path} is empty")));
+    }
+    Ok(text.into())
 }
 
 fn read_file_config(path: &str) -> Result<FileConfig, ConfigError> {

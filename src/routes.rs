@@ -2,6 +2,7 @@
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     }
     routes
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_database_down))
         .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -112,6 +114,28 @@ async fn readyz(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "database": "unreachable" })))
                 .into_response()
         }
+    }
+}
+
+/// While the health probe finds the database down, pages and `/api` calls (all of
+/// which need it) are refused at once in their surface's shape rather than after the
+/// pool's acquire timeout. `/v1` is left to the proxy, which serves users it holds
+/// headroom hints for; health, metrics and static files need no database.
+async fn refuse_while_database_down(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Err(down) = state.db.available() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let exempt = ["/v1/", "/static/"].iter().any(|p| path.starts_with(p))
+        || matches!(path, "/healthz" | "/readyz" | "/metrics" | "/favicon.ico");
+    if exempt {
+        return next.run(request).await;
+    }
+    let err = crate::error::Error::from(down);
+    if path.starts_with("/api/") || path == "/api" {
+        crate::api::error::ApiError(err).into_response()
+    } else {
+        crate::web::error_page_for_headers(request.headers(), &err)
     }
 }
 

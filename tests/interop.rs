@@ -65,8 +65,13 @@ async fn usage_rows(app: &TestApp, n: usize) -> Vec<UsageRow> {
     panic!("expected {n} usage rows");
 }
 
+/// How the custom provider gets the key: Codex's usual `env_key`, or an auth command
+/// (Codex asks such a provider for its model catalogue; it never asks an `env_key` one).
+const ENV_KEY: &str = "env_key = \"CODEXGW_API_KEY\"";
+const AUTH_COMMAND: &str = "auth = { command = \"printenv\", args = [\"CODEXGW_API_KEY\"] }";
+
 /// Runs `codex exec` against the gateway with the custom provider (`provider_extra`
-/// added to its table) and `extra` lines in `[features]`. Plugins are off: their start-up
+/// added to its table: [`ENV_KEY`] or [`AUTH_COMMAND`] and more) and `extra` lines in `[features]`. Plugins are off: their start-up
 /// sync tries the network, which the test machine does not have.
 async fn run_codex(app: &TestApp, key: &str, provider_extra: &str, extra: &str) -> (std::process::Output, Duration) {
     let home =
@@ -77,7 +82,7 @@ async fn run_codex(app: &TestApp, key: &str, provider_extra: &str, extra: &str) 
         home.0.join("config.toml"),
         format!(
             "model = \"gpt-5-codex\"\nmodel_provider = \"codexgw\"\n\n[model_providers.codexgw]\n\
-             name = \"codex-gateway\"\nbase_url = \"{}/v1\"\nenv_key = \"CODEXGW_API_KEY\"\nwire_api = \"responses\"\n{provider_extra}\n\n\
+             name = \"codex-gateway\"\nbase_url = \"{}/v1\"\nwire_api = \"responses\"\n{provider_extra}\n\n\
              [features]\nplugins = false\nremote_plugin = false\n{extra}\n",
             app.base
         ),
@@ -118,12 +123,15 @@ async fn the_codex_cli_runs_a_turn_through_the_gateway() {
     }
     let app = spawn_app(Backend::Sqlite).await;
     let s = setup(&app).await;
-    let (output, _) = run_codex(&app, &s.key, "", "").await;
+    let (output, _) = run_codex(&app, &s.key, ENV_KEY, "").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("codex stdout:\n{stdout}\ncodex stderr:\n{stderr}");
     assert!(output.status.success(), "codex exec failed");
     assert!(stdout.contains("Hello from the mock upstream."), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // With `env_key` Codex never asks for the model catalogue, so it warns (the warning
+    // the_codex_cli_reads_the_gateway_s_model_catalogue_and_does_not_fall_back removes).
+    assert!(stderr.contains("Defaulting to fallback metadata"), "stderr:\n{stderr}");
     let seen = s.mock.last().expect("codex reached the mock through the gateway");
     eprintln!("headers codex sent (as forwarded): {:?}", seen.headers);
     assert_eq!(seen.path, "/v1/responses");
@@ -147,7 +155,7 @@ async fn the_codex_cli_speaks_websocket_to_the_gateway_without_falling_back() {
     }
     let app = spawn_app(Backend::Sqlite).await;
     let s = setup(&app).await;
-    let (output, elapsed) = run_codex(&app, &s.key, "supports_websockets = true", "").await;
+    let (output, elapsed) = run_codex(&app, &s.key, &format!("{ENV_KEY}\nsupports_websockets = true"), "").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("codex ({elapsed:?}) stdout:\n{stdout}\ncodex stderr:\n{stderr}");
@@ -185,7 +193,7 @@ async fn a_refused_codex_user_is_told_when_to_come_back_within_seconds() {
     assert_eq!(granted.status, StatusCode::CREATED, "{}", granted.text);
     let key = app.post("/api/user/keys", &token, json!({"name": "cli"})).await;
     let key = key.body["key"].as_str().unwrap().to_string();
-    let (output, elapsed) = run_codex(&app, &key, "", "").await;
+    let (output, elapsed) = run_codex(&app, &key, ENV_KEY, "").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("codex ({elapsed:?}) stdout:\n{stdout}\ncodex stderr:\n{stderr}");
@@ -194,6 +202,41 @@ async fn a_refused_codex_user_is_told_when_to_come_back_within_seconds() {
     assert!(all.contains("try again at"), "codex shows when the allowance comes back");
     assert!(elapsed < Duration::from_secs(5), "codex gave up at once instead of retrying: {elapsed:?}");
     assert_eq!(mock.requests(), 0, "nothing was forwarded");
+}
+
+/// Codex 0.171 asks a provider that authenticates by command for its model catalogue
+/// (`GET /v1/models?client_version=0.171.0`); with the operator's agent prompt configured
+/// the gateway lists every priced model, so Codex knows `gpt-5-codex`, prints no
+/// fallback warning and sends that prompt as its system prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codex_cli_reads_the_gateway_s_model_catalogue_and_does_not_fall_back() {
+    if !codex_available() {
+        return;
+    }
+    let dir = helpers::TempDir(std::env::temp_dir().join(format!("cg-codex-prompt-{}", rand_suffix())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let prompt = dir.0.join("prompt.md");
+    let text = "You are a coding agent behind codex-gateway. Answer briefly.";
+    std::fs::write(&prompt, text).unwrap();
+    let app =
+        helpers::spawn_app_with(Backend::Sqlite, &[("GATEWAY_CODEX_INSTRUCTIONS_FILE", prompt.to_str().unwrap())])
+            .await;
+    let s = setup(&app).await;
+    let (output, _) = run_codex(&app, &s.key, AUTH_COMMAND, "").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("codex stdout:\n{stdout}\ncodex stderr:\n{stderr}");
+    assert!(output.status.success(), "codex exec failed");
+    assert!(stdout.contains("Hello from the mock upstream."), "stdout:\n{stdout}");
+    let all = format!("{stdout}\n{stderr}");
+    assert!(!all.contains("failed to decode models response"), "codex decoded the catalogue");
+    assert!(!all.contains("Defaulting to fallback metadata"), "codex found the model's metadata");
+    let sent: serde_json::Value = serde_json::from_slice(&s.mock.last().unwrap().body).unwrap();
+    let system = &sent["input"][0];
+    assert_eq!((system["role"].as_str(), system["content"][0]["text"].as_str()), (Some("developer"), Some(text)));
+    let rows = usage_rows(&app, 1).await;
+    assert_eq!(rows.iter().filter(|r| r.0 == "/responses").map(|r| r.6).collect::<Vec<_>>(), vec![4_025]);
+    app.assert_money_invariants().await;
 }
 
 /// Codex compacts remotely only for the built-in OpenAI provider; pointing that provider

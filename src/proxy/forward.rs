@@ -355,7 +355,13 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
             .body(call.body)
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { Failure::Timeout } else { Failure::Connect(without_url(&e)) })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    Failure::Timeout
+                } else {
+                    Failure::Connect(crate::redact::transport_error(e))
+                }
+            })?;
         let status = response.status();
         if is_upstream_failure(status) {
             let text = response.text().await.unwrap_or_default();
@@ -365,7 +371,7 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
         let mut rest = response.bytes_stream().boxed();
         let first = match rest.next().await {
             Some(Ok(chunk)) => Some(chunk),
-            Some(Err(e)) => return Err(Failure::Connect(without_url(&e))),
+            Some(Err(e)) => return Err(Failure::Connect(crate::redact::transport_error(e))),
             None => None,
         };
         Ok(Answer { status, headers, first, rest })
@@ -379,20 +385,6 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
 fn is_upstream_failure(status: StatusCode) -> bool {
     status.is_server_error()
         || matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-}
-
-/// reqwest errors name the URL; upstream URLs are not secret but keep logs short.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "upstream");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 fn respond(answer: Answer, request: &ClientRequest, api: Api, settlement: Settlement, request_id: &str) -> Response {

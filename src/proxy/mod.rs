@@ -1,6 +1,7 @@
 //! The OpenAI-compatible gateway under `/v1`: `POST /v1/responses` (what the Codex
 //! CLI speaks; also over a WebSocket, [`ws`]), `POST /v1/responses/compact`,
-//! `POST /v1/chat/completions` and `GET /v1/models`, authenticated with
+//! `POST /v1/chat/completions` and `GET /v1/models` (also in Codex's catalogue shape,
+//! [`codex_models`]), authenticated with
 //! the user's `sk-...` key. Bodies pass through as bytes both ways; usage is metered
 //! as the response streams past and settled through the billing engine exactly once.
 //!
@@ -17,6 +18,7 @@
 pub mod affinity;
 pub mod body;
 pub mod catalog;
+pub mod codex_models;
 pub mod error;
 pub mod forward;
 pub mod journal;
@@ -32,8 +34,8 @@ pub mod upstreams;
 pub mod ws;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -67,14 +69,33 @@ async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, bod
     forward::proxy(state, Api::Chat, headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The priced models, in the OpenAI list shape.
-async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ProxyError> {
+/// The priced models: in the OpenAI list shape, or in Codex's catalogue shape when
+/// Codex asks for it (`?client_version=`), with its ETag and a 304 for a matching
+/// `If-None-Match`.
+async fn models(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
     forward::authenticate(&state, &headers).await?;
     let snapshot = state.catalog.get().await;
-    let mut names: Vec<&String> = snapshot.prices.keys().collect();
-    names.sort();
-    let data: Vec<_> = names.into_iter().map(|id| model_object(id)).collect();
-    Ok(Json(json!({ "object": "list", "data": data })).into_response())
+    let mut names: Vec<&str> = snapshot.prices.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    if !codex_models::wants_catalogue(query.as_deref()) {
+        let data: Vec<_> = names.into_iter().map(model_object).collect();
+        return Ok(Json(json!({ "object": "list", "data": data })).into_response());
+    }
+    let catalogue = codex_models::catalogue(&names, state.config.codex_instructions.as_deref());
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    let mut response = if codex_models::not_modified(if_none_match, &catalogue.etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], catalogue.body).into_response()
+    };
+    if let Ok(etag) = HeaderValue::from_str(&catalogue.etag) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 /// One priced model (`client.models.retrieve`), 404 `model_not_found` otherwise.

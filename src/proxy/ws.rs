@@ -25,7 +25,7 @@
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
@@ -64,17 +64,23 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebS
 
 /// The handshake headers every bridged request carries: the WebSocket ones go, and
 /// `OpenAI-Beta: responses_websockets=…` is dropped (the upstream is spoken to over HTTP).
+///
+/// Each value is copied: hyper's header values are slices of its connection read buffer
+/// (16 KiB by the time the head is parsed), and a clone would keep that whole buffer
+/// alive for the life of the socket (it was two thirds of an idle socket's heap).
 fn request_headers(handshake: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
+    let mut out = HeaderMap::with_capacity(handshake.len());
     for (name, value) in handshake {
         let n = name.as_str();
         let websocket_beta = n == "openai-beta" && value.to_str().is_ok_and(|v| v.contains("responses_websockets"));
         if n.starts_with("sec-websocket-") || websocket_beta || n == "content-length" {
             continue;
         }
-        out.append(name.clone(), value.clone());
+        let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) else { continue };
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
     }
-    out.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    out.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     out
 }
 
@@ -453,5 +459,7 @@ mod tests {
         let out = request_headers(&h);
         assert!(out.get("sec-websocket-key").is_none() && out.get("openai-beta").is_none());
         assert_eq!(out.get("session_id").unwrap(), "s1");
+        // A copy, not a slice of the handshake's buffer (which it would keep alive).
+        assert_ne!(out["session_id"].as_bytes().as_ptr(), h["session_id"].as_bytes().as_ptr());
     }
 }

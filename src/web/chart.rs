@@ -50,11 +50,28 @@ fn scale(value: Money, max: i64, span: i64) -> i64 {
     i64::try_from(h).unwrap_or(span)
 }
 
+/// The top of the y-axis: the smallest 1, 2 or 5 × 10ⁿ micros at or above the
+/// tallest day (at least one cent). Its half is then a short exact decimal as well,
+/// so the three tick labels (0, half, top) are always distinct and readable
+/// (`0.01 / 0.005 / 0`, never `0.01 / 0.01 / 0`).
+pub fn nice_top(tallest: i64) -> i64 {
+    let mut step: i64 = 10_000;
+    loop {
+        for factor in [1, 2, 5] {
+            let candidate = step.saturating_mul(factor);
+            if candidate >= tallest || candidate == i64::MAX {
+                return candidate;
+            }
+        }
+        step = step.saturating_mul(10);
+    }
+}
+
 impl SpendChart {
     pub fn new(days: &[DaySpend]) -> Self {
         let span = HEIGHT - TOP - BOTTOM;
         let base_y = HEIGHT - BOTTOM;
-        let max = days.iter().map(|d| d.total.micros()).max().unwrap_or(0).max(10_000);
+        let max = nice_top(days.iter().map(|d| d.total.micros()).max().unwrap_or(0));
         let count = i64::try_from(days.len()).unwrap_or(1).max(1);
         let slot = (WIDTH - LEFT) / count;
         let width = (slot * 7 / 10).max(1);
@@ -73,7 +90,7 @@ impl SpendChart {
                     package_h,
                     balance_y: base_y - package_h - balance_h,
                     balance_h,
-                    title: format!("{}: {} + {} USD", d.date, d.package.format_2dp(), d.balance.format_2dp()),
+                    title: format!("{}: {} + {} USD", d.date, d.package, d.balance),
                     label: if i % 5 == 0 || i == last {
                         d.date.get(5..).unwrap_or("").to_string()
                     } else {
@@ -85,15 +102,15 @@ impl SpendChart {
         let total = days.iter().fold(Money::ZERO, |sum, d| sum.saturating_add(d.total));
         SpendChart {
             bars,
-            max_label: Money::from_micros(max).format_2dp(),
-            half_label: Money::from_micros(max / 2).format_2dp(),
+            max_label: Money::from_micros(max).to_string(),
+            half_label: Money::from_micros(max / 2).to_string(),
             base_y,
             top_y: TOP,
             half_y: TOP + span / 2,
             left: LEFT,
             right: WIDTH,
             label_y: HEIGHT - 6,
-            total: total.format_2dp(),
+            total: total.to_string(),
         }
     }
 }
@@ -120,6 +137,7 @@ mod tests {
         assert_eq!(first.package_h + first.balance_h, span);
         assert_eq!(first.balance_y + first.balance_h, first.package_y);
         assert_eq!(chart.bars[1].package_h, span / 4);
+        assert_eq!(chart.half_label, "1.00");
         assert_eq!(chart.max_label, "2.00");
         assert_eq!(chart.total, "2.50");
         assert_eq!(chart.bars[0].label, "01-14");
@@ -131,5 +149,23 @@ mod tests {
         assert_eq!(chart.bars[0].package_h, 0);
         assert_eq!(chart.bars[0].balance_h, 0);
         assert_eq!(chart.max_label, "0.01");
+        assert_eq!(chart.half_label, "0.005");
+    }
+
+    #[test]
+    fn tick_labels_are_distinct_and_the_tallest_day_fits_under_the_top() {
+        for tallest in [0, 1, 4_025, 12_500, 10_001, 99_999, 2_000_000, 7_654_321, 123_456_789_012] {
+            let chart = SpendChart::new(&[day("2026-01-15", tallest, 0)]);
+            let labels = [chart.max_label.as_str(), chart.half_label.as_str(), "0"];
+            assert_ne!(labels[0], labels[1], "top and half differ for {tallest}");
+            assert_ne!(labels[1], "0.00", "half is not zero for {tallest}");
+            let top = Money::parse(labels[0]).unwrap().micros();
+            assert!(top >= tallest, "{top} < {tallest}");
+            assert!(top <= tallest.max(10_000) * 5, "the top is close to the tallest day");
+        }
+        assert_eq!(nice_top(12_500), 20_000);
+        assert_eq!(SpendChart::new(&[day("2026-01-15", 12_500, 0)]).half_label, "0.01");
+        let exact = SpendChart::new(&[day("2026-01-15", 4_025, 0)]);
+        assert_eq!(exact.bars[0].title, "2026-01-15: 0.004025 + 0.00 USD", "hover text is exact");
     }
 }

@@ -63,9 +63,9 @@ pub fn plan_rows(ctx: &Ctx, calendar: &crate::clock::BusinessCalendar, plans: &[
                 .iter()
                 .map(|w| WindowRow {
                     label: window_label(ctx, w.window),
-                    used: w.used.format_2dp(),
-                    limit: w.limit.format_2dp(),
-                    remaining: w.remaining.format_2dp(),
+                    used: w.used.to_string(),
+                    limit: w.limit.to_string(),
+                    remaining: w.remaining.to_string(),
                     resets: w
                         .resets
                         .map(|t| super::view::time(calendar, crate::clock::to_micros(t)))

@@ -1,4 +1,4 @@
-//! The signed-in user's pages: `/dashboard`, `/keys`, `/account`.
+//! The signed-in user's pages: `/keys`, `/account` (`/dashboard` is in [`super::dashboard`]).
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -8,115 +8,23 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
-use super::chart::SpendChart;
 use super::ctx::{CsrfForm, Ctx, Signed};
 use super::view::{self, KeyRow};
 use super::{error_page_for, render, FieldErrors};
 use crate::app::AppState;
 use crate::auth::api_keys::{self, NewKey};
-use crate::billing::{self, usage::PackageToday};
 use crate::error::Error;
 use crate::money::Money;
 use crate::users;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/dashboard", get(dashboard))
+        .route("/dashboard", get(super::dashboard::dashboard))
         .route("/keys", get(keys_page).post(create_key))
         .route("/keys/{id}/revoke", post(revoke_key))
         .route("/account", get(account))
         .route("/account/password", post(change_password))
         .route("/account/redeem", post(redeem_code))
-}
-
-#[derive(Template)]
-#[template(path = "dashboard.html")]
-struct DashboardPage<'a> {
-    ctx: &'a Ctx,
-    balance: String,
-    spent_today: String,
-    spent_package: String,
-    spent_balance: String,
-    active_keys: usize,
-    next_reset: String,
-    package: Option<PackageStatus>,
-    chart: SpendChart,
-    /// Current announcements: title and sanitised HTML from their markdown.
-    announcements: Vec<(String, String)>,
-    /// Every package in force with its windows, and the billing preference switch.
-    plans: Vec<super::plan_pages::PlanRow>,
-    preferences: Vec<super::plan_pages::PreferenceChoice>,
-}
-
-/// The package in force, as the dashboard shows it.
-struct PackageStatus {
-    name: String,
-    limit: String,
-    used: String,
-    remaining: String,
-    percent: i64,
-    /// Progress bar colour: "", "warn" (80 %+) or "bad" (used up).
-    level: &'static str,
-    ends: String,
-}
-
-impl PackageStatus {
-    fn new(p: &PackageToday, calendar: &crate::clock::BusinessCalendar) -> Self {
-        let limit = p.daily_limit.micros();
-        let percent = if limit > 0 { (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100) } else { 100 };
-        let ends = chrono::DateTime::parse_from_rfc3339(&p.ends_at)
-            .map(|t| view::time(calendar, t.timestamp_micros()))
-            .unwrap_or_else(|_| p.ends_at.clone());
-        PackageStatus {
-            name: p.name.clone(),
-            limit: p.daily_limit.format_2dp(),
-            used: p.used_today.format_2dp(),
-            remaining: p.remaining_today.format_2dp(),
-            percent,
-            level: if percent >= 100 {
-                "bad"
-            } else if percent >= 80 {
-                "warn"
-            } else {
-                ""
-            },
-            ends,
-        }
-    }
-}
-
-/// Days of spend the dashboard chart shows.
-const CHART_DAYS: u32 = 30;
-
-async fn dashboard(State(state): State<AppState>, signed: Signed) -> Response {
-    let ctx = &signed.ctx;
-    let loaded = async {
-        let keys = api_keys::list_for_user(&state.db, signed.user.id).await?;
-        let usage = billing::usage::daily_usage(&state, signed.user.id, Some(CHART_DAYS)).await?;
-        let news = crate::announcements::current(&state.db, state.now()).await?;
-        Ok::<_, Error>((keys, usage, news))
-    }
-    .await;
-    let (keys, usage, news) = match loaded {
-        Ok(v) => v,
-        Err(e) => return error_page_for(ctx, &e),
-    };
-    let calendar = state.calendar();
-    let page = DashboardPage {
-        ctx,
-        balance: usage.balance.format_2dp(),
-        spent_today: usage.spent_today.total.format_2dp(),
-        spent_package: usage.spent_today.package.format_2dp(),
-        spent_balance: usage.spent_today.balance.format_2dp(),
-        active_keys: keys.iter().filter(|k| k.status == "active").count(),
-        next_reset: view::time(calendar, crate::clock::to_micros(calendar.next_reset(state.now()))),
-        package: usage.package.as_ref().map(|p| PackageStatus::new(p, calendar)),
-        chart: SpendChart::new(usage.history.as_deref().unwrap_or(&[])),
-        announcements: news.iter().map(|a| (a.title.clone(), crate::markdown::render_markdown(&a.body))).collect(),
-        plans: super::plan_pages::plan_rows(ctx, calendar, &usage.packages_in_force),
-        preferences: super::plan_pages::preference_choices(ctx, usage.billing_preference),
-    };
-    render(ctx, StatusCode::OK, &page)
 }
 
 #[derive(Template)]

@@ -1,5 +1,5 @@
-//! Display helpers shared by the page handlers: dates in the business zone, money
-//! with two decimals, and the row shapes templates iterate over.
+//! Display helpers shared by the page handlers: dates in the business zone, exact
+//! money (the API's figures, never rounded), and the row shapes templates iterate over.
 
 use crate::auth::api_keys::ApiKey;
 use crate::clock::{from_micros, BusinessCalendar};
@@ -20,9 +20,20 @@ pub fn time_or_dash(calendar: &BusinessCalendar, micros: Option<i64>) -> String 
     micros.map(|m| time(calendar, m)).unwrap_or_else(|| "—".into())
 }
 
-/// Money with exactly two decimals.
+/// Money exactly as the API writes it: at least two decimals, more when they carry
+/// value (`30.00`, `0.004025`, `-0.002075`). Pages never round an amount, so a page
+/// and the JSON API always agree to the micro-dollar.
 pub fn money(micros: i64) -> String {
-    Money::from_micros(micros).format_2dp()
+    Money::from_micros(micros).to_string()
+}
+
+/// Money with all six decimals (`0.004025`, `0.010000`): per-request costs, so a
+/// column of small amounts lines up and a sub-cent cost never reads as `0.00`.
+pub fn money_6dp(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let unit = crate::money::MICROS_PER_UNIT.unsigned_abs();
+    format!("{sign}{}.{:06}", abs / unit, abs % unit)
 }
 
 /// One row of the key list.
@@ -88,12 +99,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_show_in_the_business_zone_and_money_with_two_decimals() {
+    fn times_show_in_the_business_zone_and_money_exactly() {
         let calendar = BusinessCalendar::from_name("Asia/Shanghai").unwrap();
         let micros = crate::clock::to_micros("2026-01-15T16:30:00Z".parse().unwrap());
         assert_eq!(time(&calendar, micros), "2026-01-16 00:30");
-        assert_eq!(money(1_234_567), "1.23");
+        assert_eq!(money(1_234_567), "1.234567");
+        assert_eq!(money(4_025), "0.004025");
+        assert_eq!(money(-2_075), "-0.002075", "a debt keeps its sign");
+        assert_eq!(money(30_000_000), "30.00");
         assert_eq!(money(0), "0.00");
+        assert_eq!(money_6dp(4_025), "0.004025");
+        assert_eq!(money_6dp(10_000), "0.010000");
+        assert_eq!(money_6dp(-1_500_000), "-1.500000");
+        assert_eq!(money_6dp(i64::MIN), "-9223372036854.775808");
         assert_eq!(time_or_dash(&calendar, None), "—");
     }
 }

@@ -5,13 +5,14 @@ use codex_gateway::proxy::mock::MockOptions;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{spawn_app_with, TempDir, TestApp};
 use crate::on_both_databases;
 use crate::proxy::{assert_openai_error, balance_and_held, setup, usage_rows, v1};
 
 on_both_databases!(
     a_responses_answer_carries_the_package_window_and_the_balance_in_codex_headers,
     a_used_up_package_is_refused_as_a_usage_limit_with_the_daily_reset,
+    codex_gets_its_model_catalogue_with_an_etag_and_sdks_keep_the_openai_list,
 );
 
 /// 2026-01-15T16:00:00Z: the first Shanghai midnight after the test clock's start.
@@ -91,4 +92,63 @@ async fn a_used_up_package_is_refused_as_a_usage_limit_with_the_daily_reset(app:
     assert_eq!(s.mock.requests(), 0, "nothing was forwarded");
     assert_eq!(balance_and_held(&app, s.user_id).await, (0, 0));
     app.assert_money_invariants().await;
+}
+
+async fn models(app: &TestApp, key: &str, query: &str, etag: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(app.url(&format!("/v1/models{query}"))).bearer_auth(key);
+    if let Some(etag) = etag {
+        request = request.header("if-none-match", etag);
+    }
+    request.send().await.unwrap()
+}
+
+/// Codex asks `GET /v1/models?client_version=…` (openai/codex `endpoint/models.rs`).
+async fn codex_gets_its_model_catalogue_with_an_etag_and_sdks_keep_the_openai_list(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("5")).await;
+    let list: Value = models(&app, &s.key, "", None).await.json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    assert!(list["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-5-codex"), "{list}");
+    // No agent prompt configured: an empty catalogue, so Codex keeps its built-in prompt.
+    let empty = models(&app, &s.key, "?client_version=0.171.0", None).await;
+    assert_eq!(empty.status(), StatusCode::OK);
+    assert_eq!(empty.json::<Value>().await.unwrap(), json!({"models": []}));
+    let refused = models(&app, "sk-nope", "?client_version=0.171.0", None).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_openai_error(&refused.json().await.unwrap(), "invalid_api_key");
+
+    let dir = TempDir(std::env::temp_dir().join(format!("cg-prompt-{}-{:?}", std::process::id(), app.backend)));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let prompt = dir.0.join("prompt.md");
+    std::fs::write(&prompt, "You are a coding agent behind codex-gateway.").unwrap();
+    let with_prompt =
+        spawn_app_with(app.backend, &[("GATEWAY_CODEX_INSTRUCTIONS_FILE", prompt.to_str().unwrap())]).await;
+    let s = setup(&with_prompt, MockOptions::default(), Some("5")).await;
+    let resp = models(&with_prompt, &s.key, "?client_version=0.171.0", None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let etag = header(&resp, "etag").expect("an ETag").to_string();
+    let body: Value = resp.json().await.unwrap();
+    let entries = body["models"].as_array().unwrap();
+    let codex = entries.iter().find(|m| m["slug"] == "gpt-5-codex").expect("every priced model is listed");
+    assert_eq!(codex["base_instructions"], "You are a coding agent behind codex-gateway.");
+    assert_eq!((codex["visibility"].as_str(), codex["supported_in_api"].as_bool()), (Some("list"), Some(true)));
+    assert_eq!(entries.len(), list["data"].as_array().unwrap().len(), "the same models as the OpenAI list");
+
+    let unchanged = models(&with_prompt, &s.key, "?client_version=0.171.0", Some(&etag)).await;
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&unchanged, "etag"), Some(etag.as_str()));
+    assert!(unchanged.bytes().await.unwrap().is_empty());
+    // A new price changes the catalogue, so the old tag no longer matches.
+    let priced = with_prompt
+        .post(
+            "/api/admin/prices",
+            &s.admin,
+            json!({"model": "gpt-new", "input": "1", "cached_input": "0.1", "output": "2"}),
+        )
+        .await;
+    assert!(priced.status.is_success(), "{}", priced.text);
+    let changed = models(&with_prompt, &s.key, "?client_version=0.171.0", Some(&etag)).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_ne!(header(&changed, "etag"), Some(etag.as_str()));
+    let body: Value = changed.json().await.unwrap();
+    assert!(body["models"].as_array().unwrap().iter().any(|m| m["slug"] == "gpt-new"));
 }

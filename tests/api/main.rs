@@ -36,6 +36,8 @@ mod shared_limits;
 mod web;
 mod web_community;
 mod web_community_sales;
+mod web_money;
+mod web_orders;
 mod web_proxy;
 mod web_shop;
 mod web_usage;
