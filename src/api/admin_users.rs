@@ -69,6 +69,7 @@ async fn show(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateUser {
     status: Option<String>,
     role: Option<String>,
@@ -105,6 +106,7 @@ async fn update(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BalanceBody {
     amount: Money,
     reason: String,

@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
 
 /// Create body (`enabled`, `stock`, `per_user_limit` optional) and, all optional, the PUT body.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PackageBody {
     name: Option<String>,
     description: Option<String>,
@@ -272,6 +273,7 @@ async fn user_packages(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GrantBody {
     package_id: i64,
 }

@@ -77,7 +77,7 @@ pub async fn windows(state: &AppState, user_id: i64, default_cap: Option<Money>)
     let now = state.now();
     let calendar = state.calendar();
     let today = calendar.business_date(now);
-    let mut conn = state.db.pool().acquire().await?;
+    let mut conn = state.db.acquire().await?;
     let user: Option<(i64, Option<i64>)> = sqlx::query_as("SELECT balance, daily_cap FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(&mut *conn)
