@@ -217,7 +217,10 @@ impl SettingsStore {
     pub async fn get(&self) -> Result<Arc<Settings>> {
         {
             let guard = self.cache.read().await;
-            if guard.1.elapsed() < CACHE_TTL && !self.stale.load(std::sync::atomic::Ordering::Acquire) {
+            let fresh = guard.1.elapsed() < CACHE_TTL && !self.stale.load(std::sync::atomic::Ordering::Acquire);
+            // During an outage the last settings read serve on: the proxy keeps serving
+            // users it has headroom hints for, and nothing can change them meanwhile.
+            if fresh || self.db.available().is_err() {
                 return Ok(guard.0.clone());
             }
         }

@@ -92,6 +92,9 @@ async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
     let mut recovered_after = None;
     let mut i = 0u64;
     let mut restarted = false;
+    let mut first_refusal: Option<Instant> = None;
+    let mut refusal_latencies: Vec<Duration> = Vec::new();
+    let mut api_checked = false;
     while started.elapsed() < outage_for + Duration::from_secs(60) {
         i += 1;
         if i == 10 {
@@ -103,9 +106,28 @@ async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
             let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
             pg_ctl(&dir, &["-l", dir.join("log").to_str().unwrap(), "-w", "-o", &opts, "start"]);
         }
+        let asked = Instant::now();
         let r = send(i.is_multiple_of(2)).await.unwrap();
         let status = r.status();
         let body = r.bytes().await.unwrap_or_default();
+        let took = asked.elapsed();
+        if status == StatusCode::SERVICE_UNAVAILABLE && !restarted {
+            // Once the probe has seen the outage (a round or two), refusals are immediate.
+            if first_refusal.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(3) {
+                refusal_latencies.push(took);
+                if !api_checked {
+                    api_checked = true;
+                    let asked = Instant::now();
+                    let me = app.get("/api/user/me", &user).await;
+                    assert_eq!(me.status, StatusCode::SERVICE_UNAVAILABLE, "{}", me.text);
+                    assert_eq!(me.body["error"]["code"], "database_unavailable", "{}", me.text);
+                    let page = client.get(app.url("/dashboard")).send().await.unwrap();
+                    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+                    assert!(page.text().await.unwrap().contains("<html"), "a readable page");
+                    assert!(asked.elapsed() < Duration::from_secs(2), "api and page refused at once");
+                }
+            }
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             assert!(
@@ -117,6 +139,8 @@ async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
             served_in_outage += 1;
         }
         statuses.push(status);
+        // A steady pace (refusals are now immediate): ~20 requests a second.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         if restarted && status == StatusCode::OK {
             recovered_after.get_or_insert(outage.unwrap().elapsed());
             if statuses.iter().rev().take(5).all(|s| *s == StatusCode::OK) {
@@ -129,6 +153,12 @@ async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
     assert!(bad.is_empty(), "only 200 or 503 during an outage: {statuses:?}");
     assert!(statuses.contains(&StatusCode::SERVICE_UNAVAILABLE), "the outage was seen: {statuses:?}");
     assert!(recovered_after.is_some(), "the pool never recovered: {statuses:?}");
+    refusal_latencies.sort();
+    assert!(!refusal_latencies.is_empty(), "requests were refused during the outage: {statuses:?}");
+    let slowest_refusal = *refusal_latencies.last().unwrap();
+    let median_refusal = refusal_latencies[refusal_latencies.len() / 2];
+    // Before the probe, each of these waited the pool's 10 s acquire timeout.
+    assert!(slowest_refusal < Duration::from_millis(1500), "a refusal took {slowest_refusal:?}");
     // Settlements caught by the outage retry with backoff: give them time to land.
     let catching_up = Instant::now();
     for _ in 0..300 {
@@ -159,6 +189,8 @@ async fn a_postgres_restart_under_load_fails_cleanly_and_recovers() {
             ("served_on_hints_during_outage", served_in_outage),
             ("refused_503", statuses.len() as u64 - ok as u64),
             ("settlements_caught_up_ms", caught_up_ms),
+            ("refusal_median_us", median_refusal.as_micros() as u64),
+            ("refusal_max_us", slowest_refusal.as_micros() as u64),
         ],
         0,
     );

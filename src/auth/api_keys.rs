@@ -309,6 +309,7 @@ pub async fn authenticate(db: &Db, presented: &str, now: DateTime<Utc>) -> Resul
 }
 
 async fn lookup(db: &Db, hash: &str) -> Result<Option<KeyOwner>> {
+    db.available()?;
     Ok(sqlx::query_as::<_, KeyOwner>(
         "SELECT k.id AS key_id, k.user_id, k.status AS key_status, k.spend_limit, k.spent, k.expires_at, \
            u.status AS user_status, u.role FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",

@@ -8,6 +8,7 @@
 //! SQLite allows one writer at a time; [`Db::begin`] serialises write transactions
 //! in-process so concurrent requests queue instead of failing with `SQLITE_BUSY`.
 
+pub mod health;
 mod migrations;
 
 use std::sync::Arc;
@@ -17,7 +18,13 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-pub use migrations::{migrate, MIGRATIONS};
+pub use migrations::{migrate, migrate_up_to, MIGRATIONS};
+
+/// The longest a query waits for a pooled connection. It bounds what a request that was
+/// already waiting when the database went away waits for its 503 (later ones are refused
+/// at once by the health probe); a pool busier than this is overloaded, and shedding
+/// is the right answer then too.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which backend a URL points at; only migrations and pool set-up care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +39,9 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     sqlite_writer: Arc<Mutex<()>>,
+    health: Arc<health::Health>,
+    /// Kept for the health probe's own connection; never logged (it may carry a password).
+    url: Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -65,7 +75,7 @@ impl Db {
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -89,7 +99,7 @@ impl Db {
             })
             .connect_with(options)
             .await?;
-        Ok(Db { pool, backend, sqlite_writer: Arc::new(Mutex::new(())) })
+        Ok(Db { pool, backend, sqlite_writer: Arc::new(Mutex::new(())), health: Arc::default(), url: Arc::from(url) })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -100,8 +110,31 @@ impl Db {
         self.backend
     }
 
+    /// Fails at once while the health probe finds the database down, so a request is
+    /// refused in microseconds instead of after the pool's acquire timeout.
+    pub fn available(&self) -> Result<(), sqlx::Error> {
+        if self.health.is_down() {
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        Ok(())
+    }
+
+    /// A pooled connection, refused at once while the database is known to be down.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Any>, sqlx::Error> {
+        self.available()?;
+        self.pool.acquire().await
+    }
+
+    /// Watches PostgreSQL until `stop` (see [`health`]); SQLite needs no watching.
+    pub fn spawn_health_probe(&self, tasks: &tokio_util::task::TaskTracker, stop: tokio_util::sync::CancellationToken) {
+        if self.backend == Backend::Postgres {
+            tasks.spawn(health::probe(self.health.clone(), self.url.to_string(), stop));
+        }
+    }
+
     /// Starts a transaction for writes (see the module doc for SQLite).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.available()?;
         let (writer, inner) = match self.backend {
             // IMMEDIATE takes the write lock up front (waiting under busy_timeout), so a
             // transaction that reads before it writes cannot fail to upgrade its lock

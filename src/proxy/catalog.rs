@@ -130,6 +130,8 @@ impl Catalog {
 }
 
 async fn read(db: &Db, secrets: &SecretBox) -> Result<Snapshot> {
+    // During an outage the previous copy serves without waiting for the pool.
+    db.available()?;
     let upstreams = upstreams::list(db, secrets).await?.into_iter().filter(|u| u.enabled).map(Arc::new).collect();
     let prices = pricing::list(db).await?.into_iter().filter(|p| p.enabled).map(|p| (p.model.clone(), p)).collect();
     Ok(Snapshot { upstreams, prices })

@@ -18,6 +18,7 @@ pub mod dashboard;
 pub mod i18n;
 pub mod ops_figures;
 pub mod order_check;
+pub mod order_outcome;
 pub mod plan_pages;
 pub mod settings_form;
 pub mod shop_pages;
@@ -199,6 +200,11 @@ pub fn render_plain<T: Template>(status: StatusCode, template: &T) -> Response {
 /// The HTML 404 for unknown paths, in the language the request asks for.
 pub fn not_found_for(headers: &axum::http::HeaderMap) -> Response {
     message_page(ctx::lang_from_headers(headers), StatusCode::NOT_FOUND, "error.not_found_title", "error.not_found")
+}
+
+/// The HTML page for a domain error, in the language the request asks for.
+pub fn error_page_for_headers(headers: &axum::http::HeaderMap, err: &Error) -> Response {
+    error_page_in(ctx::lang_from_headers(headers), err)
 }
 
 /// The HTML 404 when the request is not at hand.

@@ -41,6 +41,7 @@ mod web_admin_user;
 mod web_community;
 mod web_community_sales;
 mod web_money;
+mod web_orders;
 mod web_proxy;
 mod web_shop;
 mod web_upstreams;

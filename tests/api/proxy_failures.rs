@@ -115,12 +115,19 @@ async fn a_stream_that_never_reports_usage_is_billed_on_the_documented_estimate(
 async fn a_client_leaving_before_the_first_byte_still_settles_its_hold(app: TestApp) {
     let slow = MockOptions { initial_delay: Duration::from_millis(600), ..MockOptions::default() };
     let s = setup(&app, slow, Some("10")).await;
-    let gone = v1(&app, "/v1/responses", &s.key)
-        .timeout(Duration::from_millis(150))
-        .json(&json!({"model": "gpt-5", "stream": true, "input": "hi"}))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the client gave up before the upstream answered");
+    let request = v1(&app, "/v1/responses", &s.key).json(&json!({"model": "gpt-5", "stream": true, "input": "hi"}));
+    let client = tokio::spawn(request.send());
+    // The client gives up once the upstream has the request, before its first byte (a
+    // fixed client timeout could fire before the gateway forwarded on a loaded machine).
+    for _ in 0..1000 {
+        if s.mock.requests() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(s.mock.requests(), 1, "the request reached the upstream");
+    client.abort();
+    assert!(client.await.is_err_and(|e| e.is_cancelled()), "the client gave up before the upstream answered");
     let row = usage_rows(&app, 1).await.remove(0);
     assert_eq!(row.status_code, 200, "the upstream did answer");
     assert!(row.error.as_deref().unwrap().contains("client disconnected"), "{row:?}");
