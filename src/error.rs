@@ -13,6 +13,9 @@ pub enum Error {
     /// Malformed input (400): bad JSON, missing field, wrong type.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// A body field the route does not know (400), named, so a typo never looks like success.
+    #[error("{message}")]
+    UnknownField { field: String, message: String },
     /// Well-formed input that breaks a rule (422), naming the field.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
@@ -50,6 +53,12 @@ impl Error {
         Error::Validation { field: field.into(), message: message.into() }
     }
 
+    /// The field `field` is not part of this body (`what` names the body, for the message).
+    pub fn unknown_field(field: impl Into<String>, what: &str) -> Self {
+        let field = field.into();
+        Error::UnknownField { message: format!("unknown field `{field}` in {what}"), field }
+    }
+
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Error::Forbidden { code, message: message.into() }
     }
@@ -64,7 +73,7 @@ impl Error {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::BadRequest { .. } | Error::UnknownField { .. } => StatusCode::BAD_REQUEST,
             Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -88,6 +97,7 @@ impl Error {
             | Error::PaymentRequired { code, .. }
             | Error::BadGateway { code, .. } => code,
             Error::Validation { .. } => "validation_failed",
+            Error::UnknownField { .. } => "unknown_field",
             Error::Unauthorized(_) => "unauthorized",
             Error::NotFound(_) => "not_found",
             Error::RateLimited { .. } => "rate_limited",
@@ -109,7 +119,7 @@ impl Error {
     /// The field a validation error is about, for forms and JSON clients.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Error::Validation { field, .. } => Some(field),
+            Error::Validation { field, .. } | Error::UnknownField { field, .. } => Some(field),
             _ => None,
         }
     }

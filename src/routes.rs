@@ -41,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         );
         routes = routes.merge(crate::payment::sandbox::router());
     }
+    if state.config.public_url.starts_with("https://") {
+        // Innermost, so every cookie any handler sets passes through it.
+        routes = routes.layer(axum::middleware::map_response(mark_cookies_secure));
+    }
     routes
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_database_down))
@@ -69,6 +73,28 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("strict-origin-when-cross-origin"),
         ))
         .with_state(state)
+}
+
+/// Adds `Secure` to every `Set-Cookie` (language, pre-session, session, OAuth flow, and the
+/// ones that clear them) when the public URL is https, so none can travel over plain http.
+async fn mark_cookies_secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return response;
+    }
+    headers.remove(header::SET_COOKIE);
+    for cookie in cookies {
+        let secured = cookie.to_str().ok().and_then(with_secure).and_then(|c| HeaderValue::from_str(&c).ok());
+        headers.append(header::SET_COOKIE, secured.unwrap_or(cookie));
+    }
+    response
+}
+
+/// The cookie with `; Secure` appended, or `None` when it already has the attribute.
+fn with_secure(cookie: &str) -> Option<String> {
+    let has = cookie.split(';').skip(1).any(|attr| attr.trim().eq_ignore_ascii_case("secure"));
+    (!has).then(|| format!("{cookie}; Secure"))
 }
 
 /// `GET /metrics`, behind the metrics token when one is configured.
@@ -126,5 +152,30 @@ async fn fallback(request: Request) -> Response {
             .into_response()
     } else {
         crate::web::not_found_for(request.headers())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_is_added_once() {
+        assert_eq!(with_secure("cg_lang=en; Path=/").as_deref(), Some("cg_lang=en; Path=/; Secure"));
+        assert_eq!(with_secure("cg_session=x; Path=/; HttpOnly; Secure"), None);
+        assert_eq!(with_secure("cg_session=x; Path=/; secure ; HttpOnly"), None);
+        // A value that merely contains the word is not the attribute.
+        assert!(with_secure("Secure=1; Path=/").is_some());
+    }
+
+    #[tokio::test]
+    async fn every_set_cookie_gets_secure() {
+        let mut response = Response::new(axum::body::Body::empty());
+        for c in ["a=1; Path=/", "b=2; Path=/; Secure"] {
+            response.headers_mut().append(header::SET_COOKIE, HeaderValue::from_static(c));
+        }
+        let response = mark_cookies_secure(response).await;
+        let all: Vec<_> = response.headers().get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(all, ["a=1; Path=/; Secure", "b=2; Path=/; Secure"]);
     }
 }

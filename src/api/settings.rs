@@ -54,6 +54,21 @@ fn merge(base: &mut Value, patch: Value) {
     }
 }
 
+/// Refuses a patch key the settings do not have (`credit.gateway_ulr`), named by its path:
+/// stored settings load leniently (old documents keep working), so the check is on the patch
+/// against the current settings' shape, which serialises every field (no maps, no skipped ones).
+fn reject_unknown(shape: &Value, patch: &Value, prefix: &str) -> Result<(), Error> {
+    let (Value::Object(shape), Value::Object(patch)) = (shape, patch) else { return Ok(()) };
+    for (key, value) in patch {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match shape.get(key) {
+            None => return Err(Error::unknown_field(path, "the settings")),
+            Some(inner) => reject_unknown(inner, value, &path)?,
+        }
+    }
+    Ok(())
+}
+
 /// Applies a partial update to settings and checks the result.
 pub fn apply_patch(current: &Settings, mut patch: Value) -> Result<Settings, Error> {
     if !patch.is_object() {
@@ -78,6 +93,7 @@ pub fn apply_patch(current: &Settings, mut patch: Value) -> Result<Settings, Err
         }
     }
     let mut merged = serde_json::to_value(current).map_err(|e| Error::internal(e.to_string()))?;
+    reject_unknown(&merged, &patch, "")?;
     merge(&mut merged, patch);
     // Through text, so money fields are parsed exactly from their JSON tokens.
     let settings: Settings = serde_json::from_str(&merged.to_string())
@@ -208,6 +224,18 @@ mod tests {
         assert_eq!(err.field(), Some("oauth.min_trust_level"));
         let err = apply_patch(&s, json!({"oauth": {"linuxdo_only": true}})).unwrap_err();
         assert_eq!(err.field(), Some("oauth.linuxdo_only"), "users would have no way to sign in");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_their_path() {
+        let s = Settings::default();
+        let err = apply_patch(&s, json!({"markupp": 2})).unwrap_err();
+        assert_eq!((err.code(), err.field()), ("unknown_field", Some("markupp")));
+        let err = apply_patch(&s, json!({"credit": {"gateway_ulr": "https://x"}})).unwrap_err();
+        assert_eq!((err.code(), err.field()), ("unknown_field", Some("credit.gateway_ulr")));
+        // What GET shows (read-only extras included) can be sent back as it is.
+        let view = public_view(&s, "http://x");
+        assert!(apply_patch(&s, view).is_ok());
     }
 
     #[test]

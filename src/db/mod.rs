@@ -18,7 +18,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-pub use migrations::{migrate, MIGRATIONS};
+pub use migrations::{migrate, migrate_up_to, MIGRATIONS};
 
 /// The longest a query waits for a pooled connection. It bounds what a request that was
 /// already waiting when the database went away waits for its 503 (later ones are refused

@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod dashboard;
 pub mod i18n;
 pub mod ops_figures;
+pub mod order_outcome;
 pub mod plan_pages;
 pub mod settings_form;
 pub mod shop_pages;

@@ -50,7 +50,7 @@ impl Card {
             description: p.description.clone(),
             price: p.price().format_2dp(),
             duration_days: p.duration_days,
-            daily_limit: view::money(p.daily_limit),
+            daily_limit: p.daily_limit.map_or_else(|| "—".to_string(), view::money),
             stock: p.stock,
             sold_out: p.stock == Some(0),
         }
@@ -74,7 +74,15 @@ pub struct OrderRow {
     pub kind: String,
     pub amount: String,
     pub status: String,
+    /// The state to show: a pending order whose time to pay has passed reads `expired`
+    /// before the hourly job marks it so (no dead "Pay now").
+    pub shown_status: String,
+    /// Still payable: pending and before its expiry.
     pub pending: bool,
+    /// When the time to pay ends (pending orders).
+    pub pay_until: String,
+    /// What a fulfilled order did ("queued until …"); filled by the status box only.
+    pub outcome: String,
     pub method: String,
     pub created: String,
     pub user_id: i64,
@@ -84,13 +92,17 @@ pub struct OrderRow {
 
 impl OrderRow {
     pub fn new(o: &Order, state: &AppState) -> Self {
+        let lapsed = o.status == status::PENDING && o.expires_at <= crate::clock::to_micros(state.now());
         OrderRow {
             otn: o.out_trade_no.clone(),
             subject: o.subject.clone(),
             kind: o.kind.clone(),
             amount: o.amount().format_2dp(),
             status: o.status.clone(),
-            pending: o.status == status::PENDING,
+            shown_status: if lapsed { status::EXPIRED.to_string() } else { o.status.clone() },
+            pending: o.status == status::PENDING && !lapsed,
+            pay_until: view::time(state.calendar(), o.expires_at),
+            outcome: String::new(),
             method: o.pay_method.clone(),
             created: view::time(state.calendar(), o.created_at),
             user_id: o.user_id,
@@ -109,6 +121,8 @@ struct PackagesPage<'a> {
     order: Option<OrderRow>,
     credit_usable: bool,
     balance: String,
+    /// How much the balance lacks for the package the user tried to buy.
+    shortfall: Option<String>,
     errors: FieldErrors,
 }
 
@@ -119,7 +133,16 @@ struct ReturnQuery {
     out_trade_no: String,
 }
 
-async fn render_packages(state: &AppState, signed: &Signed, otn: &str, errors: FieldErrors) -> Response {
+/// What the packages page shows besides the catalog: the returning order, or a refusal.
+#[derive(Default)]
+struct PackagesOutcome<'a> {
+    otn: &'a str,
+    shortfall: Option<String>,
+    errors: FieldErrors,
+}
+
+async fn render_packages(state: &AppState, signed: &Signed, outcome: PackagesOutcome<'_>) -> Response {
+    let PackagesOutcome { otn, shortfall, errors } = outcome;
     let ctx = &signed.ctx;
     let loaded = async {
         let catalog = packages::list(&state.db, true).await?;
@@ -144,26 +167,77 @@ async fn render_packages(state: &AppState, signed: &Signed, otn: &str, errors: F
             name: h.name.clone(),
             status: h.status.clone(),
             current: h.applies_at(now),
-            daily_limit: view::money(h.daily_limit),
+            daily_limit: h.daily_limit.map_or_else(|| "—".to_string(), view::money),
             starts: view::time(state.calendar(), h.starts_at),
             ends: view::time(state.calendar(), h.ends_at),
         })
         .collect();
+    let order = match order {
+        Some(o) => match with_outcome(state, ctx, &o).await {
+            Ok(row) => Some(row),
+            Err(e) => return error_page_for(ctx, &e),
+        },
+        None => None,
+    };
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let page = PackagesPage {
         ctx,
         cards: catalog.iter().map(Card::new).collect(),
         held,
-        order: order.as_ref().map(|o| OrderRow::new(o, state)),
+        order,
         credit_usable,
         balance: view::money(balance),
+        shortfall,
         errors,
     };
     render(ctx, status, &page)
 }
 
-async fn packages_page(State(state): State<AppState>, signed: Signed, Query(q): Query<ReturnQuery>) -> Response {
-    render_packages(&state, &signed, &q.out_trade_no, FieldErrors::none()).await
+/// The status box's row with the sentence saying what the order did.
+async fn with_outcome(state: &AppState, ctx: &Ctx, order: &Order) -> Result<OrderRow> {
+    let mut row = OrderRow::new(order, state);
+    row.outcome = super::order_outcome::outcome(state, ctx, order).await?;
+    Ok(row)
+}
+
+/// `/packages`, also where the payment gateway sends the buyer back: its signed query
+/// (trade number, signature, amount) is dropped by a redirect to the bare order number,
+/// so the address bar, history and a shared link carry no signature.
+async fn packages_page(
+    State(state): State<AppState>,
+    signed: Signed,
+    Query(q): Query<ReturnQuery>,
+    uri: axum::http::Uri,
+) -> Response {
+    let only_otn = uri.query().is_none_or(|query| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .map(|pairs| pairs.iter().all(|(k, _)| k == "out_trade_no"))
+            .unwrap_or(false)
+    });
+    if !only_otn {
+        let clean = match q.out_trade_no.as_str() {
+            "" => "/packages".to_string(),
+            otn => format!("/packages?{}", serde_urlencoded::to_string([("out_trade_no", otn)]).unwrap_or_default()),
+        };
+        return Redirect::to(&clean).into_response();
+    }
+    render_packages(&state, &signed, PackagesOutcome { otn: &q.out_trade_no, ..Default::default() }).await
+}
+
+/// How much more balance the package (at its coupon price, if one applies) needs.
+async fn shortfall(state: &AppState, user_id: i64, package_id: i64, coupon: Option<&str>) -> Result<Option<String>> {
+    let Some(package) = packages::find(&state.db, package_id).await? else { return Ok(None) };
+    let mut price = package.price();
+    if let Some(code) = coupon {
+        let mut conn = state.db.pool().acquire().await?;
+        let target = crate::coupons::pricing::Target::Package(package.id);
+        if let Ok(q) = crate::coupons::pricing::quote(&mut conn, code, user_id, target, price, state.now()).await {
+            price = q.price;
+        }
+    }
+    let balance = crate::users::find_by_id(&state.db, user_id).await?.map(|u| u.balance).unwrap_or(0);
+    let missing = price.saturating_sub(Money::from_micros(balance));
+    Ok(missing.is_positive().then(|| missing.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -194,8 +268,17 @@ async fn buy(
     };
     match result {
         Ok(next) => Redirect::to(&next).into_response(),
+        Err(e) if e.code() == "insufficient_balance" => match shortfall(&state, user_id, id, coupon).await {
+            Ok(missing) => {
+                let outcome =
+                    PackagesOutcome { shortfall: missing, errors: FieldErrors::from_error(&signed.ctx, &e), otn: "" };
+                render_packages(&state, &signed, outcome).await
+            }
+            Err(e) => error_page_for(&signed.ctx, &e),
+        },
         Err(e) if e.status_code().is_client_error() => {
-            render_packages(&state, &signed, "", FieldErrors::from_error(&signed.ctx, &e)).await
+            let outcome = PackagesOutcome { errors: FieldErrors::from_error(&signed.ctx, &e), ..Default::default() };
+            render_packages(&state, &signed, outcome).await
         }
         Err(e) => error_page_for(&signed.ctx, &e),
     }
@@ -264,9 +347,10 @@ struct OrderStatusPartial<'a> {
 async fn order_status(State(state): State<AppState>, signed: Signed, Path(otn): Path<String>) -> Response {
     let ctx = &signed.ctx;
     match orders::find(&state.db, &otn).await {
-        Ok(Some(o)) if o.user_id == signed.user.id => {
-            render(ctx, StatusCode::OK, &OrderStatusPartial { ctx, order: OrderRow::new(&o, &state) })
-        }
+        Ok(Some(o)) if o.user_id == signed.user.id => match with_outcome(&state, ctx, &o).await {
+            Ok(order) => render(ctx, StatusCode::OK, &OrderStatusPartial { ctx, order }),
+            Err(e) => error_page_for(ctx, &e),
+        },
         Ok(_) => error_page_for(ctx, &Error::NotFound("order")),
         Err(e) => error_page_for(ctx, &e),
     }

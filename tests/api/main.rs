@@ -37,6 +37,7 @@ mod web;
 mod web_community;
 mod web_community_sales;
 mod web_money;
+mod web_orders;
 mod web_proxy;
 mod web_shop;
 mod web_usage;

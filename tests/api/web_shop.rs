@@ -52,7 +52,7 @@ async fn admins_manage_packages_and_users_buy_them_from_the_balance(app: TestApp
     assert!(!shop.text.contains("buy-credit"), "no Credit button while payments are off");
     let r = form(&app, &format!("/packages/{id}/buy"), &user, &[("pay_with", "balance")]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "too poor");
-    assert!(r.text.contains("The balance is too low"));
+    assert!(r.text.contains("30.00 USD short of this package"), "the shortfall is said");
     app.fund(&admin, user_id, "40").await;
     let r = form(&app, &format!("/packages/{id}/buy"), &user, &[("pay_with", "balance")]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
