@@ -192,6 +192,8 @@ async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
                 continue;
             }
         };
+        // The frame's text is a slice of the socket's read buffer: let it go before the turn.
+        drop(text);
         let turn = Turn { state: &state, headers: &headers, sink: &mut sink, inbox: &mut inbox };
         // Boxed: the turn's future (the whole HTTP path) is large, and an idle
         // connection's task must not carry its space.
