@@ -3,11 +3,13 @@
 //! Without this, every request that needs PostgreSQL while it is down waits the pool's
 //! acquire timeout (10 s) before its 503, and holds a client connection meanwhile.
 //! A probe on its own connection (never a pooled one: a busy pool is not an outage)
-//! pings twice a second; after a failed ping and a failed reconnect the database is
-//! marked down and [`super::Db::available`] fails at once, until a ping succeeds again.
-//! SQLite is a file in this process: it has no outage to detect.
+//! pings twice a second; after [`ROUNDS_TO_DOWN`] rounds in a row in which both the
+//! ping and a reconnect failed, the database is marked down and
+//! [`super::Db::available`] fails at once, until a ping succeeds again. One slow round
+//! on a busy machine is not an outage. SQLite is a file in this process: it has no
+//! outage to detect.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +19,16 @@ use tokio_util::sync::CancellationToken;
 /// How often the probe pings, and how long one ping or reconnect may take: together
 /// the longest a request waits for its 503 once the outage began.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed rounds in a row before the database counts as down. A refused connection
+/// fails a round at once, so a real outage is seen within about a second.
+pub const ROUNDS_TO_DOWN: u32 = 2;
 
 /// The probe's verdict, shared by every clone of the pool.
 #[derive(Debug, Default)]
 pub struct Health {
     down: AtomicBool,
+    failed_rounds: AtomicU32,
 }
 
 impl Health {
@@ -30,9 +36,18 @@ impl Health {
         self.down.load(Ordering::Acquire)
     }
 
-    /// Records a probe result; answers whether the state changed (logged once).
+    /// Records a probe round; answers whether the verdict changed (logged once).
     pub fn record(&self, answered: bool) -> bool {
-        self.down.swap(!answered, Ordering::AcqRel) == answered
+        let down = if answered {
+            self.failed_rounds.store(0, Ordering::Release);
+            false
+        } else {
+            self.failed_rounds.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= ROUNDS_TO_DOWN
+        };
+        if !answered && !down {
+            return false;
+        }
+        self.down.swap(down, Ordering::AcqRel) != down
     }
 }
 
@@ -82,10 +97,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_probe_marks_down_and_a_good_one_up_each_change_reported_once() {
+    fn two_failed_rounds_mark_down_and_a_good_one_up_each_change_reported_once() {
         let health = Health::default();
         assert!(!health.is_down());
         assert!(!health.record(true), "up and staying up is no change");
+        assert!(!health.record(false), "one slow round is not an outage");
+        assert!(!health.is_down());
+        assert!(!health.record(true));
+        assert!(!health.record(false), "the count restarted after a good round");
         assert!(health.record(false));
         assert!(health.is_down());
         assert!(!health.record(false), "still down: reported once");
@@ -102,7 +121,8 @@ mod tests {
         let health = Arc::new(Health::default());
         let stop = CancellationToken::new();
         let task = tokio::spawn(probe(health.clone(), url, stop.clone()));
-        for _ in 0..100 {
+        // Two refused rounds, half a second apart; generous for a loaded machine.
+        for _ in 0..1000 {
             if health.is_down() {
                 break;
             }

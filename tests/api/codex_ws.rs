@@ -116,7 +116,7 @@ async fn two_responses_on_one_socket_bill_exactly_and_the_follow_up_carries_the_
 /// Codex sends its next `response.create` as soon as it has `response.completed`; an
 /// upstream may still be closing its stream then. The frame is queued, not dropped.
 async fn a_follow_up_sent_before_the_upstream_closes_its_stream_is_answered(app: TestApp) {
-    let options = MockOptions { tail: Duration::from_millis(400), ..MockOptions::default() };
+    let options = MockOptions { tail: Duration::from_millis(1500), ..MockOptions::default() };
     let s = setup(&app, options, Some("10")).await;
     let mut socket = connect(&app, &s.key).await.unwrap();
     let create = |text: &str| {
@@ -125,7 +125,7 @@ async fn a_follow_up_sent_before_the_upstream_closes_its_stream_is_answered(app:
     };
     send(&mut socket, create("one")).await;
     assert_eq!(kinds(&until_done(&mut socket).await).last(), Some(&"response.completed"));
-    // The upstream body is still open for 400 ms: both frames arrive inside it.
+    // The upstream body stays open 1.5 s more: both frames (sent at once) arrive inside it.
     send(&mut socket, json!({"type": "response.processed", "response_id": "resp_mock"})).await;
     send(&mut socket, create("two")).await;
     assert_eq!(kinds(&until_done(&mut socket).await).last(), Some(&"response.completed"));
