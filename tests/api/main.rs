@@ -36,6 +36,7 @@ mod shared_limits;
 mod web;
 mod web_community;
 mod web_community_sales;
+mod web_ledger;
 mod web_money;
 mod web_orders;
 mod web_proxy;
