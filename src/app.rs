@@ -107,7 +107,8 @@ impl Application {
         let limiter = shared_limits.as_ref().map_or("memory (this instance)", |s| s.backend_name());
         tracing::info!(limiter, "request-rate limits and login throttle counted in {limiter}");
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
-        let journal = open_journal(&config, &db, &billing, clock.now()).await?;
+        let default_preference = settings.get().await?.default_billing_preference;
+        let journal = open_journal(&config, &db, &billing, clock.now(), default_preference).await?;
         if db.backend() == db::Backend::Postgres {
             let caches = Caches { settings: settings.clone(), catalog: catalog.clone(), billing: billing.clone() };
             crate::cluster::spawn_listener(config.database_url.clone(), caches);
@@ -201,13 +202,15 @@ async fn open_journal(
     db: &Db,
     billing: &crate::billing::writer::BillingWriter,
     now: chrono::DateTime<chrono::Utc>,
+    default_preference: crate::billing::rules::Preference,
 ) -> anyhow::Result<crate::proxy::journal::Journal> {
     use crate::proxy::journal::Journal;
     if !config.journal {
         return Ok(Journal::disabled());
     }
     let dir = config.data_dir.join("journal");
-    let recovery = crate::proxy::recovery::Recovery { db, writer: billing, calendar: &config.calendar, now };
+    let recovery =
+        crate::proxy::recovery::Recovery { db, writer: billing, calendar: &config.calendar, now, default_preference };
     let report = recovery
         .replay(&dir)
         .await

@@ -13,6 +13,9 @@ pub enum Error {
     /// Malformed input (400): bad JSON, missing field, wrong type.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// A body field the route does not know (400), named, so a typo never looks like success.
+    #[error("{message}")]
+    UnknownField { field: String, message: String },
     /// Well-formed input that breaks a rule (422), naming the field.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
@@ -50,6 +53,12 @@ impl Error {
         Error::Validation { field: field.into(), message: message.into() }
     }
 
+    /// The field `field` is not part of this body (`what` names the body, for the message).
+    pub fn unknown_field(field: impl Into<String>, what: &str) -> Self {
+        let field = field.into();
+        Error::UnknownField { message: format!("unknown field `{field}` in {what}"), field }
+    }
+
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Error::Forbidden { code, message: message.into() }
     }
@@ -64,7 +73,7 @@ impl Error {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::BadRequest { .. } | Error::UnknownField { .. } => StatusCode::BAD_REQUEST,
             Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -88,6 +97,7 @@ impl Error {
             | Error::PaymentRequired { code, .. }
             | Error::BadGateway { code, .. } => code,
             Error::Validation { .. } => "validation_failed",
+            Error::UnknownField { .. } => "unknown_field",
             Error::Unauthorized(_) => "unauthorized",
             Error::NotFound(_) => "not_found",
             Error::RateLimited { .. } => "rate_limited",
@@ -109,7 +119,7 @@ impl Error {
     /// The field a validation error is about, for forms and JSON clients.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Error::Validation { field, .. } => Some(field),
+            Error::Validation { field, .. } | Error::UnknownField { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -128,9 +138,13 @@ fn is_connectivity(err: &sqlx::Error) -> bool {
         // A pooled connection cut by a server shutdown or restart: SQLSTATE class 08
         // (connection exception) and 57P01-57P03 (admin/crash shutdown, cannot connect
         // now) are outages (503, settlement retried), not internal errors.
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
-        }
+        //
+        // Storage that cannot take a write is an outage too, not a bug: PostgreSQL's
+        // 53100 (disk_full) and SQLite's SQLITE_FULL (13, "database or disk is full").
+        // The write is refused with a 503 and a settlement retries until there is room.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53100" | "13")
+        }),
         _ => false,
     }
 }

@@ -22,13 +22,15 @@ pub struct User {
     pub balance: i64,
     pub held: i64,
     pub daily_cap: Option<i64>,
+    /// The user's own cap on spending per 5-hour block (issue 19), micro-units.
+    pub five_hour_cap: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 /// Columns of `users` in struct order, for `SELECT {USER_COLUMNS} FROM users`.
 pub const USER_COLUMNS: &str =
-    "id, email, password_hash, display_name, role, status, balance, held, daily_cap, created_at, updated_at";
+    "id, email, password_hash, display_name, role, status, balance, held, daily_cap, five_hour_cap, created_at, updated_at";
 
 impl User {
     pub fn role(&self) -> Role {
@@ -57,6 +59,7 @@ impl User {
             status: self.status.clone(),
             balance: self.balance(),
             daily_cap: self.daily_cap.map(Money::from_micros),
+            five_hour_cap: self.five_hour_cap.map(Money::from_micros),
             created_at: calendar.format(crate::clock::from_micros(self.created_at)),
         }
     }
@@ -72,6 +75,8 @@ pub struct UserView {
     pub status: String,
     pub balance: Money,
     pub daily_cap: Option<Money>,
+    /// The most the user may spend in one 5-hour block (`null` = no cap).
+    pub five_hour_cap: Option<Money>,
     pub created_at: String,
 }
 
@@ -187,13 +192,15 @@ pub struct UserPatch {
     pub role: Option<Role>,
     /// `Some(None)` clears the cap.
     pub daily_cap: Option<Option<Money>>,
+    /// The 5-hour cap; `Some(None)` clears it.
+    pub five_hour_cap: Option<Option<Money>>,
 }
 
 /// Applies an admin patch and returns the updated user.
 pub async fn update(db: &Db, id: i64, patch: &UserPatch, now: DateTime<Utc>) -> Result<User> {
-    if let Some(Some(cap)) = patch.daily_cap {
-        if cap.is_negative() {
-            return Err(Error::validation("daily_cap", "must not be negative"));
+    for (field, cap) in [("daily_cap", patch.daily_cap), ("five_hour_cap", patch.five_hour_cap)] {
+        if cap.flatten().is_some_and(Money::is_negative) {
+            return Err(Error::validation(field, "must not be negative"));
         }
     }
     let user = sqlx::query_as::<_, User>(&format!(
@@ -201,13 +208,16 @@ pub async fn update(db: &Db, id: i64, patch: &UserPatch, now: DateTime<Utc>) -> 
            status = CASE WHEN $1 IS NULL THEN status ELSE $1 END, \
            role = CASE WHEN $2 IS NULL THEN role ELSE $2 END, \
            daily_cap = CASE WHEN $3 = 1 THEN $4 ELSE daily_cap END, \
-           updated_at = $5 \
-         WHERE id = $6 RETURNING {USER_COLUMNS}"
+           five_hour_cap = CASE WHEN $5 = 1 THEN $6 ELSE five_hour_cap END, \
+           updated_at = $7 \
+         WHERE id = $8 RETURNING {USER_COLUMNS}"
     ))
     .bind(patch.status.map(Status::as_str))
     .bind(patch.role.map(Role::as_str))
     .bind(i64::from(patch.daily_cap.is_some()))
     .bind(patch.daily_cap.flatten().map(Money::micros))
+    .bind(i64::from(patch.five_hour_cap.is_some()))
+    .bind(patch.five_hour_cap.flatten().map(Money::micros))
     .bind(to_micros(now))
     .bind(id)
     .fetch_optional(db.pool())

@@ -12,6 +12,10 @@ mod helpers;
 #[path = "browser/community.rs"]
 mod community;
 
+/// The operator's tools: upstream edit and test, ending a package, codes, admin pages on a phone.
+#[path = "browser/admin.rs"]
+mod admin;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -197,6 +201,7 @@ async fn flow(s: &Session) {
     switches_language_and_uses_a_phone(s).await;
     admin_sees_orders_and_usage(s).await;
     community::admin_sees_the_community_trail(s).await;
+    admin::admin_tools_on_desktop_and_phone(s).await;
 }
 
 async fn admin_first_run(s: &Session) {

@@ -1,4 +1,4 @@
-//! Admin user management: search, suspend, role, daily cap, balance adjustments.
+//! Admin user management: search, suspend, role, daily and 5-hour caps, balance adjustments.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -69,11 +69,14 @@ async fn show(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateUser {
     status: Option<String>,
     role: Option<String>,
     #[serde(default, deserialize_with = "super::nullable")]
     daily_cap: Option<Option<Money>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    five_hour_cap: Option<Option<Money>>,
 }
 
 async fn update(
@@ -95,6 +98,7 @@ async fn update(
             .map(|r| Role::parse(r).ok_or_else(|| Error::validation("role", "must be user or admin")))
             .transpose()?,
         daily_cap: body.daily_cap,
+        five_hour_cap: body.five_hour_cap,
     };
     let actor = Actor { id: admin.user.id, ip: client.ip() };
     let after = admin_actions::update_user(&state, &actor, id, &patch).await?;
@@ -102,6 +106,7 @@ async fn update(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BalanceBody {
     amount: Money,
     reason: String,

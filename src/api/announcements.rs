@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
 
 /// Create and update body; on update absent fields keep their value and `null` clears a time.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AnnouncementBody {
     title: Option<String>,
     body: Option<String>,

@@ -50,6 +50,7 @@ async fn quote(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CouponBody {
     code: String,
     percent_off: Option<Money>,

@@ -94,10 +94,19 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             Error::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        } else if let Some(field) = unknown_field(&e.to_string()) {
+            Error::UnknownField { message: format!("the body has a field this route does not know: {e}"), field }
         } else {
             Error::bad_request("invalid_body", format!("the body does not match what this route expects: {e}"))
         }
     })
+}
+
+/// The field named by serde's "unknown field `x`, expected ..." message (structs marked
+/// `deny_unknown_fields`), so the 400 can name it.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.find('`').map(|end| rest[..end].to_string())
 }
 
 /// What [`crate::auth::extract::resolve`] needs, from the application state.
@@ -152,5 +161,21 @@ mod tests {
         assert_eq!(parse_body::<Login>(b"{}").unwrap_err().code(), "invalid_body");
         assert!(parse_body::<Optional>(b"").is_ok());
         assert!(parse_body::<Optional>(b"  \n").is_ok());
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        #[allow(dead_code)]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn an_unknown_field_is_a_400_naming_it() {
+        let err = parse_body::<Strict>(br#"{"name": "a", "five_hour_limit": 2}"#).unwrap_err();
+        assert_eq!((err.code(), err.field()), ("unknown_field", Some("five_hour_limit")));
+        assert_eq!(err.status_code(), axum::http::StatusCode::BAD_REQUEST);
+        assert!(err.public_message().contains("five_hour_limit"), "{}", err.public_message());
+        assert_eq!(unknown_field("invalid type: string, expected i64"), None);
     }
 }

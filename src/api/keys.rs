@@ -85,6 +85,10 @@ async fn update(
         max_concurrency: body.max_concurrency,
     };
     let key = api_keys::update(&state.db, current.user.id, id, &patch).await?;
+    if matches!(patch.daily_cap, Some(Some(_))) {
+        // A cap set mid-day counts what the key spent since the day began.
+        crate::billing::caps::start_key_day(&state.db, state.calendar(), current.user.id, id, state.now()).await?;
+    }
     crate::billing::user_changed(&state, current.user.id).await;
     Ok(Json(key.view(state.calendar())))
 }

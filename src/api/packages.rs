@@ -35,12 +35,14 @@ pub fn router() -> Router<AppState> {
 
 /// Create body (`enabled`, `stock`, `per_user_limit` optional) and, all optional, the PUT body.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PackageBody {
     name: Option<String>,
     description: Option<String>,
     price: Option<Money>,
     duration_days: Option<i64>,
-    daily_limit: Option<Money>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    daily_limit: Option<Option<Money>>,
     sort_order: Option<i64>,
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "super::nullable")]
@@ -70,7 +72,7 @@ impl PackageBody {
             description: self.description.unwrap_or_default(),
             price: required(self.price, "price")?,
             duration_days: required(self.duration_days, "duration_days")?,
-            daily_limit: required(self.daily_limit, "daily_limit")?,
+            daily_limit: self.daily_limit.flatten(),
             sort_order: self.sort_order.unwrap_or(0),
             enabled: self.enabled.unwrap_or(true),
             stock: self.stock.flatten(),
@@ -89,7 +91,7 @@ impl PackageBody {
             description: self.description.unwrap_or_else(|| p.description.clone()),
             price: self.price.unwrap_or(p.price()),
             duration_days: self.duration_days.unwrap_or(p.duration_days),
-            daily_limit: self.daily_limit.unwrap_or(Money::from_micros(p.daily_limit)),
+            daily_limit: self.daily_limit.unwrap_or(p.daily_limit.map(Money::from_micros)),
             sort_order: self.sort_order.unwrap_or(p.sort_order),
             enabled: self.enabled.unwrap_or(p.is_enabled()),
             stock: self.stock.unwrap_or(p.stock),
@@ -199,7 +201,7 @@ async fn catalog(State(state): State<AppState>, _user: CurrentUser) -> ApiResult
         .map(|p| {
             json!({
                 "id": p.id, "name": p.name, "description": p.description, "price": p.price(),
-                "duration_days": p.duration_days, "daily_limit": Money::from_micros(p.daily_limit),
+                "duration_days": p.duration_days, "daily_limit": p.daily_limit.map(Money::from_micros),
                 "sort_order": p.sort_order, "stock": p.stock, "sold_out": p.stock == Some(0),
                 "per_user_limit": p.per_user_limit,
             })
@@ -271,6 +273,7 @@ async fn user_packages(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GrantBody {
     package_id: i64,
 }

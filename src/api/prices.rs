@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PriceBody {
     model: Option<String>,
     input: Option<Money>,

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GenerateBody {
     count: i64,
     amount: Option<Money>,

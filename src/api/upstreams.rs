@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpstreamBody {
     name: Option<String>,
     base_url: Option<String>,

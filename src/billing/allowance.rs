@@ -13,7 +13,8 @@ use crate::clock::windows::{Span, WindowKind};
 use crate::clock::{from_micros, BusinessCalendar};
 use crate::money::Money;
 
-/// The room of a package without any limit (none today: `daily_limit` is required).
+/// The room of a package without any limit (none can be created: a package needs at
+/// least one window with a limit, see `packages::validate`).
 const UNLIMITED: Money = Money::from_micros(i64::MAX / 4);
 
 /// The storage scope of a package's windows.
@@ -102,6 +103,47 @@ impl Terms {
                 Some(Window { span, limit, used })
             })
             .collect()
+    }
+}
+
+/// The columns of `user_packages` that [`TermsRow`] reads, in its order.
+pub const TERMS_COLUMNS: &str = "id, user_id, name, status, daily_limit, five_hour_limit, weekly_limit, \
+    monthly_limit, total_limit, models, starts_at, ends_at";
+
+/// A row of `user_packages` as billing and the quota views read it: the one mapping
+/// from the stored limits to [`Terms`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TermsRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub status: String,
+    pub daily_limit: Option<i64>,
+    pub five_hour_limit: Option<i64>,
+    pub weekly_limit: Option<i64>,
+    pub monthly_limit: Option<i64>,
+    pub total_limit: Option<i64>,
+    pub models: Option<String>,
+    pub starts_at: i64,
+    pub ends_at: i64,
+}
+
+impl TermsRow {
+    /// The package's terms: its span, its limit per window and its models.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            id: self.id,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            limits: Limits {
+                five_hour: self.five_hour_limit,
+                daily: self.daily_limit,
+                weekly: self.weekly_limit,
+                monthly: self.monthly_limit,
+                total: self.total_limit,
+            },
+            models: parse_models(self.models.as_deref()),
+        }
     }
 }
 

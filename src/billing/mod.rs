@@ -32,6 +32,7 @@
 
 pub mod allowance;
 mod batch;
+pub mod caps;
 pub mod quota;
 pub mod rules;
 pub mod usage;
@@ -206,7 +207,8 @@ pub struct Settlement {
 pub struct ApplicablePackage {
     pub id: i64,
     pub name: String,
-    pub daily_limit: i64,
+    /// `None` = no daily limit.
+    pub daily_limit: Option<i64>,
     pub starts_at: i64,
     pub ends_at: i64,
 }
@@ -214,7 +216,7 @@ pub struct ApplicablePackage {
 /// What an admission at `at` would have put on a hold besides the money: the packages
 /// that pay, the 5-hour blocks running, the preference and whether the key has caps.
 /// Used to rebuild the hold of a request whose admission was lost (crash recovery);
-/// the preference is the user's own, else `package_first` (the settings are not read there).
+/// the preference is the user's own, else the admin default the caller read from the settings.
 #[derive(Debug, Clone, Default)]
 pub struct AdmissionContext {
     pub packages: Vec<i64>,
@@ -223,12 +225,14 @@ pub struct AdmissionContext {
     pub key_capped: bool,
 }
 
-/// Reads the [`AdmissionContext`] of a request admitted at `at`.
+/// Reads the [`AdmissionContext`] of a request admitted at `at`; `default_preference`
+/// is `Settings.default_billing_preference` (for users who chose none).
 pub async fn admission_context(
     conn: &mut AnyConnection,
     user_id: i64,
     api_key_id: i64,
     at: DateTime<Utc>,
+    default_preference: Preference,
 ) -> Result<AdmissionContext> {
     let t = to_micros(at);
     let packages: Vec<(i64,)> = sqlx::query_as(
@@ -258,7 +262,7 @@ pub async fn admission_context(
         .bind(user_id)
         .fetch_optional(&mut *conn)
         .await?;
-    let preference = Preference::stored_or(user.and_then(|(p,)| p).as_deref(), Preference::PackageFirst);
+    let preference = Preference::stored_or(user.and_then(|(p,)| p).as_deref(), default_preference);
     let caps: Option<(Option<i64>, Option<i64>)> =
         sqlx::query_as("SELECT daily_cap, max_concurrency FROM api_keys WHERE id = $1")
             .bind(api_key_id)

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::AnyConnection;
 
-use super::allowance::{self, package_scope, Limits, Terms};
+use super::allowance::{package_scope, Terms, TermsRow, TERMS_COLUMNS};
 use super::rules::Preference;
 use crate::app::AppState;
 use crate::clock::windows::{WindowKind, BLOCK_HOURS};
@@ -42,20 +42,6 @@ pub struct PackageWindows {
     pub windows: Vec<WindowView>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    name: String,
-    daily_limit: i64,
-    five_hour_limit: Option<i64>,
-    weekly_limit: Option<i64>,
-    monthly_limit: Option<i64>,
-    total_limit: Option<i64>,
-    models: Option<String>,
-    starts_at: i64,
-    ends_at: i64,
-}
-
 /// The packages in force for `user_id` at `now` (earliest-ending first, the order they
 /// pay in), each with its windows.
 pub async fn packages_in_force(
@@ -64,31 +50,18 @@ pub async fn packages_in_force(
     user_id: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<PackageWindows>> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, name, daily_limit, five_hour_limit, weekly_limit, monthly_limit, total_limit, models, \
-           starts_at, ends_at FROM user_packages \
+    let rows: Vec<TermsRow> = sqlx::query_as(&format!(
+        "SELECT {TERMS_COLUMNS} FROM user_packages \
          WHERE user_id = $1 AND status IN ('active', 'queued') AND starts_at <= $2 AND ends_at > $2 \
-         ORDER BY ends_at, id",
-    )
+         ORDER BY ends_at, id"
+    ))
     .bind(user_id)
     .bind(to_micros(now))
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let terms = Terms {
-            id: row.id,
-            starts_at: row.starts_at,
-            ends_at: row.ends_at,
-            limits: Limits {
-                five_hour: row.five_hour_limit,
-                daily: Some(row.daily_limit),
-                weekly: row.weekly_limit,
-                monthly: row.monthly_limit,
-                total: row.total_limit,
-            },
-            models: allowance::parse_models(row.models.as_deref()),
-        };
+        let terms = row.terms();
         let windows = windows_of(conn, calendar, &terms, now).await?;
         out.push(PackageWindows {
             id: row.id,

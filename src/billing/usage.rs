@@ -34,9 +34,10 @@ pub struct DailyUsageView {
 pub struct PackageToday {
     pub id: i64,
     pub name: String,
-    pub daily_limit: Money,
+    /// `null` when the plan has no daily window (then `remaining_today` is `null` too).
+    pub daily_limit: Option<Money>,
     pub used_today: Money,
-    pub remaining_today: Money,
+    pub remaining_today: Option<Money>,
     pub starts_at: String,
     pub ends_at: String,
 }
@@ -69,13 +70,13 @@ pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u3
     let package = applicable_package(&mut conn, user_id, now).await?;
     let (package_used, balance_used) = day_usage(&mut conn, user_id, today).await?;
     let package = package.map(|p| {
-        let limit = Money::from_micros(p.daily_limit);
+        let limit = p.daily_limit.map(Money::from_micros);
         PackageToday {
             id: p.id,
             name: p.name,
             daily_limit: limit,
             used_today: package_used,
-            remaining_today: super::rules::remaining_allowance(Some(limit), package_used),
+            remaining_today: limit.map(|l| super::rules::remaining_allowance(Some(l), package_used)),
             starts_at: calendar.format(from_micros(p.starts_at)),
             ends_at: calendar.format(from_micros(p.ends_at)),
         }

@@ -46,6 +46,16 @@ impl SwitchMode {
             _ => SwitchMode::Queue,
         }
     }
+
+    /// The mode of a package given without payment (an admin grant): it stacks when
+    /// packages stack, else it queues. It never switches, because a switch would end
+    /// something the user paid for.
+    pub fn for_gift(value: &str) -> Self {
+        match SwitchMode::from_setting(value) {
+            SwitchMode::Stack => SwitchMode::Stack,
+            _ => SwitchMode::Queue,
+        }
+    }
 }
 
 /// One package to give a user.
@@ -372,5 +382,8 @@ mod tests {
         assert_eq!(SwitchMode::from_setting("switch"), SwitchMode::Switch);
         assert_eq!(SwitchMode::from_setting("queue"), SwitchMode::Queue);
         assert_eq!(SwitchMode::from_setting("stack"), SwitchMode::Stack);
+        assert_eq!(SwitchMode::for_gift("stack"), SwitchMode::Stack);
+        assert_eq!(SwitchMode::for_gift("switch"), SwitchMode::Queue, "a gift never ends a paid package");
+        assert_eq!(SwitchMode::for_gift("queue"), SwitchMode::Queue);
     }
 }

@@ -33,8 +33,8 @@ pub struct Package {
     /// Price in the payment currency (micro-units, whole cents).
     pub price: i64,
     pub duration_days: i64,
-    /// USD of API usage per business day (micro-units).
-    pub daily_limit: i64,
+    /// USD of API usage per business day (micro-units; `None` = no daily limit).
+    pub daily_limit: Option<i64>,
     pub sort_order: i64,
     /// 1 = on sale (see [`Package::is_enabled`]).
     pub enabled: i64,
@@ -61,7 +61,8 @@ pub struct PackageView {
     pub description: String,
     pub price: Money,
     pub duration_days: i64,
-    pub daily_limit: Money,
+    /// `null`: the plan has no daily window.
+    pub daily_limit: Option<Money>,
     pub sort_order: i64,
     pub enabled: bool,
     pub stock: Option<i64>,
@@ -96,7 +97,7 @@ impl Package {
             description: self.description.clone(),
             price: self.price(),
             duration_days: self.duration_days,
-            daily_limit: Money::from_micros(self.daily_limit),
+            daily_limit: self.daily_limit.map(Money::from_micros),
             sort_order: self.sort_order,
             enabled: self.is_enabled(),
             stock: self.stock,
@@ -114,14 +115,16 @@ impl Package {
     }
 }
 
-/// Fields of a package as an admin writes them (create: all required but `enabled`/`stock`/limit).
+/// Fields of a package as an admin writes them (create: all required but `enabled`, `stock`
+/// and the limits, of which at least one window must have one).
 #[derive(Debug, Clone)]
 pub struct PackageInput {
     pub name: String,
     pub description: String,
     pub price: Money,
     pub duration_days: i64,
-    pub daily_limit: Money,
+    /// `None` = no daily limit.
+    pub daily_limit: Option<Money>,
     pub sort_order: i64,
     pub enabled: bool,
     pub stock: Option<i64>,
@@ -164,18 +167,21 @@ pub fn validate(input: &PackageInput) -> Result<()> {
     if !(1..=3650).contains(&input.duration_days) {
         return Err(Error::validation("duration_days", "must be between 1 and 3650"));
     }
-    if input.daily_limit.is_negative() {
-        return Err(Error::validation("daily_limit", "must not be negative"));
-    }
-    for (field, limit) in [
+    let limits = [
+        ("daily_limit", input.daily_limit),
         ("five_hour_limit", input.five_hour_limit),
         ("weekly_limit", input.weekly_limit),
         ("monthly_limit", input.monthly_limit),
         ("total_limit", input.total_limit),
-    ] {
+    ];
+    for (field, limit) in limits {
         if limit.is_some_and(|l| l.is_negative()) {
             return Err(Error::validation(field, "must not be negative (null = no limit)"));
         }
+    }
+    if limits.iter().all(|(_, limit)| limit.is_none()) {
+        // A package without any window would pay for every request without end.
+        return Err(Error::validation("daily_limit", "a package needs a limit in at least one window"));
     }
     if let Some(models) = &input.models {
         if models.len() > 100 || models.iter().any(|m| m.chars().count() > 200 || m.contains(',')) {
@@ -234,7 +240,7 @@ fn bind_input<'q>(
         .bind(&input.description)
         .bind(input.price.micros())
         .bind(input.duration_days)
-        .bind(input.daily_limit.micros())
+        .bind(input.daily_limit.map(Money::micros))
         .bind(input.sort_order)
         .bind(i64::from(input.enabled))
         .bind(input.stock)
@@ -330,7 +336,7 @@ mod tests {
             description: String::new(),
             price: Money::units(30),
             duration_days: 30,
-            daily_limit: Money::units(5),
+            daily_limit: Some(Money::units(5)),
             sort_order: 1,
             enabled: true,
             stock: None,
@@ -355,7 +361,10 @@ mod tests {
         assert_eq!(field(|i| i.price = Money::ZERO).as_deref(), Some("price"));
         assert_eq!(field(|i| i.price = Money::from_micros(10_001)).as_deref(), Some("price"));
         assert_eq!(field(|i| i.duration_days = 0).as_deref(), Some("duration_days"));
-        assert_eq!(field(|i| i.daily_limit = Money::from_micros(-1)).as_deref(), Some("daily_limit"));
+        assert_eq!(field(|i| i.daily_limit = Some(Money::from_micros(-1))).as_deref(), Some("daily_limit"));
+        assert_eq!(field(|i| i.daily_limit = None).as_deref(), Some("daily_limit"), "no window at all");
+        let weekly_only = PackageInput { daily_limit: None, weekly_limit: Some(Money::units(20)), ..input() };
+        assert!(validate(&weekly_only).is_ok(), "the daily limit is optional");
         assert_eq!(field(|i| i.stock = Some(-1)).as_deref(), Some("stock"));
         assert_eq!(field(|i| i.per_user_limit = Some(0)).as_deref(), Some("per_user_limit"));
         assert_eq!(field(|i| i.weekly_limit = Some(Money::from_micros(-1))).as_deref(), Some("weekly_limit"));

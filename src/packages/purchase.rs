@@ -207,11 +207,13 @@ pub struct AdminAction {
     pub ip: Option<String>,
 }
 
-/// Gives a package without payment. Grants always queue behind a current package (never
-/// replace something paid for) and do not consume stock; they leave a zero-amount ledger
-/// entry and an audit record.
+/// Gives a package without payment. A grant queues behind a current package, or starts
+/// beside it when packages stack (`package_switch_mode = "stack"`, as purchases do); it
+/// never replaces something paid for and does not consume stock. It leaves a
+/// zero-amount ledger entry and an audit record.
 pub async fn grant(state: &AppState, by: &AdminAction, user_id: i64, package_id: i64) -> Result<UserPackage> {
     let package = super::find(&state.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let settings = state.settings.get().await?;
     let now = state.now();
     let mut tx = state.db.begin().await?;
     let grant = Grant {
@@ -220,7 +222,7 @@ pub async fn grant(state: &AppState, by: &AdminAction, user_id: i64, package_id:
         order_id: None,
         paid_amount: Money::ZERO,
         source: "grant",
-        mode: SwitchMode::Queue,
+        mode: SwitchMode::for_gift(&settings.package_switch_mode),
     };
     let activation = activation::activate(tx.conn(), &grant, now).await?;
     let balance: i64 =

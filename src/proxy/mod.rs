@@ -9,7 +9,8 @@
 //! - [`forward`]: admission, upstream selection and failover before the first byte;
 //!   [`affinity`]: a session's turns on one upstream (its prompt cache).
 //! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
-//! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
+//! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache;
+//!   [`upstream_check`]: an admin's "test connection".
 //! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
 //! - [`quota`]: the user's windows and balance as Codex reads them (headers, events).
 //! - [`ws`]: the WebSocket transport, bridged to the HTTP path.
@@ -30,6 +31,7 @@ pub mod quota;
 pub mod recovery;
 pub mod request;
 pub mod sse;
+pub mod upstream_check;
 pub mod upstreams;
 pub mod ws;
 

@@ -88,7 +88,7 @@ pub async fn windows(state: &AppState, user_id: i64, default_cap: Option<Money>)
     let plans = billing::quota::packages_in_force(&mut conn, calendar, user_id, now).await?;
     drop(conn);
     let facts = DayFacts {
-        package_daily_limit: package.map(|p| Money::from_micros(p.daily_limit)),
+        package_daily_limit: package.and_then(|p| p.daily_limit).map(Money::from_micros),
         package_used,
         spent_today: package_used.saturating_add(balance_used),
         daily_cap: own_cap.map(Money::from_micros).or(default_cap),

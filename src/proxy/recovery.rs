@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use super::journal::{take_orphans, Forwarded, Unsettled};
 use super::metering::estimate_tokens;
 use super::pricing::{self, ModelPrice, Usage};
+use crate::billing::rules::Preference;
 use crate::billing::{self, writer::BillingWriter, Hold, UsageRecord};
 use crate::clock::{from_micros, BusinessCalendar};
 use crate::db::Db;
@@ -37,12 +38,15 @@ pub struct RecoveryReport {
     pub amount: Money,
 }
 
-/// What the replay needs: the database, the billing writer, the calendar, "now".
+/// What the replay needs: the database, the billing writer, the calendar, "now", and
+/// the admin's default billing preference (a replayed request of a user who chose none
+/// is split as it would have been at admission).
 pub struct Recovery<'a> {
     pub db: &'a Db,
     pub writer: &'a BillingWriter,
     pub calendar: &'a BusinessCalendar,
     pub now: DateTime<Utc>,
+    pub default_preference: Preference,
 }
 
 impl Recovery<'_> {
@@ -87,8 +91,14 @@ impl Recovery<'_> {
         let admitted_at = from_micros(admitted_at);
         let mut conn = self.db.pool().acquire().await?;
         let package = billing::applicable_package(&mut conn, forwarded.user_id, admitted_at).await?;
-        let context =
-            billing::admission_context(&mut conn, forwarded.user_id, forwarded.api_key_id, admitted_at).await?;
+        let context = billing::admission_context(
+            &mut conn,
+            forwarded.user_id,
+            forwarded.api_key_id,
+            admitted_at,
+            self.default_preference,
+        )
+        .await?;
         Ok(Hold {
             id,
             request_id: forwarded.request_id.clone(),

@@ -12,8 +12,11 @@
 //! What the socket adds:
 //! - `previous_response_id` naming the connection's last response: Codex then sends only
 //!   the new input items. The gateway keeps that response's full input and output items
-//!   and sends the whole conversation upstream (an HTTP upstream has no connection
-//!   state), so any healthy upstream can serve the next turn.
+//!   (as JSON text) and sends the whole conversation upstream (an HTTP upstream has no
+//!   connection state), so any healthy upstream can serve the next turn. What it keeps
+//!   is capped at the request body limit (the expanded conversation *is* the next
+//!   request's body): past it the baseline is let go and a follow-up gets a
+//!   `conversation_too_large` error saying to compact or start a new session.
 //! - `generate: false` (Codex's pre-warm): nothing is generated, so nothing is sent
 //!   upstream or billed; the input becomes the baseline of the next request.
 //! - a `codex.rate_limits` event before each response (the quota headers of the HTTP
@@ -30,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use serde_json::value::{to_raw_value, RawValue};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 
@@ -88,8 +92,41 @@ fn request_headers(handshake: &HeaderMap) -> HeaderMap {
 #[derive(Default)]
 struct Conversation {
     last_response_id: Option<String>,
-    /// The full input of the last request followed by the output items of its response.
-    baseline: Vec<Value>,
+    /// The full input of the last request followed by the output items of its response,
+    /// kept as JSON text (a parsed tree costs several times its text).
+    baseline: Vec<Box<RawValue>>,
+    /// The serialized size of the last response's conversation (kept or not).
+    bytes: usize,
+    /// That conversation was over the cap, so `baseline` was let go.
+    over_cap: bool,
+}
+
+impl Conversation {
+    /// Remembers `id`'s conversation, or only its size when it is over `cap` bytes.
+    fn remember(&mut self, id: String, items: Vec<Box<RawValue>>, cap: usize) {
+        self.last_response_id = Some(id);
+        self.bytes = items_bytes(&items);
+        self.over_cap = self.bytes > cap;
+        self.baseline = if self.over_cap { Vec::new() } else { items };
+    }
+}
+
+/// The bytes `items` add to a request body (each item and its separating comma).
+fn items_bytes(items: &[Box<RawValue>]) -> usize {
+    items.iter().map(|item| item.get().len() + 1).sum()
+}
+
+/// A follow-up whose whole conversation would pass the request body limit.
+fn conversation_too_large(bytes: usize, cap: usize) -> ProxyError {
+    ProxyError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "conversation_too_large",
+        format!(
+            "this conversation is {bytes} bytes, over the gateway's {cap}-byte request limit: \
+             compact it (/compact) or start a new session"
+        ),
+    )
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -145,7 +182,7 @@ async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
                 sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: Utf8Bytes::from_static("") }))).await;
             return;
         }
-        let request = match Frame::parse(&text, &conversation) {
+        let request = match Frame::parse(&text, &conversation, state.config.max_body_bytes) {
             Ok(Frame::Create(request)) => request,
             Ok(Frame::Processed) => continue,
             Err(e) => {
@@ -155,6 +192,8 @@ async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
                 continue;
             }
         };
+        // The frame's text is a slice of the socket's read buffer: let it go before the turn.
+        drop(text);
         let turn = Turn { state: &state, headers: &headers, sink: &mut sink, inbox: &mut inbox };
         // Boxed: the turn's future (the whole HTTP path) is large, and an idle
         // connection's task must not carry its space.
@@ -174,15 +213,18 @@ enum Frame {
 }
 
 struct Request {
+    /// The request's fields but `input` and `stream`.
     body: Map<String, Value>,
     /// The full input sent (the baseline of the next request).
-    input: Vec<Value>,
+    input: Vec<Box<RawValue>>,
     /// `generate: false`: warm-up only.
     prewarm: bool,
 }
 
 impl Frame {
-    fn parse(text: &str, conversation: &Conversation) -> Result<Frame, ProxyError> {
+    /// Parses a client frame; a follow-up is expanded with the conversation, whose whole
+    /// size may not pass `cap` bytes.
+    fn parse(text: &str, conversation: &Conversation, cap: usize) -> Result<Frame, ProxyError> {
         let mut body = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(body)) => body,
             Ok(_) => return Err(ProxyError::invalid_request("invalid_request", "a frame must be a JSON object")),
@@ -200,7 +242,7 @@ impl Frame {
                 ))
             }
         }
-        let mut input = match body.remove("input") {
+        let items = match body.remove("input") {
             Some(Value::Array(items)) => items,
             Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
             None | Some(Value::Null) => Vec::new(),
@@ -208,6 +250,7 @@ impl Frame {
                 return Err(ProxyError::invalid_request("invalid_request", "input must be an array or a string"))
             }
         };
+        let mut input = raw_items(&items)?;
         if let Some(previous) = body.remove("previous_response_id").filter(|v| !v.is_null()) {
             if previous.as_str() != conversation.last_response_id.as_deref() {
                 return Err(ProxyError::invalid_request(
@@ -215,15 +258,41 @@ impl Frame {
                     format!("previous response {previous} is not the last response of this connection"),
                 ));
             }
+            let bytes = conversation.bytes + items_bytes(&input);
+            if conversation.over_cap || bytes > cap {
+                return Err(conversation_too_large(bytes, cap));
+            }
             let mut full = conversation.baseline.clone();
             full.append(&mut input);
             input = full;
         }
         let prewarm = body.remove("generate").is_some_and(|g| g == Value::Bool(false));
-        body.insert("input".into(), Value::Array(input.clone()));
-        body.insert("stream".into(), Value::Bool(true));
+        body.remove("stream");
         Ok(Frame::Create(Request { body, input, prewarm }))
     }
+}
+
+fn raw_items(items: &[Value]) -> Result<Vec<Box<RawValue>>, ProxyError> {
+    items
+        .iter()
+        .map(to_raw_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ProxyError::invalid_request("invalid_request", e.to_string()))
+}
+
+/// The upstream request body: the frame's fields, the full `input`, `stream: true`.
+fn encode(request: &Request) -> serde_json::Result<Vec<u8>> {
+    use serde::ser::{SerializeMap, Serializer};
+    let mut out = Vec::with_capacity(items_bytes(&request.input) + 1024);
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    let mut map = serializer.serialize_map(None)?;
+    for (name, value) in &request.body {
+        map.serialize_entry(name, value)?;
+    }
+    map.serialize_entry("input", &request.input)?;
+    map.serialize_entry("stream", &true)?;
+    map.end()?;
+    Ok(out)
 }
 
 enum TurnEnd {
@@ -242,13 +311,14 @@ struct Turn<'a> {
 impl Turn<'_> {
     async fn run(self, request: Request, conversation: &mut Conversation) -> TurnEnd {
         let Turn { state, headers, sink, inbox } = self;
+        let cap = state.config.max_body_bytes;
         if request.prewarm {
             let id = crate::telemetry::new_request_id().replacen("req_", "resp_", 1);
-            conversation.last_response_id = Some(id.clone());
-            conversation.baseline = request.input;
-            return sent(send_prewarm(sink, &id, &request.body).await);
+            let result = send_prewarm(sink, &id, &request.body).await;
+            conversation.remember(id, request.input, cap);
+            return sent(result);
         }
-        let bytes = match serde_json::to_vec(&Value::Object(request.body)) {
+        let bytes = match encode(&request) {
             Ok(bytes) => bytes,
             Err(e) => {
                 return sent(send_error(sink, &ProxyError::from(crate::error::Error::internal(e.to_string()))).await)
@@ -304,8 +374,7 @@ impl Turn<'_> {
         if let Some(id) = events.completed {
             let mut baseline = request.input;
             baseline.append(&mut events.output);
-            conversation.last_response_id = Some(id);
-            conversation.baseline = baseline;
+            conversation.remember(id, baseline, cap);
         }
         TurnEnd::Done
     }
@@ -320,7 +389,7 @@ fn sent(result: Result<(), axum::Error>) -> TurnEnd {
 
 /// Passes SSE event payloads on as text frames, noting what the next turn needs.
 struct EventRelay {
-    output: Vec<Value>,
+    output: Vec<Box<RawValue>>,
     completed: Option<String>,
 }
 
@@ -332,8 +401,8 @@ impl EventRelay {
         if let Ok(event) = serde_json::from_str::<Value>(&data) {
             match event.get("type").and_then(Value::as_str) {
                 Some("response.output_item.done") => {
-                    if let Some(item) = event.get("item") {
-                        self.output.push(item.clone());
+                    if let Some(item) = event.get("item").and_then(|item| to_raw_value(item).ok()) {
+                        self.output.push(item);
                     }
                 }
                 Some("response.completed") => {
@@ -397,40 +466,79 @@ async fn send_prewarm(sink: &mut Sink, id: &str, body: &Map<String, Value>) -> R
 mod tests {
     use super::*;
 
+    const CAP: usize = 1 << 20;
+
     fn create(frame: Value, conversation: &Conversation) -> Request {
-        match Frame::parse(&frame.to_string(), conversation) {
+        match Frame::parse(&frame.to_string(), conversation, CAP) {
             Ok(Frame::Create(r)) => r,
             Ok(Frame::Processed) => panic!("not a create frame"),
             Err(e) => panic!("{e:?}"),
         }
     }
 
+    fn raw(items: &[Value]) -> Vec<Box<RawValue>> {
+        raw_items(items).unwrap()
+    }
+
+    fn remembered(items: &[Value], cap: usize) -> Conversation {
+        let mut conversation = Conversation::default();
+        conversation.remember("resp_1".into(), raw(items), cap);
+        conversation
+    }
+
     #[test]
     fn a_follow_up_is_expanded_to_the_whole_conversation_and_streamed() {
-        let conversation = Conversation {
-            last_response_id: Some("resp_1".into()),
-            baseline: vec![json!({"role": "user", "content": "a"}), json!({"type": "message", "role": "assistant"})],
-        };
+        let conversation = remembered(
+            &[json!({"role": "user", "content": "a"}), json!({"type": "message", "role": "assistant"})],
+            CAP,
+        );
         let r = create(
-            json!({"type": "response.create", "model": "gpt-5", "previous_response_id": "resp_1",
+            json!({"type": "response.create", "model": "gpt-5", "previous_response_id": "resp_1", "stream": false,
                    "input": [{"role": "user", "content": "b"}]}),
             &conversation,
         );
         assert_eq!(r.input.len(), 3);
-        assert_eq!(r.body["input"][2]["content"], "b");
-        assert_eq!(r.body["stream"], true);
-        assert!(!r.body.contains_key("previous_response_id") && !r.body.contains_key("type"));
+        let sent: Value = serde_json::from_slice(&encode(&r).unwrap()).unwrap();
+        assert_eq!(sent["input"][2]["content"], "b");
+        assert_eq!(sent["input"][1]["role"], "assistant");
+        assert_eq!((sent["model"].as_str(), sent["stream"].as_bool()), (Some("gpt-5"), Some(true)));
+        assert!(sent.get("previous_response_id").is_none() && sent.get("type").is_none());
         let unknown = json!({"type": "response.create", "model": "m", "previous_response_id": "resp_0", "input": []});
-        let err = Frame::parse(&unknown.to_string(), &conversation).err().map(|e| e.code);
+        let err = Frame::parse(&unknown.to_string(), &conversation, CAP).err().map(|e| e.code);
         assert_eq!(err.as_deref(), Some("previous_response_not_found"));
+    }
+
+    #[test]
+    fn a_conversation_over_the_cap_is_let_go_and_its_follow_up_refused_with_a_clear_error() {
+        let item = json!({"role": "user", "content": "x".repeat(100)});
+        let size = item.to_string().len() + 1;
+        // Within the cap: kept, and a follow-up that stays within it is expanded.
+        let kept = remembered(std::slice::from_ref(&item), 3 * size);
+        assert_eq!((kept.baseline.len(), kept.bytes, kept.over_cap), (1, size, false));
+        let follow_up =
+            json!({"type": "response.create", "model": "m", "previous_response_id": "resp_1", "input": [item]});
+        match Frame::parse(&follow_up.to_string(), &kept, 2 * size) {
+            Ok(Frame::Create(r)) => assert_eq!(r.input.len(), 2),
+            _ => panic!("a follow-up within the cap is served"),
+        }
+        // A follow-up that would pass the cap is refused; the conversation stays.
+        let err = Frame::parse(&follow_up.to_string(), &kept, 2 * size - 1).err().unwrap();
+        assert_eq!((err.status.as_u16(), err.code.as_str()), (413, "conversation_too_large"));
+        assert!(err.message.contains("compact") && err.message.contains(&format!("{}-byte", 2 * size - 1)));
+        // Over the cap once answered: nothing is kept but its size, and the follow-up is refused.
+        let dropped = remembered(&[follow_up["input"][0].clone(), follow_up["input"][0].clone()], size);
+        assert!(dropped.over_cap && dropped.baseline.is_empty());
+        let err = Frame::parse(&follow_up.to_string(), &dropped, CAP).err().unwrap();
+        assert_eq!(err.code, "conversation_too_large");
     }
 
     #[test]
     fn other_frames_are_acknowledged_or_refused_in_the_openai_shape() {
         let c = Conversation::default();
-        assert!(matches!(Frame::parse(r#"{"type":"response.processed","response_id":"r"}"#, &c), Ok(Frame::Processed)));
-        assert_eq!(Frame::parse("{", &c).err().map(|e| e.code).as_deref(), Some("invalid_json"));
-        assert_eq!(Frame::parse(r#"{"type":"x"}"#, &c).err().map(|e| e.code).as_deref(), Some("unknown_frame"));
+        let parse = |text: &str| Frame::parse(text, &c, CAP);
+        assert!(matches!(parse(r#"{"type":"response.processed","response_id":"r"}"#), Ok(Frame::Processed)));
+        assert_eq!(parse("{").err().map(|e| e.code).as_deref(), Some("invalid_json"));
+        assert_eq!(parse(r#"{"type":"x"}"#).err().map(|e| e.code).as_deref(), Some("unknown_frame"));
         let warm = create(json!({"type": "response.create", "model": "m", "generate": false, "input": []}), &c);
         assert!(warm.prewarm && !warm.body.contains_key("generate"));
     }

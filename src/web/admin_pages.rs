@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}/status", post(set_status))
         .route("/admin/users/{id}/balance", post(adjust_balance))
         .route("/admin/users/{id}/packages", post(grant_package))
+        .route("/admin/users/{id}/packages/{user_package_id}/end", post(end_package))
         .route("/admin/settings", get(settings_page).post(save_settings))
         .route("/admin/settings/check", post(check_credit))
 }
@@ -72,14 +73,48 @@ struct OverviewPage<'a> {
     spend_today: String,
     requests_today: i64,
     chart: super::chart::SpendChart,
+    /// The period of the top tables, in business days (1, 7 or 30).
+    period_days: u32,
+    top_spenders: Vec<TopLine>,
+    top_models: Vec<TopLine>,
 }
+
+/// A line of a top table as shown: exact amounts (micro-dollars), not rounded.
+struct TopLine {
+    id: i64,
+    name: String,
+    spent: String,
+    requests: i64,
+}
+
+impl TopLine {
+    fn new(row: &super::stats::TopRow) -> Self {
+        TopLine { id: row.id, name: row.name.clone(), spent: view::money(row.spent.micros()), requests: row.requests }
+    }
+}
+
+/// `?days=` of the overview: the period of its top tables.
+#[derive(Deserialize)]
+struct OverviewQuery {
+    /// Text, so a hand-typed `?days=abc` falls back to the default instead of a 400.
+    days: Option<String>,
+}
+
+/// How many lines each top table shows.
+const TOP_LINES: i64 = 10;
 
 async fn count_users(state: &AppState, filter: UserFilter) -> Result<i64> {
     Ok(users::list(&state.db, &filter, 1, 0).await?.1)
 }
 
-async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -> Response {
+async fn overview(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    Query(query): Query<OverviewQuery>,
+) -> Response {
     let ctx = &signed.ctx;
+    let period_days =
+        query.days.and_then(|d| d.trim().parse::<u32>().ok()).filter(|d| [1, 7, 30].contains(d)).unwrap_or(7);
     let loaded = async {
         let total = count_users(&state, UserFilter::default()).await?;
         let suspended =
@@ -90,10 +125,14 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         let today = state.calendar().business_date(state.now());
         let history = super::stats::spend_history(&state.db, today, 30).await?;
         let revenue = super::stats::revenue_on(&state.db, state.calendar(), today).await?;
-        Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue)))
+        let range = super::stats::period(state.calendar(), today, period_days);
+        let spenders = super::stats::top_spenders(&state.db, range, TOP_LINES).await?;
+        let models = super::stats::top_models(&state.db, range, TOP_LINES).await?;
+        Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue, (spenders, models))))
     }
     .await;
-    let (users_total, users_suspended, admins, newest, (settings, history, revenue)) = match loaded {
+    let (users_total, users_suspended, admins, newest, (settings, history, revenue, (spenders, models))) = match loaded
+    {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -110,6 +149,9 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         spend_today: history.last().map(|d| d.total).unwrap_or_default().format_2dp(),
         requests_today: history.last().map(|d| d.requests).unwrap_or(0),
         chart: super::chart::SpendChart::new(&history),
+        period_days,
+        top_spenders: spenders.iter().map(TopLine::new).collect(),
+        top_models: models.iter().map(TopLine::new).collect(),
     };
     render(ctx, StatusCode::OK, &page)
 }
@@ -164,14 +206,25 @@ struct UserPage<'a> {
     ctx: &'a Ctx,
     user: UserRow,
     ledger: Vec<LedgerRow>,
-    /// Packages on sale, for the grant form: (id, name).
+    /// Every package, off-sale ones too (a trial package is granted, not sold): (id, label).
     catalog: Vec<(i64, String)>,
-    /// The user's packages: (name, status, ends).
-    held: Vec<(String, String, String)>,
+    /// The user's packages, newest first.
+    held: Vec<HeldRow>,
     notice: Option<&'static str>,
     form_amount: &'a str,
     form_reason: &'a str,
     errors: FieldErrors,
+}
+
+/// A package the user holds, as the admin sees it.
+struct HeldRow {
+    id: i64,
+    name: String,
+    status: &'static str,
+    /// Active or queued: it can be ended.
+    running: bool,
+    starts: String,
+    ends: String,
 }
 
 /// A ledger entry as the user page lists it.
@@ -196,7 +249,7 @@ async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<
     let loaded = async {
         let user = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
         let entries = ledger::list(&state.db, Some(id), 20, 0).await?.0;
-        let catalog = crate::packages::list(&state.db, true).await?;
+        let catalog = crate::packages::list(&state.db, false).await?;
         let held = crate::packages::activation::list_for_user(&state.db, id).await?;
         Ok::<_, Error>((user, entries, (catalog, held)))
     }
@@ -220,16 +273,31 @@ async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<
         ctx,
         user: UserRow::new(&user, state),
         ledger,
-        catalog: catalog.iter().map(|p| (p.id, p.name.clone())).collect(),
+        catalog: catalog
+            .iter()
+            .map(|p| {
+                let label =
+                    if p.is_enabled() { p.name.clone() } else { format!("{} ({})", p.name, ctx.t("apk.off_sale")) };
+                (p.id, label)
+            })
+            .collect(),
         held: held
             .iter()
             .map(|h| {
-                let label = match h.status.as_str() {
-                    "active" => ctx.t("status.active"),
-                    "queued" => ctx.t("packages.queued"),
-                    _ => ctx.t("packages.past"),
+                let (status, running) = match h.status.as_str() {
+                    "active" => (ctx.t("status.active"), true),
+                    "queued" => (ctx.t("packages.queued"), true),
+                    "ended" => (ctx.t("admin.package_ended"), false),
+                    _ => (ctx.t("packages.past"), false),
                 };
-                (h.name.clone(), label.to_string(), view::time(state.calendar(), h.ends_at))
+                HeldRow {
+                    id: h.id,
+                    name: h.name.clone(),
+                    status,
+                    running,
+                    starts: view::time(state.calendar(), h.starts_at),
+                    ends: view::time(state.calendar(), h.ends_at),
+                }
             })
             .collect(),
         notice: outcome.notice,
@@ -316,6 +384,8 @@ struct SettingsPage<'a> {
     credit_usable: bool,
     default_notify_url: String,
     default_return_url: String,
+    /// With the payment sandbox on: its gateway address, offered for the gateway URL field.
+    sandbox_gateway_url: Option<String>,
     /// The result of "check configuration": reached the gateway?, and what it said.
     check: Option<(bool, String)>,
     errors: FieldErrors,
@@ -350,6 +420,7 @@ async fn render_settings(state: &AppState, ctx: &Ctx, outcome: SettingsOutcome) 
         credit_usable: settings.credit.is_usable(),
         default_notify_url: blank.notify_url_or_default(public_url),
         default_return_url: blank.return_url_or_default(public_url),
+        sandbox_gateway_url: state.config.pay_sandbox.then(|| format!("{public_url}{}", crate::payment::sandbox::BASE)),
         check,
         errors,
         oauth: (
@@ -371,7 +442,22 @@ async fn save_settings(
     client: ClientAddr,
     CsrfForm(form): CsrfForm<SettingsForm>,
 ) -> Response {
+    let ctx = &signed.ctx;
     let actor = Actor { id: signed.user.id, ip: client.ip() };
+    // Every problem of the form at once: the fields that are not numbers, else every rule
+    // the merged settings break; the write below checks again (the first problem).
+    let problems = match (form.to_patch_checked(), state.settings.get().await) {
+        (Err(wrong), _) => wrong,
+        (Ok(patch), Ok(current)) => match crate::api::settings::merged(&current, patch) {
+            Ok(next) => crate::api::settings::problems(&next),
+            Err(e) => vec![e],
+        },
+        (Ok(_), Err(e)) => return error_page_for(ctx, &e),
+    };
+    if !problems.is_empty() {
+        let errors = FieldErrors::from_errors(ctx, &problems);
+        return render_settings(&state, ctx, SettingsOutcome { form: Some(form), errors, ..Default::default() }).await;
+    }
     let result = async { admin_actions::update_settings(&state, &actor, form.to_patch()?).await }.await;
     match result {
         Ok(_) => render_settings(&state, &signed.ctx, SettingsOutcome { saved: true, ..Default::default() }).await,
@@ -424,6 +510,27 @@ async fn grant_package(
     let outcome = match crate::packages::purchase::grant(&state, &by, id, form.package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.granted")), ..Default::default() },
         Err(e) if e.status_code().is_client_error() => {
+            UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }
+        }
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    render_user(&state, ctx, id, outcome).await
+}
+
+/// Ends a user's active or queued package now (`packages::purchase::end`: audited; a
+/// package already over is refused with a readable page).
+async fn end_package(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    client: ClientAddr,
+    Path((id, user_package_id)): Path<(i64, i64)>,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Response {
+    let ctx = &signed.ctx;
+    let by = crate::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let outcome = match crate::packages::purchase::end(&state, &by, id, user_package_id).await {
+        Ok(_) => UserOutcome { notice: Some(ctx.t("admin.package_ended_notice")), ..Default::default() },
+        Err(e @ Error::Conflict { .. }) => {
             UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }
         }
         Err(e) => return error_page_for(ctx, &e),

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::admin_write::FormWrite;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
+use super::order_check::CheckNotice;
 use super::shop_pages::OrderRow;
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
@@ -88,7 +89,7 @@ impl PackageForm {
             description: p.description.clone(),
             price: p.price().format_2dp(),
             duration_days: p.duration_days.to_string(),
-            daily_limit: Money::from_micros(p.daily_limit).to_string(),
+            daily_limit: p.daily_limit.map(|l| Money::from_micros(l).to_string()).unwrap_or_default(),
             sort_order: p.sort_order.to_string(),
             stock: p.stock.map(|s| s.to_string()).unwrap_or_default(),
             per_user_limit: p.per_user_limit.map(|s| s.to_string()).unwrap_or_default(),
@@ -111,7 +112,7 @@ impl PackageForm {
             description: self.description.trim().to_string(),
             price: amount("price", &self.price)?,
             duration_days: whole("duration_days", &self.duration_days)?,
-            daily_limit: amount("daily_limit", &self.daily_limit)?,
+            daily_limit: optional_amount("daily_limit", &self.daily_limit)?,
             sort_order: optional_whole("sort_order", &self.sort_order)?.unwrap_or(0),
             enabled: self.is_enabled(),
             stock: optional_whole("stock", &self.stock)?,
@@ -166,7 +167,7 @@ async fn render_list(state: &AppState, ctx: &Ctx, form: PackageForm, errors: Fie
             name: p.name.clone(),
             price: p.price().format_2dp(),
             duration_days: p.duration_days,
-            daily_limit: view::money(p.daily_limit),
+            daily_limit: p.daily_limit.map_or_else(|| "—".to_string(), view::money),
             sort_order: p.sort_order,
             enabled: p.is_enabled(),
             stock: p.stock,
@@ -280,7 +281,7 @@ struct OrdersPage<'a> {
     query: &'a OrdersQuery,
     orders: Vec<(OrderRow, String)>,
     pager: Pager,
-    notice: Option<String>,
+    notice: Option<CheckNotice>,
     errors: FieldErrors,
 }
 
@@ -299,7 +300,7 @@ async fn render_orders(
     state: &AppState,
     ctx: &Ctx,
     query: &OrdersQuery,
-    outcome: (Option<String>, FieldErrors),
+    outcome: (Option<CheckNotice>, FieldErrors),
 ) -> Response {
     let page = query.page.unwrap_or(1).max(1);
     let loaded = async {
@@ -364,7 +365,10 @@ async fn refund_order(
         async { crate::api::payments::refund_audited(&state, &client.actor(signed.user.id), &otn).await.map(|_| ()) }
             .await;
     let outcome = match result {
-        Ok(()) => (Some(format!("{} {otn}", ctx.t("orders.refunded"))), FieldErrors::none()),
+        Ok(()) => {
+            let refunded = CheckNotice { tone: "ok", text: format!("{} {otn}", ctx.t("orders.refunded")) };
+            (Some(refunded), FieldErrors::none())
+        }
         Err(e) if e.status_code().is_client_error() || e.status_code() == StatusCode::BAD_GATEWAY => {
             (None, FieldErrors::from_error(ctx, &e))
         }
@@ -381,16 +385,7 @@ async fn check_order(
 ) -> Response {
     let ctx = &signed.ctx;
     let outcome = match orders::jobs::check_order(&state, &otn).await {
-        Ok((check, _)) => {
-            let verdict = if check.fulfilled_now {
-                ctx.t("orders.check_fulfilled")
-            } else if check.gateway_paid {
-                ctx.t("orders.check_paid")
-            } else {
-                ctx.t("orders.check_unpaid")
-            };
-            (Some(format!("{otn}: {verdict} ({})", check.gateway_message)), FieldErrors::none())
-        }
+        Ok((check, order)) => (Some(super::order_check::notice(ctx, &otn, &check, &order.status)), FieldErrors::none()),
         Err(e) if e.status_code().is_client_error() || e.status_code() == StatusCode::BAD_GATEWAY => {
             (None, FieldErrors::from_error(ctx, &e))
         }

@@ -18,6 +18,7 @@ use crate::auth::api_keys;
 use crate::billing::{self, usage::PackageToday};
 use crate::clock::{to_micros, BusinessCalendar};
 use crate::error::Error;
+use crate::money::Money;
 use crate::packages::held::{self, status, UserPackage};
 
 #[derive(Template)]
@@ -92,14 +93,19 @@ fn days_text(ctx: &Ctx, key: &str, n: i64) -> String {
 
 impl PackageStatus {
     fn new(ctx: &Ctx, p: &PackageToday, calendar: &BusinessCalendar, now: DateTime<Utc>) -> Self {
-        let limit = p.daily_limit.micros();
-        let percent = if limit > 0 { (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100) } else { 100 };
+        // No daily window: the bar stays empty (the plan card shows the other windows).
+        let percent = match p.daily_limit.map(Money::micros) {
+            Some(limit) if limit > 0 => (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100),
+            Some(_) => 100,
+            None => 0,
+        };
+        let dash = || "—".to_string();
         let ends_micros = chrono::DateTime::parse_from_rfc3339(&p.ends_at).map(|t| t.timestamp_micros()).ok();
         PackageStatus {
             name: p.name.clone(),
-            limit: p.daily_limit.to_string(),
+            limit: p.daily_limit.map_or_else(dash, |l| l.to_string()),
             used: p.used_today.to_string(),
-            remaining: p.remaining_today.to_string(),
+            remaining: p.remaining_today.map_or_else(dash, |r| r.to_string()),
             percent,
             level: if percent >= 100 {
                 "bad"
@@ -123,7 +129,7 @@ fn queued(ctx: &Ctx, held: &[UserPackage], calendar: &BusinessCalendar, now: Dat
             name: p.name.clone(),
             starts: view::time(calendar, p.starts_at),
             ends: view::time(calendar, p.ends_at),
-            daily_limit: view::money(p.daily_limit),
+            daily_limit: p.daily_limit.map_or_else(|| "—".to_string(), view::money),
             days: days_text(ctx, "dashboard.days", p.duration_days),
         })
         .collect()

@@ -50,7 +50,7 @@ impl Card {
             description: p.description.clone(),
             price: p.price().format_2dp(),
             duration_days: p.duration_days,
-            daily_limit: view::money(p.daily_limit),
+            daily_limit: p.daily_limit.map_or_else(|| "—".to_string(), view::money),
             stock: p.stock,
             sold_out: p.stock == Some(0),
         }
@@ -167,7 +167,7 @@ async fn render_packages(state: &AppState, signed: &Signed, outcome: PackagesOut
             name: h.name.clone(),
             status: h.status.clone(),
             current: h.applies_at(now),
-            daily_limit: view::money(h.daily_limit),
+            daily_limit: h.daily_limit.map_or_else(|| "—".to_string(), view::money),
             starts: view::time(state.calendar(), h.starts_at),
             ends: view::time(state.calendar(), h.ends_at),
         })

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::TestApp;
+use crate::helpers::{spawn_app_with, TestApp};
 use crate::on_both_databases;
 use crate::proxy::{balance_and_held, setup, usage_rows, v1};
 
@@ -27,6 +27,7 @@ on_both_databases!(
     a_socket_dropped_mid_response_is_settled_once,
     an_old_connection_is_told_to_reconnect_the_way_codex_expects,
     a_remote_compaction_is_proxied_and_billed_like_a_response,
+    a_conversation_past_the_body_limit_is_refused_with_a_clear_error_and_not_forwarded,
 );
 
 /// gpt-5 list price for the mock's usage: 4025 micro-USD a response.
@@ -223,4 +224,31 @@ async fn a_remote_compaction_is_proxied_and_billed_like_a_response(app: TestApp)
     assert_eq!((rows[0].endpoint.as_str(), rows[0].cost, rows[0].streamed), ("/responses/compact", COST, false));
     app.wait_until_settled().await;
     assert_eq!(balance_and_held(&app, s.user_id).await, (10_000_000 - COST, 0));
+}
+
+/// The socket keeps each conversation to expand the next follow-up; what it keeps is
+/// capped at the request body limit (the expanded conversation is the next request body).
+async fn a_conversation_past_the_body_limit_is_refused_with_a_clear_error_and_not_forwarded(app: TestApp) {
+    let small = spawn_app_with(app.backend, &[("GATEWAY_MAX_BODY_BYTES", "4096")]).await;
+    drop(app);
+    let s = setup(&small, MockOptions::default(), Some("10")).await;
+    let mut socket = connect(&small, &s.key).await.unwrap();
+    let message =
+        |text: String| json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]});
+    send(&mut socket, json!({"type": "response.create", "model": "gpt-5", "input": [message("a".repeat(2500))]})).await;
+    assert_eq!(kinds(&until_done(&mut socket).await).last(), Some(&"response.completed"));
+    let follow_up = json!({"type": "response.create", "model": "gpt-5", "previous_response_id": "resp_mock",
+                           "input": [message("b".repeat(1500))]});
+    send(&mut socket, follow_up).await;
+    let events = until_done(&mut socket).await;
+    let error = events.last().unwrap();
+    assert_eq!((error["type"].as_str(), error["status"].as_u64()), (Some("error"), Some(413)), "{events:?}");
+    assert_eq!(error["error"]["code"], "conversation_too_large");
+    assert!(error["error"]["message"].as_str().unwrap().contains("4096-byte"), "{error}");
+    // The socket stays usable: a new conversation (no previous_response_id) is served.
+    send(&mut socket, json!({"type": "response.create", "model": "gpt-5", "input": [message("c".into())]})).await;
+    assert_eq!(kinds(&until_done(&mut socket).await).last(), Some(&"response.completed"));
+    assert_eq!(s.mock.requests(), 2, "the refused follow-up was not forwarded");
+    let rows = usage_rows(&small, 2).await;
+    assert!(rows.iter().all(|r| r.cost == COST), "{rows:?}");
 }

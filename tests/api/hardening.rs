@@ -1,16 +1,42 @@
 //! The hardening of issue 16 over HTTP: the self-only Content-Security-Policy and the pages
-//! that obey it (no inline script, style or event handler anywhere).
+//! that obey it (no inline script, style or event handler anywhere); admin JSON bodies that
+//! refuse unknown fields.
 
 use std::collections::HashMap;
 
-use reqwest::header::COOKIE;
+use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{Answer, TestApp};
 use crate::on_both_databases_with_sandbox;
 
-on_both_databases_with_sandbox!(every_answer_carries_a_self_only_csp_and_no_page_needs_inline_code,);
+on_both_databases_with_sandbox!(
+    every_answer_carries_a_self_only_csp_and_no_page_needs_inline_code,
+    admin_bodies_with_an_unknown_field_are_refused_naming_it,
+    cookies_are_not_marked_secure_on_a_plain_http_public_url,
+);
+
+/// Each scenario on both databases, with an https public URL (as behind TLS in production).
+macro_rules! on_both_databases_over_https {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                const HTTPS: &[(&str, &str)] = &[("GATEWAY_PUBLIC_URL", "https://gateway.example")];
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, HTTPS).await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, HTTPS).await).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_databases_over_https!(every_cookie_is_secure_on_an_https_public_url);
 
 async fn page(app: &TestApp, path: &str, session: Option<&str>) -> Answer {
     let mut req = app.client.get(app.url(path));
@@ -135,4 +161,149 @@ async fn every_answer_carries_a_self_only_csp_and_no_page_needs_inline_code(app:
         assert_hardened(&answer, path);
     }
     assert_hardened(&page(&app, "/static/app.css", None).await, "/static/app.css");
+}
+
+async fn admin_bodies_with_an_unknown_field_are_refused_naming_it(app: TestApp) {
+    let admin = app.admin_token().await;
+    let (user_id, _) = app.register_and_login("typo@example.com").await;
+    let package = app
+        .create_package(&admin, json!({"name": "Typo", "price": "5.00", "duration_days": 30, "daily_limit": 5}))
+        .await;
+    let before = app.get(&format!("/api/admin/packages/{package}"), &admin).await.text;
+    let settings_before = app.get("/api/admin/settings", &admin).await.body;
+    let users = format!("/api/admin/users/{user_id}");
+    let cases = [
+        (
+            "POST",
+            "/api/admin/packages".to_string(),
+            json!({"name": "P", "price": "1.00", "duration_days": 1, "daily_limt": 5}),
+            "daily_limt",
+        ),
+        (
+            "PUT",
+            format!("/api/admin/packages/{package}"),
+            json!({"price": "1.00", "fivehour_limit": "2"}),
+            "fivehour_limit",
+        ),
+        ("PUT", "/api/admin/settings".to_string(), json!({"markup": "2.00", "markupp": "3"}), "markupp"),
+        (
+            "PUT",
+            "/api/admin/settings".to_string(),
+            json!({"credit": {"gateway_ulr": "https://pay.example/"}}),
+            "credit.gateway_ulr",
+        ),
+        (
+            "POST",
+            "/api/admin/upstreams".to_string(),
+            json!({"name": "u", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-x", "wieght": 2}),
+            "wieght",
+        ),
+        (
+            "POST",
+            "/api/admin/coupons".to_string(),
+            json!({"code": "TYPO", "percent_off": "10", "max_use": 1}),
+            "max_use",
+        ),
+        (
+            "POST",
+            "/api/admin/redemption-codes".to_string(),
+            json!({"count": 1, "amount": "1.00", "notes": "x"}),
+            "notes",
+        ),
+        ("POST", "/api/admin/announcements".to_string(), json!({"title": "t", "body": "b", "enable": true}), "enable"),
+        (
+            "POST",
+            "/api/admin/prices".to_string(),
+            json!({"model": "m", "input": "1", "output": "2", "cached": "0.1"}),
+            "cached",
+        ),
+        ("PATCH", users.clone(), json!({"status": "suspended", "daily_capp": "1.00"}), "daily_capp"),
+        ("POST", format!("{users}/balance"), json!({"amount": "5.00", "reason": "r", "note": "x"}), "note"),
+        ("POST", format!("{users}/packages"), json!({"package_id": package, "days": 90}), "days"),
+    ];
+    for (method, path, body, field) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = app.send(method.clone(), &path, Some(&admin), Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}: {}", r.text);
+        assert_eq!(r.error_code(), "unknown_field", "{method} {path}: {}", r.text);
+        assert_eq!(r.body["error"]["field"], json!(field), "{method} {path}: {}", r.text);
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(field), "{}", r.text);
+    }
+    // Nothing was created or changed by the refused bodies.
+    assert_eq!(app.get(&format!("/api/admin/packages/{package}"), &admin).await.text, before);
+    assert_eq!(app.get("/api/admin/settings", &admin).await.body, settings_before);
+    assert_eq!(app.count("SELECT COUNT(*) FROM packages").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM upstreams").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM coupons").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM redemption_codes").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM announcements").await, 0);
+    let me = app.get(&users, &admin).await;
+    assert_eq!(me.body["status"], json!("active"), "{}", me.text);
+    // The same bodies without the typo are accepted (the fields are real).
+    let ok = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": "https://pay.example/"}})).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let ok = app.put(&format!("/api/admin/packages/{package}"), &admin, json!({"five_hour_limit": "2"})).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+}
+
+/// The `Set-Cookie` headers of an answer.
+fn set_cookies(answer: &Answer) -> Vec<String> {
+    answer.headers.get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+}
+
+fn cookie_named<'a>(cookies: &'a [String], name: &str) -> &'a str {
+    let prefix = format!("{name}=");
+    cookies.iter().find(|c| c.starts_with(&prefix)).unwrap_or_else(|| panic!("no {name} cookie in {cookies:?}"))
+}
+
+fn is_secure(cookie: &str) -> bool {
+    cookie.split(';').skip(1).any(|a| a.trim().eq_ignore_ascii_case("secure"))
+}
+
+async fn every_cookie_is_secure_on_an_https_public_url(app: TestApp) {
+    app.register_and_login("tls@example.com").await;
+    // The pre-session cookie of a guest page.
+    let login = page(&app, "/login", None).await;
+    let cookies = set_cookies(&login);
+    let pre = cookie_named(&cookies, "cg_pre");
+    assert!(is_secure(pre), "{pre}");
+    let pre_value = pre.split(';').next().unwrap().to_string();
+    // The language cookie.
+    let lang = page(&app, "/lang/en?next=/login", None).await;
+    let cookies = set_cookies(&lang);
+    assert!(is_secure(cookie_named(&cookies, "cg_lang")), "{cookies:?}");
+    // The session cookie from the login form, and the one logging out clears it with.
+    let start = login.text.find("name=\"_csrf\" value=\"").unwrap() + 20;
+    let csrf = login.text[start..].split('"').next().unwrap().to_string();
+    let fields = [("email", "tls@example.com"), ("password", "password123"), ("_csrf", csrf.as_str())];
+    let r = app.client.post(app.url("/login")).header(COOKIE, &pre_value).form(&fields).send().await.unwrap();
+    let r = TestApp::answer(r).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let cookies = set_cookies(&r);
+    let session = cookie_named(&cookies, "cg_session");
+    assert!(is_secure(session), "{session}");
+    let token = session.split(';').next().unwrap().trim_start_matches("cg_session=").to_string();
+    let csrf = codex_gateway::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
+    let out = app.client.post(app.url("/logout")).header(COOKIE, format!("cg_session={token}"));
+    let out = TestApp::answer(out.form(&[("_csrf", csrf.as_str())]).send().await.unwrap()).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.text);
+    let cookies = set_cookies(&out);
+    assert!(is_secure(cookie_named(&cookies, "cg_session")), "{cookies:?}");
+    // No cookie of any answer goes without it (each attribute once).
+    for answer in [&login, &lang, &r, &out] {
+        for cookie in set_cookies(answer) {
+            assert_eq!(cookie.to_ascii_lowercase().matches("secure").count(), 1, "{cookie}");
+        }
+    }
+}
+
+async fn cookies_are_not_marked_secure_on_a_plain_http_public_url(app: TestApp) {
+    // A plain-http deployment (a local test instance) must still keep its cookies.
+    let lang = page(&app, "/lang/en?next=/login", None).await;
+    let cookies = set_cookies(&lang);
+    assert!(!is_secure(cookie_named(&cookies, "cg_lang")), "{cookies:?}");
+    let login = page(&app, "/login", None).await;
+    let cookies = set_cookies(&login);
+    assert!(!is_secure(cookie_named(&cookies, "cg_pre")), "{cookies:?}");
 }

@@ -199,7 +199,7 @@ async fn a_different_package_is_queued_and_starts_when_the_current_one_ends(app:
     app.clock.set("2026-02-14T04:00:00Z");
     let current = activation::current(&app.db, user_id, app.clock.now()).await.unwrap().unwrap();
     assert_eq!(current.package_id, week, "the queued package applies from the instant the first one ends");
-    assert_eq!(current.daily_limit, 2_000_000);
+    assert_eq!(current.daily_limit, Some(2_000_000));
     assert_eq!(app.mark_expired().await, 2);
     let user = app.login("u@example.com", "password123").await; // the first session has expired by now
     let mine = app.get("/api/user/packages", &user).await;

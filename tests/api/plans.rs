@@ -22,6 +22,32 @@ on_both_databases!(
     a_key_daily_cap_and_concurrency_cap_refuse,
     codex_headers_report_the_tightest_plan_windows,
     the_dashboard_shows_each_window_and_switches_the_preference,
+    an_admin_sets_and_clears_a_users_five_hour_cap,
+    a_plan_without_a_daily_limit_counts_its_other_windows,
+    an_admin_grant_stacks_in_stack_mode_and_queues_otherwise,
+    a_key_daily_cap_set_mid_day_counts_the_whole_day,
+);
+
+/// Runs `$scenario(backend)` on SQLite and on PostgreSQL (scenarios that start their
+/// own databases or instances).
+macro_rules! per_backend {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario(crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$scenario(crate::helpers::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+per_backend!(
+    the_optional_daily_limit_migration_keeps_every_row,
+    a_replayed_request_is_split_by_the_admin_default_preference,
 );
 
 mod the_week_follows_new_york_across_the_dst_change {
@@ -393,4 +419,269 @@ async fn the_dashboard_shows_each_window_and_switches_the_preference(app: TestAp
     assert_eq!(r.body["preference"], "balance_first");
     let page = get().await.unwrap().text().await.unwrap();
     assert!(page.contains("value=\"balance_first\" selected"));
+}
+
+async fn an_admin_sets_and_clears_a_users_five_hour_cap(app: TestApp) {
+    let admin = app.admin_token().await;
+    let (user_id, _, key, _) = customer(&app, "cap5h@example.com", "10.00").await;
+    let path = format!("/api/admin/users/{user_id}");
+    let bad = app.patch(&path, &admin, json!({"five_hour_cap": "-1"})).await;
+    assert_eq!(
+        (bad.status, bad.body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("five_hour_cap"))
+    );
+    let r = app.patch(&path, &admin, json!({"five_hour_cap": "0.50"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["five_hour_cap"], "0.50");
+    assert_eq!(app.get(&path, &admin).await.body["five_hour_cap"], "0.50", "shown on read");
+    charge(&app, user_id, key, "cap1", "0.40").await;
+    let refused = admit(&app, user_id, key, "0.20").await.unwrap_err();
+    assert_eq!(refused.status_code(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.to_string().contains("5-hour spending cap"), "{refused}");
+    let fits = admit(&app, user_id, key, "0.10").await.unwrap();
+    billing::settle(&app.state, &fits, &record("cap2", "0.10")).await.unwrap();
+    // Other fields leave the cap alone; null clears it.
+    let r = app.patch(&path, &admin, json!({"daily_cap": "5"})).await;
+    assert_eq!(r.body["five_hour_cap"], "0.50");
+    let r = app.patch(&path, &admin, json!({"five_hour_cap": null})).await;
+    assert!(r.body["five_hour_cap"].is_null(), "{}", r.text);
+    let hold = admit(&app, user_id, key, "0.20").await.expect("no cap any more");
+    billing::settle(&app.state, &hold, &record("cap3", "0.20")).await.unwrap();
+    app.assert_money_invariants().await;
+}
+
+async fn a_plan_without_a_daily_limit_counts_its_other_windows(app: TestApp) {
+    let admin = app.admin_token().await;
+    let (user_id, token, key, _) = customer(&app, "nodaily@example.com", "10.00").await;
+    let none =
+        app.post("/api/admin/packages", &admin, json!({"name": "Nothing", "price": "1", "duration_days": 7})).await;
+    assert_eq!(
+        (none.status, none.body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("daily_limit"))
+    );
+    let weekly = json!({"name": "Weekly", "price": "5", "duration_days": 7, "weekly_limit": "3"});
+    let created = app.post("/api/admin/packages", &admin, weekly).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert!(created.body["daily_limit"].is_null(), "{}", created.text);
+    let id = created.body["id"].as_i64().unwrap();
+    let r = app.post(&format!("/api/admin/users/{user_id}/packages"), &admin, json!({"package_id": id})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.body["daily_limit"].is_null());
+    let first = charge(&app, user_id, key, "nd1", "2.50").await;
+    assert_eq!((first.package, first.balance), (m("2.50"), Money::ZERO), "no daily window stops it");
+    let second = charge(&app, user_id, key, "nd2", "1.00").await;
+    assert_eq!((second.package, second.balance), (m("0.50"), m("0.50")), "the week is the limit");
+    let usage = app.get("/api/user/daily-usage", &token).await;
+    assert_eq!(usage.status, StatusCode::OK, "{}", usage.text);
+    let package = &usage.body["package"];
+    assert!(package["daily_limit"].is_null() && package["remaining_today"].is_null(), "{}", usage.text);
+    assert_eq!(package["used_today"], "3.00");
+    let windows: Vec<&str> =
+        usage.body["windows"].as_array().unwrap().iter().map(|w| w["window"].as_str().unwrap()).collect();
+    assert_eq!(windows, vec!["week"]);
+    // The admin can set a daily limit and remove it again.
+    let put = app.put(&format!("/api/admin/packages/{id}"), &admin, json!({"daily_limit": "1"})).await;
+    assert_eq!(put.body["daily_limit"], "1.00", "{}", put.text);
+    let put = app.put(&format!("/api/admin/packages/{id}"), &admin, json!({"daily_limit": null})).await;
+    assert!(put.body["daily_limit"].is_null(), "{}", put.text);
+    let catalog = app.get("/api/packages", &token).await;
+    assert!(catalog.body["items"].as_array().unwrap().iter().any(|p| p["id"] == id && p["daily_limit"].is_null()));
+    use reqwest::header::COOKIE;
+    for page in ["/dashboard", "/packages"] {
+        let r = app.client.get(app.url(page)).header(COOKIE, format!("cg_session={token}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{page}");
+    }
+    app.assert_money_invariants().await;
+}
+
+async fn an_admin_grant_stacks_in_stack_mode_and_queues_otherwise(app: TestApp) {
+    let admin = app.admin_token().await;
+    let (user_id, token, key, _) = customer(&app, "grant-stack@example.com", "100.00").await;
+    let monthly = app
+        .create_package(&admin, json!({"name": "Monthly", "price": "10", "duration_days": 30, "daily_limit": "1"}))
+        .await;
+    let booster = app
+        .create_package(&admin, json!({"name": "Booster", "price": "5", "duration_days": 7, "daily_limit": "2"}))
+        .await;
+    let r = app.post(&format!("/api/packages/{monthly}/purchase"), &token, json!({"pay_with": "balance"})).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let grant = |package: i64| {
+        let path = format!("/api/admin/users/{user_id}/packages");
+        let admin = admin.clone();
+        let app = &app;
+        async move { app.post(&path, &admin, json!({"package_id": package})).await }
+    };
+    let queued = grant(booster).await;
+    assert_eq!(queued.status, StatusCode::CREATED, "{}", queued.text);
+    assert_eq!(queued.body["status"], "queued", "queue mode: behind the monthly plan");
+    let s = app.put("/api/admin/settings", &admin, json!({"package_switch_mode": "stack"})).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+    let (other_id, other_token, other_key, _) = customer(&app, "grant-stack2@example.com", "100.00").await;
+    let r = app.post(&format!("/api/packages/{monthly}/purchase"), &other_token, json!({"pay_with": "balance"})).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let path = format!("/api/admin/users/{other_id}/packages");
+    let stacked = app.post(&path, &admin, json!({"package_id": booster})).await;
+    assert_eq!(stacked.status, StatusCode::CREATED, "{}", stacked.text);
+    assert_eq!((stacked.body["status"].as_str(), stacked.body["current"].as_bool()), (Some("active"), Some(true)));
+    let usage = app.get("/api/user/daily-usage", &other_token).await;
+    let names: Vec<&str> =
+        usage.body["packages_in_force"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["Booster", "Monthly"], "the granted booster runs beside the bought plan");
+    let s = charge(&app, other_id, other_key, "gs1", "2.50").await;
+    assert_eq!((s.package, s.balance), (m("2.50"), Money::ZERO));
+    let s = charge(&app, user_id, key, "gs2", "2.50").await;
+    assert_eq!((s.package, s.balance), (m("1"), m("1.50")), "the queued grant does not pay yet");
+    app.assert_money_invariants().await;
+}
+
+async fn a_key_daily_cap_set_mid_day_counts_the_whole_day(app: TestApp) {
+    let (user_id, token, key, _) = customer(&app, "keyday@example.com", "10.00").await;
+    charge(&app, user_id, key, "kd1", "0.70").await;
+    let in_flight = admit(&app, user_id, key, "0.10").await.unwrap();
+    let r = app.patch(&format!("/api/user/keys/{key}"), &token, json!({"daily_cap": "1.00"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Admitted before the cap was set, settled after: it counts too.
+    billing::settle(&app.state, &in_flight, &record("kd2", "0.20")).await.unwrap();
+    let used: i64 = sqlx::query_scalar("SELECT used FROM window_usage WHERE scope = $1 AND kind = 'day'")
+        .bind(format!("k:{key}"))
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(used, m("0.90").micros(), "the day's spend before the cap counts");
+    let capped = admit(&app, user_id, key, "0.20").await.unwrap_err();
+    assert!(capped.to_string().contains("daily spending cap"), "{capped}");
+    let fits = admit(&app, user_id, key, "0.10").await.unwrap();
+    billing::settle(&app.state, &fits, &record("kd3", "0.10")).await.unwrap();
+    // Changing the cap later keeps the count (derived again from the usage log).
+    let r = app.patch(&format!("/api/user/keys/{key}"), &token, json!({"daily_cap": "2.00"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(admit(&app, user_id, key, "1.01").await.is_err(), "1.00 spent of 2.00");
+    let hold = admit(&app, user_id, key, "1.00").await.unwrap();
+    billing::settle(&app.state, &hold, &record("kd4", "0.50")).await.unwrap();
+    app.assert_money_invariants().await;
+}
+
+/// A database as release 19 left it, with a package, a user package and an order
+/// pointing at it; migrating to the optional daily limit keeps them and their links.
+async fn the_optional_daily_limit_migration_keeps_every_row(backend: crate::helpers::Backend) {
+    use codex_gateway::db::{self, Db};
+    let dir = crate::helpers::TempDir(std::env::temp_dir().join(format!("cg_mig_{}", rand_suffix())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let url = crate::helpers::fresh_database_url(backend, &dir.0).await;
+    let db = Db::connect(&url, 2).await.unwrap();
+    db::migrate_up_to(&db, 19).await.unwrap();
+    let exec = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::query(sql).execute(db.pool()).await }
+    };
+    let id = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(db.pool()).await.unwrap() }
+    };
+    let user =
+        id("INSERT INTO users (email, created_at, updated_at) VALUES ('old@example.com', 1, 1) RETURNING id").await;
+    let old =
+        id("INSERT INTO packages (name, price, duration_days, daily_limit, created_at, updated_at, weekly_limit) \
+                  VALUES ('Old', 10000000, 30, 5000000, 1, 1, 9000000) RETURNING id")
+        .await;
+    let gone = id("INSERT INTO packages (name, price, duration_days, daily_limit, created_at, updated_at) \
+                   VALUES ('Gone', 1, 1, 1, 1, 1) RETURNING id")
+    .await;
+    sqlx::query("DELETE FROM packages WHERE id = $1").bind(gone).execute(db.pool()).await.unwrap();
+    let link = format!(
+        "INSERT INTO user_packages (user_id, package_id, name, daily_limit, duration_days, source, status, starts_at, \
+           ends_at, created_at, updated_at) VALUES ({user}, {old}, 'Old', 5000000, 30, 'grant', 'active', 1, 2, 1, 1)"
+    );
+    sqlx::query(&link).execute(db.pool()).await.unwrap();
+    let order = format!(
+        "INSERT INTO payment_orders (out_trade_no, user_id, kind, package_id, amount, list_amount, expires_at, \
+           created_at, updated_at) VALUES ('T1', {user}, 'package', {old}, 10000000, 10000000, 1, 1, 1)"
+    );
+    sqlx::query(&order).execute(db.pool()).await.unwrap();
+    let no_day = "INSERT INTO packages (name, price, duration_days, created_at, updated_at, weekly_limit) \
+                  VALUES ('No day', 1, 1, 1, 1, 1)";
+    assert!(exec(no_day).await.is_err(), "NOT NULL before");
+
+    assert_eq!(db::migrate(&db).await.unwrap(), db::MIGRATIONS.iter().filter(|m| m.version > 19).count());
+    let package: (i64, String, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT id, name, daily_limit, weekly_limit FROM packages").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(package, (old, "Old".to_string(), Some(5_000_000), Some(9_000_000)), "rows and added columns kept");
+    let held: (i64, Option<i64>) =
+        sqlx::query_as("SELECT package_id, daily_limit FROM user_packages").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(held, (old, Some(5_000_000)));
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payment_orders WHERE package_id = $1")
+        .bind(old)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, 1);
+    let fresh = id("INSERT INTO packages (name, price, duration_days, created_at, updated_at, weekly_limit) \
+                    VALUES ('No day', 1, 1, 1, 1, 1) RETURNING id")
+    .await;
+    assert!(fresh > gone, "a deleted id is never reused (the AUTOINCREMENT counter is kept)");
+    let grant = format!(
+        "INSERT INTO user_packages (user_id, package_id, name, duration_days, source, status, starts_at, ends_at, \
+           created_at, updated_at) VALUES ({user}, {fresh}, 'No day', 1, 'grant', 'active', 1, 2, 1, 1)"
+    );
+    sqlx::query(&grant).execute(db.pool()).await.unwrap();
+    let dangling = grant.replace(&format!(", {fresh}, 'No day'"), ", 999999, 'No day'");
+    assert!(sqlx::query(&dangling).execute(db.pool()).await.is_err(), "foreign keys still enforced");
+    let indexed: i64 = match backend {
+        crate::helpers::Backend::Sqlite => sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('packages_enabled_sort', 'user_packages_user_status', 'user_packages_status_ends')"),
+        crate::helpers::Backend::Postgres => sqlx::query_scalar("SELECT COUNT(*) FROM pg_indexes WHERE indexname IN ('packages_enabled_sort', 'user_packages_user_status', 'user_packages_status_ends')"),
+    }
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(indexed, 3, "indexes kept");
+    db.close().await;
+}
+
+/// A request a dead instance served is charged at the next start with the admin's
+/// default billing preference (here `balance_first`) for a user who chose none.
+async fn a_replayed_request_is_split_by_the_admin_default_preference(backend: crate::helpers::Backend) {
+    use codex_gateway::proxy::journal::{Forwarded, Journal};
+    let dir = crate::helpers::TempDir(std::env::temp_dir().join(format!("cg_replay_{}", rand_suffix())));
+    let second_dir = crate::helpers::TempDir(std::env::temp_dir().join(format!("cg_replay2_{}", rand_suffix())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::create_dir_all(second_dir.0.join("journal")).unwrap();
+    let url = crate::helpers::fresh_database_url(backend, &dir.0).await;
+    let clock = crate::helpers::FakeClock::at("2026-01-15T04:00:00Z");
+    let app = crate::helpers::launch(backend, &url, dir, clock.clone(), &[]).await;
+    let admin = app.admin_token().await;
+    let (user_id, token, key, _) = customer(&app, "replay-pref@example.com", "10.00").await;
+    plan(&app, user_id, json!({"daily_limit": "5"})).await;
+    let s = app.put("/api/admin/settings", &admin, json!({"default_billing_preference": "balance_first"})).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+    // What a killed instance left: a forwarded request with its measured usage, unsettled.
+    {
+        let journal = Journal::open(&second_dir.0.join("journal")).unwrap();
+        let forwarded = Forwarded {
+            request_id: "replayed-1".into(),
+            user_id,
+            api_key_id: key,
+            admitted_at: app.state.now().timestamp_micros(),
+            endpoint: "/v1/responses".into(),
+            model: "gpt-5".into(),
+            upstream_id: None,
+            streamed: true,
+            request_bytes: 100,
+            price_input: 0,
+            price_cached: 0,
+            price_output: 0,
+            markup: 1_000_000,
+        };
+        let entry = journal.forwarded(&forwarded).unwrap();
+        entry.measured(&record("replayed-1", "0.75"));
+        entry.keep();
+    }
+    let restarted = crate::helpers::launch(backend, &url, second_dir, clock, &[]).await;
+    let row: (i64, i64) =
+        sqlx::query_as("SELECT package_cost, balance_cost FROM usage_logs WHERE request_id = 'replayed-1'")
+            .fetch_one(restarted.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(row, (0, m("0.75").micros()), "balance_first, as the settings say");
+    assert_eq!(app.balance(&token).await, "9.25");
+    restarted.assert_money_invariants().await;
 }

@@ -44,7 +44,7 @@ async fn give_package(app: &TestApp, user_id: i64, name: &str, daily_limit: &str
     .unwrap();
 }
 
-async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, model: &str, cost: &str) {
+pub(crate) async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, model: &str, cost: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
     let hold = billing::admit(&app.state, &request).await.unwrap();

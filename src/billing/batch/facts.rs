@@ -8,7 +8,7 @@ use chrono::Duration;
 use sqlx::AnyConnection;
 
 use super::{bind_all, placeholders, Job};
-use crate::billing::allowance::{self, key_scope, package_scope, user_scope, Limits, Terms};
+use crate::billing::allowance::{key_scope, package_scope, user_scope, Terms, TermsRow, TERMS_COLUMNS};
 use crate::clock::windows::BLOCK_HOURS;
 use crate::clock::{date_key, to_micros, BusinessCalendar};
 use crate::db::Backend;
@@ -68,39 +68,6 @@ struct KeyRow {
     max_concurrency: Option<i64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct PackageRow {
-    id: i64,
-    user_id: i64,
-    status: String,
-    daily_limit: i64,
-    five_hour_limit: Option<i64>,
-    weekly_limit: Option<i64>,
-    monthly_limit: Option<i64>,
-    total_limit: Option<i64>,
-    models: Option<String>,
-    starts_at: i64,
-    ends_at: i64,
-}
-
-impl PackageRow {
-    fn terms(&self) -> Terms {
-        Terms {
-            id: self.id,
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
-            limits: Limits {
-                five_hour: self.five_hour_limit,
-                daily: Some(self.daily_limit),
-                weekly: self.weekly_limit,
-                monthly: self.monthly_limit,
-                total: self.total_limit,
-            },
-            models: allowance::parse_models(self.models.as_deref()),
-        }
-    }
-}
-
 /// The key of a window's usage: (scope, kind, period).
 pub(super) type WindowKey = (String, &'static str, String);
 
@@ -153,6 +120,8 @@ impl Wanted {
                     *now
                 }
                 Job::Settle { hold, record, .. } => {
+                    // Read to learn whether the key's day is counted (a cap set since admission).
+                    w.keys.push(hold.api_key_id);
                     w.packages.extend(&hold.packages);
                     w.requests.push(record.request_id.clone());
                     w.holds.push(hold.id);
@@ -232,7 +201,7 @@ impl Facts {
         Ok(facts)
     }
 
-    /// The keys being admitted, and how many requests the capped ones run now.
+    /// The keys being admitted or settled, and how many requests the capped ones run now.
     async fn read_keys(&mut self, conn: &mut AnyConnection, backend: Backend, key_ids: &[i64]) -> Result<()> {
         if key_ids.is_empty() {
             return Ok(());
@@ -298,11 +267,10 @@ impl Facts {
             return Ok(());
         }
         let sql = format!(
-            "SELECT id, user_id, status, daily_limit, five_hour_limit, weekly_limit, monthly_limit, total_limit, \
-               models, starts_at, ends_at FROM user_packages WHERE {} ORDER BY user_id, ends_at, id",
+            "SELECT {TERMS_COLUMNS} FROM user_packages WHERE {} ORDER BY user_id, ends_at, id",
             clauses.join(" OR ")
         );
-        let mut query = bind_all(sqlx::query_as::<_, PackageRow>(&sql), &w.packages);
+        let mut query = bind_all(sqlx::query_as::<_, TermsRow>(&sql), &w.packages);
         if !w.admitting_users.is_empty() {
             query = bind_all(query, &w.admitting_users).bind(w.latest).bind(w.earliest);
         }

@@ -1,0 +1,4 @@
+-- A plan may have no daily window: packages.daily_limit and user_packages.daily_limit
+-- become optional (NULL = no daily limit), as the API contract says. The change itself
+-- is not portable SQL: the migration runner drops the NOT NULL from its `relax` list
+-- (ALTER COLUMN on PostgreSQL, a table rebuild on SQLite). Rows keep their limits.
