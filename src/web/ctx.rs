@@ -49,6 +49,11 @@ impl Ctx {
         i18n::message(self.lang, message)
     }
 
+    /// A text the domain stored in English (order subject, ledger note) in the page's language.
+    pub fn stored(&self, text: &str) -> String {
+        i18n::stored_text(self.lang, text)
+    }
+
     pub fn lang_code(&self) -> &'static str {
         self.lang.html_code()
     }

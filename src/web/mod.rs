@@ -9,6 +9,7 @@ pub mod admin_pages;
 pub mod admin_proxy;
 pub mod admin_shop;
 pub mod admin_upstreams;
+pub mod admin_user;
 pub mod admin_write;
 pub mod assets;
 pub mod auth_pages;
@@ -16,6 +17,7 @@ pub mod chart;
 pub mod ctx;
 pub mod dashboard;
 pub mod i18n;
+pub mod ledger_page;
 pub mod ops_figures;
 pub mod order_check;
 pub mod order_outcome;
@@ -23,6 +25,7 @@ pub mod plan_pages;
 pub mod settings_form;
 pub mod shop_pages;
 pub mod stats;
+pub mod usage_export;
 pub mod usage_pages;
 pub mod user_pages;
 pub mod view;
@@ -54,10 +57,12 @@ pub fn router() -> Router<AppState> {
         .merge(plan_pages::router())
         .merge(admin_pages::router())
         .merge(usage_pages::router())
+        .merge(ledger_page::router())
         .merge(shop_pages::router())
         .merge(admin_shop::router())
         .merge(admin_proxy::router())
         .merge(admin_upstreams::router())
+        .merge(admin_user::router())
         .merge(admin_coupons::router())
         .merge(admin_codes::router())
         .merge(admin_announcements::router())

@@ -40,6 +40,7 @@ mod web_admin_overview;
 mod web_admin_user;
 mod web_community;
 mod web_community_sales;
+mod web_ledger;
 mod web_money;
 mod web_orders;
 mod web_proxy;
