@@ -152,7 +152,7 @@ impl Application {
         let state = self.state.clone();
         crate::telemetry::handle();
         let jobs_stop = tokio_util::sync::CancellationToken::new();
-        state.db.spawn_health_probe(&state.tasks, jobs_stop.clone());
+        state.db.spawn_health_probe(jobs_stop.clone());
         if state.config.run_jobs {
             crate::jobs::spawn_scheduler(&state, jobs_stop.clone());
         }

@@ -102,25 +102,47 @@ fn on_panic(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn shape_panic(request: Request, next: axum::middleware::Next) -> Response {
-    let path = request.uri().path().to_string();
-    let headers = request.headers().clone();
+    // Only a page needs the request's headers (its language); `/v1` and `/api`, the hot
+    // paths, copy nothing.
+    let surface = Surface::of(request.uri().path());
+    let headers = matches!(surface, Surface::Page).then(|| request.headers().clone()).unwrap_or_default();
     let response = next.run(request).await;
     if response.extensions().get::<Panicked>().is_some() {
-        panic_answer(&path, &headers)
+        surface.answer(&headers, crate::error::Error::internal("a request handler panicked"))
     } else {
         response
     }
 }
 
-/// The 500 a panicked request gets, in the shape of the surface it was aimed at.
-fn panic_answer(path: &str, headers: &axum::http::HeaderMap) -> Response {
-    let err = crate::error::Error::internal("a request handler panicked");
-    if path.starts_with("/api/") || path == "/api" {
-        crate::api::error::ApiError(err).into_response()
-    } else if path.starts_with("/v1/") || path == "/v1" {
-        crate::proxy::error::ProxyError::from(err).into_response()
-    } else {
-        crate::web::error_page_for_headers(headers, &err)
+/// The part of the site a path belongs to: each answers errors in its own shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Surface {
+    /// `/api`: `{"error": {"code", "message"}}`.
+    Api,
+    /// `/v1`: the OpenAI error shape.
+    V1,
+    /// Everything else: a readable page in the request's language.
+    Page,
+}
+
+impl Surface {
+    fn of(path: &str) -> Surface {
+        if path.starts_with("/api/") || path == "/api" {
+            Surface::Api
+        } else if path.starts_with("/v1/") || path == "/v1" {
+            Surface::V1
+        } else {
+            Surface::Page
+        }
+    }
+
+    /// `err` in this surface's shape (`headers` pick a page's language).
+    fn answer(self, headers: &axum::http::HeaderMap, err: crate::error::Error) -> Response {
+        match self {
+            Surface::Api => crate::api::error::ApiError(err).into_response(),
+            Surface::V1 => crate::proxy::error::ProxyError::from(err).into_response(),
+            Surface::Page => crate::web::error_page_for_headers(headers, &err),
+        }
     }
 }
 
@@ -175,32 +197,27 @@ async fn refuse_while_database_down(State(state): State<AppState>, request: Requ
         return next.run(request).await;
     };
     let path = request.uri().path();
-    let exempt = ["/v1/", "/static/"].iter().any(|p| path.starts_with(p))
+    let surface = Surface::of(path);
+    let exempt = surface == Surface::V1
+        || path.starts_with("/static/")
         || matches!(path, "/healthz" | "/readyz" | "/metrics" | "/favicon.ico");
     if exempt {
         return next.run(request).await;
     }
-    let err = crate::error::Error::from(down);
-    if path.starts_with("/api/") || path == "/api" {
-        crate::api::error::ApiError(err).into_response()
-    } else {
-        crate::web::error_page_for_headers(request.headers(), &err)
-    }
+    surface.answer(request.headers(), crate::error::Error::from(down))
 }
 
 /// Unknown paths answer in the shape of the surface they were aimed at.
 async fn fallback(request: Request) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/api/") || path == "/api" {
-        crate::api::not_found().into_response()
-    } else if path.starts_with("/v1/") {
-        (
+    match Surface::of(path) {
+        Surface::Api => crate::api::not_found().into_response(),
+        Surface::V1 => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": { "message": format!("unknown route {path}"), "type": "invalid_request_error", "code": "not_found" } })),
         )
-            .into_response()
-    } else {
-        crate::web::not_found_for(request.headers())
+            .into_response(),
+        Surface::Page => crate::web::not_found_for(request.headers()),
     }
 }
 

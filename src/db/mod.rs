@@ -130,10 +130,12 @@ impl Db {
         self.pool.acquire().await
     }
 
-    /// Watches PostgreSQL until `stop` (see [`health`]); SQLite needs no watching.
-    pub fn spawn_health_probe(&self, tasks: &tokio_util::task::TaskTracker, stop: tokio_util::sync::CancellationToken) {
+    /// Watches PostgreSQL until `stop` (see [`health`]); SQLite needs no watching. Not a
+    /// tracked task: it is no work that must finish, and waiting for the tracked tasks
+    /// (settlements) must not wait for it.
+    pub fn spawn_health_probe(&self, stop: tokio_util::sync::CancellationToken) {
         if self.backend == Backend::Postgres {
-            tasks.spawn(health::probe(self.health.clone(), self.url.to_string(), stop));
+            tokio::spawn(health::probe(self.health.clone(), self.url.to_string(), stop));
         }
     }
 
