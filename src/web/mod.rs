@@ -9,6 +9,7 @@ pub mod admin_pages;
 pub mod admin_proxy;
 pub mod admin_shop;
 pub mod admin_upstreams;
+pub mod admin_user;
 pub mod admin_write;
 pub mod assets;
 pub mod auth_pages;
@@ -51,6 +52,7 @@ use i18n::Lang;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/static/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .merge(auth_pages::router())
         .merge(user_pages::router())
         .merge(plan_pages::router())
@@ -61,6 +63,7 @@ pub fn router() -> Router<AppState> {
         .merge(admin_shop::router())
         .merge(admin_proxy::router())
         .merge(admin_upstreams::router())
+        .merge(admin_user::router())
         .merge(admin_coupons::router())
         .merge(admin_codes::router())
         .merge(admin_announcements::router())

@@ -60,4 +60,29 @@ async fn an_admin_grants_an_off_sale_trial_package_and_ends_it_from_the_users_pa
     assert!(audit.text.contains("package.end"));
 }
 
-on_both_databases!(an_admin_grants_an_off_sale_trial_package_and_ends_it_from_the_users_page);
+async fn an_admin_sets_and_clears_a_users_daily_and_five_hour_caps(app: TestApp) {
+    let admin = app.admin_token().await;
+    let (user_id, _) = app.register_and_login("capped@example.com").await;
+    let path = format!("/admin/users/{user_id}/caps");
+    let wrong = form(&app, &path, &admin, &[("daily_cap", "lots"), ("five_hour_cap", "x")]).await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(wrong.text.contains("id=\"daily_cap-error\"") && wrong.text.contains("id=\"five_hour_cap-error\""));
+    assert!(wrong.text.contains("value=\"lots\""), "the typed value is shown again");
+    let negative = form(&app, &path, &admin, &[("daily_cap", "2"), ("five_hour_cap", "-1")]).await;
+    assert!(negative.text.contains("id=\"five_hour_cap-error\""), "{}", negative.text);
+    let ok = form(&app, &path, &admin, &[("daily_cap", "2"), ("five_hour_cap", "0.5")]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.text.contains("Spending caps saved."));
+    assert!(ok.text.contains("value=\"0.50\""), "the stored cap is shown");
+    let shown = app.get(&format!("/api/admin/users/{user_id}"), &admin).await.body;
+    assert_eq!((shown["daily_cap"].as_str(), shown["five_hour_cap"].as_str()), (Some("2.00"), Some("0.50")), "{shown}");
+    form(&app, &path, &admin, &[("daily_cap", ""), ("five_hour_cap", "")]).await;
+    let cleared = app.get(&format!("/api/admin/users/{user_id}"), &admin).await.body;
+    assert!(cleared["daily_cap"].is_null() && cleared["five_hour_cap"].is_null(), "{cleared}");
+    assert!(app.get("/api/admin/audit", &admin).await.text.contains("five_hour_cap"));
+}
+
+on_both_databases!(
+    an_admin_grants_an_off_sale_trial_package_and_ends_it_from_the_users_page,
+    an_admin_sets_and_clears_a_users_daily_and_five_hour_caps,
+);
