@@ -95,7 +95,9 @@ impl Application {
         let secrets = crate::secrets::SecretBox::new(config.secret_bytes());
         let settings = SettingsStore::load(db.clone(), secrets.clone()).await?;
         crate::proxy::pricing::seed_defaults(&db, clock.now()).await?;
-        let catalog = crate::proxy::catalog::Catalog::load(db.clone(), secrets.clone()).await?;
+        let catalog =
+            crate::proxy::catalog::Catalog::load(db.clone(), secrets.clone(), config.codex_instructions.clone())
+                .await?;
         // No total timeout: streams may run for many minutes; the first-byte timeout
         // is applied per attempt by the proxy.
         let http = reqwest::Client::builder()

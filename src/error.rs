@@ -138,9 +138,13 @@ fn is_connectivity(err: &sqlx::Error) -> bool {
         // A pooled connection cut by a server shutdown or restart: SQLSTATE class 08
         // (connection exception) and 57P01-57P03 (admin/crash shutdown, cannot connect
         // now) are outages (503, settlement retried), not internal errors.
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
-        }
+        //
+        // Storage that cannot take a write is an outage too, not a bug: PostgreSQL's
+        // 53100 (disk_full) and SQLite's SQLITE_FULL (13, "database or disk is full").
+        // The write is refused with a 503 and a settlement retries until there is room.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53100" | "13")
+        }),
         _ => false,
     }
 }

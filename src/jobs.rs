@@ -61,9 +61,11 @@ pub fn all_jobs() -> Vec<Job> {
             run: |state| {
                 Box::pin(async move {
                     let report = crate::orders::jobs::reconcile_once(&state).await?;
+                    let refunds = crate::orders::refund::reconcile_refunds_once(&state).await?;
                     Ok(format!(
-                        "checked {}, fulfilled {}, unpaid {}, errors {}",
-                        report.checked, report.fulfilled, report.unpaid, report.errors
+                        "checked {}, fulfilled {}, unpaid {}, errors {}; unconfirmed refunds: checked {}, refunded {}, restored {}, errors {}",
+                        report.checked, report.fulfilled, report.unpaid, report.errors,
+                        refunds.checked, refunds.refunded, refunds.restored, refunds.errors
                     ))
                 })
             },

@@ -184,6 +184,34 @@ pub async fn list(db: &Db, user_id: Option<i64>, limit: i64, offset: i64) -> Res
     Ok((rows, total))
 }
 
+/// One page of a user's entries of one kind, or of every kind but `usage` when `kind`
+/// is `"-usage"` (the balance page's "money movements only" view), newest first.
+pub async fn list_of_kind(db: &Db, user_id: i64, kind: &str, limit: i64, offset: i64) -> Result<(Vec<Entry>, i64)> {
+    let (kind, negate) = match kind.strip_prefix('-') {
+        Some(k) => (k, 1_i64),
+        None => (kind, 0_i64),
+    };
+    let filter = "WHERE user_id = $1 AND (($3 = 0 AND kind = $2) OR ($3 = 1 AND kind <> $2))";
+    let rows = sqlx::query_as::<_, Entry>(&format!(
+        "SELECT id, user_id, kind, amount, balance_after, package_amount, user_package_id, business_date, \
+           reference, note, actor_id, created_at FROM ledger_entries {filter} ORDER BY id DESC LIMIT $4 OFFSET $5"
+    ))
+    .bind(user_id)
+    .bind(kind)
+    .bind(negate)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db.pool())
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM ledger_entries {filter}"))
+        .bind(user_id)
+        .bind(kind)
+        .bind(negate)
+        .fetch_one(db.pool())
+        .await?;
+    Ok((rows, total))
+}
+
 /// Users whose balance differs from the sum of their ledger entries (should be none).
 /// Reliability tests call this after every scenario.
 pub async fn balance_mismatches(db: &Db) -> Result<Vec<(i64, Money, Money)>> {

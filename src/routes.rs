@@ -45,8 +45,7 @@ pub fn router(state: AppState) -> Router {
         // Innermost, so every cookie any handler sets passes through it.
         routes = routes.layer(axum::middleware::map_response(mark_cookies_secure));
     }
-    routes
-        .fallback(fallback)
+    catch_panics(routes.fallback(fallback))
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_while_database_down))
         .layer(axum::middleware::from_fn(telemetry::track_http))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -73,6 +72,56 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("strict-origin-when-cross-origin"),
         ))
         .with_state(state)
+}
+
+/// A handler that panics answers a 500 in its surface's error shape (OpenAI's on `/v1`,
+/// `{"error":{..}}` on `/api`, a page elsewhere) instead of dropping the connection; the
+/// panic text is logged, never sent. The panic layer marks its answer, the outer
+/// middleware (which still has the request path) shapes it.
+fn catch_panics<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(axum::middleware::from_fn(shape_panic))
+}
+
+/// Marks the answer [`on_panic`] built, for [`shape_panic`].
+#[derive(Clone, Copy)]
+struct Panicked;
+
+fn on_panic(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    let text: String = text.chars().take(500).collect();
+    tracing::error!(panic = %text, "a request handler panicked; answered 500");
+    let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    response.extensions_mut().insert(Panicked);
+    response
+}
+
+async fn shape_panic(request: Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path().to_string();
+    let headers = request.headers().clone();
+    let response = next.run(request).await;
+    if response.extensions().get::<Panicked>().is_some() {
+        panic_answer(&path, &headers)
+    } else {
+        response
+    }
+}
+
+/// The 500 a panicked request gets, in the shape of the surface it was aimed at.
+fn panic_answer(path: &str, headers: &axum::http::HeaderMap) -> Response {
+    let err = crate::error::Error::internal("a request handler panicked");
+    if path.starts_with("/api/") || path == "/api" {
+        crate::api::error::ApiError(err).into_response()
+    } else if path.starts_with("/v1/") || path == "/v1" {
+        crate::proxy::error::ProxyError::from(err).into_response()
+    } else {
+        crate::web::error_page_for_headers(headers, &err)
+    }
 }
 
 /// Adds `Secure` to every `Set-Cookie` (language, pre-session, session, OAuth flow, and the
@@ -158,6 +207,60 @@ async fn fallback(request: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    /// A router whose handlers panic, behind the same panic handling as the real one.
+    fn panicking() -> Router {
+        async fn boom() -> &'static str {
+            panic!("secret-in-panic sk-live-123")
+        }
+        async fn fine() -> &'static str {
+            "ok"
+        }
+        catch_panics(
+            Router::new()
+                .route("/api/boom", get(boom))
+                .route("/v1/responses", get(boom))
+                .route("/dashboard", get(boom))
+                .route("/api/fine", get(fine)),
+        )
+    }
+
+    async fn call(path: &str) -> (StatusCode, String, String) {
+        let request = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let response = panicking().oneshot(request).await.unwrap();
+        let status = response.status();
+        let kind = response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, kind.unwrap_or_default(), String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_its_surfaces_shape_without_the_panic_text() {
+        let (status, kind, body) = call("/api/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(kind.starts_with("application/json"), "{kind}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json, json!({"error": {"code": "internal_error", "message": "internal error"}}));
+
+        let (status, _, body) = call("/v1/responses").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"]["type"], "server_error", "{body}");
+        assert_eq!(json["error"]["code"], "internal_error", "{body}");
+        assert_eq!(json["error"]["message"], "internal error", "{body}");
+
+        let (status, kind, body) = call("/dashboard").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(kind.starts_with("text/html"), "{kind}");
+        assert!(!body.contains("secret-in-panic") && !body.contains("sk-live"), "{body}");
+        for path in ["/api/boom", "/v1/responses"] {
+            let (_, _, body) = call(path).await;
+            assert!(!body.contains("secret-in-panic") && !body.contains("panicked"), "{path}: {body}");
+        }
+        // Answers that did not panic pass through untouched.
+        assert_eq!(call("/api/fine").await, (StatusCode::OK, "text/plain; charset=utf-8".into(), "ok".into()));
+    }
 
     #[test]
     fn secure_is_added_once() {

@@ -74,6 +74,18 @@ const AUTH_COMMAND: &str = "auth = { command = \"printenv\", args = [\"CODEXGW_A
 /// added to its table: [`ENV_KEY`] or [`AUTH_COMMAND`] and more) and `extra` lines in `[features]`. Plugins are off: their start-up
 /// sync tries the network, which the test machine does not have.
 async fn run_codex(app: &TestApp, key: &str, provider_extra: &str, extra: &str) -> (std::process::Output, Duration) {
+    let (output, elapsed, _) = run_codex_keeping_rollout(app, key, provider_extra, extra).await;
+    (output, elapsed)
+}
+
+/// [`run_codex`], also giving the JSON lines of the session rollout Codex wrote
+/// (`CODEX_HOME/sessions/YYYY/MM/DD/rollout-*.jsonl`), read before the home is removed.
+async fn run_codex_keeping_rollout(
+    app: &TestApp,
+    key: &str,
+    provider_extra: &str,
+    extra: &str,
+) -> (std::process::Output, Duration, Vec<serde_json::Value>) {
     let home =
         helpers::TempDir(std::env::temp_dir().join(format!("cg-codex-{}-{}", std::process::id(), rand_suffix())));
     let work = home.0.join("work");
@@ -105,7 +117,24 @@ async fn run_codex(app: &TestApp, key: &str, provider_extra: &str, extra: &str) 
     .await
     .expect("codex exec finished in time")
     .unwrap();
-    (output, started.elapsed())
+    let elapsed = started.elapsed();
+    (output, elapsed, rollout_lines(&home.0.join("sessions")))
+}
+
+/// Every JSON line of every `rollout-*.jsonl` under `dir`.
+fn rollout_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rollout_lines(&path));
+        } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rollout-")) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+    }
+    out
 }
 
 fn rand_suffix() -> u64 {
@@ -202,6 +231,84 @@ async fn a_refused_codex_user_is_told_when_to_come_back_within_seconds() {
     assert!(all.contains("try again at"), "codex shows when the allowance comes back");
     assert!(elapsed < Duration::from_secs(5), "codex gave up at once instead of retrying: {elapsed:?}");
     assert_eq!(mock.requests(), 0, "nothing was forwarded");
+}
+
+/// Codex records the quota windows it parsed from the gateway's `x-codex-*` headers in
+/// its session rollout (`event_msg` / `token_count` / `rate_limits`, the figures `/status`
+/// shows): the plan's 5-hour window and its daily window, with the used share and the
+/// reset instant the gateway itself reports (`GET /api/user/quota`), and the balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_records_the_plan_windows_and_the_balance_in_its_session_log() {
+    if !codex_available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let s = setup(&app).await;
+    let admin = app.admin_token().await;
+    let user_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE email = 'interop@example.com'")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    let plan = app
+        .create_package(
+            &admin,
+            json!({"name": "Plan", "price": 10, "duration_days": 30, "daily_limit": "1", "five_hour_limit": "0.01"}),
+        )
+        .await;
+    let granted = app.post(&format!("/api/admin/users/{user_id}/packages"), &admin, json!({"package_id": plan})).await;
+    assert_eq!(granted.status, StatusCode::CREATED, "{}", granted.text);
+    // One request first, so the windows Codex is told about are partly used.
+    let first = reqwest::Client::new()
+        .post(app.url("/v1/responses"))
+        .bearer_auth(&s.key)
+        .json(&json!({"model": "gpt-5-codex", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    first.text().await.unwrap();
+    usage_rows(&app, 1).await;
+    let quota = reqwest::Client::new().get(app.url("/api/user/quota")).bearer_auth(&s.key).send().await.unwrap();
+    let quota: serde_json::Value = quota.json().await.unwrap();
+
+    let (output, _, rollout) = run_codex_keeping_rollout(&app, &s.key, ENV_KEY, "").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("codex stdout:\n{stdout}\ncodex stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "codex exec failed");
+    let limits: Vec<&serde_json::Value> = rollout
+        .iter()
+        .filter(|l| l["type"] == "event_msg" && l["payload"]["type"] == "token_count")
+        .map(|l| &l["payload"]["rate_limits"])
+        .filter(|r| !r.is_null())
+        .collect();
+    eprintln!("rate_limits Codex recorded: {limits:?}\ngateway quota: {quota}");
+    let recorded = limits.last().expect("Codex recorded the rate limits in its rollout");
+    for (slot, kind, minutes) in [("primary", "5h", 300), ("secondary", "day", 1440)] {
+        let window = quota["windows"].as_array().unwrap().iter().find(|w| w["window"] == kind).unwrap();
+        let resets_at = chrono::DateTime::parse_from_rfc3339(window["resets_at"].as_str().unwrap()).unwrap();
+        let used = window["used"].as_str().unwrap().parse::<f64>().unwrap();
+        let limit = window["limit"].as_str().unwrap().parse::<f64>().unwrap();
+        let codex = &recorded[slot];
+        assert_eq!(codex["window_minutes"], minutes, "{slot}: {recorded}");
+        assert_eq!(codex["resets_at"], resets_at.timestamp(), "{slot}: {recorded}");
+        let percent = codex["used_percent"].as_f64().unwrap();
+        assert!((percent - used * 100.0 / limit).abs() < 0.1, "{slot}: codex {percent} %, gateway {used}/{limit}");
+    }
+    // 0.004025 of the 5-hour block's 0.01 and of the day's 1.00.
+    assert_eq!(
+        (recorded["primary"]["used_percent"].as_f64(), recorded["secondary"]["used_percent"].as_f64()),
+        (Some(40.2), Some(0.4))
+    );
+    assert_eq!(recorded["limit_id"], "codex", "Codex files the headers under its own limit id");
+    let credits = &recorded["credits"];
+    assert_eq!(
+        (credits["has_credits"].as_bool(), credits["unlimited"].as_bool()),
+        (Some(true), Some(false)),
+        "{recorded}"
+    );
+    assert_eq!(credits["balance"].as_str(), quota["balance"].as_str(), "{recorded}");
+    usage_rows(&app, 2).await;
+    app.assert_money_invariants().await;
 }
 
 /// Codex 0.171 asks a provider that authenticates by command for its model catalogue

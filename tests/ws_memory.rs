@@ -15,6 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions};
 use helpers::{spawn_app, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -67,11 +68,52 @@ const TARGET: i64 = 64 * 1024;
 
 const SOCKETS: i64 = 200;
 
-async fn key(app: &TestApp) -> String {
-    let (_, token) = app.register_and_login("idle@example.com").await;
+/// A funded user's key, with the mock upstream behind the gateway.
+async fn key(app: &TestApp) -> (String, MockHandle) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = serve_mock(listener, MockOptions::default()).await.unwrap();
+    let admin = app.admin_token().await;
+    let r = app
+        .post("/api/admin/upstreams", &admin, json!({"name": "mock", "base_url": mock.base_url(), "api_key": "sk-up"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let (user_id, token) = app.register_and_login("idle@example.com").await;
+    app.fund(&admin, user_id, "100").await;
     let key = app.post("/api/user/keys", &token, json!({"name": "idle"})).await;
     assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
-    key.body["key"].as_str().unwrap().to_string()
+    (key.body["key"].as_str().unwrap().to_string(), mock)
+}
+
+/// One `response.create` of about `bytes` bytes sent as a client frame by hand (masked
+/// with a zero key, which leaves the payload as it is), read until its response completes.
+async fn one_turn(tcp: &mut TcpStream, bytes: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = "x".repeat(bytes);
+    let payload = json!({"type": "response.create", "model": "gpt-5",
+                         "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}]})
+    .to_string();
+    let mut frame = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload.as_bytes());
+    tcp.write_all(&frame).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"type\":\"response.completed\"") {
+        let n = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "the server closed the socket: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// A WebSocket handshake done by hand: the client end stays a bare TCP stream.
@@ -121,9 +163,31 @@ fn resident_kib() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a socket keeps once its first response is done and it waits for the next: the
+/// conversation (to expand a follow-up) and tungstenite's read buffer, which keeps the
+/// capacity of the largest frame read.
+async fn per_socket_after_a_turn(app: &TestApp, key: &str, frame_bytes: usize) -> i64 {
+    const N: i64 = 20;
+    let mut sockets = Vec::new();
+    let before = settled().await;
+    for _ in 0..N {
+        let mut tcp = raw_handshake(app, key).await;
+        one_turn(&mut tcp, frame_bytes).await;
+        sockets.push(tcp);
+    }
+    let after = settled().await;
+    let per_socket = (after.0 - before.0) / N;
+    eprintln!(
+        "AFTER_TURN {:?}: {per_socket} bytes live heap per socket after one {frame_bytes}-byte turn",
+        app.backend
+    );
+    drop(sockets);
+    per_socket
+}
+
 async fn per_idle_socket(backend: Backend) -> i64 {
     let app = spawn_app(backend).await;
-    let key = key(&app).await;
+    let (key, _mock) = key(&app).await;
     // Warm-up: pools, caches, the key's cache entry, slab pages.
     let mut warm = Vec::new();
     for _ in 0..20 {
@@ -150,6 +214,11 @@ async fn per_idle_socket(backend: Backend) -> i64 {
     );
     drop(sockets);
     drop(warm);
+    let frame = 64 * 1024;
+    let after_turn = per_socket_after_a_turn(&app, &key, frame).await;
+    // The conversation (the frame's input and the answer, as JSON text) and a read
+    // buffer of the frame's size, plus the idle cost: about twice the frame.
+    assert!(after_turn <= 3 * frame as i64 + TARGET, "{after_turn} bytes per socket after a {frame}-byte turn");
     per_socket
 }
 

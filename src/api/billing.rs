@@ -112,6 +112,7 @@ async fn list_usage(state: &AppState, query: UsageQuery, user_id: Option<i64>) -
         model: query.model.filter(|m| !m.is_empty()),
         date_from: business_date("from", query.from)?,
         date_to: business_date("to", query.to)?,
+        request_id: None,
     };
     let (rows, total) = usage::list(state, &filter, page.limit(), page.offset()).await?;
     let items = rows.iter().map(|r| r.view(state.calendar())).collect();

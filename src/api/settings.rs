@@ -69,8 +69,15 @@ fn reject_unknown(shape: &Value, patch: &Value, prefix: &str) -> Result<(), Erro
     Ok(())
 }
 
-/// Applies a partial update to settings and checks the result.
-pub fn apply_patch(current: &Settings, mut patch: Value) -> Result<Settings, Error> {
+/// Applies a partial update to settings and checks the result (the first problem).
+pub fn apply_patch(current: &Settings, patch: Value) -> Result<Settings, Error> {
+    let settings = merged(current, patch)?;
+    validate(&settings)?;
+    Ok(settings)
+}
+
+/// The settings a partial update would give, not yet checked (see [`problems`]).
+pub fn merged(current: &Settings, mut patch: Value) -> Result<Settings, Error> {
     if !patch.is_object() {
         return Err(Error::bad_request("invalid_body", "settings must be a JSON object"));
     }
@@ -98,26 +105,32 @@ pub fn apply_patch(current: &Settings, mut patch: Value) -> Result<Settings, Err
     // Through text, so money fields are parsed exactly from their JSON tokens.
     let settings: Settings = serde_json::from_str(&merged.to_string())
         .map_err(|e| Error::bad_request("invalid_body", format!("settings do not match the expected shape: {e}")))?;
-    validate(&settings)?;
     Ok(settings)
 }
 
 fn validate(s: &Settings) -> Result<(), Error> {
+    problems(s).into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Every rule the settings break, one error per field, so the settings page can show
+/// them all at once (the API answers the first).
+pub fn problems(s: &Settings) -> Vec<Error> {
+    let mut found = Vec::new();
     if s.max_keys_per_user < 1 {
-        return Err(Error::validation("max_keys_per_user", "must be at least 1"));
+        found.push(Error::validation("max_keys_per_user", "must be at least 1"));
     }
     if !s.markup.is_positive() {
-        return Err(Error::validation("markup", "must be greater than 0"));
+        found.push(Error::validation("markup", "must be greater than 0"));
     }
     if s.default_daily_cap.is_some_and(|c| c.is_negative()) {
-        return Err(Error::validation("default_daily_cap", "must not be negative"));
+        found.push(Error::validation("default_daily_cap", "must not be negative"));
     }
     if !["queue", "switch", "stack"].contains(&s.package_switch_mode.as_str()) {
-        return Err(Error::validation("package_switch_mode", "must be queue, switch or stack"));
+        found.push(Error::validation("package_switch_mode", "must be queue, switch or stack"));
     }
     let c = &s.credit;
     if !(1..=1440).contains(&c.order_ttl_minutes) {
-        return Err(Error::validation("credit.order_ttl_minutes", "must be between 1 and 1440"));
+        found.push(Error::validation("credit.order_ttl_minutes", "must be between 1 and 1440"));
     }
     for (field, value) in [
         ("credit.gateway_url", &c.gateway_url),
@@ -125,30 +138,38 @@ fn validate(s: &Settings) -> Result<(), Error> {
         ("credit.return_url", &c.return_url),
     ] {
         if !value.is_empty() && url::Url::parse(value).map(|u| !u.scheme().starts_with("http")).unwrap_or(true) {
-            return Err(Error::validation(field, "must be an http(s) URL"));
+            found.push(Error::validation(field, "must be an http(s) URL"));
+        }
+    }
+    if c.enabled {
+        // Switched on without the merchant fields, payments would silently stay off.
+        for (field, value) in [("credit.gateway_url", &c.gateway_url), ("credit.pid", &c.pid), ("credit.key", &c.key)] {
+            if value.trim().is_empty() {
+                found.push(Error::validation(field, "is required to switch payments on"));
+            }
         }
     }
     if c.pay_type.trim().is_empty() {
-        return Err(Error::validation("credit.pay_type", "must not be empty (epay for LINUX DO Credit)"));
+        found.push(Error::validation("credit.pay_type", "must not be empty (epay for LINUX DO Credit)"));
     }
     if !["linuxdo", "classic"].contains(&c.flavour.as_str()) {
-        return Err(Error::validation("credit.flavour", "must be linuxdo or classic"));
+        found.push(Error::validation("credit.flavour", "must be linuxdo or classic"));
     }
     if !c.topup_min.is_positive()
         || c.topup_max < c.topup_min
         || !c.topup_min.is_whole_cents()
         || !c.topup_max.is_whole_cents()
     {
-        return Err(Error::validation("credit.topup_min", "top-up bounds must be whole cents with 0 < min <= max"));
+        found.push(Error::validation("credit.topup_min", "top-up bounds must be whole cents with 0 < min <= max"));
     }
     if !(1..=43_200).contains(&c.reconcile_window_minutes) {
-        return Err(Error::validation("credit.reconcile_window_minutes", "must be between 1 and 43200"));
+        found.push(Error::validation("credit.reconcile_window_minutes", "must be between 1 and 43200"));
     }
     if !c.topup_rate.is_positive() {
-        return Err(Error::validation("credit.topup_rate", "must be greater than 0"));
+        found.push(Error::validation("credit.topup_rate", "must be greater than 0"));
     }
     if !(1..=1_000_000).contains(&s.hold_output_tokens) {
-        return Err(Error::validation("hold_output_tokens", "must be between 1 and 1000000"));
+        found.push(Error::validation("hold_output_tokens", "must be between 1 and 1000000"));
     }
     if !(0..=1_000_000).contains(&s.hold_floor_tokens) {
         return Err(Error::validation("hold_floor_tokens", "must be between 0 and 1000000"));
@@ -157,7 +178,7 @@ fn validate(s: &Settings) -> Result<(), Error> {
         return Err(Error::validation("hold_floors", "each needs a model and output_tokens between 0 and 1000000"));
     }
     if !(1..=10).contains(&s.upstream_max_attempts) {
-        return Err(Error::validation("upstream_max_attempts", "must be between 1 and 10"));
+        found.push(Error::validation("upstream_max_attempts", "must be between 1 and 10"));
     }
     let o = &s.oauth;
     for (field, value) in [
@@ -166,14 +187,14 @@ fn validate(s: &Settings) -> Result<(), Error> {
         ("oauth.userinfo_url", &o.userinfo_url),
     ] {
         if url::Url::parse(value).map(|u| !u.scheme().starts_with("http")).unwrap_or(true) {
-            return Err(Error::validation(field, "must be an http(s) URL"));
+            found.push(Error::validation(field, "must be an http(s) URL"));
         }
     }
     if !(0..=4).contains(&o.min_trust_level) {
-        return Err(Error::validation("oauth.min_trust_level", "must be between 0 and 4"));
+        found.push(Error::validation("oauth.min_trust_level", "must be between 0 and 4"));
     }
     if o.linuxdo_only && !o.enabled {
-        return Err(Error::validation("oauth.linuxdo_only", "needs LINUX DO sign-in enabled (oauth.enabled)"));
+        found.push(Error::validation("oauth.linuxdo_only", "needs LINUX DO sign-in enabled (oauth.enabled)"));
     }
     let r = &s.rate_limits;
     for (field, value) in [
@@ -182,10 +203,10 @@ fn validate(s: &Settings) -> Result<(), Error> {
         ("rate_limits.user_max_concurrent_streams", r.user_max_concurrent_streams),
     ] {
         if !(0..=1_000_000).contains(&value) {
-            return Err(Error::validation(field, "must be between 0 (unlimited) and 1000000"));
+            found.push(Error::validation(field, "must be between 0 (unlimited) and 1000000"));
         }
     }
-    Ok(())
+    found
 }
 
 async fn update(

@@ -245,31 +245,81 @@ pub struct UsageFilter {
     /// Business dates, inclusive.
     pub date_from: Option<String>,
     pub date_to: Option<String>,
+    /// One request by its id (what a user quotes to support, or finds in a client log).
+    pub request_id: Option<String>,
 }
 
-/// One page of usage rows, newest first, and the total matching.
-pub async fn list(state: &AppState, filter: &UsageFilter, limit: i64, offset: i64) -> Result<(Vec<UsageRow>, i64)> {
-    let where_clause = "WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR api_key_id = $2) \
-        AND ($3 IS NULL OR model = $3) AND ($4 IS NULL OR business_date >= $4) AND ($5 IS NULL OR business_date <= $5)";
-    let rows = sqlx::query_as::<_, UsageRow>(&format!(
-        "SELECT {USAGE_COLUMNS} FROM usage_logs {where_clause} ORDER BY id DESC LIMIT $6 OFFSET $7"
-    ))
-    .bind(filter.user_id)
-    .bind(filter.api_key_id)
-    .bind(filter.model.as_deref())
-    .bind(filter.date_from.as_deref())
-    .bind(filter.date_to.as_deref())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(state.db.pool())
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM usage_logs {where_clause}"))
+/// The `WHERE` shared by the listing, the summary and the export ($1..$6 bound by [`bind_filter`]).
+const FILTER_WHERE: &str = "WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR api_key_id = $2) \
+    AND ($3 IS NULL OR model = $3) AND ($4 IS NULL OR business_date >= $4) AND ($5 IS NULL OR business_date <= $5) \
+    AND ($6 IS NULL OR request_id = $6)";
+
+fn bind_filter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
+    filter: &'q UsageFilter,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
+    query
         .bind(filter.user_id)
         .bind(filter.api_key_id)
         .bind(filter.model.as_deref())
         .bind(filter.date_from.as_deref())
         .bind(filter.date_to.as_deref())
-        .fetch_one(state.db.pool())
+        .bind(filter.request_id.as_deref())
+}
+
+/// Totals of the requests a filter matches, overall and per model (largest cost first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageSummary {
+    pub requests: i64,
+    pub cost: Money,
+    pub package_cost: Money,
+    pub balance_cost: Money,
+    pub models: Vec<ModelTotal>,
+}
+
+/// One model's line of a [`UsageSummary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelTotal {
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: Money,
+}
+
+/// The period total and per-model breakdown of everything `filter` matches (all pages),
+/// summed by SQL in integer micros.
+pub async fn summary(state: &AppState, filter: &UsageFilter) -> Result<UsageSummary> {
+    type Line = (String, i64, i64, i64, i64, i64, i64);
+    let sql = format!(
+        "SELECT model, COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+           CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(cost), 0) AS BIGINT), \
+           CAST(COALESCE(SUM(package_cost), 0) AS BIGINT), CAST(COALESCE(SUM(balance_cost), 0) AS BIGINT) \
+         FROM usage_logs {FILTER_WHERE} GROUP BY model"
+    );
+    let mut lines: Vec<Line> = bind_filter(sqlx::query_as::<_, Line>(&sql), filter).fetch_all(state.db.pool()).await?;
+    lines.sort_by(|a, b| b.4.cmp(&a.4).then_with(|| a.0.cmp(&b.0)));
+    let mut total = UsageSummary::default();
+    for (model, requests, input_tokens, output_tokens, cost, package_cost, balance_cost) in lines {
+        total.requests += requests;
+        total.cost = total.cost.saturating_add(Money::from_micros(cost));
+        total.package_cost = total.package_cost.saturating_add(Money::from_micros(package_cost));
+        total.balance_cost = total.balance_cost.saturating_add(Money::from_micros(balance_cost));
+        total.models.push(ModelTotal { model, requests, input_tokens, output_tokens, cost: Money::from_micros(cost) });
+    }
+    Ok(total)
+}
+
+/// One page of usage rows, newest first, and the total matching.
+pub async fn list(state: &AppState, filter: &UsageFilter, limit: i64, offset: i64) -> Result<(Vec<UsageRow>, i64)> {
+    let sql = format!("SELECT {USAGE_COLUMNS} FROM usage_logs {FILTER_WHERE} ORDER BY id DESC LIMIT $7 OFFSET $8");
+    let rows = bind_filter(sqlx::query_as::<_, UsageRow>(&sql), filter)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(state.db.pool())
         .await?;
+    let count_sql = format!("SELECT COUNT(*) FROM usage_logs {FILTER_WHERE}");
+    let (total,): (i64,) =
+        bind_filter(sqlx::query_as::<_, (i64,)>(&count_sql), filter).fetch_one(state.db.pool()).await?;
     Ok((rows, total))
 }

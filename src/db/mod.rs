@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use migrations::{migrate, migrate_up_to, MIGRATIONS};
@@ -76,6 +76,11 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A commit that fails for want of disk space (SQLITE_FULL) leaves sqlx
+            // counting a transaction SQLite already rolled back; the connection would
+            // then refuse every later BEGIN (`InvalidSavePointStatement`, a 500) even
+            // after space came back. Such a connection is closed instead of reused.
+            .before_acquire(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

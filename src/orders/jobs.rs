@@ -27,6 +27,8 @@ pub struct ReconcileReport {
 /// What an admin re-check found.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOutcome {
+    /// The gateway knows the order (`code: 1`); false for a trade it never saw.
+    pub gateway_found: bool,
     /// The gateway says the order is paid.
     pub gateway_paid: bool,
     /// This check fulfilled it (false if it was unpaid or already fulfilled).
@@ -52,7 +54,12 @@ pub async fn expire_once(state: &AppState) -> Result<u64> {
 pub async fn check_with_gateway(state: &AppState, credit: &CreditSettings, order: &Order) -> Result<CheckOutcome> {
     let answer = client::query_order(&state.http, credit, &order.out_trade_no).await?;
     if !answer.paid {
-        return Ok(CheckOutcome { gateway_paid: false, fulfilled_now: false, gateway_message: answer.message });
+        return Ok(CheckOutcome {
+            gateway_found: answer.found,
+            gateway_paid: false,
+            fulfilled_now: false,
+            gateway_message: answer.message,
+        });
     }
     if answer.money != Some(order.amount()) {
         return Err(Error::conflict(
@@ -68,6 +75,7 @@ pub async fn check_with_gateway(state: &AppState, credit: &CreditSettings, order
         Payment { out_trade_no: &order.out_trade_no, trade_no: answer.trade_no.as_deref(), money: order.amount() };
     let settled = fulfil::settle(state, &payment).await?;
     Ok(CheckOutcome {
+        gateway_found: true,
         gateway_paid: true,
         fulfilled_now: matches!(settled, Settled::Fulfilled(_)),
         gateway_message: answer.message,

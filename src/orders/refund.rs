@@ -1,6 +1,13 @@
 //! Admin refunds: the gateway refunds the buyer first; only when it answers `code: 1`
 //! is the fulfilment reversed (package ended as `refunded` or shortened, balance
 //! debited), in one transaction. A refused refund changes nothing.
+//!
+//! A refund call that gets no answer (timeout, dropped connection, garbage) may still have
+//! refunded the buyer: the order stays `refunding` and [`reconcile_refunds_once`] later
+//! asks the gateway's order query. An order the gateway no longer reports as paid was
+//! refunded and is reversed; one it still reports paid goes back to `fulfilled`. The
+//! reversal's final update requires `status = 'refunding'`, so the admin path and the job
+//! can never both credit.
 
 use super::{fulfil, status, Order, COLUMNS};
 use crate::app::AppState;
@@ -115,17 +122,29 @@ pub async fn refund(state: &AppState, out_trade_no: &str, by: RefundBy) -> Resul
             money: order.amount(),
         };
         let answer = client::refund(&state.http, &settings.credit, &request).await;
-        let refused = match answer {
-            Ok(a) if a.ok => None,
-            Ok(a) => Some(Error::conflict("refund_refused", format!("the gateway refused the refund: {}", a.message))),
-            Err(e) => Some(e),
-        };
-        if let Some(err) = refused {
-            set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
-            return Err(err);
+        match answer {
+            Ok(a) if a.ok => {}
+            Ok(a) => {
+                set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
+                return Err(Error::conflict(
+                    "refund_refused",
+                    format!("the gateway refused the refund: {}", a.message),
+                ));
+            }
+            Err(e) => {
+                // No answer is not a refusal: the gateway may have refunded.
+                tracing::warn!(out_trade_no = %order.out_trade_no, error = %e,
+                    "the refund call got no answer; the order stays 'refunding' until the gateway is asked");
+                return Err(Error::BadGateway {
+                    code: "refund_unconfirmed",
+                    message: format!(
+                        "{e}; the order stays 'refunding' until the reconcile job has asked the gateway whether it refunded"
+                    ),
+                });
+            }
         }
     }
-    let result = reverse(state, &order, by).await;
+    let result = reverse(state, &order, Some(by.actor_id)).await;
     if let Err(e) = &result {
         tracing::error!(out_trade_no = %order.out_trade_no, error = %e,
             "the gateway refunded but reversing the fulfilment failed; the order stays 'refunding'");
@@ -133,16 +152,77 @@ pub async fn refund(state: &AppState, out_trade_no: &str, by: RefundBy) -> Resul
     result
 }
 
-async fn reverse(state: &AppState, order: &Order, by: RefundBy) -> Result<Order> {
+/// How long an order must have been `refunding` before the job asks the gateway about it:
+/// well past the refund call's own timeout, so a refund still in flight is left alone.
+pub const REFUND_CHECK_AFTER_MINUTES: i64 = 2;
+
+/// What one pass over unconfirmed refunds did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RefundReconcileReport {
+    pub checked: u64,
+    /// The gateway no longer reports them paid: reversed now.
+    pub refunded: u64,
+    /// The gateway still reports them paid: back to `fulfilled` (they can be refunded again).
+    pub restored: u64,
+    pub errors: u64,
+}
+
+/// Settles gateway orders left `refunding` (an unanswered refund call, or a reversal that
+/// failed after the gateway refunded) by asking the gateway's order query.
+pub async fn reconcile_refunds_once(state: &AppState) -> Result<RefundReconcileReport> {
+    let settings = state.settings.get().await?;
+    let mut report = RefundReconcileReport::default();
+    if !settings.credit.is_usable() {
+        return Ok(report);
+    }
+    let before = to_micros(state.now() - chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM payment_orders WHERE pay_method = 'credit' AND status = 'refunding' \
+           AND updated_at <= $1 ORDER BY id LIMIT 200"
+    );
+    let orders = sqlx::query_as::<_, Order>(&sql).bind(before).fetch_all(state.db.pool()).await?;
+    for order in orders {
+        report.checked += 1;
+        match settle_unconfirmed(state, &settings.credit, &order).await {
+            Ok(true) => report.refunded += 1,
+            Ok(false) => report.restored += 1,
+            Err(e) => {
+                report.errors += 1;
+                tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "could not settle an unconfirmed refund");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// One unconfirmed refund: true when it was reversed, false when it went back to `fulfilled`.
+async fn settle_unconfirmed(state: &AppState, credit: &crate::settings::CreditSettings, order: &Order) -> Result<bool> {
+    let answer = client::query_order(&state.http, credit, &order.out_trade_no).await?;
+    if !answer.found {
+        return Err(Error::conflict(
+            "gateway_order_unknown",
+            format!("the gateway does not know it: {}", answer.message),
+        ));
+    }
+    if answer.paid {
+        set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
+        tracing::info!(out_trade_no = %order.out_trade_no, "the gateway did not refund; the order is fulfilled again");
+        return Ok(false);
+    }
+    // A paid order the gateway no longer reports as paid was refunded by it.
+    reverse(state, order, None).await?;
+    tracing::info!(out_trade_no = %order.out_trade_no, "the gateway had refunded; the fulfilment is reversed");
+    Ok(true)
+}
+
+/// Reverses the fulfilment of a `refunding` order the gateway refunded (`actor_id`: the
+/// admin who asked, `None` for the reconcile job).
+async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Result<Order> {
     let now = state.now();
     let mut tx = state.db.begin().await?;
     let note = format!("refund of order {}", order.out_trade_no);
-    let details = EntryDetails {
-        reference: Some(&order.out_trade_no),
-        note: Some(&note),
-        actor_id: Some(by.actor_id),
-        ..Default::default()
-    };
+    let details =
+        EntryDetails { reference: Some(&order.out_trade_no), note: Some(&note), actor_id, ..Default::default() };
     // Packages before users, the lock order every other money path uses.
     if let (Some(_), Some(package_id)) = (order.user_package_id, order.package_id) {
         packages::return_stock(tx.conn(), package_id, now).await?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::RwLock;
 
+use super::codex_models::{self, Catalogue};
 use super::pricing::{self, ModelPrice};
 use super::upstreams::{self, Upstream};
 use crate::db::Db;
@@ -26,6 +27,9 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Enabled prices by model.
     pub prices: HashMap<String, ModelPrice>,
+    /// Codex's model catalogue of these prices and its ETag, built with the snapshot so
+    /// `/v1/models` and the `x-models-etag` header of every Responses answer only clone it.
+    pub codex: Catalogue,
 }
 
 impl Snapshot {
@@ -76,17 +80,21 @@ fn order(mut pool: Vec<&Arc<Upstream>>, rng: &mut impl Rng) -> Vec<Arc<Upstream>
 pub struct Catalog {
     db: Db,
     secrets: SecretBox,
+    /// The operator's Codex agent prompt (the catalogue's `base_instructions`).
+    instructions: Option<Arc<str>>,
     cache: Arc<RwLock<(Arc<Snapshot>, Instant)>>,
     stale: Arc<AtomicBool>,
 }
 
 impl Catalog {
-    /// Loads the catalog once at start-up.
-    pub async fn load(db: Db, secrets: SecretBox) -> Result<Self> {
-        let snapshot = read(&db, &secrets).await?;
+    /// Loads the catalog once at start-up (`instructions`: the Codex agent prompt the
+    /// catalogue carries, [`crate::config::Config::codex_instructions`]).
+    pub async fn load(db: Db, secrets: SecretBox, instructions: Option<Arc<str>>) -> Result<Self> {
+        let snapshot = read(&db, &secrets, instructions.as_deref()).await?;
         Ok(Catalog {
             db,
             secrets,
+            instructions,
             cache: Arc::new(RwLock::new((Arc::new(snapshot), Instant::now()))),
             stale: Arc::default(),
         })
@@ -106,7 +114,7 @@ impl Catalog {
             return guard.0.clone();
         }
         self.stale.store(false, Ordering::Release);
-        match read(&self.db, &self.secrets).await {
+        match read(&self.db, &self.secrets, self.instructions.as_deref()).await {
             Ok(fresh) => *guard = (Arc::new(fresh), Instant::now()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reload upstreams and prices; serving the previous copy");
@@ -129,12 +137,16 @@ impl Catalog {
     }
 }
 
-async fn read(db: &Db, secrets: &SecretBox) -> Result<Snapshot> {
+async fn read(db: &Db, secrets: &SecretBox, instructions: Option<&str>) -> Result<Snapshot> {
     // During an outage the previous copy serves without waiting for the pool.
     db.available()?;
     let upstreams = upstreams::list(db, secrets).await?.into_iter().filter(|u| u.enabled).map(Arc::new).collect();
-    let prices = pricing::list(db).await?.into_iter().filter(|p| p.enabled).map(|p| (p.model.clone(), p)).collect();
-    Ok(Snapshot { upstreams, prices })
+    let prices: HashMap<String, ModelPrice> =
+        pricing::list(db).await?.into_iter().filter(|p| p.enabled).map(|p| (p.model.clone(), p)).collect();
+    let mut names: Vec<&str> = prices.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let codex = codex_models::catalogue(&names, instructions);
+    Ok(Snapshot { upstreams, prices, codex })
 }
 
 #[cfg(test)]
@@ -176,6 +188,7 @@ mod tests {
                 upstream(3, 5, 1, true, Some(&["other"])),
             ],
             prices: HashMap::new(),
+            codex: Catalogue::default(),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(ids(&snapshot.candidates("gpt-5", &mut rng)), vec![2, 1]);
@@ -187,6 +200,7 @@ mod tests {
         let mut snapshot = Snapshot {
             upstreams: vec![upstream(1, 10, 1, false, None), upstream(2, 0, 1, true, None)],
             prices: HashMap::new(),
+            codex: Catalogue::default(),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(ids(&snapshot.candidates("m", &mut rng)), vec![2]);
@@ -199,6 +213,7 @@ mod tests {
         let snapshot = Snapshot {
             upstreams: vec![upstream(1, 0, 3, true, None), upstream(2, 0, 1, true, None)],
             prices: HashMap::new(),
+            codex: Catalogue::default(),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let firsts = (0..4000).filter(|_| snapshot.candidates("m", &mut rng)[0].id == 1).count();

@@ -18,8 +18,17 @@
 //! agent prompt ([`crate::config::Config::codex_instructions`]); without one the
 //! catalogue is empty and Codex keeps its built-in prompt (and its warning).
 
+use axum::body::Bytes;
+use axum::http::HeaderValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+/// The header Codex reads the catalogue's ETag from on every Responses answer (HTTP and
+/// the WebSocket handshake, `codex-api/src/sse/responses.rs` `MODELS_ETAG_HEADER`). Codex
+/// compares it with the ETag of the catalogue it holds: the same one renews its cache,
+/// another makes it fetch `/models` again; a provider Codex never asks for the
+/// catalogue (`env_key`) ignores it (`models-manager` `refresh_if_new_etag`).
+pub const MODELS_ETAG_HEADER: &str = "x-models-etag";
 
 /// Whether a `/v1/models` request is Codex's catalogue request (its `client_version`
 /// query parameter); everything else gets the OpenAI list shape.
@@ -28,10 +37,14 @@ pub fn wants_catalogue(query: Option<&str>) -> bool {
 }
 
 /// The catalogue body and its entity tag (a hash of the body, so it changes exactly
-/// when a price is added or removed or the instructions change).
+/// when a price is added or removed or the instructions change). Built once per catalog
+/// snapshot ([`super::catalog::Snapshot::codex`]), so no request hashes anything.
+#[derive(Debug, Clone, Default)]
 pub struct Catalogue {
-    pub body: Vec<u8>,
+    pub body: Bytes,
     pub etag: String,
+    /// `etag` as a header value, made once: a Responses answer only clones it.
+    pub etag_header: Option<HeaderValue>,
 }
 
 /// The catalogue of `models` (sorted by the caller; the order is Codex's `priority`).
@@ -42,10 +55,11 @@ pub fn catalogue(models: &[&str], instructions: Option<&str>) -> Catalogue {
         }
         None => Vec::new(),
     };
-    let body = json!({ "models": entries }).to_string().into_bytes();
+    let body = Bytes::from(json!({ "models": entries }).to_string());
     let digest = Sha256::digest(&body);
     let etag = format!("\"{}\"", hex::encode(&digest[..12]));
-    Catalogue { body, etag }
+    let etag_header = HeaderValue::from_str(&etag).ok();
+    Catalogue { body, etag, etag_header }
 }
 
 /// One `ModelInfo` as Codex decodes it.
@@ -135,6 +149,7 @@ mod tests {
         assert_ne!(a.etag, catalogue(&["gpt-5", "o3"], Some("p")).etag);
         assert_ne!(a.etag, catalogue(&["gpt-5"], Some("q")).etag);
         assert!(a.etag.starts_with('"') && a.etag.ends_with('"'));
+        assert_eq!(a.etag_header.as_ref().and_then(|h| h.to_str().ok()), Some(a.etag.as_str()));
         assert!(not_modified(Some(&a.etag), &a.etag));
         assert!(not_modified(Some(&format!("\"x\", W/{}", a.etag)), &a.etag));
         assert!(not_modified(Some("*"), &a.etag));

@@ -9,7 +9,8 @@
 //! - [`forward`]: admission, upstream selection and failover before the first byte;
 //!   [`affinity`]: a session's turns on one upstream (its prompt cache).
 //! - [`body`], [`metering`], [`sse`]: the metered stream and its settlement.
-//! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache.
+//! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache;
+//!   [`upstream_check`]: an admin's "test connection".
 //! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
 //! - [`quota`]: the user's windows and balance as Codex reads them (headers, events).
 //! - [`ws`]: the WebSocket transport, bridged to the HTTP path.
@@ -30,6 +31,7 @@ pub mod quota;
 pub mod recovery;
 pub mod request;
 pub mod sse;
+pub mod upstream_check;
 pub mod upstreams;
 pub mod ws;
 
@@ -57,8 +59,24 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models/{model}", get(model))
 }
 
+/// A Responses request; a successful answer also carries the catalogue's `x-models-etag`
+/// (read after the upstream answered, so a catalogue changed meanwhile is announced at
+/// once; Codex reads it from answered streams only, and a refused caller learns nothing).
 async fn responses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    forward::proxy(state, Api::Responses, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+    let catalog = state.catalog.clone();
+    let mut response =
+        forward::proxy(state, Api::Responses, headers, body).await.unwrap_or_else(IntoResponse::into_response);
+    if response.status().is_success() {
+        add_models_etag(response.headers_mut(), &*catalog.get().await);
+    }
+    response
+}
+
+/// Sets `x-models-etag` from the snapshot's catalogue (a header clone, nothing hashed).
+pub(crate) fn add_models_etag(headers: &mut HeaderMap, snapshot: &catalog::Snapshot) {
+    if let Some(etag) = &snapshot.codex.etag_header {
+        headers.insert(codex_models::MODELS_ETAG_HEADER, etag.clone());
+    }
 }
 
 async fn compact(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -79,21 +97,21 @@ async fn models(
 ) -> Result<Response, ProxyError> {
     forward::authenticate(&state, &headers).await?;
     let snapshot = state.catalog.get().await;
-    let mut names: Vec<&str> = snapshot.prices.keys().map(String::as_str).collect();
-    names.sort_unstable();
     if !codex_models::wants_catalogue(query.as_deref()) {
+        let mut names: Vec<&str> = snapshot.prices.keys().map(String::as_str).collect();
+        names.sort_unstable();
         let data: Vec<_> = names.into_iter().map(model_object).collect();
         return Ok(Json(json!({ "object": "list", "data": data })).into_response());
     }
-    let catalogue = codex_models::catalogue(&names, state.config.codex_instructions.as_deref());
+    let catalogue = &snapshot.codex;
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     let mut response = if codex_models::not_modified(if_none_match, &catalogue.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], catalogue.body).into_response()
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], catalogue.body.clone()).into_response()
     };
-    if let Ok(etag) = HeaderValue::from_str(&catalogue.etag) {
-        response.headers_mut().insert(header::ETAG, etag);
+    if let Some(etag) = &catalogue.etag_header {
+        response.headers_mut().insert(header::ETAG, etag.clone());
     }
     Ok(response)
 }

@@ -146,21 +146,27 @@ pub async fn find(db: &Db, model: &str) -> Result<Option<ModelPrice>> {
     Ok(row.map(from_row))
 }
 
-/// Checks a price before it is stored (model names are what clients send).
+/// Checks a price before it is stored (model names are what clients send): the first problem.
 pub fn validate(price: &ModelPrice) -> Result<()> {
+    problems(price).into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Every rule a price breaks, one error per field, so a form can show them all at once.
+pub fn problems(price: &ModelPrice) -> Vec<Error> {
+    let mut found = Vec::new();
     let model = price.model.trim();
     if model.is_empty() || model.len() > 128 || model.contains(char::is_whitespace) {
-        return Err(Error::validation("model", "must be 1 to 128 characters without spaces"));
+        found.push(Error::validation("model", "must be 1 to 128 characters without spaces"));
     }
     for (field, value) in [("input", price.input), ("cached_input", price.cached_input), ("output", price.output)] {
         if value.is_negative() {
-            return Err(Error::validation(field, "must not be negative"));
+            found.push(Error::validation(field, "must not be negative"));
         }
     }
     if price.cache_write.is_some_and(Money::is_negative) {
-        return Err(Error::validation("cache_write", "must not be negative"));
+        found.push(Error::validation("cache_write", "must not be negative"));
     }
-    Ok(())
+    found
 }
 
 /// Creates a price (409 when the model is already priced).

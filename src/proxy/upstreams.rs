@@ -166,19 +166,29 @@ pub struct UpstreamInput {
     pub enabled: bool,
 }
 
-/// Normalises and checks an upstream before it is stored.
+/// Normalises and checks an upstream before it is stored (the first problem found).
 pub fn validate(input: &mut UpstreamInput) -> Result<()> {
+    problems(input).into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Normalises an upstream and lists every rule it breaks, one error per field, so a
+/// form can show them all at once (the API answers the first).
+pub fn problems(input: &mut UpstreamInput) -> Vec<Error> {
+    let mut found = Vec::new();
     input.name = input.name.trim().to_string();
     if input.name.is_empty() || input.name.chars().count() > 64 {
-        return Err(Error::validation("name", "must be 1 to 64 characters"));
+        found.push(Error::validation("name", "must be 1 to 64 characters"));
     }
     input.base_url = input.base_url.trim().trim_end_matches('/').to_string();
-    let parsed = url::Url::parse(&input.base_url).map_err(|_| Error::validation("base_url", "must be a URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(Error::validation("base_url", "must be an http(s) URL such as https://api.openai.com/v1"));
+    match url::Url::parse(&input.base_url) {
+        Err(_) => found.push(Error::validation("base_url", "must be a URL")),
+        Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+            found.push(Error::validation("base_url", "must be an http(s) URL such as https://api.openai.com/v1"))
+        }
+        Ok(_) => {}
     }
     if input.api_key.expose_secret().trim().is_empty() {
-        return Err(Error::validation("api_key", "must not be empty"));
+        found.push(Error::validation("api_key", "must not be empty"));
     }
     if let Some(models) = &mut input.models {
         models.retain(|m| !m.trim().is_empty());
@@ -186,16 +196,16 @@ pub fn validate(input: &mut UpstreamInput) -> Result<()> {
     }
     if let Some(map) = &input.model_map {
         if map.iter().any(|(from, to)| from.trim().is_empty() || to.trim().is_empty()) {
-            return Err(Error::validation("model_map", "names must not be empty"));
+            found.push(Error::validation("model_map", "names must not be empty"));
         }
     }
-    if !(1..=1000).contains(&input.weight) {
-        return Err(Error::validation("weight", "must be between 1 and 1000"));
-    }
     if !(-1000..=1000).contains(&input.priority) {
-        return Err(Error::validation("priority", "must be between -1000 and 1000"));
+        found.push(Error::validation("priority", "must be between -1000 and 1000"));
     }
-    Ok(())
+    if !(1..=1000).contains(&input.weight) {
+        found.push(Error::validation("weight", "must be between 1 and 1000"));
+    }
+    found
 }
 
 fn models_json(models: &Option<Vec<String>>) -> Option<String> {
@@ -353,4 +363,42 @@ pub async fn probe_unhealthy_once(state: &AppState) -> Result<usize> {
         state.catalog.invalidate();
     }
     Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_broken_rule_is_reported_once_per_field_and_validate_gives_the_first() {
+        let mut input = UpstreamInput {
+            name: "  ".into(),
+            base_url: "ftp://x".into(),
+            api_key: SecretString::from(" "),
+            models: None,
+            model_map: None,
+            priority: 5000,
+            weight: 0,
+            enabled: true,
+        };
+        let fields: Vec<String> = problems(&mut input.clone())
+            .iter()
+            .filter_map(|e| match e {
+                Error::Validation { field, .. } => Some(field.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fields, ["name", "base_url", "api_key", "priority", "weight"]);
+        assert!(matches!(validate(&mut input), Err(Error::Validation { field, .. }) if field == "name"));
+        let mut good = UpstreamInput {
+            name: " main ".into(),
+            base_url: "https://api.example.com/v1/".into(),
+            api_key: SecretString::from("sk-1"),
+            priority: 0,
+            weight: 1,
+            ..input
+        };
+        assert!(problems(&mut good).is_empty());
+        assert_eq!((good.name.as_str(), good.base_url.as_str()), ("main", "https://api.example.com/v1"));
+    }
 }

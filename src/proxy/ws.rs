@@ -58,12 +58,17 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebS
     }
     let max_message = state.config.max_body_bytes;
     let headers = request_headers(&headers);
-    ws.read_buffer_size(READ_BUFFER)
+    let snapshot = state.catalog.get().await;
+    let mut response = ws
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| serve(state, headers, socket))
-        .into_response()
+        .into_response();
+    // Codex reads the catalogue's ETag from the handshake answer (as from an HTTP answer).
+    super::add_models_etag(response.headers_mut(), &snapshot);
+    response
 }
 
 /// The handshake headers every bridged request carries: the WebSocket ones go, and
@@ -192,6 +197,8 @@ async fn serve(state: AppState, headers: HeaderMap, socket: WebSocket) {
                 continue;
             }
         };
+        // The frame's text is a slice of the socket's read buffer: let it go before the turn.
+        drop(text);
         let turn = Turn { state: &state, headers: &headers, sink: &mut sink, inbox: &mut inbox };
         // Boxed: the turn's future (the whole HTTP path) is large, and an idle
         // connection's task must not carry its space.

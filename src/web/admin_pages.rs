@@ -1,10 +1,11 @@
-//! Admin pages: `/admin` overview, `/admin/users` (search, suspend, balance) and
+//! Admin pages: `/admin` overview (with the period's top spenders and models),
+//! `/admin/users` (search; one user's page is [`super::admin_user`]) and
 //! `/admin/settings` (general and the Credit merchant section).
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
@@ -13,23 +14,17 @@ use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::settings_form::SettingsForm;
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
-use crate::api::admin_actions::{self, Actor, BalanceAdjustment};
+use crate::api::admin_actions::{self, Actor};
 use crate::api::extract::ClientAddr;
 use crate::app::AppState;
 use crate::auth::{Role, Status};
 use crate::error::{Error, Result};
-use crate::ledger;
-use crate::money::Money;
-use crate::users::{self, User, UserFilter, UserPatch};
+use crate::users::{self, User, UserFilter};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin", get(overview))
         .route("/admin/users", get(users_page))
-        .route("/admin/users/{id}", get(user_page))
-        .route("/admin/users/{id}/status", post(set_status))
-        .route("/admin/users/{id}/balance", post(adjust_balance))
-        .route("/admin/users/{id}/packages", post(grant_package))
         .route("/admin/settings", get(settings_page).post(save_settings))
         .route("/admin/settings/check", post(check_credit))
 }
@@ -45,7 +40,7 @@ pub struct UserRow {
 }
 
 impl UserRow {
-    fn new(user: &User, state: &AppState) -> Self {
+    pub(super) fn new(user: &User, state: &AppState) -> Self {
         UserRow {
             id: user.id,
             email: user.email.clone(),
@@ -72,14 +67,48 @@ struct OverviewPage<'a> {
     spend_today: String,
     requests_today: i64,
     chart: super::chart::SpendChart,
+    /// The period of the top tables, in business days (1, 7 or 30).
+    period_days: u32,
+    top_spenders: Vec<TopLine>,
+    top_models: Vec<TopLine>,
 }
+
+/// A line of a top table as shown: exact amounts (micro-dollars), not rounded.
+struct TopLine {
+    id: i64,
+    name: String,
+    spent: String,
+    requests: i64,
+}
+
+impl TopLine {
+    fn new(row: &super::stats::TopRow) -> Self {
+        TopLine { id: row.id, name: row.name.clone(), spent: view::money(row.spent.micros()), requests: row.requests }
+    }
+}
+
+/// `?days=` of the overview: the period of its top tables.
+#[derive(Deserialize)]
+struct OverviewQuery {
+    /// Text, so a hand-typed `?days=abc` falls back to the default instead of a 400.
+    days: Option<String>,
+}
+
+/// How many lines each top table shows.
+const TOP_LINES: i64 = 10;
 
 async fn count_users(state: &AppState, filter: UserFilter) -> Result<i64> {
     Ok(users::list(&state.db, &filter, 1, 0).await?.1)
 }
 
-async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -> Response {
+async fn overview(
+    State(state): State<AppState>,
+    AdminPage(signed): AdminPage,
+    Query(query): Query<OverviewQuery>,
+) -> Response {
     let ctx = &signed.ctx;
+    let period_days =
+        query.days.and_then(|d| d.trim().parse::<u32>().ok()).filter(|d| [1, 7, 30].contains(d)).unwrap_or(7);
     let loaded = async {
         let total = count_users(&state, UserFilter::default()).await?;
         let suspended =
@@ -90,10 +119,14 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         let today = state.calendar().business_date(state.now());
         let history = super::stats::spend_history(&state.db, today, 30).await?;
         let revenue = super::stats::revenue_on(&state.db, state.calendar(), today).await?;
-        Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue)))
+        let range = super::stats::period(state.calendar(), today, period_days);
+        let spenders = super::stats::top_spenders(&state.db, range, TOP_LINES).await?;
+        let models = super::stats::top_models(&state.db, range, TOP_LINES).await?;
+        Ok::<_, Error>((total, suspended, admins, newest, (settings, history, revenue, (spenders, models))))
     }
     .await;
-    let (users_total, users_suspended, admins, newest, (settings, history, revenue)) = match loaded {
+    let (users_total, users_suspended, admins, newest, (settings, history, revenue, (spenders, models))) = match loaded
+    {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -110,6 +143,9 @@ async fn overview(State(state): State<AppState>, AdminPage(signed): AdminPage) -
         spend_today: history.last().map(|d| d.total).unwrap_or_default().format_2dp(),
         requests_today: history.last().map(|d| d.requests).unwrap_or(0),
         chart: super::chart::SpendChart::new(&history),
+        period_days,
+        top_spenders: spenders.iter().map(TopLine::new).collect(),
+        top_models: models.iter().map(TopLine::new).collect(),
     };
     render(ctx, StatusCode::OK, &page)
 }
@@ -159,154 +195,6 @@ async fn users_page(
 }
 
 #[derive(Template)]
-#[template(path = "admin_user.html")]
-struct UserPage<'a> {
-    ctx: &'a Ctx,
-    user: UserRow,
-    ledger: Vec<LedgerRow>,
-    /// Packages on sale, for the grant form: (id, name).
-    catalog: Vec<(i64, String)>,
-    /// The user's packages: (name, status, ends).
-    held: Vec<(String, String, String)>,
-    notice: Option<&'static str>,
-    form_amount: &'a str,
-    form_reason: &'a str,
-    errors: FieldErrors,
-}
-
-/// A ledger entry as the user page lists it.
-struct LedgerRow {
-    time: String,
-    kind: String,
-    amount: String,
-    balance_after: String,
-    note: String,
-}
-
-/// What the user page shows besides the user: a notice, or a rejected form.
-#[derive(Default)]
-struct UserOutcome<'a> {
-    notice: Option<&'static str>,
-    form_amount: &'a str,
-    form_reason: &'a str,
-    errors: FieldErrors,
-}
-
-async fn render_user(state: &AppState, ctx: &Ctx, id: i64, outcome: UserOutcome<'_>) -> Response {
-    let loaded = async {
-        let user = users::find_by_id(&state.db, id).await?.ok_or(Error::NotFound("user"))?;
-        let entries = ledger::list(&state.db, Some(id), 20, 0).await?.0;
-        let catalog = crate::packages::list(&state.db, true).await?;
-        let held = crate::packages::activation::list_for_user(&state.db, id).await?;
-        Ok::<_, Error>((user, entries, (catalog, held)))
-    }
-    .await;
-    let (user, entries, (catalog, held)) = match loaded {
-        Ok(v) => v,
-        Err(e) => return error_page_for(ctx, &e),
-    };
-    let ledger = entries
-        .iter()
-        .map(|e| LedgerRow {
-            time: view::time(state.calendar(), e.created_at),
-            kind: e.kind.clone(),
-            amount: view::money(e.amount),
-            balance_after: view::money(e.balance_after),
-            note: e.note.clone().unwrap_or_default(),
-        })
-        .collect();
-    let status = if outcome.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    let page = UserPage {
-        ctx,
-        user: UserRow::new(&user, state),
-        ledger,
-        catalog: catalog.iter().map(|p| (p.id, p.name.clone())).collect(),
-        held: held
-            .iter()
-            .map(|h| {
-                let label = match h.status.as_str() {
-                    "active" => ctx.t("status.active"),
-                    "queued" => ctx.t("packages.queued"),
-                    _ => ctx.t("packages.past"),
-                };
-                (h.name.clone(), label.to_string(), view::time(state.calendar(), h.ends_at))
-            })
-            .collect(),
-        notice: outcome.notice,
-        form_amount: outcome.form_amount,
-        form_reason: outcome.form_reason,
-        errors: outcome.errors,
-    };
-    render(ctx, status, &page)
-}
-
-async fn user_page(State(state): State<AppState>, AdminPage(signed): AdminPage, Path(id): Path<i64>) -> Response {
-    render_user(&state, &signed.ctx, id, UserOutcome::default()).await
-}
-
-#[derive(Deserialize)]
-struct StatusForm {
-    status: String,
-}
-
-async fn set_status(
-    State(state): State<AppState>,
-    AdminPage(signed): AdminPage,
-    client: ClientAddr,
-    Path(id): Path<i64>,
-    CsrfForm(form): CsrfForm<StatusForm>,
-) -> Response {
-    let ctx = &signed.ctx;
-    let actor = Actor { id: signed.user.id, ip: client.ip() };
-    let patch = UserPatch { status: Status::parse(&form.status), ..Default::default() };
-    match admin_actions::update_user(&state, &actor, id, &patch).await {
-        Ok(_) => Redirect::to(&format!("/admin/users/{id}")).into_response(),
-        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
-            let outcome = UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() };
-            render_user(&state, ctx, id, outcome).await
-        }
-        Err(e) => error_page_for(ctx, &e),
-    }
-}
-
-#[derive(Deserialize)]
-struct BalanceForm {
-    #[serde(default)]
-    amount: String,
-    #[serde(default)]
-    reason: String,
-}
-
-async fn adjust_balance(
-    State(state): State<AppState>,
-    AdminPage(signed): AdminPage,
-    client: ClientAddr,
-    Path(id): Path<i64>,
-    CsrfForm(form): CsrfForm<BalanceForm>,
-) -> Response {
-    let ctx = &signed.ctx;
-    let actor = Actor { id: signed.user.id, ip: client.ip() };
-    let result = async {
-        let amount = Money::parse(form.amount.trim())
-            .map_err(|_| Error::validation("amount", "must be an amount such as 10.00 or -5.00"))?;
-        admin_actions::adjust_balance(&state, &actor, &BalanceAdjustment { user_id: id, amount, reason: &form.reason })
-            .await
-    }
-    .await;
-    let outcome = match result {
-        Ok(_) => UserOutcome { notice: Some(ctx.t("admin.adjusted")), ..Default::default() },
-        Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => UserOutcome {
-            form_amount: &form.amount,
-            form_reason: &form.reason,
-            errors: FieldErrors::from_error(ctx, &e),
-            ..Default::default()
-        },
-        Err(e) => return error_page_for(ctx, &e),
-    };
-    render_user(&state, ctx, id, outcome).await
-}
-
-#[derive(Template)]
 #[template(path = "admin_settings.html")]
 struct SettingsPage<'a> {
     ctx: &'a Ctx,
@@ -316,6 +204,8 @@ struct SettingsPage<'a> {
     credit_usable: bool,
     default_notify_url: String,
     default_return_url: String,
+    /// With the payment sandbox on: its gateway address, offered for the gateway URL field.
+    sandbox_gateway_url: Option<String>,
     /// The result of "check configuration": reached the gateway?, and what it said.
     check: Option<(bool, String)>,
     errors: FieldErrors,
@@ -350,6 +240,7 @@ async fn render_settings(state: &AppState, ctx: &Ctx, outcome: SettingsOutcome) 
         credit_usable: settings.credit.is_usable(),
         default_notify_url: blank.notify_url_or_default(public_url),
         default_return_url: blank.return_url_or_default(public_url),
+        sandbox_gateway_url: state.config.pay_sandbox.then(|| format!("{public_url}{}", crate::payment::sandbox::BASE)),
         check,
         errors,
         oauth: (
@@ -371,7 +262,22 @@ async fn save_settings(
     client: ClientAddr,
     CsrfForm(form): CsrfForm<SettingsForm>,
 ) -> Response {
+    let ctx = &signed.ctx;
     let actor = Actor { id: signed.user.id, ip: client.ip() };
+    // Every problem of the form at once: the fields that are not numbers, else every rule
+    // the merged settings break; the write below checks again (the first problem).
+    let problems = match (form.to_patch_checked(), state.settings.get().await) {
+        (Err(wrong), _) => wrong,
+        (Ok(patch), Ok(current)) => match crate::api::settings::merged(&current, patch) {
+            Ok(next) => crate::api::settings::problems(&next),
+            Err(e) => vec![e],
+        },
+        (Ok(_), Err(e)) => return error_page_for(ctx, &e),
+    };
+    if !problems.is_empty() {
+        let errors = FieldErrors::from_errors(ctx, &problems);
+        return render_settings(&state, ctx, SettingsOutcome { form: Some(form), errors, ..Default::default() }).await;
+    }
     let result = async { admin_actions::update_settings(&state, &actor, form.to_patch()?).await }.await;
     match result {
         Ok(_) => render_settings(&state, &signed.ctx, SettingsOutcome { saved: true, ..Default::default() }).await,
@@ -404,29 +310,4 @@ async fn check_credit(
         Err(e) => (false, e.public_message()),
     };
     render_settings(&state, ctx, SettingsOutcome { check: Some(check), ..Default::default() }).await
-}
-
-#[derive(Deserialize)]
-struct GrantForm {
-    package_id: i64,
-}
-
-/// Gives a user a package without payment (recorded by `packages::purchase::grant`).
-async fn grant_package(
-    State(state): State<AppState>,
-    AdminPage(signed): AdminPage,
-    client: ClientAddr,
-    Path(id): Path<i64>,
-    CsrfForm(form): CsrfForm<GrantForm>,
-) -> Response {
-    let ctx = &signed.ctx;
-    let by = crate::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
-    let outcome = match crate::packages::purchase::grant(&state, &by, id, form.package_id).await {
-        Ok(_) => UserOutcome { notice: Some(ctx.t("admin.granted")), ..Default::default() },
-        Err(e) if e.status_code().is_client_error() => {
-            UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }
-        }
-        Err(e) => return error_page_for(ctx, &e),
-    };
-    render_user(&state, ctx, id, outcome).await
 }

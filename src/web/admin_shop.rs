@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::admin_write::FormWrite;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
+use super::order_check::CheckNotice;
 use super::shop_pages::OrderRow;
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
@@ -280,7 +281,7 @@ struct OrdersPage<'a> {
     query: &'a OrdersQuery,
     orders: Vec<(OrderRow, String)>,
     pager: Pager,
-    notice: Option<String>,
+    notice: Option<CheckNotice>,
     errors: FieldErrors,
 }
 
@@ -299,7 +300,7 @@ async fn render_orders(
     state: &AppState,
     ctx: &Ctx,
     query: &OrdersQuery,
-    outcome: (Option<String>, FieldErrors),
+    outcome: (Option<CheckNotice>, FieldErrors),
 ) -> Response {
     let page = query.page.unwrap_or(1).max(1);
     let loaded = async {
@@ -364,7 +365,10 @@ async fn refund_order(
         async { crate::api::payments::refund_audited(&state, &client.actor(signed.user.id), &otn).await.map(|_| ()) }
             .await;
     let outcome = match result {
-        Ok(()) => (Some(format!("{} {otn}", ctx.t("orders.refunded"))), FieldErrors::none()),
+        Ok(()) => {
+            let refunded = CheckNotice { tone: "ok", text: format!("{} {otn}", ctx.t("orders.refunded")) };
+            (Some(refunded), FieldErrors::none())
+        }
         Err(e) if e.status_code().is_client_error() || e.status_code() == StatusCode::BAD_GATEWAY => {
             (None, FieldErrors::from_error(ctx, &e))
         }
@@ -381,16 +385,7 @@ async fn check_order(
 ) -> Response {
     let ctx = &signed.ctx;
     let outcome = match orders::jobs::check_order(&state, &otn).await {
-        Ok((check, _)) => {
-            let verdict = if check.fulfilled_now {
-                ctx.t("orders.check_fulfilled")
-            } else if check.gateway_paid {
-                ctx.t("orders.check_paid")
-            } else {
-                ctx.t("orders.check_unpaid")
-            };
-            (Some(format!("{otn}: {verdict} ({})", check.gateway_message)), FieldErrors::none())
-        }
+        Ok((check, order)) => (Some(super::order_check::notice(ctx, &otn, &check, &order.status)), FieldErrors::none()),
         Err(e) if e.status_code().is_client_error() || e.status_code() == StatusCode::BAD_GATEWAY => {
             (None, FieldErrors::from_error(ctx, &e))
         }

@@ -143,6 +143,32 @@ fn fill<'p, 't>(pattern: &'p str, text: &'t str) -> Option<Vec<(&'p str, &'t str
     }
 }
 
+/// Stored English texts that carry a value (order subjects, ledger notes); each is also a
+/// key of `[notes]` in every locale file, with the same `%{…}` names.
+const NOTE_PATTERNS: &[&str] = &["Balance top-up %{amount}", "refund of order %{order}"];
+
+/// A text the domain stored in English (an order's subject, a ledger note) in `lang`:
+/// its `[notes]` entry, a pattern of [`NOTE_PATTERNS`], else the text as stored (a
+/// package name or an operator's reason is shown as typed).
+pub fn stored_text(lang: Lang, text: &str) -> String {
+    if let Some(found) = lookup(lang, &format!("notes.{text}")) {
+        return found.to_string();
+    }
+    for pattern in NOTE_PATTERNS {
+        if let (Some(values), Some(found)) = (fill(pattern, text), lookup(lang, &format!("notes.{pattern}"))) {
+            let names: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
+            let values: Vec<String> = values.iter().map(|(_, value)| (*value).to_string()).collect();
+            return rust_i18n::replace_patterns(found, &names, &values);
+        }
+    }
+    text.to_string()
+}
+
+/// A ledger entry's kind (`topup`, `usage`, …) in `lang`; an unknown kind as stored.
+pub fn ledger_kind(lang: Lang, kind: &str) -> String {
+    lookup(lang, &format!("ledger.kind_{kind}")).map(str::to_string).unwrap_or_else(|| kind.to_string())
+}
+
 /// What to tell the user about a refusal, in `lang`.
 pub fn error_text(lang: Lang, err: &Error) -> String {
     if let Some(found) = lookup(lang, &format!("refusals.{}", err.code())) {
@@ -191,6 +217,29 @@ mod tests {
             files.insert(stem, keys);
         }
         files
+    }
+
+    #[test]
+    fn stored_subjects_notes_and_ledger_kinds_are_translated() {
+        assert_eq!(stored_text(Lang::Zh, "Balance top-up 3.00"), "余额充值 3.00");
+        assert_eq!(stored_text(Lang::En, "Balance top-up 3.00"), "Balance top-up 3.00");
+        assert_eq!(stored_text(Lang::Zh, "refund of order CG123"), "订单 CG123 退款");
+        assert_eq!(stored_text(Lang::Zh, "redemption code"), "兑换码");
+        assert_eq!(stored_text(Lang::Zh, "Pro <monthly>"), "Pro <monthly>", "a package name is shown as typed");
+        for kind in [
+            "usage",
+            "topup",
+            "package_purchase",
+            "package_grant",
+            "package_credit",
+            "admin_adjust",
+            "refund",
+            "redeem",
+        ] {
+            assert_ne!(ledger_kind(Lang::Zh, kind), kind, "{kind} has a Chinese name");
+            assert_ne!(ledger_kind(Lang::En, kind), kind, "{kind} has an English name");
+        }
+        assert_eq!(ledger_kind(Lang::Zh, "future_kind"), "future_kind");
     }
 
     #[test]

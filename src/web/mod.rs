@@ -8,6 +8,8 @@ pub mod admin_metrics;
 pub mod admin_pages;
 pub mod admin_proxy;
 pub mod admin_shop;
+pub mod admin_upstreams;
+pub mod admin_user;
 pub mod admin_write;
 pub mod assets;
 pub mod auth_pages;
@@ -15,12 +17,15 @@ pub mod chart;
 pub mod ctx;
 pub mod dashboard;
 pub mod i18n;
+pub mod ledger_page;
 pub mod ops_figures;
+pub mod order_check;
 pub mod order_outcome;
 pub mod plan_pages;
 pub mod settings_form;
 pub mod shop_pages;
 pub mod stats;
+pub mod usage_export;
 pub mod usage_pages;
 pub mod user_pages;
 pub mod view;
@@ -47,14 +52,18 @@ use i18n::Lang;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/static/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .merge(auth_pages::router())
         .merge(user_pages::router())
         .merge(plan_pages::router())
         .merge(admin_pages::router())
         .merge(usage_pages::router())
+        .merge(ledger_page::router())
         .merge(shop_pages::router())
         .merge(admin_shop::router())
         .merge(admin_proxy::router())
+        .merge(admin_upstreams::router())
+        .merge(admin_user::router())
         .merge(admin_coupons::router())
         .merge(admin_codes::router())
         .merge(admin_announcements::router())
@@ -83,6 +92,28 @@ impl FieldErrors {
             Error::Validation { field, message } => FieldErrors::one(field, ctx.msg(message)),
             other => FieldErrors::one("", i18n::error_text(ctx.lang, other)),
         }
+    }
+
+    /// Every error of a list, each on its field (the first one per field is kept), so a
+    /// form shows all that is wrong with it at once.
+    pub fn from_errors(ctx: &Ctx, errors: &[Error]) -> Self {
+        let mut all = FieldErrors::none();
+        errors.iter().for_each(|e| all.add(ctx, e));
+        all
+    }
+
+    /// Adds a domain error unless its field already has one.
+    pub fn add(&mut self, ctx: &Ctx, err: &Error) {
+        for (field, message) in FieldErrors::from_error(ctx, err).0 {
+            if !self.has(&field) {
+                self.0.push((field, message));
+            }
+        }
+    }
+
+    /// The value of a parsed field, or `None` with its error added.
+    pub fn take<T>(&mut self, ctx: &Ctx, parsed: crate::error::Result<T>) -> Option<T> {
+        parsed.map_err(|e| self.add(ctx, &e)).ok()
     }
 
     pub fn get(&self, field: &str) -> Option<&str> {

@@ -95,16 +95,44 @@ impl SettingsForm {
 
     /// The partial settings document; text that is not a number fails on its field.
     pub fn to_patch(&self) -> Result<Value> {
+        self.to_patch_checked().map_err(|mut all| all.remove(0))
+    }
+
+    /// [`SettingsForm::to_patch`] with every field that is not a number reported, not
+    /// only the first (never an empty list).
+    pub fn to_patch_checked(&self) -> std::result::Result<Value, Vec<Error>> {
+        let mut errors = Vec::new();
+        let mut take = |parsed: Result<Value>| {
+            parsed.unwrap_or_else(|e| {
+                errors.push(e);
+                Value::Null
+            })
+        };
         let cap = if self.default_daily_cap.trim().is_empty() {
             Value::Null
         } else {
-            json!(amount("default_daily_cap", &self.default_daily_cap)?)
+            take(amount("default_daily_cap", &self.default_daily_cap).map(Value::from))
         };
+        let max_keys = take(whole("max_keys_per_user", &self.max_keys_per_user).map(Value::from));
+        let markup = take(amount("markup", &self.markup).map(Value::from));
+        let ttl = take(whole("credit.order_ttl_minutes", &self.credit_order_ttl_minutes).map(Value::from));
+        let topup_min = take(amount("credit.topup_min", &self.credit_topup_min).map(Value::from));
+        let topup_max = take(amount("credit.topup_max", &self.credit_topup_max).map(Value::from));
+        let topup_rate = take(amount("credit.topup_rate", &self.credit_topup_rate).map(Value::from));
+        // Blank = 0, everyone (also when an older form lacks the field).
+        let trust = if self.oauth_min_trust_level.trim().is_empty() {
+            Value::from(0)
+        } else {
+            take(whole("oauth.min_trust_level", &self.oauth_min_trust_level).map(Value::from))
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(json!({
             "registration_enabled": self.registration_enabled,
-            "max_keys_per_user": whole("max_keys_per_user", &self.max_keys_per_user)?,
+            "max_keys_per_user": max_keys,
             "default_daily_cap": cap,
-            "markup": amount("markup", &self.markup)?,
+            "markup": markup,
             "package_switch_mode": self.package_switch_mode.trim(),
             "credit": {
                 "enabled": self.credit_enabled,
@@ -114,24 +142,19 @@ impl SettingsForm {
                 "pay_type": self.credit_pay_type.trim(),
                 "notify_url": self.credit_notify_url.trim(),
                 "return_url": self.credit_return_url.trim(),
-                "order_ttl_minutes": whole("credit.order_ttl_minutes", &self.credit_order_ttl_minutes)?,
+                "order_ttl_minutes": ttl,
                 "flavour": self.credit_flavour.trim(),
                 "topup_enabled": self.credit_topup_enabled,
-                "topup_min": amount("credit.topup_min", &self.credit_topup_min)?,
-                "topup_max": amount("credit.topup_max", &self.credit_topup_max)?,
-                "topup_rate": amount("credit.topup_rate", &self.credit_topup_rate)?,
+                "topup_min": topup_min,
+                "topup_max": topup_max,
+                "topup_rate": topup_rate,
             },
             "oauth": {
                 "enabled": self.oauth_enabled,
                 "client_id": self.oauth_client_id.trim(),
                 "client_secret": self.oauth_client_secret.trim(),
                 "allow_oauth_registration": self.oauth_allow_registration,
-                // Blank = 0, everyone (also when an older form lacks the field).
-                "min_trust_level": if self.oauth_min_trust_level.trim().is_empty() {
-                    0
-                } else {
-                    whole("oauth.min_trust_level", &self.oauth_min_trust_level)?
-                },
+                "min_trust_level": trust,
                 "linuxdo_only": self.oauth_linuxdo_only,
             }
         }))
@@ -183,6 +206,19 @@ mod tests {
             ..SettingsForm::from_settings(&Settings::default())
         };
         assert_eq!(form.to_patch().unwrap_err().field(), Some("credit.order_ttl_minutes"));
+    }
+
+    #[test]
+    fn every_field_that_is_not_a_number_is_reported_at_once() {
+        let form = SettingsForm {
+            markup: "abc".into(),
+            max_keys_per_user: "many".into(),
+            credit_topup_rate: "x".into(),
+            ..SettingsForm::from_settings(&Settings::default())
+        };
+        let fields: Vec<_> =
+            form.to_patch_checked().unwrap_err().iter().map(|e| e.field().unwrap_or_default().to_string()).collect();
+        assert_eq!(fields, ["max_keys_per_user", "markup", "credit.topup_rate"]);
     }
 
     #[test]

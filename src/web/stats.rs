@@ -38,3 +38,74 @@ pub async fn revenue_on(db: &Db, calendar: &BusinessCalendar, date: NaiveDate) -
     .await?;
     Ok(Money::from_micros(sum))
 }
+
+/// One line of a "top" table: who or what, exact spend, requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopRow {
+    /// The user's id (top spenders) or 0 (top models).
+    pub id: i64,
+    /// The user's email or the model name.
+    pub name: String,
+    pub spent: Money,
+    pub requests: i64,
+}
+
+/// The `days` business days ending `today` as a `[start, end)` range of instants (micros).
+pub fn period(calendar: &BusinessCalendar, today: NaiveDate, days: u32) -> (i64, i64) {
+    let first = today.checked_sub_days(Days::new(u64::from(days.max(1)) - 1)).unwrap_or(today);
+    let after = today.checked_add_days(Days::new(1)).unwrap_or(today);
+    (to_micros(calendar.day_start(first)), to_micros(calendar.day_start(after)))
+}
+
+/// The users who spent most in `[from, to)` (what they were charged, package and
+/// balance alike), most first; ties by user id.
+pub async fn top_spenders(db: &Db, (from, to): (i64, i64), limit: i64) -> Result<Vec<TopRow>> {
+    let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT g.user_id, u.email, CAST(SUM(g.cost) AS BIGINT) AS spent, COUNT(*) AS requests \
+         FROM usage_logs g JOIN users u ON u.id = g.user_id \
+         WHERE g.created_at >= $1 AND g.created_at < $2 GROUP BY g.user_id, u.email \
+         ORDER BY spent DESC, g.user_id LIMIT $3",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, spent, requests)| TopRow { id, name, spent: Money::from_micros(spent), requests })
+        .collect())
+}
+
+/// The models that cost most in `[from, to)`, most first; ties by name.
+pub async fn top_models(db: &Db, (from, to): (i64, i64), limit: i64) -> Result<Vec<TopRow>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT model, CAST(SUM(cost) AS BIGINT) AS spent, COUNT(*) AS requests FROM usage_logs \
+         WHERE created_at >= $1 AND created_at < $2 GROUP BY model ORDER BY spent DESC, model LIMIT $3",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, spent, requests)| TopRow { id: 0, name, spent: Money::from_micros(spent), requests })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_is_whole_business_days_ending_today() {
+        let calendar = BusinessCalendar::from_name("Asia/Shanghai").unwrap();
+        let today = NaiveDate::from_ymd_opt(2026, 12, 3).unwrap();
+        let (from, to) = period(&calendar, today, 7);
+        assert_eq!(to - from, 7 * 24 * 3600 * 1_000_000);
+        assert_eq!(from, to_micros(calendar.day_start(NaiveDate::from_ymd_opt(2026, 11, 27).unwrap())));
+        let (from, to) = period(&calendar, today, 0);
+        assert_eq!(to - from, 24 * 3600 * 1_000_000, "0 days means today");
+    }
+}

@@ -18,12 +18,16 @@ use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
 use crate::app::AppState;
 use crate::auth::api_keys;
-use crate::billing::usage::{self, UsageFilter, UsageRow};
+use crate::billing::usage::{self, UsageFilter, UsageRow, UsageSummary};
 use crate::error::{Error, Result};
 use crate::users;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/usage", get(user_usage)).route("/admin/usage", get(admin_usage))
+    Router::new()
+        .route("/usage", get(user_usage))
+        .route("/admin/usage", get(admin_usage))
+        .route("/usage.csv", get(super::usage_export::user_csv))
+        .route("/admin/usage.csv", get(super::usage_export::admin_csv))
 }
 
 const PER_PAGE: i64 = 50;
@@ -37,6 +41,8 @@ pub struct UsageQuery {
     pub model: String,
     pub key: String,
     pub user: String,
+    /// A request id, searched exactly.
+    pub request: String,
     pub page: Option<i64>,
 }
 
@@ -52,13 +58,14 @@ impl UsageQuery {
     }
 
     /// The domain filter (without the user, which the caller decides).
-    fn filter(&self) -> Result<UsageFilter> {
+    pub fn filter(&self) -> Result<UsageFilter> {
         Ok(UsageFilter {
             user_id: None,
             api_key_id: self.key.trim().parse().ok(),
             model: Some(self.model.trim().to_string()).filter(|m| !m.is_empty()),
             date_from: Self::date("from", &self.from)?,
             date_to: Self::date("to", &self.to)?,
+            request_id: Some(self.request.trim().to_string()).filter(|r| !r.is_empty()),
         })
     }
 
@@ -69,15 +76,24 @@ impl UsageQuery {
             ("model", self.model.as_str()),
             ("key", self.key.as_str()),
             ("user", self.user.as_str()),
+            ("request", self.request.as_str()),
         ])
         .unwrap_or_default();
         format!("{path}?{query}")
+    }
+
+    /// The same filters on the CSV export.
+    pub fn csv_url(&self, admin: bool) -> String {
+        self.base_url(if admin { "/admin/usage.csv" } else { "/usage.csv" })
     }
 }
 
 /// One usage log line as the table shows it.
 pub struct UsageLine {
     pub time: String,
+    pub request_id: String,
+    /// Why a request failed or was cut short (empty for a clean one).
+    pub error: String,
     pub model: String,
     /// The key's name (user page) or the user's email (admin page).
     pub who: String,
@@ -98,6 +114,8 @@ impl UsageLine {
     fn new(row: &UsageRow, who: String, state: &AppState) -> Self {
         UsageLine {
             time: view::time(state.calendar(), row.created_at),
+            request_id: row.request_id.clone(),
+            error: row.error.clone().unwrap_or_default(),
             model: row.model.clone(),
             who,
             user_id: row.user_id,
@@ -124,12 +142,42 @@ struct UsagePage<'a> {
     keys: Vec<(i64, String)>,
     lines: Vec<UsageLine>,
     pager: Pager,
+    summary: SummaryView,
     errors: FieldErrors,
 }
 
-/// Lists one page; `who` names each row's key or user.
-async fn load(state: &AppState, filter: &UsageFilter, page: i64) -> Result<(Vec<UsageRow>, i64)> {
-    usage::list(state, filter, PER_PAGE, (page - 1) * PER_PAGE).await
+/// The period total and per-model lines above the table (exact amounts).
+#[derive(Default)]
+pub struct SummaryView {
+    pub requests: i64,
+    pub cost: String,
+    pub package_cost: String,
+    pub balance_cost: String,
+    /// (model, requests, input tokens, output tokens, cost).
+    pub models: Vec<(String, i64, i64, i64, String)>,
+}
+
+impl SummaryView {
+    fn new(s: &UsageSummary) -> Self {
+        SummaryView {
+            requests: s.requests,
+            cost: s.cost.to_string(),
+            package_cost: s.package_cost.to_string(),
+            balance_cost: s.balance_cost.to_string(),
+            models: s
+                .models
+                .iter()
+                .map(|m| (m.model.clone(), m.requests, m.input_tokens, m.output_tokens, m.cost.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// One page of rows, the number matching and their totals.
+async fn load(state: &AppState, filter: &UsageFilter, page: i64) -> Result<(Vec<UsageRow>, i64, SummaryView)> {
+    let (rows, total) = usage::list(state, filter, PER_PAGE, (page - 1) * PER_PAGE).await?;
+    let summary = usage::summary(state, filter).await?;
+    Ok((rows, total, SummaryView::new(&summary)))
 }
 
 async fn user_usage(State(state): State<AppState>, signed: Signed, Query(query): Query<UsageQuery>) -> Response {
@@ -139,12 +187,12 @@ async fn user_usage(State(state): State<AppState>, signed: Signed, Query(query):
         Ok(keys) => keys.into_iter().map(|k| (k.id, k.name)).collect::<Vec<_>>(),
         Err(e) => return error_page_for(ctx, &e),
     };
-    let (rows, total, errors) = match query.filter() {
+    let (rows, total, summary, errors) = match query.filter() {
         Ok(filter) => match load(&state, &UsageFilter { user_id: Some(signed.user.id), ..filter }, page).await {
-            Ok((rows, total)) => (rows, total, FieldErrors::none()),
+            Ok((rows, total, summary)) => (rows, total, summary, FieldErrors::none()),
             Err(e) => return error_page_for(ctx, &e),
         },
-        Err(e) => (Vec::new(), 0, FieldErrors::from_error(ctx, &e)),
+        Err(e) => (Vec::new(), 0, SummaryView::default(), FieldErrors::from_error(ctx, &e)),
     };
     let names: HashMap<i64, &str> = keys.iter().map(|(id, name)| (*id, name.as_str())).collect();
     let lines = rows
@@ -156,7 +204,7 @@ async fn user_usage(State(state): State<AppState>, signed: Signed, Query(query):
         .collect();
     let pager = Pager::new(ctx, &query.base_url("/usage"), page, PER_PAGE, total);
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    render(ctx, status, &UsagePage { ctx, admin: false, query: &query, keys, lines, pager, errors })
+    render(ctx, status, &UsagePage { ctx, admin: false, query: &query, keys, lines, pager, summary, errors })
 }
 
 async fn admin_usage(
@@ -172,7 +220,7 @@ async fn admin_usage(
             // An unknown email matches nobody rather than everybody.
             filter.user_id = Some(users::find_by_email(&state.db, &query.user).await?.map(|u| u.id).unwrap_or(-1));
         }
-        let (rows, total) = load(&state, &filter, page).await?;
+        let (rows, total, summary) = load(&state, &filter, page).await?;
         let mut emails: HashMap<i64, String> = HashMap::new();
         for row in &rows {
             if let std::collections::hash_map::Entry::Vacant(slot) = emails.entry(row.user_id) {
@@ -183,15 +231,16 @@ async fn admin_usage(
             .iter()
             .map(|r| UsageLine::new(r, emails.get(&r.user_id).cloned().unwrap_or_default(), &state))
             .collect::<Vec<_>>();
-        Ok::<_, Error>((lines, total))
+        Ok::<_, Error>((lines, total, summary))
     }
     .await;
-    let (lines, total, errors) = match loaded {
-        Ok((lines, total)) => (lines, total, FieldErrors::none()),
-        Err(e @ Error::Validation { .. }) => (Vec::new(), 0, FieldErrors::from_error(ctx, &e)),
+    let (lines, total, summary, errors) = match loaded {
+        Ok((lines, total, summary)) => (lines, total, summary, FieldErrors::none()),
+        Err(e @ Error::Validation { .. }) => (Vec::new(), 0, SummaryView::default(), FieldErrors::from_error(ctx, &e)),
         Err(e) => return error_page_for(ctx, &e),
     };
     let pager = Pager::new(ctx, &query.base_url("/admin/usage"), page, PER_PAGE, total);
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    render(ctx, status, &UsagePage { ctx, admin: true, query: &query, keys: Vec::new(), lines, pager, errors })
+    let page = UsagePage { ctx, admin: true, query: &query, keys: Vec::new(), lines, pager, summary, errors };
+    render(ctx, status, &page)
 }

@@ -13,6 +13,7 @@ on_both_databases!(
     a_responses_answer_carries_the_package_window_and_the_balance_in_codex_headers,
     a_used_up_package_is_refused_as_a_usage_limit_with_the_daily_reset,
     codex_gets_its_model_catalogue_with_an_etag_and_sdks_keep_the_openai_list,
+    responses_answers_and_the_websocket_handshake_carry_the_catalogue_s_etag,
 );
 
 /// 2026-01-15T16:00:00Z: the first Shanghai midnight after the test clock's start.
@@ -151,4 +152,41 @@ async fn codex_gets_its_model_catalogue_with_an_etag_and_sdks_keep_the_openai_li
     assert_ne!(header(&changed, "etag"), Some(etag.as_str()));
     let body: Value = changed.json().await.unwrap();
     assert!(body["models"].as_array().unwrap().iter().any(|m| m["slug"] == "gpt-new"));
+}
+
+/// Codex compares `x-models-etag` on each Responses answer (and on the WebSocket
+/// handshake) with the catalogue it holds and fetches `/models` again when it differs:
+/// the header is the catalogue's own ETag and follows a price change at once.
+async fn responses_answers_and_the_websocket_handshake_carry_the_catalogue_s_etag(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("5")).await;
+    let catalogue_etag = |resp: &reqwest::Response| header(resp, "etag").expect("an ETag").to_string();
+    let etag = catalogue_etag(&models(&app, &s.key, "?client_version=0.171.0", None).await);
+    let body = json!({"model": "gpt-5", "stream": true, "input": "hi"});
+    let answer = v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(header(&answer, "x-models-etag"), Some(etag.as_str()), "the empty catalogue's tag");
+    answer.text().await.unwrap();
+    let (mut socket, handshake) = crate::codex_ws::connect_with_answer(&app, &s.key).await.unwrap();
+    let on_socket = handshake.headers().get("x-models-etag").and_then(|v| v.to_str().ok());
+    assert_eq!(on_socket, Some(etag.as_str()), "the handshake carries it too");
+    futures::SinkExt::close(&mut socket).await.ok();
+
+    let priced = app
+        .post(
+            "/api/admin/prices",
+            &s.admin,
+            json!({"model": "gpt-new", "input": "1", "cached_input": "0.1", "output": "2"}),
+        )
+        .await;
+    assert!(priced.status.is_success(), "{}", priced.text);
+    let new_etag = catalogue_etag(&models(&app, &s.key, "?client_version=0.171.0", None).await);
+    let answer = v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();
+    assert_eq!(header(&answer, "x-models-etag"), Some(new_etag.as_str()));
+    answer.text().await.unwrap();
+    // Codex reads it from an answered stream only; a refused caller learns nothing.
+    let refused = v1(&app, "/v1/responses", "sk-nope").json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(header(&refused, "x-models-etag").is_none());
+    usage_rows(&app, 2).await;
+    app.assert_money_invariants().await;
 }

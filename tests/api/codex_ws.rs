@@ -36,6 +36,15 @@ const COST: i64 = 4_025;
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub async fn connect(app: &TestApp, key: &str) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    connect_with_answer(app, key).await.map(|(socket, _)| socket)
+}
+
+/// [`connect`], also giving the handshake answer (its headers).
+pub async fn connect_with_answer(
+    app: &TestApp,
+    key: &str,
+) -> Result<(Socket, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error>
+{
     let url = app.url("/v1/responses").replacen("http://", "ws://", 1);
     let mut request = url.into_client_request().unwrap();
     request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
@@ -45,7 +54,7 @@ pub async fn connect(app: &TestApp, key: &str) -> Result<Socket, tokio_tungsteni
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    tokio_tungstenite::connect_async_with_config(request, Some(config), false).await.map(|(socket, _)| socket)
+    tokio_tungstenite::connect_async_with_config(request, Some(config), false).await
 }
 
 async fn send(socket: &mut Socket, frame: Value) {

@@ -15,6 +15,7 @@ on_both_databases_with_sandbox!(
     every_answer_carries_a_self_only_csp_and_no_page_needs_inline_code,
     admin_bodies_with_an_unknown_field_are_refused_naming_it,
     cookies_are_not_marked_secure_on_a_plain_http_public_url,
+    a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once,
 );
 
 /// Each scenario on both databases, with an https public URL (as behind TLS in production).
@@ -80,6 +81,25 @@ fn the_inline_code_finder_finds_what_the_csp_blocks() {
     assert_eq!(inline_code(r#"<p style="color:red">"#).len(), 1);
     assert_eq!(inline_code(r#"<style>p{}</style>"#).len(), 1);
     assert_eq!(inline_code(r#"<form onsubmit="return confirm(1)">"#).len(), 1);
+}
+
+/// Every template, partials and htmx fragments included, is free of inline code (pages the
+/// HTTP scenario does not visit too). SVG presentation attributes (`fill=`) are not styles.
+#[test]
+fn no_template_carries_inline_script_style_or_handlers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("html") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let inline = inline_code(&text);
+        assert!(inline.is_empty(), "{}: {inline:?}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} templates found in {}", dir.display());
 }
 
 /// The headers every answer carries, on pages, the JSON API, /v1 and errors alike.
@@ -306,4 +326,137 @@ async fn cookies_are_not_marked_secure_on_a_plain_http_public_url(app: TestApp) 
     let login = page(&app, "/login", None).await;
     let cookies = set_cookies(&login);
     assert!(!is_secure(cookie_named(&cookies, "cg_pre")), "{cookies:?}");
+}
+
+/// A payment gateway whose answers are lost: each request is passed on to the sandbox
+/// (which acts on it: a refund is made) and the connection is then dropped unanswered, as
+/// a timeout or a cut connection looks to the caller. Returns its base URL.
+async fn gateway_losing_answers(app: &TestApp) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/epay", listener.local_addr().unwrap());
+    let sandbox = app.url("/sandbox");
+    let client = app.client.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head_end, length) = loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break (None, 0);
+                }
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .unwrap_or(0usize);
+                    break (Some(end + 4), length);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            while raw.len() < head_end + length {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+            let mut line = head.lines().next().unwrap_or("").split(' ');
+            let (method, target) = (line.next().unwrap_or("GET").to_string(), line.next().unwrap_or("/").to_string());
+            let body = raw[head_end..].to_vec();
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let forwarded = client
+                .request(method, format!("{sandbox}{target}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await;
+            // The gateway has acted; its answer never reaches the caller.
+            drop(forwarded);
+            let _ = socket.shutdown().await;
+        }
+    });
+    base
+}
+
+/// A top-up paid at the sandbox cashier (so the sandbox holds the trade); its order number.
+async fn top_up_through_the_sandbox(app: &TestApp, user: &str, amount: &str) -> String {
+    let topup = app.post("/api/user/topup", user, json!({"amount": amount})).await;
+    assert_eq!(topup.status, StatusCode::CREATED, "{}", topup.text);
+    let otn = topup.body["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let params: HashMap<String, String> = serde_json::from_value(topup.body["gateway"]["params"].clone()).unwrap();
+    let submitted = app.client.post(topup.body["gateway"]["url"].as_str().unwrap()).form(&params).send().await.unwrap();
+    assert_eq!(submitted.status(), StatusCode::SEE_OTHER);
+    let trade_no = submitted.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let paid = app.client.post(app.url(&format!("/sandbox/epay/cashier/{trade_no}/pay"))).form(&[("notify", "yes")]);
+    assert_eq!(paid.send().await.unwrap().status(), StatusCode::SEE_OTHER);
+    otn
+}
+
+async fn order_status(app: &TestApp, otn: &str) -> String {
+    codex_gateway::orders::find(&app.db, otn).await.unwrap().unwrap().status
+}
+
+async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(app: TestApp) {
+    use codex_gateway::orders::refund::{reconcile_refunds_once, REFUND_CHECK_AFTER_MINUTES};
+    let admin = app.admin_token().await;
+    app.configure_credit(&admin).await;
+    let sandbox_url = app.url("/sandbox/epay");
+    let (user_id, user) = app.register_and_login("lost@example.com").await;
+    let lost = top_up_through_the_sandbox(&app, &user, "5.00").await;
+    let unsent = top_up_through_the_sandbox(&app, &user, "2.00").await;
+    assert_eq!(app.balance(&user).await, "7.00");
+    let refunds = format!("SELECT COUNT(*) FROM ledger_entries WHERE user_id = {user_id} AND kind = 'refund'");
+
+    // The gateway refunds the first order, but its answer is lost.
+    let losing = gateway_losing_answers(&app).await;
+    let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": losing}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app.post(&format!("/api/admin/orders/{lost}/refund"), &admin, json!({})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_GATEWAY, "refund_unconfirmed"), "{}", r.text);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM sandbox_trades WHERE status = 'refunded'").await,
+        1,
+        "the gateway refunded"
+    );
+    assert_eq!(order_status(&app, &lost).await, "refunding", "not put back to fulfilled: it may be refunded");
+    assert_eq!(app.balance(&user).await, "7.00", "nothing reversed before the gateway confirms");
+    let again = app.post(&format!("/api/admin/orders/{lost}/refund"), &admin, json!({})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "a second refund cannot start: {}", again.text);
+
+    // The second order's refund never reaches the gateway at all (nothing listens).
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/epay", dead.local_addr().unwrap());
+    drop(dead);
+    let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": dead_url}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app.post(&format!("/api/admin/orders/{unsent}/refund"), &admin, json!({})).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_GATEWAY, "refund_unconfirmed"), "{}", r.text);
+    assert_eq!(order_status(&app, &unsent).await, "refunding");
+
+    // A refund still in flight is left alone; once the gateway answers again, the job asks it.
+    let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": sandbox_url}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(reconcile_refunds_once(&app.state).await.unwrap().checked, 0, "too recent to ask about");
+    app.clock.advance(chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES + 1));
+    let report = reconcile_refunds_once(&app.state).await.unwrap();
+    assert_eq!((report.checked, report.refunded, report.restored, report.errors), (2, 1, 1, 0), "{report:?}");
+    assert_eq!(order_status(&app, &lost).await, "refunded");
+    assert_eq!(order_status(&app, &unsent).await, "fulfilled", "the gateway still holds the payment");
+    assert_eq!(app.balance(&user).await, "2.00", "the refunded 5.00 taken back once");
+    assert_eq!(app.count(&refunds).await, 1);
+
+    // Never twice: another pass finds nothing, and the restored order refunds normally.
+    let report = reconcile_refunds_once(&app.state).await.unwrap();
+    assert_eq!(report.checked, 0, "{report:?}");
+    let r = app.post(&format!("/api/admin/orders/{unsent}/refund"), &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(app.balance(&user).await, "0.00");
+    assert_eq!(app.count(&refunds).await, 2);
+    assert_eq!(app.count("SELECT COUNT(*) FROM sandbox_trades WHERE status = 'refunded'").await, 2);
+    app.assert_money_invariants().await;
 }

@@ -59,7 +59,7 @@ async fn order_of(app: &TestApp, admin: &str, otn: &str) -> Value {
 }
 
 /// Submits an order's signed form to the sandbox; returns the sandbox trade number.
-async fn submit_to_sandbox(app: &TestApp, purchase: &Value) -> String {
+pub(crate) async fn submit_to_sandbox(app: &TestApp, purchase: &Value) -> String {
     let params: HashMap<String, String> = serde_json::from_value(purchase["gateway"]["params"].clone()).unwrap();
     let url = purchase["gateway"]["url"].as_str().unwrap();
     let r = app.client.post(url).form(&params).send().await.unwrap();

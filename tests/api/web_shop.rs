@@ -108,7 +108,7 @@ async fn credit_purchases_go_through_the_pay_page_and_the_settings_check_reaches
     assert!(r.text.contains("data-status=\"pending\""));
     let r = form(&app, &format!("/admin/orders/{otn}/check"), &admin, &[]).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text.contains("not paid at the gateway"), "{}", r.text);
+    assert!(r.text.contains("the gateway has no such trade") && r.text.contains("data-tone=\"bad\""), "{}", r.text);
 
     // Someone else's order is not shown.
     let (other_id, other) = app.register_and_login("other@example.com").await;

@@ -44,7 +44,7 @@ async fn give_package(app: &TestApp, user_id: i64, name: &str, daily_limit: &str
     .unwrap();
 }
 
-async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, model: &str, cost: &str) {
+pub(crate) async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, model: &str, cost: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
     let hold = billing::admit(&app.state, &request).await.unwrap();
@@ -106,7 +106,7 @@ async fn the_usage_pages_list_filter_and_page_requests(app: TestApp) {
     assert!(!r.text.contains("other@example.com"));
     let r = page(&app, "/usage?model=gpt-5-mini", &user).await;
     assert!(r.text.contains("1–1 of 1"));
-    assert!(r.text.contains("<td>ci</td>"));
+    assert!(r.text.contains("data-label=\"Key\">ci</td>"));
     let r = page(&app, &format!("/usage?key={laptop}&page=2"), &user).await;
     assert!(r.text.contains("51–55 of 55"));
     let r = page(&app, "/usage?from=2026-01-16", &user).await;
