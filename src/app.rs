@@ -109,6 +109,12 @@ impl Application {
         let limiter = shared_limits.as_ref().map_or("memory (this instance)", |s| s.backend_name());
         tracing::info!(limiter, "request-rate limits and login throttle counted in {limiter}");
         let billing = crate::billing::writer::BillingWriter::start(db.clone(), config.calendar);
+        match billing.hold_sizes().warm(&db).await {
+            Ok(n) => tracing::info!(requests = n, "hold sizes learned from the usage log"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the usage log for hold sizes; holds start at the default")
+            }
+        }
         let default_preference = settings.get().await?.default_billing_preference;
         let journal = open_journal(&config, &db, &billing, clock.now(), default_preference).await?;
         if db.backend() == db::Backend::Postgres {

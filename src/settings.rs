@@ -38,12 +38,24 @@ pub struct Settings {
     /// Output tokens the proxy assumes for the admission hold when a request sets no
     /// `max_output_tokens`/`max_completion_tokens`/`max_tokens`.
     pub hold_output_tokens: i64,
+    /// The fewest output tokens a learned hold may assume (see `billing::holds`), and
+    /// per-model floors that override it.
+    pub hold_floor_tokens: i64,
+    pub hold_floors: Vec<ModelFloor>,
     /// Upstreams tried per request before giving up (failover before the first byte).
     pub upstream_max_attempts: i64,
     /// LINUX DO Connect (OAuth2) sign-in.
     pub oauth: OAuthSettings,
     /// Proxy request rates and concurrent streams (0 = unlimited).
     pub rate_limits: RateLimitSettings,
+}
+
+/// A model's own hold floor, in output tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ModelFloor {
+    pub model: String,
+    pub output_tokens: i64,
 }
 
 /// Limits the proxy enforces before admitting a request (cluster-wide on PostgreSQL or
@@ -53,6 +65,9 @@ pub struct Settings {
 pub struct RateLimitSettings {
     pub key_requests_per_minute: i64,
     pub user_requests_per_minute: i64,
+    /// Streams one user may run at once (0 = unlimited). It also bounds what a user can
+    /// owe: each running request may cost more than its hold, so the debt is at most
+    /// this many times (cost − hold), see `billing::holds`.
     pub user_max_concurrent_streams: i64,
 }
 
@@ -67,6 +82,8 @@ impl Default for Settings {
             default_billing_preference: Preference::PackageFirst,
             credit: CreditSettings::default(),
             hold_output_tokens: 4096,
+            hold_floor_tokens: 256,
+            hold_floors: Vec::new(),
             upstream_max_attempts: 3,
             oauth: OAuthSettings::default(),
             rate_limits: RateLimitSettings::default(),

@@ -441,6 +441,19 @@ async fn admin_sees_orders_and_usage(s: &Session) {
     s.shot("19-admin-packages-sold").await;
 }
 
+/// Table cells (of the user's card tables, wherever they sit) whose right edge is past the
+/// viewport, or whose text overflows the cell: what a phone user could not read.
+const CELLS_CUT: &str = r#"
+const width = document.documentElement.clientWidth;
+const cut = [];
+for (const cell of document.querySelectorAll('table.cards-sm td, table.cards-sm th')) {
+  if (cell.offsetParent === null) continue;
+  const box = cell.getBoundingClientRect();
+  if (box.right > width + 1 || cell.scrollWidth > cell.clientWidth + 1) cut.push(cell.textContent.trim().slice(0, 40));
+}
+return cut;
+"#;
+
 async fn switches_language_and_uses_a_phone(s: &Session) {
     s.click("#lang-switch").await;
     s.wait_path("/keys").await;
@@ -464,6 +477,16 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.fill(".package-card .coupon-input", "nope").await;
     s.c.wait().for_element(Locator::Css(".coupon-quote .quote-error")).await.unwrap();
     s.shot("15b-phone-packages-coupon-zh").await;
+    // Issue 20: the user's tables turn into labelled cards at 390 px; no cell is cut.
+    for (path, shot) in
+        [("/usage", "15c-phone-usage-zh"), ("/ledger", "15d-phone-ledger-zh"), ("/dashboard", "15e-phone-dashboard-zh")]
+    {
+        s.go(path).await;
+        s.text("h1").await;
+        let cut: serde_json::Value = s.c.execute(CELLS_CUT, vec![]).await.unwrap();
+        assert_eq!(cut, json!([]), "{path} at 390 px: cells cut off");
+        s.shot(shot).await;
+    }
     s.go("/keys").await;
     s.click(".nav-burger").await;
     s.text("#logout").await;

@@ -171,6 +171,12 @@ pub fn problems(s: &Settings) -> Vec<Error> {
     if !(1..=1_000_000).contains(&s.hold_output_tokens) {
         found.push(Error::validation("hold_output_tokens", "must be between 1 and 1000000"));
     }
+    if !(0..=1_000_000).contains(&s.hold_floor_tokens) {
+        found.push(Error::validation("hold_floor_tokens", "must be between 0 and 1000000"));
+    }
+    if s.hold_floors.iter().any(|f| f.model.trim().is_empty() || !(0..=1_000_000).contains(&f.output_tokens)) {
+        found.push(Error::validation("hold_floors", "each needs a model and output_tokens between 0 and 1000000"));
+    }
     if !(1..=10).contains(&s.upstream_max_attempts) {
         found.push(Error::validation("upstream_max_attempts", "must be between 1 and 10"));
     }

@@ -33,6 +33,7 @@
 pub mod allowance;
 mod batch;
 pub mod caps;
+pub mod holds;
 pub mod quota;
 pub mod rules;
 pub mod usage;
@@ -388,13 +389,17 @@ pub async fn user_changed(state: &AppState, user_id: i64) {
     crate::cluster::publish(&state.db, crate::cluster::Topic::User(user_id)).await;
 }
 
-/// When what refused a request frees up again (for the message and `Retry-After`).
+/// When what refused a request frees up again (for the message and `Retry-After`),
+/// and the figures a refusal for want of money names.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Resets {
     /// The first package that has room for the hold again (`package_only`).
     pub packages: Option<DateTime<Utc>>,
     /// The end of the user's 5-hour block (5-hour cap).
     pub block: Option<DateTime<Utc>>,
+    /// What the request reserves for its worst case, and what the user has left for it.
+    pub hold: Money,
+    pub available: Money,
 }
 
 fn rate_limited(what: &str, calendar: &BusinessCalendar, now: DateTime<Utc>, reset: DateTime<Utc>) -> Error {
@@ -402,6 +407,11 @@ fn rate_limited(what: &str, calendar: &BusinessCalendar, now: DateTime<Utc>, res
         message: format!("{what}; it resets at {}", calendar.format(reset)),
         retry_after_secs: (reset - now).num_seconds().max(1) as u64,
     }
+}
+
+/// The part of a cap refusal that names the request's reserve and what to do about it.
+fn reserve(hold: Money) -> String {
+    format!(" (this request reserves {hold} USD for its worst case; a smaller max_output_tokens may fit)")
 }
 
 pub(crate) fn refusal_error(
@@ -413,15 +423,29 @@ pub(crate) fn refusal_error(
     match refusal {
         Refusal::CannotPay { has_package: true } => Error::PaymentRequired {
             code: "insufficient_quota",
-            message: "daily package allowance used up and balance too low for this request; \
-                      top up or wait for the daily reset"
-                .into(),
+            message: format!(
+                "daily package allowance used up and balance too low for this request: it reserves {} USD \
+                 for its worst case and {} USD is left; send a smaller max_output_tokens, top up, or wait \
+                 for the daily reset",
+                resets.hold,
+                resets.available.max(Money::ZERO)
+            ),
         },
         Refusal::CannotPay { has_package: false } => Error::PaymentRequired {
             code: "insufficient_balance",
-            message: "insufficient balance for this request; top up or buy a package".into(),
+            message: format!(
+                "insufficient balance for this request: it reserves {} USD for its worst case and the \
+                 balance leaves {} USD; send a smaller max_output_tokens, top up, or buy a package",
+                resets.hold,
+                resets.available.max(Money::ZERO)
+            ),
         },
-        Refusal::CapReached => rate_limited("daily spending cap reached", calendar, now, calendar.next_reset(now)),
+        Refusal::CapReached => rate_limited(
+            &format!("daily spending cap reached{}", reserve(resets.hold)),
+            calendar,
+            now,
+            calendar.next_reset(now),
+        ),
         Refusal::PackageExhausted => match resets.packages {
             Some(reset) => rate_limited(
                 "package allowance used up and the billing preference is package_only",
@@ -438,11 +462,14 @@ pub(crate) fn refusal_error(
         },
         Refusal::BlockCapReached => {
             let reset = resets.block.unwrap_or_else(|| now + chrono::Duration::hours(clock::windows::BLOCK_HOURS));
-            rate_limited("5-hour spending cap reached", calendar, now, reset)
+            rate_limited(&format!("5-hour spending cap reached{}", reserve(resets.hold)), calendar, now, reset)
         }
-        Refusal::KeyCapReached => {
-            rate_limited("this key's daily spending cap reached", calendar, now, calendar.next_reset(now))
-        }
+        Refusal::KeyCapReached => rate_limited(
+            &format!("this key's daily spending cap reached{}", reserve(resets.hold)),
+            calendar,
+            now,
+            calendar.next_reset(now),
+        ),
         Refusal::KeyBusy => Error::RateLimited {
             message: "this key already runs as many requests as it may at once; retry when one ends".into(),
             retry_after_secs: 1,
@@ -472,6 +499,9 @@ pub async fn settle_with(
     };
     if settlement.applied {
         record_settlement_metrics(record, settlement.package, settlement.balance);
+        if record.status_code == 200 && !record.estimated {
+            writer.hold_sizes().observe(&record.model, record.output_tokens);
+        }
     }
     Ok(settlement)
 }

@@ -36,6 +36,8 @@ pub struct BillingWriter {
     /// Jobs nobody waits on: they gather without waking the writer for each.
     lazy: mpsc::Sender<Queued>,
     hints: Hints,
+    /// What this instance learned of each model's output, for sizing holds.
+    sizes: super::holds::HoldSizes,
 }
 
 type Queued = (Job, oneshot::Sender<Outcome>);
@@ -115,7 +117,12 @@ impl BillingWriter {
         let (lazy, lazy_jobs) = mpsc::channel(QUEUE);
         let hints = Hints::default();
         tokio::spawn(run(db, calendar, urgent_jobs, lazy_jobs, hints.clone()));
-        BillingWriter { urgent, lazy, hints }
+        BillingWriter { urgent, lazy, hints, sizes: super::holds::HoldSizes::default() }
+    }
+
+    /// The recent output tokens per model this instance settled (see [`super::holds`]).
+    pub fn hold_sizes(&self) -> &super::holds::HoldSizes {
+        &self.sizes
     }
 
     /// When this user's headroom, as this instance knows it, is at least `needed`, takes
@@ -303,7 +310,7 @@ mod tests {
     fn writer() -> BillingWriter {
         let (urgent, _) = mpsc::channel(1);
         let (lazy, _) = mpsc::channel(1);
-        BillingWriter { urgent, lazy, hints: Hints::default() }
+        BillingWriter { urgent, lazy, hints: Hints::default(), sizes: Default::default() }
     }
 
     #[test]

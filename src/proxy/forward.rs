@@ -96,7 +96,14 @@ pub async fn proxy_with_quota(
     let worst_case = Usage {
         input: estimate_tokens(bytes.len() as u64),
         cached: 0,
-        output: request.max_output_tokens.unwrap_or(settings.hold_output_tokens.max(1)),
+        output: billing::holds::output_tokens(
+            billing::holds::HoldRule {
+                default_tokens: settings.hold_output_tokens.max(1),
+                floor: billing::holds::floor_for(&request.model, settings.hold_floor_tokens, &settings.hold_floors),
+                max_output_tokens: request.max_output_tokens,
+            },
+            state.billing.hold_sizes().learned(&request.model),
+        ),
         reasoning: 0,
     };
     let hold_amount = pricing::cost(&price, &worst_case, settings.markup);

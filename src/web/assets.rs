@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 const APP_CSS: &str = include_str!("../../static/app.css");
 const HTMX_JS: &[u8] = include_bytes!("../../static/htmx.min.js");
 const APP_JS: &str = include_str!("../../static/app.js");
+const FAVICON: &str = include_str!("../../static/favicon.svg");
 
 static VERSION: LazyLock<String> = LazyLock::new(|| {
     let mut hasher = Sha256::new();
@@ -31,12 +32,24 @@ pub async fn serve(Path(file): Path<String>) -> Response {
         "app.css" => (APP_CSS.as_bytes(), "text/css; charset=utf-8"),
         "app.js" => (APP_JS.as_bytes(), "text/javascript; charset=utf-8"),
         "htmx.min.js" => (HTMX_JS, "text/javascript; charset=utf-8"),
+        "favicon.svg" => (FAVICON.as_bytes(), "image/svg+xml"),
         _ => return super::not_found_page(),
     };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=31536000, immutable")],
         body,
+    )
+        .into_response()
+}
+
+/// `GET /favicon.ico`: browsers ask for it on every page whatever the `<link rel="icon">`
+/// says; the SVG icon answers (browsers read the type, not the name), cached for a day.
+pub async fn favicon() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "public, max-age=86400")],
+        FAVICON,
     )
         .into_response()
 }

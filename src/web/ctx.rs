@@ -227,11 +227,13 @@ impl FromRequestParts<AppState> for AdminPage {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let signed = Signed::from_request_parts(parts, state).await?;
         if !signed.user.is_admin() {
-            let page = super::message_page(
-                signed.ctx.lang,
+            // The signed-in header (navigation, email, log-out) stays: the user is signed in.
+            let ctx = &signed.ctx;
+            let page = super::message_with(
+                ctx,
                 StatusCode::FORBIDDEN,
-                "error.forbidden_title",
-                "error.admin_only",
+                ctx.t("error.forbidden_title"),
+                ctx.t("error.admin_only"),
             );
             return Err(page);
         }

@@ -52,6 +52,7 @@ use i18n::Lang;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/static/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .merge(auth_pages::router())
         .merge(user_pages::router())
         .merge(plan_pages::router())

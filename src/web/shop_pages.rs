@@ -59,6 +59,10 @@ impl Card {
 
 /// One of the user's packages (current, queued or past).
 pub struct HeldRow {
+    /// The catalog package, for "Renew" (buying it again extends or queues it).
+    pub package_id: i64,
+    /// Still on sale, so it can be renewed.
+    pub renewable: bool,
     pub name: String,
     pub status: String,
     pub current: bool,
@@ -164,6 +168,9 @@ async fn render_packages(state: &AppState, signed: &Signed, outcome: PackagesOut
     let held = held
         .iter()
         .map(|h| HeldRow {
+            package_id: h.package_id,
+            renewable: (h.status == "active" || h.status == "queued")
+                && catalog.iter().any(|p| p.id == h.package_id && p.stock != Some(0)),
             name: h.name.clone(),
             status: h.status.clone(),
             current: h.applies_at(now),

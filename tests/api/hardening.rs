@@ -83,6 +83,25 @@ fn the_inline_code_finder_finds_what_the_csp_blocks() {
     assert_eq!(inline_code(r#"<form onsubmit="return confirm(1)">"#).len(), 1);
 }
 
+/// Every template, partials and htmx fragments included, is free of inline code (pages the
+/// HTTP scenario does not visit too). SVG presentation attributes (`fill=`) are not styles.
+#[test]
+fn no_template_carries_inline_script_style_or_handlers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("html") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let inline = inline_code(&text);
+        assert!(inline.is_empty(), "{}: {inline:?}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} templates found in {}", dir.display());
+}
+
 /// The headers every answer carries, on pages, the JSON API, /v1 and errors alike.
 fn assert_hardened(answer: &Answer, what: &str) {
     let header = |name: &str| answer.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();

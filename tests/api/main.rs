@@ -15,6 +15,7 @@ mod codex;
 mod codex_ws;
 mod coupons;
 mod hardening;
+mod holds;
 mod keys;
 mod oauth;
 mod ops;

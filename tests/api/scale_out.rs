@@ -36,6 +36,10 @@ async fn three_instances_on_one_postgres_bill_exactly_under_concurrent_load() {
     let upstream = mock(MockOptions::default()).await;
     let admin = apps[0].admin_token().await;
     add_upstream(&apps[0], &admin, "mock", &upstream, 0).await;
+    // This scenario promises no overspend at all, so every hold is the full worst case:
+    // a floor of 4,096 output tokens keeps learned holds (billing::holds) from shrinking.
+    let floor = apps[0].put("/api/admin/settings", &admin, json!({"hold_floor_tokens": 4096})).await;
+    assert_eq!(floor.status, StatusCode::OK, "{}", floor.text);
     let mut buyers = Vec::new();
     for i in 0..4 {
         buyers.push(buyer(&apps[i % 3], &admin, &format!("load{i}@example.com"), "0.10").await);

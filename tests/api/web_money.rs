@@ -113,7 +113,33 @@ async fn the_chart_ticks_are_distinct_readable_values(app: TestApp) {
     assert!(r.text.contains("0.0125 USD"), "the 30-day total is exact");
 }
 
+async fn the_403_page_keeps_the_signed_in_header_the_favicon_is_served_and_badges_agree(app: TestApp) {
+    let (id, user) = app.register_and_login("user@example.com").await;
+    let r = page(&app, "/admin", &user).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.text.contains("user@example.com") && r.text.contains("id=\"logout\""), "signed-in header: {}", r.text);
+    assert!(r.text.contains("href=\"/dashboard\""));
+    let icon = app.client.get(app.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(icon.status(), StatusCode::OK);
+    assert_eq!(icon.headers()[reqwest::header::CONTENT_TYPE], "image/svg+xml");
+    assert!(icon.text().await.unwrap().starts_with("<svg"));
+
+    let admin = app.admin_token().await;
+    let package = app
+        .create_package(&admin, json!({"name": "Basic", "price": "10.00", "duration_days": 30, "daily_limit": "5"}))
+        .await;
+    let r = app.post(&format!("/api/admin/users/{id}/packages"), &admin, json!({"package_id": package})).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    for path in ["/dashboard", "/packages"] {
+        let req = app.client.get(app.url(path)).header(COOKIE, format!("cg_session={user}; cg_lang=zh"));
+        let zh = req.send().await.unwrap().text().await.unwrap();
+        assert!(zh.contains("badge ok\">使用中</span>"), "{path} says 使用中");
+        assert!(!zh.contains("badge ok\">正常</span>"), "{path}");
+    }
+}
+
 on_both_databases!(
+    the_403_page_keeps_the_signed_in_header_the_favicon_is_served_and_badges_agree,
     usage_costs_and_dashboard_figures_equal_the_api_to_the_micro_dollar,
     a_negative_balance_shows_its_sign_and_the_debt,
     the_chart_ticks_are_distinct_readable_values,

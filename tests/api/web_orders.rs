@@ -47,6 +47,11 @@ async fn buying_says_what_happened_and_what_is_missing(app: TestApp) {
     let r = page(&app, r.headers[LOCATION].to_str().unwrap(), &user).await;
     assert!(r.text.contains("Payment received: Basic is active until 2026-02-14 12:00."), "{}", r.text);
 
+    let shop = page(&app, "/packages", &user).await;
+    assert!(
+        shop.text.contains(&format!("action=\"/packages/{basic}/buy\" class=\"renew\"")),
+        "Renew on the held package"
+    );
     app.fund(&admin, id, "20").await;
     let r = buy_from_balance(&app, &user, pro).await;
     let r = page(&app, r.headers[LOCATION].to_str().unwrap(), &user).await;

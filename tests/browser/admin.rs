@@ -117,4 +117,19 @@ pub async fn admin_tools_on_desktop_and_phone(s: &Session) {
     }
     eprintln!("admin pages at 390 px: {report:#?}");
     s.c.set_window_size(1280, 1400).await.unwrap();
+
+    // The same tools in Chinese.
+    s.go(&edit).await;
+    s.click("#lang-switch").await;
+    s.wait_text("h2", "测试连接").await;
+    s.click("#test-connection").await;
+    s.wait_text("#check-outcome", "连接成功").await;
+    s.shot("34-admin-upstream-tested-zh").await;
+    s.go(&user).await;
+    assert_eq!(s.text("#packages-of").await, "dev@example.com 的套餐");
+    s.shot("34b-admin-user-zh").await;
+    s.go("/admin?days=30").await;
+    s.shot("34c-admin-overview-top-zh").await;
+    s.click("#lang-switch").await;
+    s.wait_text("h1", "Administration").await;
 }

@@ -228,8 +228,12 @@ impl Plan {
         if let Err(refusal) = rules::decide(&facts) {
             metrics::counter!("gateway_billing_admissions_total", "outcome" => refusal.reason()).increment(1);
             if !forced {
-                let resets =
-                    super::super::Resets { packages: packages.next_room, block: block_cap.map(|(_, end)| end) };
+                let resets = super::super::Resets {
+                    packages: packages.next_room,
+                    block: block_cap.map(|(_, end)| end),
+                    hold: request.hold,
+                    available: facts.available(),
+                };
                 return Err(super::super::refusal_error(refusal, &self.calendar, now, resets));
             }
             refused = refused.or(Some(refusal.reason()));
