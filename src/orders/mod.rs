@@ -33,6 +33,9 @@ pub mod status {
     pub const FULFILLED: &str = "fulfilled";
     pub const EXPIRED: &str = "expired";
     pub const REFUNDING: &str = "refunding";
+    /// The gateway answered the refund `code: 1` but the reversal did not commit (an
+    /// outage): the reconcile job reverses it without asking the gateway again.
+    pub const REFUND_CONFIRMED: &str = "refund_confirmed";
     pub const REFUNDED: &str = "refunded";
 }
 

@@ -4,10 +4,13 @@
 //!
 //! A refund call that gets no answer (timeout, dropped connection, garbage) may still have
 //! refunded the buyer: the order stays `refunding` and [`reconcile_refunds_once`] later
-//! asks the gateway's order query. An order the gateway no longer reports as paid was
-//! refunded and is reversed; one it still reports paid goes back to `fulfilled`. The
-//! reversal's final update requires `status = 'refunding'`, so the admin path and the job
-//! can never both credit.
+//! asks the gateway's order query. Only explicit answers decide: `status: 0` (the buyer's
+//! payment is no longer standing) reverses it; `status: 1` puts it back to `fulfilled`,
+//! but only after [`REFUND_RESTORE_AFTER_MINUTES`], so a gateway slow to show its refund
+//! is not mistaken for one that refused; anything else leaves it for an admin. A refund
+//! the gateway confirmed (`code: 1`) whose reversal then failed is marked
+//! `refund_confirmed` and reversed without asking again. The reversal's final update
+//! requires one of those two states, so the admin path and the job can never both credit.
 
 use super::{fulfil, status, Order, COLUMNS};
 use crate::app::AppState;
@@ -147,7 +150,13 @@ pub async fn refund(state: &AppState, out_trade_no: &str, by: RefundBy) -> Resul
     let result = reverse(state, &order, Some(by.actor_id)).await;
     if let Err(e) = &result {
         tracing::error!(out_trade_no = %order.out_trade_no, error = %e,
-            "the gateway refunded but reversing the fulfilment failed; the order stays 'refunding'");
+            "the gateway refunded but reversing the fulfilment failed; the reconcile job reverses it");
+        if order.pay_method == "credit" {
+            if let Err(e) = set_status(state, order.id, status::REFUNDING, status::REFUND_CONFIRMED).await {
+                tracing::error!(out_trade_no = %order.out_trade_no, error = %e,
+                    "cannot mark the confirmed refund; it stays 'refunding' and is decided by the order query");
+            }
+        }
     }
     result
 }
@@ -155,6 +164,10 @@ pub async fn refund(state: &AppState, out_trade_no: &str, by: RefundBy) -> Resul
 /// How long an order must have been `refunding` before the job asks the gateway about it:
 /// well past the refund call's own timeout, so a refund still in flight is left alone.
 pub const REFUND_CHECK_AFTER_MINUTES: i64 = 2;
+
+/// How long an unconfirmed refund must have waited before a gateway that still reports
+/// the order paid is believed (and the order becomes refundable again).
+pub const REFUND_RESTORE_AFTER_MINUTES: i64 = 30;
 
 /// What one pass over unconfirmed refunds did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -164,6 +177,8 @@ pub struct RefundReconcileReport {
     pub refunded: u64,
     /// The gateway still reports them paid: back to `fulfilled` (they can be refunded again).
     pub restored: u64,
+    /// Still undecided: paid but not for long enough, or no explicit status (for an admin).
+    pub undecided: u64,
     pub errors: u64,
 }
 
@@ -177,15 +192,16 @@ pub async fn reconcile_refunds_once(state: &AppState) -> Result<RefundReconcileR
     }
     let before = to_micros(state.now() - chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES));
     let sql = format!(
-        "SELECT {COLUMNS} FROM payment_orders WHERE pay_method = 'credit' AND status = 'refunding' \
-           AND updated_at <= $1 ORDER BY id LIMIT 200"
+        "SELECT {COLUMNS} FROM payment_orders WHERE pay_method = 'credit' \
+           AND status IN ('refunding', 'refund_confirmed') AND updated_at <= $1 ORDER BY id LIMIT 200"
     );
     let orders = sqlx::query_as::<_, Order>(&sql).bind(before).fetch_all(state.db.pool()).await?;
     for order in orders {
         report.checked += 1;
         match settle_unconfirmed(state, &settings.credit, &order).await {
-            Ok(true) => report.refunded += 1,
-            Ok(false) => report.restored += 1,
+            Ok(Decided::Reversed) => report.refunded += 1,
+            Ok(Decided::Restored) => report.restored += 1,
+            Ok(Decided::Undecided) => report.undecided += 1,
             Err(e) => {
                 report.errors += 1;
                 tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "could not settle an unconfirmed refund");
@@ -195,8 +211,36 @@ pub async fn reconcile_refunds_once(state: &AppState) -> Result<RefundReconcileR
     Ok(report)
 }
 
-/// One unconfirmed refund: true when it was reversed, false when it went back to `fulfilled`.
-async fn settle_unconfirmed(state: &AppState, credit: &crate::settings::CreditSettings, order: &Order) -> Result<bool> {
+/// What the job did with one unconfirmed refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    Reversed,
+    Restored,
+    Undecided,
+}
+
+/// The rule for an unanswered refund, from the order query's explicit answer and how long
+/// the order has waited (pure, unit-tested).
+fn decide_unanswered(answer: &client::GatewayOrder, waited: chrono::Duration) -> Decided {
+    if answer.unpaid {
+        Decided::Reversed
+    } else if answer.paid && waited >= chrono::Duration::minutes(REFUND_RESTORE_AFTER_MINUTES) {
+        Decided::Restored
+    } else {
+        Decided::Undecided
+    }
+}
+
+async fn settle_unconfirmed(
+    state: &AppState,
+    credit: &crate::settings::CreditSettings,
+    order: &Order,
+) -> Result<Decided> {
+    if order.status == status::REFUND_CONFIRMED {
+        reverse(state, order, None).await?;
+        tracing::info!(out_trade_no = %order.out_trade_no, "a confirmed refund's reversal is done");
+        return Ok(Decided::Reversed);
+    }
     let answer = client::query_order(&state.http, credit, &order.out_trade_no).await?;
     if !answer.found {
         return Err(Error::conflict(
@@ -204,15 +248,23 @@ async fn settle_unconfirmed(state: &AppState, credit: &crate::settings::CreditSe
             format!("the gateway does not know it: {}", answer.message),
         ));
     }
-    if answer.paid {
-        set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
-        tracing::info!(out_trade_no = %order.out_trade_no, "the gateway did not refund; the order is fulfilled again");
-        return Ok(false);
+    let waited = state.now() - crate::clock::from_micros(order.updated_at);
+    let decided = decide_unanswered(&answer, waited);
+    match decided {
+        Decided::Reversed => {
+            reverse(state, order, None).await?;
+            tracing::info!(out_trade_no = %order.out_trade_no, "the gateway reports the payment undone; the fulfilment is reversed");
+        }
+        Decided::Restored => {
+            set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
+            tracing::info!(out_trade_no = %order.out_trade_no, "the gateway still reports it paid; the order is fulfilled again");
+        }
+        Decided::Undecided => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, paid = answer.paid,
+                "an unconfirmed refund is not decided yet (no explicit status, or paid for too short a time)");
+        }
     }
-    // A paid order the gateway no longer reports as paid was refunded by it.
-    reverse(state, order, None).await?;
-    tracing::info!(out_trade_no = %order.out_trade_no, "the gateway had refunded; the fulfilment is reversed");
-    Ok(true)
+    Ok(decided)
 }
 
 /// Reverses the fulfilment of a `refunding` order the gateway refunded (`actor_id`: the
@@ -264,7 +316,7 @@ async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Resu
     }
     let sql = format!(
         "UPDATE payment_orders SET status = 'refunded', refunded_at = $1, updated_at = $1 \
-         WHERE id = $2 AND status = 'refunding' RETURNING {COLUMNS}"
+         WHERE id = $2 AND status IN ('refunding', 'refund_confirmed') RETURNING {COLUMNS}"
     );
     // Guarded by the expected status even though the claim above already holds it: if
     // anything moved the order meanwhile, the whole reversal rolls back.
@@ -277,4 +329,27 @@ async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Resu
     tx.commit().await?;
     crate::billing::user_changed(state, order.user_id).await;
     Ok(refunded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: serde_json::Value) -> client::GatewayOrder {
+        client::parse_order_answer(&body)
+    }
+
+    #[test]
+    fn only_explicit_statuses_decide_an_unanswered_refund() {
+        let minutes = chrono::Duration::minutes;
+        let unpaid = answer(serde_json::json!({"code": 1, "status": 0}));
+        let paid = answer(serde_json::json!({"code": 1, "status": 1}));
+        let silent = answer(serde_json::json!({"code": 1}));
+        let odd = answer(serde_json::json!({"code": 1, "status": 3}));
+        assert_eq!(decide_unanswered(&unpaid, minutes(2)), Decided::Reversed);
+        assert_eq!(decide_unanswered(&paid, minutes(2)), Decided::Undecided, "a refund may show late");
+        assert_eq!(decide_unanswered(&paid, minutes(REFUND_RESTORE_AFTER_MINUTES)), Decided::Restored);
+        assert_eq!(decide_unanswered(&silent, minutes(600)), Decided::Undecided);
+        assert_eq!(decide_unanswered(&odd, minutes(600)), Decided::Undecided);
+    }
 }

@@ -15,6 +15,8 @@ pub struct GatewayOrder {
     /// False when the gateway does not know the order (`code != 1`).
     pub found: bool,
     pub paid: bool,
+    /// `status: 0` said explicitly (a missing or unreadable status is neither paid nor this).
+    pub unpaid: bool,
     pub trade_no: Option<String>,
     pub money: Option<Money>,
     pub message: String,
@@ -82,6 +84,7 @@ pub fn parse_order_answer(value: &Value) -> GatewayOrder {
     GatewayOrder {
         found,
         paid: found && int_field(value, "status") == Some(1),
+        unpaid: found && int_field(value, "status") == Some(0),
         trade_no: text_field(value, "trade_no"),
         money: text_field(value, "money").and_then(|m| Money::parse_cents(&m).ok()),
         message: text_field(value, "msg").unwrap_or_default(),
@@ -158,7 +161,7 @@ mod tests {
         assert!(paid.found && paid.paid);
         assert_eq!(paid.money, Some(Money::units(30)));
         let unpaid = parse_order_answer(&json!({"code": "1", "status": 0, "money": "30.00"}));
-        assert!(unpaid.found && !unpaid.paid);
+        assert!(unpaid.found && !unpaid.paid && unpaid.unpaid);
         let missing = parse_order_answer(&json!({"code": -1, "msg": "订单不存在"}));
         assert!(!missing.found && !missing.paid);
         assert_eq!(missing.message, "订单不存在");

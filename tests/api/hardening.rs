@@ -402,7 +402,9 @@ async fn order_status(app: &TestApp, otn: &str) -> String {
 }
 
 async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(app: TestApp) {
-    use codex_gateway::orders::refund::{reconcile_refunds_once, REFUND_CHECK_AFTER_MINUTES};
+    use codex_gateway::orders::refund::{
+        reconcile_refunds_once, REFUND_CHECK_AFTER_MINUTES, REFUND_RESTORE_AFTER_MINUTES,
+    };
     let admin = app.admin_token().await;
     app.configure_credit(&admin).await;
     let sandbox_url = app.url("/sandbox/epay");
@@ -444,8 +446,13 @@ async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(ap
     assert_eq!(reconcile_refunds_once(&app.state).await.unwrap().checked, 0, "too recent to ask about");
     app.clock.advance(chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES + 1));
     let report = reconcile_refunds_once(&app.state).await.unwrap();
-    assert_eq!((report.checked, report.refunded, report.restored, report.errors), (2, 1, 1, 0), "{report:?}");
+    assert_eq!((report.checked, report.refunded, report.restored, report.undecided), (2, 1, 0, 1), "{report:?}");
     assert_eq!(order_status(&app, &lost).await, "refunded");
+    assert_eq!(order_status(&app, &unsent).await, "refunding", "a refund may show late: not believed yet");
+    // Still reported paid long after: the gateway did not refund.
+    app.clock.advance(chrono::Duration::minutes(REFUND_RESTORE_AFTER_MINUTES));
+    let report = reconcile_refunds_once(&app.state).await.unwrap();
+    assert_eq!((report.checked, report.refunded, report.restored, report.errors), (1, 0, 1, 0), "{report:?}");
     assert_eq!(order_status(&app, &unsent).await, "fulfilled", "the gateway still holds the payment");
     assert_eq!(app.balance(&user).await, "2.00", "the refunded 5.00 taken back once");
     assert_eq!(app.count(&refunds).await, 1);
