@@ -4,7 +4,9 @@
 //! primary key. Applied versions are recorded in `schema_migrations`; on PostgreSQL an
 //! advisory lock makes several instances starting together apply each migration once.
 //! Migrations only add (tables, nullable columns, indexes) or relax (a NOT NULL made
-//! optional), so old instances keep serving while a new one migrates.
+//! optional), so old instances keep serving while a new one migrates, with one limit: a
+//! relaxed column is read as required by older binaries, so once a row leaves it NULL
+//! (migration 20: a package without a daily limit) every instance must run the new one.
 //!
 //! Relaxing a column is the one step the backends cannot share: PostgreSQL runs
 //! `ALTER COLUMN .. DROP NOT NULL`, while SQLite cannot alter a column and rebuilds
