@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use codex_gateway::app::{open_database, Application};
-use codex_gateway::auth::Role;
-use codex_gateway::clock::SystemClock;
-use codex_gateway::config::Config;
-use codex_gateway::{error, users};
+use codex_gateway::domain::auth::Role;
+use codex_gateway::domain::users;
+use codex_gateway::foundation::clock::SystemClock;
+use codex_gateway::foundation::config::Config;
+use codex_gateway::foundation::error;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc malloc: the proxy allocates many small short-lived
@@ -161,7 +162,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn run_mock(args: MockArgs) -> anyhow::Result<()> {
-    use codex_gateway::proxy::mock::{serve_mock, Fault, MockOptions};
+    use codex_gateway::domain::proxy::mock::{serve_mock, Fault, MockOptions};
     let fault = match args.fault.as_deref() {
         None | Some("none") => None,
         Some(text) => Some(Fault::parse(text).ok_or_else(|| anyhow::anyhow!("unknown fault `{text}`"))?),

@@ -19,8 +19,8 @@ mod admin;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use codex_gateway::clock::Clock;
-use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions, MockUsage};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockHandle, MockOptions, MockUsage};
+use codex_gateway::foundation::clock::Clock;
 use fantoccini::{Client, ClientBuilder, Locator};
 use helpers::{spawn_app_with, Backend, TestApp};
 use serde_json::json;
@@ -328,7 +328,7 @@ async fn user_signs_up_and_creates_a_key(s: &Session) {
     assert!(s.text("#openai-env").await.contains("OPENAI_BASE_URL"));
     s.shot("09-keys-created").await;
     let now = s.app.clock.now();
-    let owner = codex_gateway::auth::api_keys::authenticate(&s.app.db, &secret, now).await.unwrap();
+    let owner = codex_gateway::domain::auth::api_keys::authenticate(&s.app.db, &secret, now).await.unwrap();
     assert!(owner.is_ok(), "the key shown in the page authenticates");
     *s.secret.lock().unwrap() = secret.clone();
 
@@ -347,7 +347,7 @@ async fn user_revokes_the_key(s: &Session) {
     s.c.wait().for_element(Locator::Css("#keys-table .badge:not(.ok)")).await.unwrap();
     assert_eq!(s.path().await, "/keys");
     s.shot("10g-keys-revoked").await;
-    let after = codex_gateway::auth::api_keys::authenticate(&s.app.db, &secret, now).await.unwrap();
+    let after = codex_gateway::domain::auth::api_keys::authenticate(&s.app.db, &secret, now).await.unwrap();
     assert!(after.is_err(), "a revoked key no longer authenticates");
 }
 

@@ -137,5 +137,5 @@ fn concurrent_migrations_on_postgres_apply_each_version_once() {
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(&mut conn).await.unwrap()
     });
-    assert_eq!(count as usize, codex_gateway::db::MIGRATIONS.len());
+    assert_eq!(count as usize, codex_gateway::foundation::db::MIGRATIONS.len());
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use codex_gateway::proxy::mock::{serve_mock, MockOptions};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockOptions};
 use helpers::{launch, report, Backend, FakeClock, TempDir};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

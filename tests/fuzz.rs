@@ -4,10 +4,10 @@
 //! the number of inputs tried.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use codex_gateway::money::Money;
-use codex_gateway::payment::epay::{self, Params};
-use codex_gateway::proxy::metering::{Api, Meter};
-use codex_gateway::proxy::sse::{SseEvent, SseParser};
+use codex_gateway::domain::payment::epay::{self, Params};
+use codex_gateway::domain::proxy::metering::{Api, Meter};
+use codex_gateway::domain::proxy::sse::{SseEvent, SseParser};
+use codex_gateway::foundation::money::Money;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -238,7 +238,7 @@ fn money_parser_takes_any_text() {
 #[test]
 fn next_sanitiser_only_ever_answers_a_local_path() {
     fuzz("fuzz_next_sanitiser", any::<String>(), |text| {
-        let next = codex_gateway::web::ctx::safe_next(Some(&text));
+        let next = codex_gateway::surface::web::ctx::safe_next(Some(&text));
         prop_assert!(next.starts_with('/') && !next[1..].starts_with('/'), "{next:?}");
         prop_assert!(!next.chars().any(|c| c == '\\' || c.is_whitespace() || c.is_control()), "{next:?}");
         Ok(())
@@ -250,10 +250,10 @@ fn next_sanitiser_only_ever_answers_a_local_path() {
 #[test]
 fn masking_helpers_take_any_secret() {
     fuzz("fuzz_masking_helpers", (any::<String>(), any::<String>()), |(secret, text)| {
-        let hint = codex_gateway::redact::hint(&secret);
+        let hint = codex_gateway::foundation::redact::hint(&secret);
         prop_assert!(secret.chars().count() < 12 || !hint.contains(&secret));
         prop_assert!(hint.chars().count() <= 8);
-        let scrubbed = codex_gateway::redact::scrub(&format!("{text}{secret}{text}"), &[&secret]);
+        let scrubbed = codex_gateway::foundation::redact::scrub(&format!("{text}{secret}{text}"), &[&secret]);
         prop_assert!(secret.chars().count() < 4 || !scrubbed.contains(&secret));
         Ok(())
     });
@@ -264,7 +264,7 @@ fn masking_helpers_take_any_secret() {
 fn stored_notify_fields_are_bounded() {
     let params = proptest::collection::btree_map(any::<String>(), any::<String>(), 0..40);
     fuzz("fuzz_notify_storage", params, |p| {
-        let kept = codex_gateway::payment::notify::stored_params(&p);
+        let kept = codex_gateway::domain::payment::notify::stored_params(&p);
         prop_assert!(kept.len() <= 11);
         prop_assert!(kept.values().all(|v| v.chars().count() <= 64));
         Ok(())

@@ -12,7 +12,7 @@ mod helpers;
 use std::process::Stdio;
 use std::time::Duration;
 
-use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockHandle, MockOptions};
 use helpers::{spawn_app, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;

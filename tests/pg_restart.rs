@@ -13,7 +13,7 @@ mod helpers;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use codex_gateway::proxy::mock::{serve_mock, MockOptions};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockOptions};
 use helpers::{report, spawn_app_on, Backend};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -15,7 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockHandle, MockOptions};
 use helpers::{spawn_app, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;

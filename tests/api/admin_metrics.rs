@@ -1,7 +1,7 @@
 //! `/admin/metrics`: admins see this instance's counters and the cluster's database
 //! figures move after a /v1 call; users get a 403.
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

@@ -4,8 +4,8 @@
 //! cached-input share and the bill of each run (the README's figures) and checks that
 //! each bill is exactly the sum of its usage rows' prices.
 
-use codex_gateway::proxy::mock::{Fault, MockHandle, MockOptions};
-use codex_gateway::proxy::pricing::{self, Usage};
+use codex_gateway::domain::proxy::mock::{Fault, MockHandle, MockOptions};
+use codex_gateway::domain::proxy::pricing::{self, Usage};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -2,7 +2,7 @@
 //! gateway untouched, and the request counter the benchmark's billing check compares
 //! usage rows with.
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use serde_json::json;
 
 use crate::helpers::TestApp;

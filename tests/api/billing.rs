@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
-use codex_gateway::billing::{self, AdmissionRequest, Hold, UsageRecord};
-use codex_gateway::clock::to_micros;
-use codex_gateway::money::Money;
+use codex_gateway::domain::billing::{self, AdmissionRequest, Hold, UsageRecord};
+use codex_gateway::foundation::clock::to_micros;
+use codex_gateway::foundation::money::Money;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -66,7 +66,12 @@ fn record(id: &str, cost: &str) -> UsageRecord {
     }
 }
 
-async fn admit(app: &TestApp, user_id: i64, key_id: i64, hold: &str) -> Result<Hold, codex_gateway::error::Error> {
+async fn admit(
+    app: &TestApp,
+    user_id: i64,
+    key_id: i64,
+    hold: &str,
+) -> Result<Hold, codex_gateway::foundation::error::Error> {
     billing::admit(
         &app.state,
         &AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse(hold).unwrap() },

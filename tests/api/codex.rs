@@ -1,7 +1,7 @@
 //! What the Codex CLI reads beyond the OpenAI API: quota windows and credits in
 //! `x-codex-*` headers, usage-limit refusals in the shape it does not retry.
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

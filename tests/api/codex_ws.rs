@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-use codex_gateway::payment::epay::{self, Params};
+use codex_gateway::domain::payment::epay::{self, Params};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

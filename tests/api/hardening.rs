@@ -105,7 +105,7 @@ fn no_template_carries_inline_script_style_or_handlers() {
 /// The headers every answer carries, on pages, the JSON API, /v1 and errors alike.
 fn assert_hardened(answer: &Answer, what: &str) {
     let header = |name: &str| answer.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    assert_eq!(header("content-security-policy"), codex_gateway::routes::CONTENT_SECURITY_POLICY, "{what}");
+    assert_eq!(header("content-security-policy"), codex_gateway::surface::routes::CONTENT_SECURITY_POLICY, "{what}");
     let csp = header("content-security-policy");
     for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"] {
         assert!(csp.contains(directive), "{what}: {csp} lacks {directive}");
@@ -304,7 +304,7 @@ async fn every_cookie_is_secure_on_an_https_public_url(app: TestApp) {
     let session = cookie_named(&cookies, "cg_session");
     assert!(is_secure(session), "{session}");
     let token = session.split(';').next().unwrap().trim_start_matches("cg_session=").to_string();
-    let csrf = codex_gateway::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
+    let csrf = codex_gateway::domain::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
     let out = app.client.post(app.url("/logout")).header(COOKIE, format!("cg_session={token}"));
     let out = TestApp::answer(out.form(&[("_csrf", csrf.as_str())]).send().await.unwrap()).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.text);
@@ -398,11 +398,11 @@ async fn top_up_through_the_sandbox(app: &TestApp, user: &str, amount: &str) -> 
 }
 
 async fn order_status(app: &TestApp, otn: &str) -> String {
-    codex_gateway::orders::find(&app.db, otn).await.unwrap().unwrap().status
+    codex_gateway::domain::orders::find(&app.db, otn).await.unwrap().unwrap().status
 }
 
 async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(app: TestApp) {
-    use codex_gateway::orders::refund::{
+    use codex_gateway::domain::orders::refund::{
         reconcile_refunds_once, REFUND_CHECK_AFTER_MINUTES, REFUND_RESTORE_AFTER_MINUTES,
     };
     let admin = app.admin_token().await;

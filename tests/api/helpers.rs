@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use codex_gateway::app::{open_database, AppState, Application};
-use codex_gateway::auth::Role;
-use codex_gateway::clock::Clock;
-use codex_gateway::config::Config;
-use codex_gateway::db::Db;
-use codex_gateway::users;
+use codex_gateway::app::{open_database, Application};
+use codex_gateway::domain::auth::Role;
+use codex_gateway::domain::users;
+use codex_gateway::foundation::clock::Clock;
+use codex_gateway::foundation::config::Config;
+use codex_gateway::foundation::db::Db;
+use codex_gateway::runtime::state::AppState;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
@@ -278,7 +279,7 @@ impl TestApp {
 
     /// Fails the test if any user's balance differs from their ledger sum.
     pub async fn assert_money_invariants(&self) {
-        let mismatches = codex_gateway::ledger::balance_mismatches(&self.db).await.unwrap();
+        let mismatches = codex_gateway::domain::ledger::balance_mismatches(&self.db).await.unwrap();
         assert!(mismatches.is_empty(), "balance != ledger sum for {mismatches:?}");
     }
 }
@@ -352,7 +353,7 @@ impl TestApp {
 
     /// Runs the hourly package job once at the fake clock's time.
     pub async fn mark_expired(&self) -> u64 {
-        codex_gateway::packages::activation::mark_expired(&self.db, self.clock.now()).await.unwrap()
+        codex_gateway::domain::packages::activation::mark_expired(&self.db, self.clock.now()).await.unwrap()
     }
 
     /// A user's balance as the API shows it.
@@ -496,8 +497,8 @@ pub fn signed_notify(
     trade_no: &str,
     money: &str,
     overrides: &[(&str, &str)],
-) -> codex_gateway::payment::epay::Params {
-    let mut p: codex_gateway::payment::epay::Params = [
+) -> codex_gateway::domain::payment::epay::Params {
+    let mut p: codex_gateway::domain::payment::epay::Params = [
         ("pid", TEST_PID),
         ("trade_no", trade_no),
         ("out_trade_no", out_trade_no),
@@ -512,12 +513,12 @@ pub fn signed_notify(
     for (k, v) in overrides {
         p.insert(k.to_string(), v.to_string());
     }
-    codex_gateway::payment::epay::signed(p, TEST_KEY)
+    codex_gateway::domain::payment::epay::signed(p, TEST_KEY)
 }
 
 impl TestApp {
     /// Delivers a notify the way the gateway does (GET with a query string).
-    pub async fn send_notify(&self, params: &codex_gateway::payment::epay::Params) -> (StatusCode, String) {
+    pub async fn send_notify(&self, params: &codex_gateway::domain::payment::epay::Params) -> (StatusCode, String) {
         let r = self.client.get(self.url("/api/payment/credit/notify")).query(params).send().await.unwrap();
         (r.status(), r.text().await.unwrap())
     }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use codex_gateway::billing::holds::{HoldSizes, MIN_SAMPLES};
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::billing::holds::{HoldSizes, MIN_SAMPLES};
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -47,7 +47,7 @@ async fn the_hold_follows_what_the_model_really_produces(app: TestApp) {
     assert_eq!(app.state.billing.hold_sizes().learned("gpt-5"), Some(300), "the p95 of the mock's 300 tokens");
     // Down to 0.01 again: a request now holds ~300 output tokens and is served.
     let left = 200_000 - MIN_SAMPLES as i64 * COST_MICROS;
-    let down = codex_gateway::money::Money::from_micros(10_000 - left);
+    let down = codex_gateway::foundation::money::Money::from_micros(10_000 - left);
     app.fund(&s.admin, s.user_id, &down.to_string()).await;
     assert_eq!(balance_of(&app, s.user_id).await, 10_000);
     let served = v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();

@@ -40,7 +40,7 @@ async fn keys_are_shown_once_listed_renamed_and_revoked(app: TestApp) {
 }
 
 async fn keys_authenticate_until_revoked_or_suspended(app: TestApp) {
-    use codex_gateway::auth::api_keys::{authenticate, KeyRefusal};
+    use codex_gateway::domain::auth::api_keys::{authenticate, KeyRefusal};
     let admin = app.admin_token().await;
     let (user_id, token) = app.register_and_login("s@example.com").await;
     let created = app.post("/api/user/keys", &token, json!({"name": "ci"})).await;

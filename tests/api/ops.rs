@@ -1,5 +1,5 @@
 use chrono::Duration;
-use codex_gateway::jobs;
+use codex_gateway::runtime::jobs;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -97,7 +97,7 @@ async fn password_guessing_is_throttled(app: TestApp) {
 }
 
 async fn billing_and_proxy_figures_are_exported_as_metrics(app: TestApp) {
-    use codex_gateway::proxy::mock::MockOptions;
+    use codex_gateway::domain::proxy::mock::MockOptions;
     let s = crate::proxy::setup(&app, MockOptions::default(), Some("1.00")).await;
     let r = crate::proxy::v1(&app, "/v1/responses", &s.key)
         .json(&json!({"model": "gpt-5", "input": "hi"}))

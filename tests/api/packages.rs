@@ -1,6 +1,6 @@
 use chrono::Duration;
-use codex_gateway::clock::Clock;
-use codex_gateway::packages::activation;
+use codex_gateway::domain::packages::activation;
+use codex_gateway::foundation::clock::Clock;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use codex_gateway::billing::{self, AdmissionRequest, Hold, UsageRecord};
-use codex_gateway::money::Money;
+use codex_gateway::domain::billing::{self, AdmissionRequest, Hold, UsageRecord};
+use codex_gateway::foundation::money::Money;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -117,7 +117,12 @@ fn record(id: &str, cost: &str) -> UsageRecord {
     }
 }
 
-async fn admit(app: &TestApp, user_id: i64, key_id: i64, hold: &str) -> Result<Hold, codex_gateway::error::Error> {
+async fn admit(
+    app: &TestApp,
+    user_id: i64,
+    key_id: i64,
+    hold: &str,
+) -> Result<Hold, codex_gateway::foundation::error::Error> {
     let request = AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: m(hold) };
     billing::admit(&app.state, &request).await
 }
@@ -369,7 +374,7 @@ async fn the_week_follows_new_york_across_the_dst_change(app: TestApp) {
 }
 
 async fn codex_headers_report_the_tightest_plan_windows(app: TestApp) {
-    use codex_gateway::proxy::mock::MockOptions;
+    use codex_gateway::domain::proxy::mock::MockOptions;
     let s = crate::proxy::setup(&app, MockOptions::default(), Some("5")).await;
     plan(&app, s.user_id, json!({"daily_limit": "1", "five_hour_limit": "0.01"})).await;
     let body = json!({"model": "gpt-5", "stream": true, "input": "hi"});
@@ -404,7 +409,7 @@ async fn the_dashboard_shows_each_window_and_switches_the_preference(app: TestAp
     assert!(page.contains("1.60 / 2.00 USD") && page.contains("1.60 / 40.00 USD"), "used / limit per window");
     assert!(page.contains("pct-80") && page.contains("progress warn"), "the 5-hour bar at 80 %");
     assert!(page.contains("value=\"package_first\" selected"));
-    let csrf = codex_gateway::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
+    let csrf = codex_gateway::domain::auth::extract::csrf_token(app.state.config.secret_bytes(), &token);
     let form = [("_csrf", csrf.as_str()), ("preference", "balance_first")];
     let posted = app
         .client
@@ -564,7 +569,7 @@ async fn a_key_daily_cap_set_mid_day_counts_the_whole_day(app: TestApp) {
 /// A database as release 19 left it, with a package, a user package and an order
 /// pointing at it; migrating to the optional daily limit keeps them and their links.
 async fn the_optional_daily_limit_migration_keeps_every_row(backend: crate::helpers::Backend) {
-    use codex_gateway::db::{self, Db};
+    use codex_gateway::foundation::db::{self, Db};
     let dir = crate::helpers::TempDir(std::env::temp_dir().join(format!("cg_mig_{}", rand_suffix())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let url = crate::helpers::fresh_database_url(backend, &dir.0).await;
@@ -640,7 +645,7 @@ async fn the_optional_daily_limit_migration_keeps_every_row(backend: crate::help
 /// A request a dead instance served is charged at the next start with the admin's
 /// default billing preference (here `balance_first`) for a user who chose none.
 async fn a_replayed_request_is_split_by_the_admin_default_preference(backend: crate::helpers::Backend) {
-    use codex_gateway::proxy::journal::{Forwarded, Journal};
+    use codex_gateway::domain::proxy::journal::{Forwarded, Journal};
     let dir = crate::helpers::TempDir(std::env::temp_dir().join(format!("cg_replay_{}", rand_suffix())));
     let second_dir = crate::helpers::TempDir(std::env::temp_dir().join(format!("cg_replay2_{}", rand_suffix())));
     std::fs::create_dir_all(&dir.0).unwrap();

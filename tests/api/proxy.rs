@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use codex_gateway::proxy::mock::{serve_mock, MockHandle, MockOptions};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockHandle, MockOptions};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -341,7 +341,8 @@ async fn a_request_served_on_a_stale_hint_is_charged_and_the_next_one_refused(ap
 async fn a_failing_upstream_is_skipped_before_the_first_byte_and_marked_unhealthy(app: TestApp) {
     let s = setup(&app, MockOptions::default(), Some("10")).await;
     let broken =
-        mock(MockOptions { fault: Some(codex_gateway::proxy::mock::Fault::Fail500), ..MockOptions::default() }).await;
+        mock(MockOptions { fault: Some(codex_gateway::domain::proxy::mock::Fault::Fail500), ..MockOptions::default() })
+            .await;
     let broken_id = add_upstream(&app, &s.admin, "broken", &broken, 10).await;
     for round in 1..=4 {
         let resp = v1(&app, "/v1/responses", &s.key)
@@ -362,7 +363,7 @@ async fn a_failing_upstream_is_skipped_before_the_first_byte_and_marked_unhealth
     assert_eq!(view.body["consecutive_failures"], 3);
     assert!(view.body["last_error"].as_str().unwrap().contains("500"));
     // Its /models answers, so the probe brings it back.
-    let recovered = codex_gateway::proxy::probe_unhealthy_once(&app.state).await.unwrap();
+    let recovered = codex_gateway::domain::proxy::probe_unhealthy_once(&app.state).await.unwrap();
     assert_eq!(recovered, 1);
     let view = app.get(&format!("/api/admin/upstreams/{broken_id}"), &s.admin).await;
     assert_eq!((view.body["healthy"].clone(), view.body["consecutive_failures"].clone()), (json!(true), json!(0)));

@@ -1,6 +1,6 @@
 //! Admin management of upstreams and prices, and what the proxy makes of it.
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use codex_gateway::proxy::mock::{Fault, MockOptions};
+use codex_gateway::domain::proxy::mock::{Fault, MockOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -1,7 +1,7 @@
 //! The invariant checker itself can fail: each kind of corruption written straight
 //! into the database is reported (a checker that never fires proves nothing).
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::StatusCode;
 use serde_json::json;
 

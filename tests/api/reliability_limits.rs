@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use codex_gateway::orders::jobs;
-use codex_gateway::payment::epay::{self, Params};
+use codex_gateway::domain::orders::jobs;
+use codex_gateway::domain::payment::epay::{self, Params};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

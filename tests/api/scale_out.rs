@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;

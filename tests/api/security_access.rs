@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use chrono::Duration;
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 //! paid later), refunds of extended packages, open redirects, multibyte upstream keys and
 //! the client address behind a trusted proxy.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -67,11 +67,11 @@ async fn an_unreachable_gateway_never_shows_the_merchant_key(app: TestApp) {
     assert_eq!(app.balance(&user).await, "3.00", "a refund the gateway never answered changes nothing");
 
     // The reconcile job formats the same error into its WARN line.
-    let order = codex_gateway::orders::find(&app.db, &pending).await.unwrap().unwrap();
+    let order = codex_gateway::domain::orders::find(&app.db, &pending).await.unwrap().unwrap();
     let credit = app.state.settings.get().await.unwrap().credit.clone();
-    let err = codex_gateway::orders::jobs::check_with_gateway(&app.state, &credit, &order).await.unwrap_err();
+    let err = codex_gateway::domain::orders::jobs::check_with_gateway(&app.state, &credit, &order).await.unwrap_err();
     assert!(!err.to_string().contains(TEST_KEY), "{err}");
-    let report = codex_gateway::orders::jobs::reconcile_once(&app.state).await.unwrap();
+    let report = codex_gateway::domain::orders::jobs::reconcile_once(&app.state).await.unwrap();
     assert_eq!(report.errors, 1);
 
     // The settings page's "check configuration" shows the same text.
@@ -250,9 +250,9 @@ async fn orders_paid_later_respect_the_per_user_limit(app: TestApp) {
         ))
         .await;
     let rate = app.state.settings.get().await.unwrap().credit.topup_rate;
-    let per_order = codex_gateway::orders::to_balance(codex_gateway::money::Money::units(30), rate);
+    let per_order = codex_gateway::domain::orders::to_balance(codex_gateway::foundation::money::Money::units(30), rate);
     assert_eq!(credited, 2 * per_order.micros(), "each order over the limit is credited its value");
-    assert_eq!(app.balance(&user).await, codex_gateway::money::Money::from_micros(credited).format_2dp());
+    assert_eq!(app.balance(&user).await, codex_gateway::foundation::money::Money::from_micros(credited).format_2dp());
     app.assert_all_invariants().await;
 }
 
@@ -431,7 +431,7 @@ async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
     assert!(rows <= 200 - limited as i64 + 1, "refused notifies are not stored ({rows} rows)");
     // Raw notifies are kept for a bounded retention.
     app.clock.advance(chrono::Duration::days(91));
-    let pruned = codex_gateway::payment::notify::prune_once(&app.state).await.unwrap();
+    let pruned = codex_gateway::domain::payment::notify::prune_once(&app.state).await.unwrap();
     assert_eq!(pruned as i64, rows);
     assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 0);
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Duration;
-use codex_gateway::clock::Clock;
-use codex_gateway::proxy::mock::MockOptions;
-use codex_gateway::ratelimit::{Gcra, SharedStore, Verdict};
+use codex_gateway::domain::proxy::mock::MockOptions;
+use codex_gateway::domain::ratelimit::{Gcra, SharedStore, Verdict};
+use codex_gateway::foundation::clock::Clock;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -257,7 +257,7 @@ async fn concurrent_streams_are_capped_across(apps: &[TestApp], store: SharedSto
     assert!(store.admit_stream(s.user_id, 2, "crashed-1").await.unwrap());
     assert!(store.admit_stream(s.user_id, 2, "crashed-2").await.unwrap());
     assert_eq!(stream(&apps[2]).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
-    let lease = Duration::from_std(codex_gateway::ratelimit::streams::LEASE).unwrap();
+    let lease = Duration::from_std(codex_gateway::domain::ratelimit::streams::LEASE).unwrap();
     apps[0].clock.advance(lease + Duration::seconds(1));
     let after = stream(&apps[2]).await.unwrap();
     assert_eq!(after.status(), StatusCode::OK, "leaked slots expire with their lease");

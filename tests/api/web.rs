@@ -1,6 +1,6 @@
 //! The web pages over plain HTTP: access rules, CSRF, escaping, languages, forms.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::{ACCEPT_LANGUAGE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 

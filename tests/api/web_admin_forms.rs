@@ -2,7 +2,7 @@
 //! Credit refused when switched on without its merchant fields, and the sandbox's
 //! gateway address offered when the sandbox is on.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

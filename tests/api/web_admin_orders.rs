@@ -1,8 +1,8 @@
 //! The admin's order list and re-check over HTTP: a cancelled or expired trade is shown
 //! as what it is (amber, the order's state named), never as a green "not paid (succ)".
 
-use codex_gateway::auth::extract::csrf_token;
-use codex_gateway::orders::jobs;
+use codex_gateway::domain::auth::extract::csrf_token;
+use codex_gateway::domain::orders::jobs;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The admin's page of one user, over HTTP: whose packages it shows, granting an
 //! off-sale (trial) package, and ending a package from the page.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The community admin pages over HTTP: coupons, redemption code batches, announcements,
 //! the audit log and the LINUX DO settings (sales with a coupon: `web_community_sales`).
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::{ACCEPT_LANGUAGE, CONTENT_DISPOSITION, CONTENT_TYPE, COOKIE, LOCATION};
 use reqwest::StatusCode;
 use serde_json::json;

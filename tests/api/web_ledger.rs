@@ -2,8 +2,8 @@
 //! total, per-model breakdown, CSV export, request-id search and failure reasons; the
 //! Chinese pages translate ledger kinds, notes and order items.
 
-use codex_gateway::billing::{self, AdmissionRequest, UsageRecord};
-use codex_gateway::money::Money;
+use codex_gateway::domain::billing::{self, AdmissionRequest, UsageRecord};
+use codex_gateway::foundation::money::Money;
 use reqwest::header::{CONTENT_TYPE, COOKIE};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -2,8 +2,8 @@
 //! API's figure to the micro-dollar (no rounding to cents), a negative balance keeps its
 //! sign with the debt said plainly, and the chart's y-axis ticks are distinct.
 
-use codex_gateway::billing::{self, AdmissionRequest, UsageRecord};
-use codex_gateway::money::Money;
+use codex_gateway::domain::billing::{self, AdmissionRequest, UsageRecord};
+use codex_gateway::foundation::money::Money;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

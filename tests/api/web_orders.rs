@@ -4,7 +4,7 @@
 //! pay reads "Expired" without a dead "Pay now". The dashboard lists queued packages
 //! with their start, the days left and the countdown to the reset in the named zone.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::{COOKIE, LOCATION};
 use reqwest::StatusCode;
 use serde_json::json;

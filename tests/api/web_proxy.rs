@@ -1,6 +1,6 @@
 //! The upstream and pricing admin pages over HTTP.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 

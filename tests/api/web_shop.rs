@@ -1,6 +1,6 @@
 //! The package, order and payment pages over HTTP, with the payment sandbox mounted.
 
-use codex_gateway::auth::extract::csrf_token;
+use codex_gateway::domain::auth::extract::csrf_token;
 use reqwest::header::{COOKIE, LOCATION};
 use reqwest::StatusCode;
 use serde_json::json;

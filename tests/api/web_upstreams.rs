@@ -3,8 +3,8 @@
 //! a real request to the upstream's model list whose answer is shown without the key.
 
 use axum::http::HeaderMap;
-use codex_gateway::auth::extract::csrf_token;
-use codex_gateway::proxy::mock::MockOptions;
+use codex_gateway::domain::auth::extract::csrf_token;
+use codex_gateway::domain::proxy::mock::MockOptions;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

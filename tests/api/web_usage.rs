@@ -1,8 +1,8 @@
 //! The dashboard's package status and chart, and the usage pages, over HTTP.
 
-use codex_gateway::billing::{self, AdmissionRequest, UsageRecord};
-use codex_gateway::clock::to_micros;
-use codex_gateway::money::Money;
+use codex_gateway::domain::billing::{self, AdmissionRequest, UsageRecord};
+use codex_gateway::foundation::clock::to_micros;
+use codex_gateway::foundation::money::Money;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_gateway::app::{open_database, Application};
-use codex_gateway::proxy::mock::{serve_mock, MockOptions};
+use codex_gateway::domain::proxy::mock::{serve_mock, MockOptions};
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::json;

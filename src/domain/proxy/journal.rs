@@ -1,0 +1,450 @@
+//! The crash journal: a local, append-only record of every request forwarded to an
+//! upstream and of what it used, so that a request served just before the process died
+//! (kill -9, OOM, power loss) is still charged exactly once when the gateway comes back.
+//!
+//! Why a file and not the database: the database write of a settlement is batched
+//! behind the response (group commit), and an admission on a hint is written behind
+//! the forwarded request; a process killed in between left no trace of either. One
+//! `write(2)` of a short line to a file opened with `O_APPEND` costs a few microseconds
+//! and lands in the kernel's page cache, which survives the death of the process, so
+//! it can be done on the request path before anything reaches the upstream. `fsync` is
+//! batched (every [`SYNC_EVERY`]) by a background thread: it only matters for a power
+//! loss or a kernel crash, whose window is therefore that long.
+//!
+//! Records are JSON lines, keyed by request id: `forwarded` (who, what, at which price,
+//! how many request bytes), `progress` (text bytes streamed so far, at most once a
+//! second per request), `measured` (the usage record about to be settled) and
+//! `settled`. Each running instance appends to a segment file of its own, holding an
+//! exclusive lock on it; a segment nobody holds locked belongs to a dead instance and
+//! is replayed ([`take_orphans`]) at start: every request without `settled` is settled
+//! through the ordinary billing path — from its measured record, or else estimated
+//! from what was seen — which is idempotent by request id, so replaying a request that
+//! did reach the database changes nothing. A segment is deleted once it is rotated out
+//! and every request it recorded has settled.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::billing::UsageRecord;
+
+/// How often written records are flushed to the disk (the power-loss window).
+pub const SYNC_EVERY: Duration = Duration::from_millis(20);
+
+/// A segment larger than this is rotated (deleted once its requests have settled).
+const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A streaming request writes its progress at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What is known of a request when it is forwarded: enough to charge it if nothing
+/// else is ever heard of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub request_id: String,
+    pub user_id: i64,
+    pub api_key_id: i64,
+    /// Admission instant, micro-seconds since the epoch (the day and package it belongs to).
+    pub admitted_at: i64,
+    pub endpoint: String,
+    pub model: String,
+    pub upstream_id: Option<i64>,
+    pub streamed: bool,
+    pub request_bytes: u64,
+    /// Micro-USD per 1M tokens: uncached input, cached input, output.
+    pub price_input: i64,
+    pub price_cached: i64,
+    pub price_output: i64,
+    /// The markup in micro-units (1.00 = 1,000,000).
+    pub markup: i64,
+}
+
+/// Externally tagged (`{"measured": {...}}`): an internally tagged enum buffers its
+/// content, and [`crate::foundation::money::Money`] cannot be read back from a buffer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    Forwarded(Forwarded),
+    Progress { id: String, text_bytes: u64 },
+    Measured { id: String, record: UsageRecord },
+    Settled { id: String },
+}
+
+/// A request of a dead instance's journal that never settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsettled {
+    pub forwarded: Forwarded,
+    /// The text bytes streamed to the client, as last recorded.
+    pub text_bytes: u64,
+    /// The usage record the proxy measured, if it got that far.
+    pub measured: Option<UsageRecord>,
+}
+
+/// This instance's journal (disabled: every call does nothing).
+#[derive(Clone, Default)]
+pub struct Journal(Option<Arc<Inner>>);
+
+struct Inner {
+    dir: PathBuf,
+    current: Mutex<Arc<Segment>>,
+    dirty: AtomicBool,
+}
+
+struct Segment {
+    path: PathBuf,
+    /// Opened for appending and locked exclusively while this instance lives.
+    file: File,
+    size: AtomicU64,
+    /// Set when a request in it could not be settled: the segment is then left on disk
+    /// for the next start to replay.
+    keep: AtomicBool,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.keep.load(Ordering::Acquire) {
+            tracing::warn!(path = %self.path.display(), "journal segment kept for replay: a request in it is unsettled");
+            return;
+        }
+        let _ = self.file.sync_data();
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a settled journal segment");
+        }
+    }
+}
+
+impl Segment {
+    fn create(dir: &Path) -> std::io::Result<Segment> {
+        let name = format!(
+            "{}-{}-{:016x}.journal",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let path = dir.join(name);
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        file.try_lock().map_err(|e| std::io::Error::other(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(Segment { path, file, size: AtomicU64::new(0), keep: AtomicBool::new(false) })
+    }
+
+    fn append(&self, line: &Line) {
+        let mut bytes = match serde_json::to_vec(line) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a journal record");
+                return;
+            }
+        };
+        bytes.push(b'\n');
+        // One write of a whole line: with O_APPEND it is never interleaved with another.
+        if let Err(e) = (&self.file).write_all(&bytes) {
+            self.keep.store(true, Ordering::Release);
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the journal");
+        }
+        self.size.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Journal {
+    /// A journal that records nothing (tests of other things, embedding).
+    pub fn disabled() -> Journal {
+        Journal(None)
+    }
+
+    /// Opens a new segment of this instance under `dir` (created if missing) and starts
+    /// the thread that flushes it.
+    pub fn open(dir: &Path) -> std::io::Result<Journal> {
+        std::fs::create_dir_all(dir)?;
+        let segment = Arc::new(Segment::create(dir)?);
+        let inner =
+            Arc::new(Inner { dir: dir.to_path_buf(), current: Mutex::new(segment), dirty: AtomicBool::new(false) });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(weak))?;
+        Ok(Journal(Some(inner)))
+    }
+
+    /// Records a request about to be sent upstream; keep the entry until it settles.
+    pub fn forwarded(&self, forwarded: &Forwarded) -> Option<JournalEntry> {
+        let inner = self.0.as_ref()?;
+        let segment = inner.segment();
+        segment.append(&Line::Forwarded(forwarded.clone()));
+        inner.dirty.store(true, Ordering::Release);
+        Some(JournalEntry {
+            inner: inner.clone(),
+            segment,
+            request_id: forwarded.request_id.clone(),
+            last_progress: Instant::now(),
+            text_bytes: 0,
+        })
+    }
+}
+
+impl Inner {
+    /// The segment to append to, rotated when it grew past [`SEGMENT_BYTES`].
+    fn segment(&self) -> Arc<Segment> {
+        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.size.load(Ordering::Relaxed) >= SEGMENT_BYTES {
+            match Segment::create(&self.dir) {
+                Ok(next) => {
+                    let _ = current.file.sync_data();
+                    *current = Arc::new(next);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot rotate the journal; appending to the full segment"),
+            }
+        }
+        current.clone()
+    }
+}
+
+fn sync_loop(inner: Weak<Inner>) {
+    loop {
+        std::thread::sleep(SYNC_EVERY);
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.dirty.swap(false, Ordering::AcqRel) {
+            let segment = inner.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            if let Err(e) = segment.file.sync_data() {
+                tracing::warn!(error = %e, "cannot flush the journal");
+            }
+        }
+    }
+}
+
+/// One forwarded request's place in the journal, from forwarding to settlement.
+pub struct JournalEntry {
+    inner: Arc<Inner>,
+    segment: Arc<Segment>,
+    request_id: String,
+    last_progress: Instant,
+    text_bytes: u64,
+}
+
+impl JournalEntry {
+    /// Notes how much text has streamed so far (written at most once a second).
+    pub fn progress(&mut self, text_bytes: u64) {
+        if text_bytes == self.text_bytes || self.last_progress.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last_progress = Instant::now();
+        self.text_bytes = text_bytes;
+        self.write(Line::Progress { id: self.request_id.clone(), text_bytes });
+    }
+
+    /// Records the usage about to be settled.
+    pub fn measured(&self, record: &UsageRecord) {
+        self.write(Line::Measured { id: self.request_id.clone(), record: record.clone() });
+    }
+
+    /// The charge is in the database: nothing to replay for this request any more.
+    pub fn settled(self) {
+        self.write(Line::Settled { id: self.request_id.clone() });
+    }
+
+    /// The charge could not be written: leave the segment for the next start to replay.
+    pub fn keep(self) {
+        self.segment.keep.store(true, Ordering::Release);
+    }
+
+    fn write(&self, line: Line) {
+        self.segment.append(&line);
+        self.inner.dirty.store(true, Ordering::Release);
+    }
+}
+
+/// A dead instance's segment, locked by this process until it is [`Orphan::finish`]ed.
+pub struct Orphan {
+    path: PathBuf,
+    _lock: File,
+    pub unsettled: Vec<Unsettled>,
+}
+
+impl Orphan {
+    /// Every request of it is settled: the segment is removed.
+    pub fn finish(self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The segments under `dir` that no running instance holds (their writer died), with
+/// the requests they recorded and never settled. Unreadable lines (a torn last write
+/// after a power loss) are skipped.
+pub fn take_orphans(dir: &Path) -> std::io::Result<Vec<Orphan>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    paths.sort();
+    let mut orphans = Vec::new();
+    for path in paths {
+        let file = match OpenOptions::new().read(true).append(true).open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open a journal segment");
+                continue;
+            }
+        };
+        if file.try_lock().is_err() {
+            continue; // a live instance's own segment
+        }
+        let unsettled = read_unsettled(&file)?;
+        orphans.push(Orphan { path, _lock: file, unsettled });
+    }
+    Ok(orphans)
+}
+
+fn read_unsettled(file: &File) -> std::io::Result<Vec<Unsettled>> {
+    let mut order = Vec::new();
+    let mut open: HashMap<String, Unsettled> = HashMap::new();
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        let Ok(line) = serde_json::from_slice::<Line>(&line) else { continue };
+        match line {
+            Line::Forwarded(forwarded) => {
+                order.push(forwarded.request_id.clone());
+                open.insert(forwarded.request_id.clone(), Unsettled { forwarded, text_bytes: 0, measured: None });
+            }
+            Line::Progress { id, text_bytes } => {
+                if let Some(u) = open.get_mut(&id) {
+                    u.text_bytes = u.text_bytes.max(text_bytes);
+                }
+            }
+            Line::Measured { id, record } => {
+                if let Some(u) = open.get_mut(&id) {
+                    u.measured = Some(record);
+                }
+            }
+            Line::Settled { id } => {
+                open.remove(&id);
+            }
+        }
+    }
+    Ok(order.into_iter().filter_map(|id| open.remove(&id)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(id: &str) -> Forwarded {
+        Forwarded {
+            request_id: id.into(),
+            user_id: 7,
+            api_key_id: 3,
+            admitted_at: 1_000,
+            endpoint: "/responses".into(),
+            model: "gpt-5".into(),
+            upstream_id: Some(1),
+            streamed: true,
+            request_bytes: 400,
+            price_input: 1_250_000,
+            price_cached: 125_000,
+            price_output: 10_000_000,
+            markup: 1_000_000,
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("cg-journal-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_live_segment_is_not_an_orphan_and_a_dead_one_yields_what_never_settled() {
+        let dir = temp_dir("orphans");
+        let journal = Journal::open(&dir).unwrap();
+        let settled = journal.forwarded(&forwarded("req_a")).unwrap();
+        let mut streaming = journal.forwarded(&forwarded("req_b")).unwrap();
+        let measured = journal.forwarded(&forwarded("req_c")).unwrap();
+        settled.measured(&UsageRecord { request_id: "req_a".into(), ..Default::default() });
+        settled.settled();
+        streaming.last_progress = Instant::now() - PROGRESS_EVERY;
+        streaming.progress(120);
+        streaming.progress(180); // too soon: not written
+        let record = UsageRecord {
+            request_id: "req_c".into(),
+            output_tokens: 9,
+            cost: crate::foundation::money::Money::from_micros(4_025),
+            ..Default::default()
+        };
+        measured.measured(&record);
+
+        // While this instance lives, its segment is locked: nothing to replay.
+        assert!(take_orphans(&dir).unwrap().is_empty());
+
+        // A process that dies leaves its file unlocked; simulate by releasing the lock.
+        let path = journal.0.as_ref().unwrap().current.lock().unwrap().path.clone();
+        let copy = dir.join("dead.journal");
+        std::fs::copy(&path, &copy).unwrap();
+        let orphans = take_orphans(&dir).unwrap();
+        assert_eq!(orphans.len(), 1);
+        let unsettled = &orphans[0].unsettled;
+        assert_eq!(unsettled.len(), 2);
+        assert_eq!(unsettled[0].forwarded, forwarded("req_b"));
+        assert_eq!(unsettled[0].text_bytes, 120);
+        assert_eq!(unsettled[0].measured, None);
+        assert_eq!(unsettled[1].forwarded.request_id, "req_c");
+        assert_eq!(unsettled[1].measured.as_ref(), Some(&record), "read back exactly, cost included");
+
+        // Taken once: a second scan while the first holds the lock finds nothing.
+        assert!(take_orphans(&dir).unwrap().is_empty());
+        for orphan in orphans {
+            orphan.finish().unwrap();
+        }
+        assert!(!copy.exists());
+        drop((streaming, measured));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_segment_is_removed_once_rotated_out_and_every_request_settled() {
+        let dir = temp_dir("rotate");
+        let journal = Journal::open(&dir).unwrap();
+        let entry = journal.forwarded(&forwarded("req_a")).unwrap();
+        let first = entry.segment.path.clone();
+        entry.segment.size.store(SEGMENT_BYTES, Ordering::Relaxed);
+        let next = journal.forwarded(&forwarded("req_b")).unwrap();
+        assert_ne!(next.segment.path, first, "a full segment is rotated");
+        assert!(first.exists(), "kept while a request in it is open");
+        entry.settled();
+        assert!(!first.exists(), "removed once its last request settled");
+
+        let kept = journal.forwarded(&forwarded("req_c")).unwrap();
+        let second = kept.segment.path.clone();
+        next.settled();
+        kept.keep();
+        drop(journal);
+        assert!(second.exists(), "a segment with an unsettled request stays for replay");
+        let orphans = take_orphans(&dir).unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(), ["req_c"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn torn_and_foreign_lines_are_skipped() {
+        let dir = temp_dir("torn");
+        let path = dir.join("x.journal");
+        let mut text = serde_json::to_string(&Line::Forwarded(forwarded("req_a"))).unwrap();
+        text.push_str("\nnot json\n{\"forwarded\":{\"request_id\":");
+        std::fs::write(&path, text).unwrap();
+        let orphans = take_orphans(&dir).unwrap();
+        assert_eq!(orphans[0].unsettled.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,208 @@
+//! `/dashboard`: the balance (a debt with its sign, plainly), today's spend, the package
+//! in force with the days it has left, the packages queued behind it, the countdown to
+//! the next daily reset in the named business zone, every plan window and the 30-day
+//! chart. Every amount is exact (the figures of `GET /api/user/daily-usage`).
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+
+use super::chart::SpendChart;
+use super::ctx::{Ctx, Signed};
+use super::view;
+use super::{error_page_for, render};
+use crate::domain::auth::api_keys;
+use crate::domain::billing::{self, usage::PackageToday};
+use crate::domain::packages::held::{self, status, UserPackage};
+use crate::foundation::clock::{to_micros, BusinessCalendar};
+use crate::foundation::error::Error;
+use crate::foundation::money::Money;
+use crate::runtime::state::AppState;
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage<'a> {
+    ctx: &'a Ctx,
+    balance: String,
+    /// The amount owed when the balance is below zero (without its sign).
+    debt: Option<String>,
+    spent_today: String,
+    spent_package: String,
+    spent_balance: String,
+    active_keys: usize,
+    next_reset: String,
+    /// "in 5 h 12 min", to the next reset.
+    countdown: String,
+    package: Option<PackageStatus>,
+    queued: Vec<QueuedPackage>,
+    chart: SpendChart,
+    /// Current announcements: title and sanitised HTML from their markdown.
+    announcements: Vec<(String, String)>,
+    /// Every package in force with its windows, and the billing preference switch.
+    plans: Vec<super::plan_pages::PlanRow>,
+    preferences: Vec<super::plan_pages::PreferenceChoice>,
+}
+
+/// The package in force, as the dashboard shows it.
+struct PackageStatus {
+    name: String,
+    limit: String,
+    used: String,
+    remaining: String,
+    percent: i64,
+    /// Progress bar colour: "", "warn" (80 %+) or "bad" (used up).
+    level: &'static str,
+    ends: String,
+    /// "12 days left".
+    days_left: String,
+}
+
+/// A package bought or granted that starts when the one before it ends.
+struct QueuedPackage {
+    name: String,
+    starts: String,
+    ends: String,
+    daily_limit: String,
+    /// "30 days".
+    days: String,
+}
+
+/// Whole days from `now` to `end`, counting a started day as one (0 once it is past).
+pub fn days_until(now: DateTime<Utc>, end_micros: i64) -> i64 {
+    const DAY: i64 = 86_400_000_000;
+    let left = end_micros.saturating_sub(to_micros(now));
+    if left <= 0 {
+        0
+    } else {
+        (left + DAY - 1) / DAY
+    }
+}
+
+/// The time to `next` as "in 5 h 12 min" in the page's language (minutes rounded up,
+/// so the countdown never reads "0 min" before the reset).
+pub fn countdown(ctx: &Ctx, now: DateTime<Utc>, next: DateTime<Utc>) -> String {
+    let minutes = ((next - now).num_seconds().max(0) + 59) / 60;
+    ctx.t("dashboard.countdown").replace("{h}", &(minutes / 60).to_string()).replace("{m}", &(minutes % 60).to_string())
+}
+
+fn days_text(ctx: &Ctx, key: &str, n: i64) -> String {
+    ctx.t(key).replace("{n}", &n.to_string())
+}
+
+impl PackageStatus {
+    fn new(ctx: &Ctx, p: &PackageToday, calendar: &BusinessCalendar, now: DateTime<Utc>) -> Self {
+        // No daily window: the bar stays empty (the plan card shows the other windows).
+        let percent = match p.daily_limit.map(Money::micros) {
+            Some(limit) if limit > 0 => (p.used_today.micros().saturating_mul(100) / limit).clamp(0, 100),
+            Some(_) => 100,
+            None => 0,
+        };
+        let dash = || "—".to_string();
+        let ends_micros = chrono::DateTime::parse_from_rfc3339(&p.ends_at).map(|t| t.timestamp_micros()).ok();
+        PackageStatus {
+            name: p.name.clone(),
+            limit: p.daily_limit.map_or_else(dash, |l| l.to_string()),
+            used: p.used_today.to_string(),
+            remaining: p.remaining_today.map_or_else(dash, |r| r.to_string()),
+            percent,
+            level: if percent >= 100 {
+                "bad"
+            } else if percent >= 80 {
+                "warn"
+            } else {
+                ""
+            },
+            ends: ends_micros.map(|m| view::time(calendar, m)).unwrap_or_else(|| p.ends_at.clone()),
+            days_left: days_text(ctx, "dashboard.days_left", ends_micros.map(|m| days_until(now, m)).unwrap_or(0)),
+        }
+    }
+}
+
+/// The held packages that start later than `now` (the queue behind the one in force).
+fn queued(ctx: &Ctx, held: &[UserPackage], calendar: &BusinessCalendar, now: DateTime<Utc>) -> Vec<QueuedPackage> {
+    let t = to_micros(now);
+    held.iter()
+        .filter(|p| (p.status == status::QUEUED || p.status == status::ACTIVE) && p.starts_at > t)
+        .map(|p| QueuedPackage {
+            name: p.name.clone(),
+            starts: view::time(calendar, p.starts_at),
+            ends: view::time(calendar, p.ends_at),
+            daily_limit: p.daily_limit.map_or_else(|| "—".to_string(), view::money),
+            days: days_text(ctx, "dashboard.days", p.duration_days),
+        })
+        .collect()
+}
+
+/// Days of spend the dashboard chart shows.
+const CHART_DAYS: u32 = 30;
+
+pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Response {
+    let ctx = &signed.ctx;
+    let loaded = async {
+        let keys = api_keys::list_for_user(&state.db, signed.user.id).await?;
+        let usage = billing::usage::daily_usage(&state, signed.user.id, Some(CHART_DAYS)).await?;
+        let news = crate::domain::announcements::current(&state.db, state.now()).await?;
+        let held = held::list_for_user(&state.db, signed.user.id).await?;
+        Ok::<_, Error>((keys, usage, news, held))
+    }
+    .await;
+    let (keys, usage, news, held) = match loaded {
+        Ok(v) => v,
+        Err(e) => return error_page_for(ctx, &e),
+    };
+    let calendar = state.calendar();
+    let now = state.now();
+    let next_reset = calendar.next_reset(now);
+    let page = DashboardPage {
+        ctx,
+        balance: usage.balance.to_string(),
+        debt: usage
+            .balance
+            .is_negative()
+            .then(|| crate::foundation::money::Money::ZERO.saturating_sub(usage.balance).to_string()),
+        spent_today: usage.spent_today.total.to_string(),
+        spent_package: usage.spent_today.package.to_string(),
+        spent_balance: usage.spent_today.balance.to_string(),
+        active_keys: keys.iter().filter(|k| k.status == "active").count(),
+        next_reset: view::time(calendar, to_micros(next_reset)),
+        countdown: countdown(ctx, now, next_reset),
+        package: usage.package.as_ref().map(|p| PackageStatus::new(ctx, p, calendar, now)),
+        queued: queued(ctx, &held, calendar, now),
+        chart: SpendChart::new(usage.history.as_deref().unwrap_or(&[])),
+        announcements: news
+            .iter()
+            .map(|a| (a.title.clone(), crate::foundation::markdown::render_markdown(&a.body)))
+            .collect(),
+        plans: super::plan_pages::plan_rows(ctx, calendar, &usage.packages_in_force),
+        preferences: super::plan_pages::preference_choices(ctx, usage.billing_preference),
+    };
+    render(ctx, StatusCode::OK, &page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn days_left_count_a_started_day_and_stop_at_zero() {
+        let now = utc("2026-01-15T12:00:00Z");
+        assert_eq!(days_until(now, to_micros(utc("2026-01-15T12:00:01Z"))), 1);
+        assert_eq!(days_until(now, to_micros(utc("2026-01-16T12:00:00Z"))), 1);
+        assert_eq!(days_until(now, to_micros(utc("2026-01-16T12:00:01Z"))), 2);
+        assert_eq!(days_until(now, to_micros(utc("2026-01-01T00:00:00Z"))), 0);
+    }
+
+    #[test]
+    fn the_countdown_rounds_minutes_up() {
+        let ctx = Ctx::bare(super::super::i18n::Lang::En);
+        let now = utc("2026-01-15T10:47:30Z");
+        assert_eq!(countdown(&ctx, now, utc("2026-01-15T16:00:00Z")), "in 5 h 13 min");
+        assert_eq!(countdown(&ctx, now, utc("2026-01-15T10:47:31Z")), "in 0 h 1 min");
+    }
+}
