@@ -17,6 +17,7 @@ mod coupons;
 mod hardening;
 mod holds;
 mod keys;
+mod money_rules;
 mod oauth;
 mod ops;
 mod packages;

@@ -357,7 +357,7 @@ impl Plan {
             self.count(user_scope(hold.user_id), &span, record.cost.micros(), at);
         }
         // A key's day counts while it has a cap, also one set after this admission
-        // (see `caps::start_key_day`).
+        // (see `caps::update_key`).
         let key_has_day_cap = self.facts.keys.get(&hold.api_key_id).is_some_and(|k| k.daily_cap.is_some());
         if hold.key_capped || key_has_day_cap {
             let span = self.calendar.day_span(hold.admitted_at);
