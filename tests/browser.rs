@@ -20,6 +20,10 @@ mod admin;
 #[path = "browser/phone.rs"]
 mod phone;
 
+/// A payment cancelled at the cashier, then expired.
+#[path = "browser/cancelled.rs"]
+mod cancelled;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -206,6 +210,7 @@ async fn flow(s: &Session) {
     admin_sees_orders_and_usage(s).await;
     community::admin_sees_the_community_trail(s).await;
     admin::admin_tools_on_desktop_and_phone(s).await;
+    cancelled::a_cancelled_payment_expires_honestly(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
