@@ -46,6 +46,7 @@ mod web_ledger;
 mod web_money;
 mod web_orders;
 mod web_proxy;
+mod web_reserve;
 mod web_shop;
 mod web_upstreams;
 mod web_usage;
