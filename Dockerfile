@@ -7,7 +7,7 @@ COPY src ./src
 COPY templates ./templates
 COPY locales ./locales
 COPY static ./static
-RUN cargo build --release --locked && strip target/release/codex-gateway
+RUN cargo build --profile dist --locked && strip target/dist/codex-gateway
 
 FROM debian:bookworm-slim
 # Unpinned on purpose: take Debian stable's current security updates at build time.
@@ -17,7 +17,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin gateway \
     && mkdir -p /data && chown gateway /data
-COPY --from=build /src/target/release/codex-gateway /usr/local/bin/codex-gateway
+COPY --from=build /src/target/dist/codex-gateway /usr/local/bin/codex-gateway
 USER 10001
 WORKDIR /data
 ENV GATEWAY_LISTEN=0.0.0.0:8080 \

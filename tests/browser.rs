@@ -16,6 +16,14 @@ mod community;
 #[path = "browser/admin.rs"]
 mod admin;
 
+/// Every page with a table at 390 px, and the copy button.
+#[path = "browser/phone.rs"]
+mod phone;
+
+/// A payment cancelled at the cashier, then expired.
+#[path = "browser/cancelled.rs"]
+mod cancelled;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -202,6 +210,7 @@ async fn flow(s: &Session) {
     admin_sees_orders_and_usage(s).await;
     community::admin_sees_the_community_trail(s).await;
     admin::admin_tools_on_desktop_and_phone(s).await;
+    cancelled::a_cancelled_payment_expires_honestly(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
@@ -487,6 +496,9 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
         assert_eq!(cut, json!([]), "{path} at 390 px: cells cut off");
         s.shot(shot).await;
     }
+    // Issue 20: every user page with a table (and the chart), in Chinese here and in English below.
+    phone::every_table_fits(s, &phone::USER_PAGES, "40-phone-zh").await;
+    s.c.set_window_size(390, 844).await.unwrap();
     s.go("/keys").await;
     s.click(".nav-burger").await;
     s.text("#logout").await;
@@ -495,4 +507,5 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.click("#lang-switch").await;
     s.wait_path("/keys").await;
     assert_eq!(s.text("h1").await, "API keys");
+    phone::every_table_fits(s, &phone::USER_PAGES, "41-phone-en").await;
 }

@@ -107,6 +107,17 @@ async fn provision(client: &reqwest::Client, base: &str, upstream_url: &str, bal
         json!({"name": "mock", "base_url": upstream_url, "api_key": "sk-upstream-crash"}),
     )
     .await;
+    // Killed instances leave their cluster-wide stream leases for 60 s (README, concurrent
+    // streams), so 20 kills in a few seconds would fill the default per-user cap of 32 and
+    // refuse requests; the crash tests measure the journal, so they run without the cap.
+    let unlimited = client
+        .put(format!("{base}/api/admin/settings"))
+        .bearer_auth(&admin)
+        .json(&json!({"rate_limits": {"user_max_concurrent_streams": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(unlimited.status().is_success(), "{}", unlimited.status());
     let user = post(client, format!("{base}/api/auth/register"), None, credentials("u@example.com")).await;
     let user_id = user["user"]["id"].as_i64().unwrap();
     post(

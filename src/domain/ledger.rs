@@ -22,6 +22,8 @@ pub mod kind {
     pub const PACKAGE_PURCHASE: &str = "package_purchase";
     pub const PACKAGE_GRANT: &str = "package_grant";
     pub const PACKAGE_CREDIT: &str = "package_credit";
+    /// An admin ended a package early: no money moves (amount 0), the allowance stops.
+    pub const PACKAGE_END: &str = "package_end";
     pub const ADMIN_ADJUST: &str = "admin_adjust";
     pub const REFUND: &str = "refund";
     pub const REDEEM: &str = "redeem";

@@ -60,7 +60,7 @@ pub struct ModelFloor {
 
 /// Limits the proxy enforces before admitting a request (cluster-wide on PostgreSQL or
 /// Redis, per instance on SQLite); 0 = unlimited.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct RateLimitSettings {
     pub key_requests_per_minute: i64,
@@ -69,6 +69,22 @@ pub struct RateLimitSettings {
     /// owe: each running request may cost more than its hold, so the debt is at most
     /// this many times (cost − hold), see `billing::holds`.
     pub user_max_concurrent_streams: i64,
+}
+
+/// The default per-user stream cap: a few Codex sessions with their parallel tool calls
+/// fit well under it, and it turns the overspend bound into a figure out of the box
+/// (32 × (cost − hold): at most 1.21 USD on gpt-5 with max_output_tokens 4,096, README
+/// Billing item 5). Operators may raise it or set 0 for unlimited.
+pub const DEFAULT_USER_MAX_CONCURRENT_STREAMS: i64 = 32;
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            key_requests_per_minute: 0,
+            user_requests_per_minute: 0,
+            user_max_concurrent_streams: DEFAULT_USER_MAX_CONCURRENT_STREAMS,
+        }
+    }
 }
 
 impl Default for Settings {

@@ -37,7 +37,9 @@ async fn the_hold_follows_what_the_model_really_produces(app: TestApp) {
     assert!(text.contains("insufficient_balance"), "{text}");
     assert!(text.contains("reserves 0.04") && text.contains("leaves 0.01 USD"), "says why, with the figures: {text}");
     assert!(text.contains("max_output_tokens") && text.contains("top up"), "says what to do: {text}");
-    app.fund(&s.admin, s.user_id, "0.19").await;
+    // Enough that the previous request's hold (0.04, its settlement may still be in the
+    // writer's batch when the next request arrives) never blocks the next one.
+    app.fund(&s.admin, s.user_id, "0.39").await;
     for _ in 0..MIN_SAMPLES {
         let r = v1(&app, "/v1/responses", &s.key).json(&body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -46,7 +48,7 @@ async fn the_hold_follows_what_the_model_really_produces(app: TestApp) {
     usage_rows(&app, MIN_SAMPLES).await;
     assert_eq!(app.state.billing.hold_sizes().learned("gpt-5"), Some(300), "the p95 of the mock's 300 tokens");
     // Down to 0.01 again: a request now holds ~300 output tokens and is served.
-    let left = 200_000 - MIN_SAMPLES as i64 * COST_MICROS;
+    let left = 400_000 - MIN_SAMPLES as i64 * COST_MICROS;
     let down = codex_gateway::foundation::money::Money::from_micros(10_000 - left);
     app.fund(&s.admin, s.user_id, &down.to_string()).await;
     assert_eq!(balance_of(&app, s.user_id).await, 10_000);

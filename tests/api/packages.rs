@@ -318,8 +318,26 @@ async fn admins_grant_and_end_packages_with_ledger_and_audit_records(app: TestAp
     assert_eq!(ended.status, StatusCode::OK, "{}", ended.text);
     assert_eq!(ended.body["status"], "ended");
     assert_eq!(ended.body["ends_at"], "2026-01-15T17:00:00+08:00");
+    // Ending the package is an allowance change: it leaves a ledger row (no money moves).
+    let ledger = app.get(&format!("/api/admin/ledger?user_id={user_id}"), &admin).await;
+    assert_eq!(ledger.body["items"][0]["kind"], "package_end", "{}", ledger.text);
+    assert_eq!(ledger.body["items"][0]["amount"], "0.00");
+    let (ref_text, up_id): (Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT reference, user_package_id FROM ledger_entries WHERE user_id = $1 AND kind = 'package_end'",
+    )
+    .bind(user_id)
+    .fetch_one(app.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(ref_text.as_deref(), Some(format!("user_package:{up}").as_str()));
+    assert_eq!(up_id, Some(up));
     let again = app.post(&format!("/api/admin/users/{user_id}/packages/{up}/end"), &admin, json!({})).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
+    let ends: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'package_end'")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(ends, 1, "a refused end writes no row");
     assert!(activation::current(&app.db, user_id, app.clock.now()).await.unwrap().is_none());
     let mine = app.get("/api/user/packages", &user).await;
     assert_eq!(mine.body["items"][0]["status"], "ended");

@@ -121,7 +121,7 @@ async fn rate_limit_settings_are_validated(app: TestApp) {
     let shown = app.get("/api/admin/settings", &admin).await;
     assert_eq!(
         shown.body["rate_limits"],
-        json!({"key_requests_per_minute": 0, "user_requests_per_minute": 0, "user_max_concurrent_streams": 0})
+        json!({"key_requests_per_minute": 0, "user_requests_per_minute": 0, "user_max_concurrent_streams": 32})
     );
     app.assert_all_invariants().await;
 }

@@ -89,6 +89,7 @@ pub async fn admin_tools_on_desktop_and_phone(s: &Session) {
     s.click("#generate-codes").await;
     s.text("#new-codes").await;
     assert!(s.text("#copy-codes").await.contains("Copy"));
+    super::phone::the_copy_button_copies(s, "#copy-codes", "#new-codes").await;
     s.shot("32-admin-codes-copy").await;
 
     // Every admin page on a phone: nothing out of reach, wide tables scroll with a cue.
@@ -117,6 +118,22 @@ pub async fn admin_tools_on_desktop_and_phone(s: &Session) {
     }
     eprintln!("admin pages at 390 px: {report:#?}");
     s.c.set_window_size(1280, 1400).await.unwrap();
+    let admin_pages = [
+        "/admin",
+        "/admin/users",
+        user.as_str(),
+        "/admin/upstreams",
+        "/admin/pricing",
+        "/admin/packages",
+        "/admin/orders",
+        "/admin/usage",
+        "/admin/codes",
+        "/admin/coupons",
+        "/admin/announcements",
+        "/admin/audit",
+        "/admin/metrics",
+    ];
+    super::phone::every_table_fits(s, &admin_pages, "42-phone-admin-en").await;
 
     // The same tools in Chinese.
     s.go(&edit).await;
@@ -130,6 +147,8 @@ pub async fn admin_tools_on_desktop_and_phone(s: &Session) {
     s.shot("34b-admin-user-zh").await;
     s.go("/admin?days=30").await;
     s.shot("34c-admin-overview-top-zh").await;
+    super::phone::every_table_fits(s, &admin_pages, "43-phone-admin-zh").await;
+    s.go("/admin").await;
     s.click("#lang-switch").await;
     s.wait_text("h1", "Administration").await;
 }

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::AnyConnection;
 
 use super::{hash_token, random_token};
 use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
@@ -145,7 +146,10 @@ pub struct KeyPatch {
     pub max_concurrency: Option<Option<i64>>,
 }
 
-pub async fn update(db: &Db, user_id: i64, key_id: i64, patch: &KeyPatch) -> Result<ApiKey> {
+/// Applies a patch to a key of the user's inside the caller's transaction, so a change
+/// that must move with other rows (a daily cap and its day window, `billing::caps`)
+/// commits with them.
+pub async fn update_on(conn: &mut AnyConnection, user_id: i64, key_id: i64, patch: &KeyPatch) -> Result<ApiKey> {
     let name = patch.name.as_deref().map(validate_name).transpose()?;
     if let Some(Some(limit)) = patch.spend_limit {
         if limit.is_negative() {
@@ -174,7 +178,7 @@ pub async fn update(db: &Db, user_id: i64, key_id: i64, patch: &KeyPatch) -> Res
     .bind(patch.daily_cap.flatten().map(Money::micros))
     .bind(i64::from(patch.max_concurrency.is_some()))
     .bind(patch.max_concurrency.flatten())
-    .fetch_optional(db.pool())
+    .fetch_optional(conn)
     .await?
     .ok_or(Error::NotFound("api key"))
 }

@@ -143,28 +143,32 @@ impl HoldTicket {
 
     /// The hold to settle against, once its admission has committed.
     pub async fn resolve(self) -> Hold {
-        let (answer, fallback) = match self.0 {
-            Ticket::Ready(hold) => return hold,
-            Ticket::Pending { answer, fallback } => (answer, fallback),
-        };
-        match answer.await {
-            Ok(Outcome::Admit(Ok(Ok(hold)))) => {
-                if let Some(code) = hold.refused {
-                    tracing::warn!(request_id = %hold.request_id, user_id = hold.user_id, refusal = code,
+        match self.0 {
+            Ticket::Ready(hold) => hold,
+            Ticket::Pending { answer, fallback } => resolved(answer.await.map_err(|_| ()), fallback),
+        }
+    }
+}
+
+/// The hold an admission's outcome gives (`Err`: the writer stopped), else `fallback`.
+fn resolved(outcome: std::result::Result<Outcome, ()>, fallback: Hold) -> Hold {
+    match outcome {
+        Ok(Outcome::Admit(Ok(Ok(hold)))) => {
+            if let Some(code) = hold.refused {
+                tracing::warn!(request_id = %hold.request_id, user_id = hold.user_id, refusal = code,
                         "a request forwarded on a stale headroom hint would have been refused; it is charged as served");
-                }
-                hold
             }
-            other => {
-                let error = match other {
-                    Ok(Outcome::Admit(Err(e))) => e.to_string(),
-                    Ok(_) => "unexpected outcome".to_string(),
-                    Err(_) => "the billing writer stopped".to_string(),
-                };
-                tracing::error!(request_id = %fallback.request_id, error = %error,
+            hold
+        }
+        other => {
+            let error = match other {
+                Ok(Outcome::Admit(Err(e))) => e.to_string(),
+                Ok(_) => "unexpected outcome".to_string(),
+                Err(_) => "the billing writer stopped".to_string(),
+            };
+            tracing::error!(request_id = %fallback.request_id, error = %error,
                     "the admission of a forwarded request failed; settling it without a hold");
-                fallback
-            }
+            fallback
         }
     }
 }
@@ -328,7 +332,7 @@ pub async fn admit_with(
     let job = Job::Admit { request: request.clone(), now: state.now(), policy: policy.clone(), forced: false };
     let result = match state.billing.submit(job).await {
         Ok(Outcome::Admit(result)) => result,
-        Ok(Outcome::Settle(_)) => Err(Error::internal("billing writer answered an admission with a settlement")),
+        Ok(_) => Err(Error::internal("billing writer answered an admission with a settlement")),
         Err(e) => Err(e),
     };
     result
@@ -495,15 +499,52 @@ pub async fn settle_with(
     let job = Job::Settle { hold: hold.clone(), record: Box::new(record.clone()), now };
     let settlement = match writer.submit(job).await? {
         Outcome::Settle(result) => result?,
-        Outcome::Admit(_) => return Err(Error::internal("billing writer answered a settlement with an admission")),
+        _ => return Err(Error::internal("billing writer answered a settlement with an admission")),
     };
+    settled(writer, record, &settlement);
+    Ok(settlement)
+}
+
+/// What an applied settlement teaches the instance (metrics, hold sizes).
+fn settled(writer: &writer::BillingWriter, record: &UsageRecord, settlement: &Settlement) {
     if settlement.applied {
         record_settlement_metrics(record, settlement.package, settlement.balance);
         if record.status_code == 200 && !record.estimated {
             writer.hold_sizes().observe(&record.model, record.output_tokens);
         }
     }
-    Ok(settlement)
+}
+
+/// Settles a finished request from its ticket: when its admission is still being
+/// committed, the settlement is sent by request id so that, landing in the same
+/// writer batch as the admission, the two are netted and no hold row is written at
+/// all (see [`batch::Job::SettleAdmitted`]). Otherwise — the admission committed
+/// already, or it was in another batch, or that batch failed — the request is settled
+/// against its committed hold with [`settle_with_retry`], exactly as before.
+pub async fn settle_ticket_with_retry(
+    state: &AppState,
+    ticket: HoldTicket,
+    record: &UsageRecord,
+) -> Result<Settlement> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let (mut answer, fallback) = match ticket.0 {
+        Ticket::Ready(hold) => return settle_with_retry(state, &hold, record).await,
+        Ticket::Pending { answer, fallback } => (answer, fallback),
+    };
+    match answer.try_recv() {
+        Ok(outcome) => return settle_with_retry(state, &resolved(Ok(outcome), fallback), record).await,
+        Err(TryRecvError::Closed) => return settle_with_retry(state, &resolved(Err(()), fallback), record).await,
+        Err(TryRecvError::Empty) => {}
+    }
+    if fallback.request_id == record.request_id {
+        let job = Job::SettleAdmitted { user_id: fallback.user_id, record: Box::new(record.clone()), now: state.now() };
+        if let Ok(Outcome::Settle(Ok(settlement))) = state.billing.submit(job).await {
+            settled(&state.billing, record, &settlement);
+            return Ok(settlement);
+        }
+    }
+    let hold = resolved(answer.await.map_err(|_| ()), fallback);
+    settle_with_retry(state, &hold, record).await
 }
 
 /// Requests by model and status, billed amounts by source, upstream latencies.

@@ -145,13 +145,7 @@ impl AdmissionFacts {
     /// What may pay for requests under the user's preference, minus what running
     /// requests hold.
     pub fn available(&self) -> Money {
-        let room = self.package_room.unwrap_or(Money::ZERO);
-        let funds = match self.preference {
-            Preference::PackageFirst | Preference::BalanceFirst => room.saturating_add(self.balance),
-            Preference::PackageOnly => room,
-            Preference::BalanceOnly => self.balance,
-        };
-        funds.saturating_sub(self.held)
+        funds_available(self.preference, self.package_room, self.balance, self.held)
     }
 
     /// What could still be admitted after this hold: the funds left and every cap's
@@ -166,6 +160,19 @@ impl AdmissionFacts {
         }
         room.saturating_sub(self.hold)
     }
+}
+
+/// What may pay for requests under `preference` (package room and/or balance) minus
+/// what running requests hold: the one figure admission compares a request's hold with,
+/// shared with the dashboard so the page shows what the gateway admits against.
+pub fn funds_available(preference: Preference, package_room: Option<Money>, balance: Money, held: Money) -> Money {
+    let room = package_room.unwrap_or(Money::ZERO);
+    let funds = match preference {
+        Preference::PackageFirst | Preference::BalanceFirst => room.saturating_add(balance),
+        Preference::PackageOnly => room,
+        Preference::BalanceOnly => balance,
+    };
+    funds.saturating_sub(held)
 }
 
 /// Admits when the funds the preference allows (allowance of every window + balance −

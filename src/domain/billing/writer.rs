@@ -261,6 +261,10 @@ async fn run(
 /// during admission) is released at once instead of blocking money for hours.
 async fn deliver(db: &Db, outcome: Outcome, reply: oneshot::Sender<Outcome>) {
     if let Err(Outcome::Admit(Ok(Ok(hold)))) = reply.send(outcome) {
+        // No id: netted with its settlement in the same batch, no hold was written.
+        if hold.id == 0 {
+            return;
+        }
         if let Err(e) = super::release_hold(db, hold.id, hold.user_id).await {
             tracing::warn!(hold = hold.id, error = %e, "cannot release the hold of an abandoned admission");
         }

@@ -272,6 +272,18 @@ pub async fn end(state: &AppState, by: &AdminAction, user_id: i64, user_package_
     if !running || !activation::terminate(tx.conn(), &row, activation::status::ENDED, now).await? {
         return Err(Error::conflict("package_not_running", format!("this package is already {}", row.status)));
     }
+    // Every allowance change leaves a ledger row, also one that moves no money: the
+    // user's history shows when and by whom the package stopped.
+    let reference = format!("user_package:{}", row.id);
+    let details = EntryDetails {
+        reference: Some(&reference),
+        note: Some(&row.name),
+        actor_id: Some(by.actor_id),
+        user_package_id: Some(row.id),
+        ..Default::default()
+    };
+    ledger::change_balance(tx.conn(), user_id, ledger::kind::PACKAGE_END, Money::ZERO, Overdraft::Allow, &details, now)
+        .await?;
     let event = AuditEvent {
         actor_id: Some(by.actor_id),
         action: "package.end",

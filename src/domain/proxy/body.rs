@@ -101,8 +101,7 @@ pub fn spawn_settle(
                 }
             }
         }
-        let hold = hold.resolve().await;
-        match billing::settle_with_retry(&state, &hold, &record).await {
+        match billing::settle_ticket_with_retry(&state, hold, &record).await {
             Ok(_) => {
                 if let Some(entry) = journal {
                     entry.settled();

@@ -84,12 +84,9 @@ async fn update(
         daily_cap: body.daily_cap,
         max_concurrency: body.max_concurrency,
     };
-    let key = api_keys::update(&state.db, current.user.id, id, &patch).await?;
-    if matches!(patch.daily_cap, Some(Some(_))) {
-        // A cap set mid-day counts what the key spent since the day began.
-        crate::domain::billing::caps::start_key_day(&state.db, state.calendar(), current.user.id, id, state.now())
-            .await?;
-    }
+    // A cap set mid-day counts what the key spent since the day began (same transaction).
+    let change = crate::domain::billing::caps::KeyChange { user_id: current.user.id, key_id: id, patch: &patch };
+    let key = crate::domain::billing::caps::update_key(&state.db, state.calendar(), change, state.now()).await?;
     crate::domain::billing::user_changed(&state, current.user.id).await;
     Ok(Json(key.view(state.calendar())))
 }

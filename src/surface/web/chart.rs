@@ -24,6 +24,9 @@ pub struct Bar {
     pub title: String,
     /// `MM-DD` under every fifth bar and the last one, else empty.
     pub label: String,
+    /// A label a phone leaves out so labels never overlap: the 11th, 21st and last day keep
+    /// theirs (the first day's would touch the y axis's `0`).
+    pub minor: bool,
 }
 
 /// The chart: bars, the value of the top grid line and where the axis sits.
@@ -91,6 +94,7 @@ impl SpendChart {
                     balance_y: base_y - package_h - balance_h,
                     balance_h,
                     title: format!("{}: {} + {} USD", d.date, d.package, d.balance),
+                    minor: (i % 10 != 0 || i == 0) && i != last,
                     label: if i % 5 == 0 || i == last {
                         d.date.get(5..).unwrap_or("").to_string()
                     } else {

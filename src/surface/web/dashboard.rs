@@ -1,7 +1,10 @@
 //! `/dashboard`: the balance (a debt with its sign, plainly), today's spend, the package
 //! in force with the days it has left, the packages queued behind it, the countdown to
 //! the next daily reset in the named business zone, every plan window and the 30-day
-//! chart. Every amount is exact (the figures of `GET /api/user/daily-usage`).
+//! chart. Every amount is exact (the figures of `GET /api/user/daily-usage`). It also
+//! shows what the next request may use: the figure admission compares a request's
+//! worst-case hold with (`billing::rules::funds_available`), so a 402 that names
+//! "X USD is left" matches the page.
 
 use askama::Template;
 use axum::extract::State;
@@ -43,6 +46,41 @@ struct DashboardPage<'a> {
     /// Every package in force with its windows, and the billing preference switch.
     plans: Vec<super::plan_pages::PlanRow>,
     preferences: Vec<super::plan_pages::PreferenceChoice>,
+    admits: Admits,
+}
+
+/// What the gateway admits the next request against, and its parts, as the page shows them.
+#[derive(Debug, PartialEq, Eq)]
+struct Admits {
+    /// Package room + balance (as the preference allows) − running holds; `None` when a
+    /// package in force has no limit at all.
+    figure: Option<String>,
+    package_room: String,
+    balance: String,
+    held: String,
+}
+
+impl Admits {
+    /// The packages' room is each package's tightest window summed, as admission counts it.
+    fn new(
+        preference: billing::rules::Preference,
+        packages: &[billing::quota::PackageWindows],
+        balance: Money,
+        held: Money,
+    ) -> Self {
+        let rooms: Vec<Option<Money>> = packages.iter().map(|p| p.windows.iter().map(|w| w.remaining).min()).collect();
+        let unlimited = rooms.iter().any(Option::is_none);
+        let room =
+            (!packages.is_empty()).then(|| rooms.iter().flatten().fold(Money::ZERO, |sum, r| sum.saturating_add(*r)));
+        let uses_package = preference != billing::rules::Preference::BalanceOnly;
+        Admits {
+            figure: (!(unlimited && uses_package))
+                .then(|| billing::rules::funds_available(preference, room, balance, held).to_string()),
+            package_room: room.unwrap_or(Money::ZERO).to_string(),
+            balance: balance.to_string(),
+            held: held.to_string(),
+        }
+    }
 }
 
 /// The package in force, as the dashboard shows it.
@@ -145,10 +183,14 @@ pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Respons
         let usage = billing::usage::daily_usage(&state, signed.user.id, Some(CHART_DAYS)).await?;
         let news = crate::domain::announcements::current(&state.db, state.now()).await?;
         let held = held::list_for_user(&state.db, signed.user.id).await?;
-        Ok::<_, Error>((keys, usage, news, held))
+        let holding: i64 = sqlx::query_scalar("SELECT held FROM users WHERE id = $1")
+            .bind(signed.user.id)
+            .fetch_one(state.db.pool())
+            .await?;
+        Ok::<_, Error>((keys, usage, news, held, Money::from_micros(holding)))
     }
     .await;
-    let (keys, usage, news, held) = match loaded {
+    let (keys, usage, news, held, holding) = match loaded {
         Ok(v) => v,
         Err(e) => return error_page_for(ctx, &e),
     };
@@ -177,6 +219,7 @@ pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Respons
             .collect(),
         plans: super::plan_pages::plan_rows(ctx, calendar, &usage.packages_in_force),
         preferences: super::plan_pages::preference_choices(ctx, usage.billing_preference),
+        admits: Admits::new(usage.billing_preference, &usage.packages_in_force, usage.balance, holding),
     };
     render(ctx, StatusCode::OK, &page)
 }
@@ -187,6 +230,40 @@ mod tests {
 
     fn utc(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()
+    }
+
+    fn package(remaining: &[&str]) -> billing::quota::PackageWindows {
+        let window = |left: &&str| billing::quota::WindowView {
+            window: crate::foundation::clock::windows::WindowKind::Day,
+            limit: Money::parse("10").unwrap(),
+            used: Money::ZERO,
+            remaining: Money::parse(left).unwrap(),
+            resets_at: None,
+            percent: 0,
+            resets: None,
+            minutes: 0,
+        };
+        billing::quota::PackageWindows {
+            id: 1,
+            name: "p".into(),
+            ends_at: String::new(),
+            windows: remaining.iter().map(window).collect(),
+        }
+    }
+
+    #[test]
+    fn the_admitted_figure_sums_each_packages_tightest_window_with_the_balance_minus_holds() {
+        use billing::rules::Preference;
+        let m = |s: &str| Money::parse(s).unwrap();
+        let two = [package(&["1.5", "0.25"]), package(&["0.5"])];
+        let a = Admits::new(Preference::PackageFirst, &two, m("1"), m("0.1"));
+        assert_eq!(a.figure.as_deref(), Some("1.65"), "0.25 + 0.5 + 1 − 0.1");
+        assert_eq!(a.package_room, "0.75");
+        assert_eq!(Admits::new(Preference::BalanceOnly, &two, m("1"), m("0.1")).figure.as_deref(), Some("0.90"));
+        assert_eq!(Admits::new(Preference::PackageOnly, &[], m("1"), m("0")).figure.as_deref(), Some("0.00"));
+        let open = [package(&[])];
+        assert_eq!(Admits::new(Preference::PackageFirst, &open, m("1"), m("0")).figure, None, "no limit");
+        assert_eq!(Admits::new(Preference::BalanceOnly, &open, m("1"), m("0")).figure.as_deref(), Some("1.00"));
     }
 
     #[test]

@@ -232,6 +232,7 @@ mod tests {
             "package_purchase",
             "package_grant",
             "package_credit",
+            "package_end",
             "admin_adjust",
             "refund",
             "redeem",

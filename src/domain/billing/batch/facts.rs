@@ -127,6 +127,11 @@ impl Wanted {
                     w.holds.push(hold.id);
                     hold.admitted_at
                 }
+                Job::SettleAdmitted { record, now, .. } => {
+                    // Its admission is in the batch and names everything else.
+                    w.requests.push(record.request_id.clone());
+                    *now
+                }
             };
             w.earliest = w.earliest.min(to_micros(at));
             w.latest = w.latest.max(to_micros(at));

@@ -39,12 +39,25 @@ pub enum Job {
         record: Box<UsageRecord>,
         now: DateTime<Utc>,
     },
+    /// Settles a request whose forced admission was not committed yet when it finished:
+    /// when that admission is in the same batch, the two are netted in memory (no hold
+    /// row is written, the charge is applied directly); otherwise nothing happens and
+    /// the outcome is [`Outcome::NotNetted`] (the caller settles against the committed
+    /// hold instead). Most short requests finish before their admission's batch is
+    /// formed, so this saves a hold insert, a hold delete and one batch per request.
+    SettleAdmitted {
+        user_id: i64,
+        record: Box<UsageRecord>,
+        now: DateTime<Utc>,
+    },
 }
 
 /// What a job came to, in the same order as the jobs.
 pub enum Outcome {
     Admit(Result<std::result::Result<Hold, KeyRefusal>>),
     Settle(Result<Settlement>),
+    /// A [`Job::SettleAdmitted`] whose admission was not in its batch: nothing written.
+    NotNetted,
 }
 
 impl Job {
@@ -52,7 +65,7 @@ impl Job {
     pub fn failed(&self, error: Error) -> Outcome {
         match self {
             Job::Admit { .. } => Outcome::Admit(Err(error)),
-            Job::Settle { .. } => Outcome::Settle(Err(error)),
+            Job::Settle { .. } | Job::SettleAdmitted { .. } => Outcome::Settle(Err(error)),
         }
     }
 
@@ -66,12 +79,41 @@ impl Job {
         match self {
             Job::Admit { request, .. } => request.user_id,
             Job::Settle { hold, .. } => hold.user_id,
+            Job::SettleAdmitted { user_id, .. } => *user_id,
+        }
+    }
+
+    /// The request id a forced admission of the batch can be netted by.
+    fn nettable_admission(&self) -> Option<&str> {
+        match self {
+            Job::Admit { request, forced: true, .. } => request.request_id.as_deref(),
+            _ => None,
         }
     }
 }
 
+/// Which jobs the database must see: a [`Job::SettleAdmitted`] with no forced admission
+/// of its request earlier in the batch is answered [`Outcome::NotNetted`] without it.
+fn needs_database(jobs: &[Job]) -> Vec<bool> {
+    let mut admitted = std::collections::HashSet::new();
+    jobs.iter()
+        .map(|job| match job {
+            Job::SettleAdmitted { record, .. } => admitted.contains(record.request_id.as_str()),
+            other => {
+                if let Some(id) = other.nettable_admission() {
+                    admitted.insert(id);
+                }
+                true
+            }
+        })
+        .collect()
+}
+
 /// Runs `jobs` in one transaction; an `Err` means nothing was written.
 pub async fn run(db: &Db, calendar: &BusinessCalendar, jobs: &[Job]) -> Result<Vec<Outcome>> {
+    if !needs_database(jobs).contains(&true) {
+        return Ok(jobs.iter().map(|_| Outcome::NotNetted).collect());
+    }
     let mut tx = db.begin().await?;
     let backend = db.backend();
     let facts = Facts::read(tx.conn(), backend, calendar, jobs).await?;
@@ -119,6 +161,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::foundation::money::Money;
+
+    #[test]
+    fn a_settlement_by_request_id_needs_the_database_only_after_its_admission() {
+        let now = chrono::Utc::now();
+        let admit = |id: &str, forced: bool| Job::Admit {
+            request: AdmissionRequest { request_id: Some(id.into()), user_id: 1, api_key_id: 1, hold: Money::ZERO },
+            now,
+            policy: Policy::default(),
+            forced,
+        };
+        let settle = |id: &str| Job::SettleAdmitted {
+            user_id: 1,
+            record: Box::new(UsageRecord { request_id: id.into(), ..UsageRecord::default() }),
+            now,
+        };
+        let jobs = [settle("a"), admit("a", true), settle("a"), admit("b", false), settle("b"), settle("c")];
+        assert_eq!(needs_database(&jobs), [false, true, true, true, false, false]);
+        assert_eq!(needs_database(&[settle("x")]), [false]);
+    }
 
     #[test]
     fn placeholders_number_rows_consecutively() {

@@ -1,7 +1,7 @@
 //! Applying a batch in memory: each admission and settlement, in arrival order, against
 //! the facts read under the locks as changed by the jobs before it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
@@ -23,6 +23,8 @@ pub(super) struct NewHold {
     pub amount: i64,
     pub created_at: i64,
     pub request_id: String,
+    /// Settled in the same batch: the hold was applied in memory and is not written.
+    pub netted: bool,
 }
 
 /// A usage row to insert, with its settled split.
@@ -85,6 +87,9 @@ pub(super) struct Plan {
     /// Key id → (spent added, last used at).
     pub keys: BTreeMap<i64, (i64, i64)>,
     pub windows: BTreeMap<WindowKey, WindowChange>,
+    /// Forced admissions of the batch by request id: (index in `holds`, the hold), for
+    /// settling them in the same batch without writing their hold.
+    admitted: HashMap<String, (usize, Hold)>,
 }
 
 /// What a user's packages can pay for one request at an instant.
@@ -108,6 +113,7 @@ impl Plan {
             users: BTreeMap::new(),
             keys: BTreeMap::new(),
             windows: BTreeMap::new(),
+            admitted: HashMap::new(),
         }
     }
 
@@ -115,6 +121,10 @@ impl Plan {
         match job {
             Job::Admit { request, now, policy, forced } => Outcome::Admit(self.admit(request, *now, policy, *forced)),
             Job::Settle { hold, record, now } => Outcome::Settle(self.settle(hold, record, *now)),
+            Job::SettleAdmitted { record, now, .. } => match self.settle_admitted(record, *now) {
+                Some(result) => Outcome::Settle(result),
+                None => Outcome::NotNetted,
+            },
         }
     }
 
@@ -266,10 +276,11 @@ impl Plan {
             amount,
             created_at: at,
             request_id: request_id.clone(),
+            netted: false,
         });
         metrics::counter!("gateway_billing_admissions_total", "outcome" => "admitted").increment(1);
         metrics::counter!("gateway_billing_held_micros_total").increment(amount.unsigned_abs());
-        Ok(Ok(Hold {
+        let hold = Hold {
             id: 0,
             request_id,
             user_id: request.user_id,
@@ -284,7 +295,31 @@ impl Plan {
             key_capped,
             headroom,
             refused,
-        }))
+        };
+        if forced {
+            self.admitted.insert(hold.request_id.clone(), (self.holds.len() - 1, hold.clone()));
+        }
+        Ok(Ok(hold))
+    }
+
+    /// Settles a forced admission of this batch against its hold in memory: the hold
+    /// row is not written, its amount is given back as the deletion of a written hold
+    /// would, and the charge is exactly the one [`Plan::settle`] makes. `None` when the
+    /// request's admission is not in the batch (or was settled in it already).
+    fn settle_admitted(&mut self, record: &UsageRecord, now: DateTime<Utc>) -> Option<Result<Settlement>> {
+        let (index, hold) = self.admitted.remove(&record.request_id)?;
+        if let Some(code) = hold.refused {
+            tracing::warn!(request_id = %hold.request_id, user_id = hold.user_id, refusal = code,
+                "a request forwarded on a stale headroom hint would have been refused; it is charged as served");
+        }
+        let result = self.charge(&hold, record, now, hold.amount.micros());
+        if result.is_ok() {
+            if let Some(new) = self.holds.get_mut(index) {
+                new.netted = true;
+            }
+            metrics::counter!("gateway_billing_netted_total").increment(1);
+        }
+        Some(result)
     }
 
     /// Today's (package, balance) usage of a user as changed so far in the batch.
@@ -306,12 +341,21 @@ impl Plan {
     }
 
     fn settle(&mut self, hold: &Hold, record: &UsageRecord, now: DateTime<Utc>) -> Result<Settlement> {
-        let Some(balance) = self.facts.users.get(&hold.user_id).map(|u| u.balance) else {
+        if !self.facts.users.contains_key(&hold.user_id) {
             return Err(Error::NotFound("user"));
-        };
+        }
         // The batch deleted this hold if it was still there: give its amount back even
         // when the request turns out to be settled already.
         let release = if self.facts.released.remove(&hold.id) { hold.amount.micros() } else { 0 };
+        self.charge(hold, record, now, release)
+    }
+
+    /// Charges a request once and gives back `release` (its hold, when the batch
+    /// deleted it or never wrote it).
+    fn charge(&mut self, hold: &Hold, record: &UsageRecord, now: DateTime<Utc>, release: i64) -> Result<Settlement> {
+        let Some(balance) = self.facts.users.get(&hold.user_id).map(|u| u.balance) else {
+            return Err(Error::NotFound("user"));
+        };
         if release > 0 {
             if let Some(key) = self.facts.keys.get_mut(&hold.api_key_id) {
                 key.running = (key.running - 1).max(0);
@@ -357,7 +401,7 @@ impl Plan {
             self.count(user_scope(hold.user_id), &span, record.cost.micros(), at);
         }
         // A key's day counts while it has a cap, also one set after this admission
-        // (see `caps::start_key_day`).
+        // (see `caps::update_key`).
         let key_has_day_cap = self.facts.keys.get(&hold.api_key_id).is_some_and(|k| k.daily_cap.is_some());
         if hold.key_capped || key_has_day_cap {
             let span = self.calendar.day_span(hold.admitted_at);

@@ -247,3 +247,67 @@ fn the_user_five_hour_cap_counts_every_charge_in_the_block() {
     assert!(admit(&mut plan, now, "0.10").is_err());
     assert!(admit(&mut plan, now + chrono::Duration::hours(5), "0.10").unwrap().is_ok());
 }
+
+fn admit_forced(plan: &mut Plan, now: DateTime<Utc>, id: &str, hold: &str) -> Hold {
+    let request = AdmissionRequest { request_id: Some(id.into()), user_id: 1, api_key_id: 10, hold: m(hold) };
+    plan.admit(&request, now, &Policy::default(), true).unwrap().unwrap()
+}
+
+fn settle_by_id(plan: &mut Plan, now: DateTime<Utc>, record: UsageRecord) -> Outcome {
+    plan.apply(&Job::SettleAdmitted { user_id: 1, record: Box::new(record), now })
+}
+
+#[test]
+fn an_admission_settled_in_its_own_batch_writes_no_hold_and_charges_exactly_once() {
+    let (mut plan, now) = plan("5.00", Some("1.00"));
+    admit_forced(&mut plan, now, "r1", "0.50");
+    admit_forced(&mut plan, now, "r2", "0.50");
+    let Outcome::Settle(Ok(first)) = settle_by_id(&mut plan, now, usage("r1", "0.70")) else { panic!("not netted") };
+    assert_eq!((first.package, first.balance, first.applied), (m("0.70"), m("0"), true));
+    // r2 stays open at commit: its hold (and only its) is written and still counted.
+    let written: Vec<&str> = plan.holds.iter().filter(|h| !h.netted).map(|h| h.request_id.as_str()).collect();
+    assert_eq!(written, ["r2"]);
+    assert_eq!(plan.users[&1].held, m("0.50").micros());
+    assert_eq!(plan.facts.users[&1].held, m("0.50").micros());
+    // One usage row and one ledger entry for r1, the package paid it all.
+    assert_eq!(plan.usage.len(), 1);
+    assert_eq!(plan.entries.len(), 1);
+    assert_eq!(plan.entries[0].reference, "usage:r1");
+    assert_eq!(plan.keys[&10].0, m("0.70").micros());
+    // The second half lands too: no hold left, the balance pays what the package can't.
+    let Outcome::Settle(Ok(second)) = settle_by_id(&mut plan, now, usage("r2", "0.70")) else { panic!("not netted") };
+    assert_eq!((second.package, second.balance, second.balance_after), (m("0.30"), m("0.40"), m("4.60")));
+    assert!(plan.holds.iter().all(|h| h.netted));
+    assert_eq!((plan.users[&1].held, plan.users[&1].balance), (0, -m("0.40").micros()));
+    assert_eq!(plan.facts.keys[&10].running_held, 0);
+}
+
+#[test]
+fn a_settlement_by_request_id_nets_only_a_forced_admission_of_the_batch_and_only_once() {
+    let (mut plan, now) = plan("5.00", None);
+    assert!(matches!(settle_by_id(&mut plan, now, usage("elsewhere", "0.10")), Outcome::NotNetted));
+    // A non-forced admission is answered to a caller who settles against its hold.
+    let request = AdmissionRequest { request_id: Some("waited".into()), user_id: 1, api_key_id: 10, hold: m("0.10") };
+    plan.admit(&request, now, &Policy::default(), false).unwrap().unwrap();
+    assert!(matches!(settle_by_id(&mut plan, now, usage("waited", "0.10")), Outcome::NotNetted));
+    admit_forced(&mut plan, now, "r", "0.10");
+    assert!(matches!(settle_by_id(&mut plan, now, usage("r", "0.10")), Outcome::Settle(Ok(_))));
+    assert!(matches!(settle_by_id(&mut plan, now, usage("r", "0.10")), Outcome::NotNetted));
+    assert_eq!(plan.usage.len(), 1, "nothing was written for the misses");
+    let written: Vec<&str> = plan.holds.iter().filter(|h| !h.netted).map(|h| h.request_id.as_str()).collect();
+    assert_eq!(written, ["waited"]);
+}
+
+#[test]
+fn a_netted_request_settled_before_charges_nothing_and_leaves_no_hold() {
+    let (mut plan, now) = plan("5.00", None);
+    plan.facts.settled.insert("replayed".into());
+    admit_forced(&mut plan, now, "replayed", "0.10");
+    let Outcome::Settle(Ok(again)) = settle_by_id(&mut plan, now, usage("replayed", "0.70")) else {
+        panic!("not netted")
+    };
+    assert!(!again.applied && again.balance_after == m("5.00"));
+    assert!(plan.holds.iter().all(|h| h.netted));
+    assert_eq!((plan.users[&1].held, plan.users[&1].balance), (0, 0));
+    assert!(plan.usage.is_empty() && plan.entries.is_empty());
+}

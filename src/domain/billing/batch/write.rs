@@ -15,17 +15,19 @@ use crate::foundation::db::Backend;
 use crate::foundation::error::{Error, Result};
 
 impl Plan {
-    /// Writes the plan; returns the new holds' ids by request id.
+    /// Writes the plan; returns the new holds' ids by request id (a hold netted with
+    /// its settlement in the batch is not written and has none).
     pub async fn write(&self, conn: &mut AnyConnection, backend: Backend) -> Result<HashMap<String, i64>> {
         let mut hold_ids = HashMap::new();
-        if !self.holds.is_empty() {
+        let holds: Vec<_> = self.holds.iter().filter(|h| !h.netted).collect();
+        if !holds.is_empty() {
             let sql = format!(
                 "INSERT INTO holds (user_id, api_key_id, amount, created_at, expires_at, request_id) VALUES {} \
                  RETURNING id, request_id",
-                rows(backend, self.holds.len(), 6)
+                rows(backend, holds.len(), 6)
             );
             let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
-            for h in &self.holds {
+            for h in &holds {
                 let expires = h.created_at + Duration::hours(HOLD_LIFETIME_HOURS).num_microseconds().unwrap_or(0);
                 query = query
                     .bind(h.user_id)
@@ -38,7 +40,7 @@ impl Plan {
             for (id, request_id) in query.fetch_all(&mut *conn).await? {
                 hold_ids.insert(request_id, id);
             }
-            if hold_ids.len() != self.holds.len() {
+            if hold_ids.len() != holds.len() {
                 return Err(Error::internal("a batch of holds was not inserted whole"));
             }
         }
