@@ -287,7 +287,7 @@ mod tests {
     fn every_key_the_templates_and_handlers_use_is_in_the_dictionary() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut missing = Vec::new();
-        for dir in ["templates", "src/web"] {
+        for dir in ["templates", "src/surface/web"] {
             for entry in std::fs::read_dir(root.join(dir)).unwrap() {
                 let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
                 for piece in text.split(".t(\"").skip(1) {
