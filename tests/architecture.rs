@@ -1,8 +1,8 @@
-//! The shape of the crate, checked from its own source: which top-level module refers to
-//! which (`crate::x`, `super::x` that reaches the root, grouped `use crate::{a, b}`), with
-//! test code left out, and how long the files are. ARCHITECTURE.md says why: domain modules
-//! take narrow things and never the HTTP state, so the references between top-level modules
-//! form no cycle, and no source file outgrows a reader.
+//! The shape of the crate, checked from its own source: which unit (a top-level module, or
+//! a child of a layer folder such as `domain::billing`) refers to which (`crate::x::y`,
+//! `super::` chains, grouped `use crate::{a, b}`), with test code left out, and how long the
+//! files are. ARCHITECTURE.md says why: the layers are used from the top down only, domain
+//! modules take narrow things and never the HTTP state, and no source file outgrows a reader.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
