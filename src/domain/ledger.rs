@@ -50,6 +50,11 @@ pub enum Overdraft {
     Allow,
 }
 
+/// The largest balance (and the largest single change) a user can hold: one billion
+/// units. Far above any real balance, and low enough that `balance + amount` can never
+/// overflow an i64 in SQL (a hostile admin adjustment of i64::MAX micros once did: a 500).
+pub const MAX_BALANCE: Money = Money::units(1_000_000_000);
+
 /// Adds `amount` (negative = debit) to the user's balance and records the entry,
 /// on the caller's transaction. Returns the balance after the change.
 pub async fn change_balance(
@@ -61,15 +66,19 @@ pub async fn change_balance(
     details: &EntryDetails<'_>,
     now: DateTime<Utc>,
 ) -> Result<Money> {
+    if amount.micros().unsigned_abs() > MAX_BALANCE.micros().unsigned_abs() {
+        return Err(Error::validation("amount", "is larger than any balance can hold"));
+    }
     let allow_negative = overdraft == Overdraft::Allow || !amount.is_negative();
     let balance_after: Option<i64> = sqlx::query_scalar(
         "UPDATE users SET balance = balance + $1, updated_at = $2 \
-         WHERE id = $3 AND ($4 = 1 OR balance + $1 >= 0) RETURNING balance",
+         WHERE id = $3 AND ($4 = 1 OR balance + $1 >= 0) AND balance + $1 <= $5 RETURNING balance",
     )
     .bind(amount.micros())
     .bind(to_micros(now))
     .bind(user_id)
     .bind(i64::from(allow_negative))
+    .bind(MAX_BALANCE.micros())
     .fetch_optional(&mut *conn)
     .await?;
     let balance_after = match balance_after {
@@ -81,6 +90,9 @@ pub async fn change_balance(
                 .await?;
             return Err(match exists {
                 None => Error::NotFound("user"),
+                Some(_) if !amount.is_negative() => {
+                    Error::conflict("balance_limit", "the balance would be larger than any balance can hold")
+                }
                 Some(_) => Error::conflict("insufficient_balance", "the balance is too low for this change"),
             });
         }

@@ -84,6 +84,7 @@ impl Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Error::Database(e) if is_connectivity(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(e) if is_unstorable_text(e) => StatusCode::BAD_REQUEST,
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,6 +104,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "service_unavailable",
             Error::Database(e) if is_connectivity(e) => "database_unavailable",
+            Error::Database(e) if is_unstorable_text(e) => "invalid_text",
             Error::Database(_) | Error::Internal(_) => "internal_error",
         }
     }
@@ -111,6 +113,9 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self {
             Error::Database(e) if is_connectivity(e) => "the database is unavailable, try again shortly".into(),
+            Error::Database(e) if is_unstorable_text(e) => {
+                "the text contains a character that cannot be stored (NUL)".into()
+            }
             Error::Database(_) | Error::Internal(_) => "internal error".into(),
             other => other.to_string(),
         }
@@ -130,6 +135,13 @@ impl Error {
             tracing::error!(error = ?self, "request failed");
         }
     }
+}
+
+/// Text PostgreSQL refuses to take: a NUL character (SQLSTATE 22021, "invalid byte
+/// sequence for encoding UTF8: 0x00") or one its encoding lacks (22P05). That is the
+/// client's input, a 400, not a server fault (hostile input once got a 500 here).
+fn is_unstorable_text(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| matches!(c.as_ref(), "22021" | "22P05")))
 }
 
 fn is_connectivity(err: &sqlx::Error) -> bool {

@@ -14,6 +14,7 @@ mod billing;
 mod codex;
 mod codex_ws;
 mod coupons;
+mod fuzz_surface;
 mod hardening;
 mod holds;
 mod keys;

@@ -41,7 +41,16 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Answers the gateway in plain text: `success` or a refusal it will retry.
-async fn credit_notify(State(state): State<AppState>, client: ClientAddr, query: RawQuery, body: Bytes) -> Response {
+/// A body over the cap is refused with the protocol's `fail` too, never axum's own text.
+async fn credit_notify(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    query: RawQuery,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let Ok(body) = body else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
+    };
     if query.0.as_ref().map_or(0, String::len) + body.len() > notify::MAX_NOTIFY_BYTES {
         return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
     }

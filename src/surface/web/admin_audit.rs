@@ -168,7 +168,7 @@ async fn audit_page(
     Query(query): Query<AuditQuery>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let page = query.page.unwrap_or(1).max(1);
+    let page = view::page_number(query.page);
     let loaded = async {
         let mut filter = AuditFilter {
             action_prefix: Some(query.action.trim().to_string()).filter(|a| !a.is_empty()),
@@ -179,7 +179,7 @@ async fn audit_page(
             let found = crate::domain::users::find_by_email(&state.db, query.actor.trim()).await?;
             filter.actor_id = Some(found.map(|u| u.id).unwrap_or(-1));
         }
-        audit::list(&state.db, &filter, PER_PAGE, (page - 1) * PER_PAGE).await
+        audit::list(&state.db, &filter, PER_PAGE, view::page_offset(page, PER_PAGE)).await
     }
     .await;
     let (rows, total) = match loaded {

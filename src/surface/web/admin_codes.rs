@@ -113,7 +113,7 @@ struct PageQuery {
 
 async fn render_codes(state: &AppState, ctx: &Ctx, page: i64, outcome: Outcome) -> Response {
     let loaded = async {
-        let listed = batches::list(&state.db, BATCHES_PER_PAGE, (page - 1) * BATCHES_PER_PAGE).await?;
+        let listed = batches::list(&state.db, BATCHES_PER_PAGE, view::page_offset(page, BATCHES_PER_PAGE)).await?;
         let catalog = crate::domain::packages::list(&state.db, false).await?;
         Ok::<_, Error>((listed, catalog))
     }
@@ -152,7 +152,7 @@ async fn codes_page(
     Query(q): Query<PageQuery>,
 ) -> Response {
     let outcome = Outcome { form: CodesForm::default(), created: None, errors: FieldErrors::none() };
-    render_codes(&state, &signed.ctx, q.page.unwrap_or(1).max(1), outcome).await
+    render_codes(&state, &signed.ctx, view::page_number(q.page), outcome).await
 }
 
 async fn generate(

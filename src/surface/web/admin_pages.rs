@@ -177,16 +177,17 @@ async fn users_page(
     Query(query): Query<UsersQuery>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let page = query.page.unwrap_or(1).max(1);
+    let page = view::page_number(query.page);
     let filter = UserFilter {
         query: Some(query.q.clone()).filter(|q| !q.trim().is_empty()),
         role: None,
         status: Status::parse(&query.status),
     };
-    let (rows, total) = match users::list(&state.db, &filter, USERS_PER_PAGE, (page - 1) * USERS_PER_PAGE).await {
-        Ok(found) => found,
-        Err(e) => return error_page_for(ctx, &e),
-    };
+    let (rows, total) =
+        match users::list(&state.db, &filter, USERS_PER_PAGE, view::page_offset(page, USERS_PER_PAGE)).await {
+            Ok(found) => found,
+            Err(e) => return error_page_for(ctx, &e),
+        };
     let base =
         serde_urlencoded::to_string([("q", query.q.as_str()), ("status", query.status.as_str())]).unwrap_or_default();
     let pager = Pager::new(ctx, &format!("/admin/users?{base}"), page, USERS_PER_PAGE, total);

@@ -302,7 +302,7 @@ async fn render_orders(
     query: &OrdersQuery,
     outcome: (Option<CheckNotice>, FieldErrors),
 ) -> Response {
-    let page = query.page.unwrap_or(1).max(1);
+    let page = view::page_number(query.page);
     let loaded = async {
         let mut filter = OrderFilter {
             status: Some(query.status.clone()).filter(|s| !s.is_empty()),
@@ -313,7 +313,8 @@ async fn render_orders(
             filter.user_id =
                 Some(crate::domain::users::find_by_email(&state.db, &query.user).await?.map(|u| u.id).unwrap_or(-1));
         }
-        let (rows, total) = orders::list(&state.db, &filter, ORDERS_PER_PAGE, (page - 1) * ORDERS_PER_PAGE).await?;
+        let (rows, total) =
+            orders::list(&state.db, &filter, ORDERS_PER_PAGE, view::page_offset(page, ORDERS_PER_PAGE)).await?;
         let mut emails: HashMap<i64, String> = HashMap::new();
         for row in &rows {
             if let std::collections::hash_map::Entry::Vacant(slot) = emails.entry(row.user_id) {

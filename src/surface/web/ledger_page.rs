@@ -78,9 +78,9 @@ struct LedgerPage<'a> {
 
 async fn ledger_page(State(state): State<AppState>, signed: Signed, Query(q): Query<LedgerQuery>) -> Response {
     let ctx = &signed.ctx;
-    let page = q.page.unwrap_or(1).max(1);
+    let page = view::page_number(q.page);
     let show = SHOWS.iter().find(|(v, _)| *v == q.show.trim()).map(|(v, _)| *v).unwrap_or("");
-    let offset = (page - 1) * PER_PAGE;
+    let offset = view::page_offset(page, PER_PAGE);
     let loaded = match show {
         "" => ledger::list(&state.db, Some(signed.user.id), PER_PAGE, offset).await,
         kind => ledger::list_of_kind(&state.db, signed.user.id, kind, PER_PAGE, offset).await,

@@ -69,6 +69,30 @@ pub fn router() -> Router<AppState> {
         .merge(admin_announcements::router())
         .merge(admin_audit::router())
         .merge(admin_metrics::router())
+        .layer(axum::middleware::from_fn(readable_rejections))
+}
+
+/// Turns axum's plain-text extractor rejections (a path segment that is not a number, a
+/// query string that does not parse: 400 "unreadable link"; a body of the wrong type: the
+/// unreadable-form page) into a readable page in the visitor's language. The rejection text
+/// is not shown: a page never answers raw text.
+async fn readable_rejections(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let lang = ctx::lang_from_headers(req.headers());
+    let answer = next.run(req).await;
+    let status = answer.status();
+    let plain_text = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !status.is_client_error() || !plain_text {
+        return answer;
+    }
+    match status {
+        StatusCode::NOT_FOUND => message_page(lang, status, "error.not_found_title", "error.not_found"),
+        StatusCode::BAD_REQUEST => message_page(lang, status, "error.bad_query_title", "error.bad_query"),
+        _ => message_page(lang, status, "error.bad_form_title", "error.bad_form"),
+    }
 }
 
 /// Field errors of a submitted form, shown next to their fields; the empty field

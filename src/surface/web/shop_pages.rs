@@ -391,12 +391,13 @@ const ORDERS_PER_PAGE: i64 = 25;
 
 async fn orders_page(State(state): State<AppState>, signed: Signed, Query(q): Query<PageOnly>) -> Response {
     let ctx = &signed.ctx;
-    let page = q.page.unwrap_or(1).max(1);
+    let page = view::page_number(q.page);
     let filter = OrderFilter { user_id: Some(signed.user.id), ..Default::default() };
-    let (rows, total) = match orders::list(&state.db, &filter, ORDERS_PER_PAGE, (page - 1) * ORDERS_PER_PAGE).await {
-        Ok(found) => found,
-        Err(e) => return error_page_for(ctx, &e),
-    };
+    let (rows, total) =
+        match orders::list(&state.db, &filter, ORDERS_PER_PAGE, view::page_offset(page, ORDERS_PER_PAGE)).await {
+            Ok(found) => found,
+            Err(e) => return error_page_for(ctx, &e),
+        };
     let pager = Pager::new(ctx, "/orders?", page, ORDERS_PER_PAGE, total);
     let orders = rows.iter().map(|o| OrderRow::new(o, &state)).collect();
     render(ctx, StatusCode::OK, &OrdersPage { ctx, orders, pager })

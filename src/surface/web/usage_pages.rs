@@ -175,14 +175,14 @@ impl SummaryView {
 
 /// One page of rows, the number matching and their totals.
 async fn load(state: &AppState, filter: &UsageFilter, page: i64) -> Result<(Vec<UsageRow>, i64, SummaryView)> {
-    let (rows, total) = usage::list(state, filter, PER_PAGE, (page - 1) * PER_PAGE).await?;
+    let (rows, total) = usage::list(state, filter, PER_PAGE, view::page_offset(page, PER_PAGE)).await?;
     let summary = usage::summary(state, filter).await?;
     Ok((rows, total, SummaryView::new(&summary)))
 }
 
 async fn user_usage(State(state): State<AppState>, signed: Signed, Query(query): Query<UsageQuery>) -> Response {
     let ctx = &signed.ctx;
-    let page = query.page.unwrap_or(1).max(1);
+    let page = view::page_number(query.page);
     let keys = match api_keys::list_for_user(&state.db, signed.user.id).await {
         Ok(keys) => keys.into_iter().map(|k| (k.id, k.name)).collect::<Vec<_>>(),
         Err(e) => return error_page_for(ctx, &e),
@@ -213,7 +213,7 @@ async fn admin_usage(
     Query(query): Query<UsageQuery>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let page = query.page.unwrap_or(1).max(1);
+    let page = view::page_number(query.page);
     let loaded = async {
         let mut filter = query.filter()?;
         if !query.user.trim().is_empty() {

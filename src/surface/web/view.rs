@@ -75,8 +75,8 @@ pub struct Pager {
 impl Pager {
     /// `base` is the list URL with its filters (ending in `?…`); `page` counts from 1.
     pub fn new(ctx: &super::Ctx, base: &str, page: i64, per_page: i64, total: i64) -> Self {
-        let first = if total == 0 { 0 } else { (page - 1) * per_page + 1 };
-        let last = (page * per_page).min(total);
+        let first = if total == 0 { 0 } else { page_offset(page, per_page).saturating_add(1) };
+        let last = page.saturating_mul(per_page).min(total);
         let joiner = if base.ends_with('?') { "" } else { "&" };
         let link = |p: i64| format!("{base}{joiner}page={p}");
         if total == 0 {
@@ -89,9 +89,23 @@ impl Pager {
                 .replace("{last}", &last.to_string())
                 .replace("{total}", &total.to_string()),
             prev: (page > 1).then(|| link(page - 1)),
-            next: (page * per_page < total).then(|| link(page + 1)),
+            next: (page.saturating_mul(per_page) < total).then(|| link(page.saturating_add(1))),
         }
     }
+}
+
+/// The highest page number a list page serves: far past any real list, and low enough
+/// that `page * per_page` can never overflow (a hostile `?page=` once panicked here).
+pub const MAX_PAGE: i64 = 1_000_000;
+
+/// The page a `?page=` asks for, clamped to `1..=MAX_PAGE` (absent = 1).
+pub fn page_number(raw: Option<i64>) -> i64 {
+    raw.unwrap_or(1).clamp(1, MAX_PAGE)
+}
+
+/// The row offset of `page` (counted from 1); saturates instead of overflowing.
+pub fn page_offset(page: i64, per_page: i64) -> i64 {
+    page.max(1).saturating_sub(1).saturating_mul(per_page)
 }
 
 #[cfg(test)]
@@ -113,5 +127,21 @@ mod tests {
         assert_eq!(money_6dp(-1_500_000), "-1.500000");
         assert_eq!(money_6dp(i64::MIN), "-9223372036854.775808");
         assert_eq!(time_or_dash(&calendar, None), "—");
+    }
+
+    #[test]
+    fn hostile_page_numbers_are_clamped_and_never_overflow() {
+        assert_eq!(page_number(None), 1);
+        assert_eq!(page_number(Some(-5)), 1);
+        assert_eq!(page_number(Some(i64::MIN)), 1);
+        assert_eq!(page_number(Some(i64::MAX)), MAX_PAGE);
+        assert_eq!(page_number(Some(3)), 3);
+        assert_eq!(page_offset(1, 50), 0);
+        assert_eq!(page_offset(3, 50), 100);
+        assert_eq!(page_offset(i64::MAX, i64::MAX), i64::MAX, "saturates");
+        assert_eq!(page_offset(i64::MIN, 50), 0);
+        let ctx = super::super::Ctx::bare(super::super::i18n::Lang::En);
+        let pager = Pager::new(&ctx, "/orders?", i64::MAX, 50, 10);
+        assert!(pager.next.is_none() && pager.prev.is_some());
     }
 }
