@@ -444,9 +444,24 @@ async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(ap
     let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": sandbox_url}})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(reconcile_refunds_once(&app.state).await.unwrap().checked, 0, "too recent to ask about");
+    // An admin's re-check applies the same rule at once: the refunded one is reversed, the
+    // one the gateway still reports paid (for minutes only) is left undecided, said plainly.
+    let r = app.post(&format!("/api/admin/orders/{lost}/check"), &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (r.body["check"]["refund"].as_str(), r.body["order"]["status"].as_str()),
+        (Some("reversed"), Some("refunded"))
+    );
+    let r = app.post(&format!("/api/admin/orders/{unsent}/check"), &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["check"]["refund"].as_str(), Some("undecided"), "{}", r.text);
+    assert_eq!(order_status(&app, &unsent).await, "refunding");
+    let again = app.post(&format!("/api/admin/orders/{lost}/check"), &admin, json!({})).await;
+    assert!(again.body["check"]["refund"].is_null(), "a refunded order is checked as any other: {}", again.text);
+    assert_eq!(app.count(&refunds).await, 1, "reversed once");
     app.clock.advance(chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES + 1));
     let report = reconcile_refunds_once(&app.state).await.unwrap();
-    assert_eq!((report.checked, report.refunded, report.restored, report.undecided), (2, 1, 0, 1), "{report:?}");
+    assert_eq!((report.checked, report.refunded, report.restored, report.undecided), (1, 0, 0, 1), "{report:?}");
     assert_eq!(order_status(&app, &lost).await, "refunded");
     assert_eq!(order_status(&app, &unsent).await, "refunding", "a refund may show late: not believed yet");
     // Still reported paid long after: the gateway did not refund.

@@ -34,6 +34,9 @@ pub struct CheckOutcome {
     /// This check fulfilled it (false if it was unpaid or already fulfilled).
     pub fulfilled_now: bool,
     pub gateway_message: String,
+    /// For an order whose refund was unconfirmed: what the reconcile rule decided now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund: Option<super::refund::Decided>,
 }
 
 /// Marks pending orders whose lifetime has passed as `expired` (a payment that still
@@ -59,6 +62,7 @@ pub async fn check_with_gateway(state: &AppState, credit: &CreditSettings, order
             gateway_paid: false,
             fulfilled_now: false,
             gateway_message: answer.message,
+            refund: None,
         });
     }
     if answer.money != Some(order.amount()) {
@@ -79,6 +83,7 @@ pub async fn check_with_gateway(state: &AppState, credit: &CreditSettings, order
         gateway_paid: true,
         fulfilled_now: matches!(settled, Settled::Fulfilled(_)),
         gateway_message: answer.message,
+        refund: None,
     })
 }
 
@@ -87,6 +92,18 @@ pub async fn check_order(state: &AppState, out_trade_no: &str) -> Result<(CheckO
     let order = super::find(&state.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
     if order.pay_method != "credit" {
         return Err(Error::conflict("not_a_gateway_order", "this order was paid from the balance"));
+    }
+    if matches!(order.status.as_str(), super::status::REFUNDING | super::status::REFUND_CONFIRMED) {
+        let decided = super::refund::decide_now(state, &order).await?;
+        let order = super::find(&state.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+        let outcome = CheckOutcome {
+            gateway_found: true,
+            gateway_paid: decided == super::refund::Decided::Restored,
+            fulfilled_now: false,
+            gateway_message: String::new(),
+            refund: Some(decided),
+        };
+        return Ok((outcome, order));
     }
     let settings = state.settings.get().await?;
     super::ensure_payments_usable(&settings.credit)?;

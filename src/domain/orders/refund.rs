@@ -211,12 +211,27 @@ pub async fn reconcile_refunds_once(state: &AppState) -> Result<RefundReconcileR
     Ok(report)
 }
 
-/// What the job did with one unconfirmed refund.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decided {
+/// What the reconcile rule did with one unconfirmed refund (the job, or an admin's
+/// re-check of the order, which applies the same rule at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decided {
+    /// The gateway says the payment is undone: the fulfilment was reversed.
     Reversed,
+    /// The gateway still holds the payment, long enough after the refund: fulfilled again.
     Restored,
+    /// No explicit answer yet, or paid for too short a time to believe it: left as it is.
     Undecided,
+}
+
+/// An admin's re-check of a `refunding` or `refund_confirmed` order: the reconcile rule
+/// applied now instead of at the job's next pass (same code, same guards: the reversal's
+/// update is conditional on the status, so a job running at the same moment cannot
+/// reverse it twice).
+pub async fn decide_now(state: &AppState, order: &Order) -> Result<Decided> {
+    let settings = state.settings.get().await?;
+    super::ensure_payments_usable(&settings.credit)?;
+    settle_unconfirmed(state, &settings.credit, order).await
 }
 
 /// The rule for an unanswered refund, from the order query's explicit answer and how long

@@ -6,6 +6,7 @@
 
 use super::Ctx;
 use crate::domain::orders::jobs::CheckOutcome;
+use crate::domain::orders::refund::Decided;
 use crate::domain::orders::status;
 
 /// The alert an admin sees after a re-check.
@@ -23,6 +24,7 @@ pub fn status_label(ctx: &Ctx, order_status: &str) -> String {
         status::FULFILLED => "order.status_fulfilled",
         status::EXPIRED => "order.status_expired",
         status::REFUNDING => "order.status_refunding",
+        status::REFUND_CONFIRMED => "order.status_refund_confirmed",
         status::REFUNDED => "order.status_refunded",
         other => return other.to_string(),
     };
@@ -32,6 +34,14 @@ pub fn status_label(ctx: &Ctx, order_status: &str) -> String {
 /// The notice for order `otn`, now in state `order_status`, after the check `found`.
 pub fn notice(ctx: &Ctx, otn: &str, found: &CheckOutcome, order_status: &str) -> CheckNotice {
     let state = ctx.t("orders.check_state").replace("{status}", &status_label(ctx, order_status));
+    if let Some(decided) = found.refund {
+        let (tone, key) = match decided {
+            Decided::Reversed => ("ok", "orders.check_refund_reversed"),
+            Decided::Restored => ("warn", "orders.check_refund_restored"),
+            Decided::Undecided => ("warn", "orders.check_refund_undecided"),
+        };
+        return CheckNotice { tone, text: format!("{otn}: {} · {state}", ctx.t(key)) };
+    }
     if found.fulfilled_now {
         return CheckNotice { tone: "ok", text: format!("{otn}: {} · {state}", ctx.t("orders.check_fulfilled")) };
     }
@@ -59,6 +69,7 @@ mod tests {
             gateway_paid: paid,
             fulfilled_now,
             gateway_message: if found { "succ".into() } else { "no such order".into() },
+            refund: None,
         }
     }
 
@@ -71,6 +82,26 @@ mod tests {
         assert!(!n.text.contains("succ"));
         let n = notice(&ctx, "cg-1", &outcome(true, false, false), "pending");
         assert!(n.text.ends_with("order: Awaiting payment"));
+        // Every state an order can be in has a label of its own, never the raw word.
+        for s in [status::REFUNDING, status::REFUND_CONFIRMED, status::REFUNDED, status::PAID] {
+            for lang in [Lang::En, Lang::Zh] {
+                assert_ne!(status_label(&Ctx::bare(lang), s), s, "{s} in {lang:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rechecked_refund_says_what_the_rule_decided() {
+        let ctx = Ctx::bare(Lang::En);
+        let mut found = outcome(true, false, false);
+        found.refund = Some(Decided::Reversed);
+        assert_eq!(notice(&ctx, "cg-1", &found, "refunded").tone, "ok");
+        found.refund = Some(Decided::Undecided);
+        let n = notice(&ctx, "cg-1", &found, "refunding");
+        assert_eq!(n.tone, "warn");
+        assert!(n.text.contains("not decided"), "{}", n.text);
+        found.refund = Some(Decided::Restored);
+        assert_eq!(notice(&ctx, "cg-1", &found, "fulfilled").tone, "warn");
     }
 
     #[test]
