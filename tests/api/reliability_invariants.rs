@@ -79,8 +79,11 @@ async fn the_invariant_checker_reports_every_kind_of_corruption(app: TestApp) {
     .await;
     // A package bought from the balance and refunded, whose refund row goes missing
     // (what a refund of an online-paid package once left: no row at all).
-    let package = app.create_package(&s.admin, json!({"name": "p", "price": "1.00", "duration_days": 30, "daily_limit": 1})).await;
-    let bought = app.post(&format!("/api/packages/{package}/purchase"), &s.user_token, json!({"pay_with": "balance"})).await;
+    let package = app
+        .create_package(&s.admin, json!({"name": "p", "price": "1.00", "duration_days": 30, "daily_limit": 1}))
+        .await;
+    let bought =
+        app.post(&format!("/api/packages/{package}/purchase"), &s.user_token, json!({"pay_with": "balance"})).await;
     assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.text);
     let potn = bought.body["order"]["out_trade_no"].as_str().unwrap().to_string();
     let refund = app.post(&format!("/api/admin/orders/{potn}/refund"), &s.admin, json!({})).await;
@@ -95,9 +98,13 @@ async fn the_invariant_checker_reports_every_kind_of_corruption(app: TestApp) {
     .await;
     expect_caught(
         &app,
-        &format!("UPDATE ledger_entries SET kind = 'admin_adjust' WHERE reference = '{potn}' AND kind = 'package_purchase'"),
+        &format!(
+            "UPDATE ledger_entries SET kind = 'admin_adjust' WHERE reference = '{potn}' AND kind = 'package_purchase'"
+        ),
         "a delivered package order left a package_purchase ledger row",
-        &format!("UPDATE ledger_entries SET kind = 'package_purchase' WHERE reference = '{potn}' AND kind = 'admin_adjust'"),
+        &format!(
+            "UPDATE ledger_entries SET kind = 'package_purchase' WHERE reference = '{potn}' AND kind = 'admin_adjust'"
+        ),
     )
     .await;
     app.assert_all_invariants().await;
