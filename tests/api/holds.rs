@@ -89,7 +89,12 @@ struct Parallel {
 
 /// Sends 30 streams at once against a gated mock, waits until every admitted one
 /// holds money, reads the holds, then releases and settles them all.
-async fn thirty_gated_streams(app: Arc<TestApp>, s: &crate::proxy::Setup, gate: &Semaphore, body: serde_json::Value) -> Parallel {
+async fn thirty_gated_streams(
+    app: Arc<TestApp>,
+    s: &crate::proxy::Setup,
+    gate: &Semaphore,
+    body: serde_json::Value,
+) -> Parallel {
     let mut sends = Vec::new();
     for _ in 0..30 {
         let (app, key, body) = (app.clone(), s.key.clone(), body.clone());

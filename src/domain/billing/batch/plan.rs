@@ -242,9 +242,7 @@ impl Plan {
         // A waiting admission also counts the holds this instance has admitted on its
         // hint and not written yet: otherwise the two together could pass the funds.
         let decided = match self.elsewhere.get(&request.user_id) {
-            Some(pending) if !forced => {
-                AdmissionFacts { held: facts.held.saturating_add(*pending), ..facts }
-            }
+            Some(pending) if !forced => AdmissionFacts { held: facts.held.saturating_add(*pending), ..facts },
             _ => facts,
         };
         if let Err(refusal) = rules::decide(&decided) {
