@@ -171,6 +171,30 @@ pub fn validate(input: &mut UpstreamInput) -> Result<()> {
     problems(input).into_iter().next().map_or(Ok(()), Err)
 }
 
+/// Why an edit that moves an upstream to another origin without a new key is refused.
+pub const KEY_AGAIN_FOR_NEW_ORIGIN: &str = "must be entered again when the address moves to another host";
+
+/// The key an edit stores. A stored key only ever goes to the origin (scheme, host, port) it
+/// was entered for: an edit that moves the address elsewhere must bring a key of its own, or
+/// an admin session (a stolen one too) could point the upstream and its "Test connection" at
+/// its own server and read the write-only key off the wire. `typed` is the key given with the
+/// edit, if any; without one the stored key stays only on the same origin.
+/// An address that is not an http(s) URL keeps the stored key here: `problems` refuses it on its
+/// own field, so the edit is never saved and nothing is sent anywhere.
+pub fn key_for_edit(current: &Upstream, new_base_url: &str, typed: Option<SecretString>) -> Result<SecretString> {
+    let origin = |text: &str| {
+        let url = url::Url::parse(text.trim()).ok().filter(|u| matches!(u.scheme(), "http" | "https"))?;
+        Some((url.scheme().to_string(), url.host_str().map(str::to_string), url.port_or_known_default()))
+    };
+    match (typed, origin(new_base_url)) {
+        (Some(key), _) => Ok(key),
+        (None, Some(new)) if origin(&current.base_url).as_ref() != Some(&new) => {
+            Err(Error::validation("api_key", KEY_AGAIN_FOR_NEW_ORIGIN))
+        }
+        (None, _) => Ok(current.api_key.clone()),
+    }
+}
+
 /// Normalises an upstream and lists every rule it breaks, one error per field, so a
 /// form can show them all at once (the API answers the first).
 pub fn problems(input: &mut UpstreamInput) -> Vec<Error> {
@@ -375,6 +399,52 @@ pub async fn probe_unhealthy_once(
 
 #[cfg(test)]
 mod tests {
+    fn stored(base_url: &str) -> Upstream {
+        Upstream {
+            id: 1,
+            name: "main".into(),
+            base_url: base_url.into(),
+            api_key: SecretString::from("sk-stored".to_string()),
+            models: None,
+            model_map: None,
+            priority: 0,
+            weight: 1,
+            enabled: true,
+            healthy: true,
+            consecutive_failures: 0,
+            last_error: None,
+            last_checked_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_stored_key_stays_on_its_origin_only() {
+        let current = stored("https://api.openai.com/v1");
+        let kept = |url: &str| key_for_edit(&current, url, None).map(|k| k.expose_secret().to_string());
+        assert_eq!(kept("https://api.openai.com/v2").unwrap(), "sk-stored", "another path is the same origin");
+        assert_eq!(kept("https://API.openai.com:443/v1/").unwrap(), "sk-stored", "case and the default port");
+        for elsewhere in [
+            "https://evil.example/v1",
+            "http://api.openai.com/v1",
+            "https://api.openai.com:8443/v1",
+            "https://api.openai.com.evil.example/v1",
+            "https://user@evil.example/v1",
+        ] {
+            let refused = key_for_edit(&current, elsewhere, None).unwrap_err();
+            assert!(
+                matches!(&refused, Error::Validation { field, message } if field == "api_key" && message == KEY_AGAIN_FOR_NEW_ORIGIN),
+                "{elsewhere}: {refused:?}"
+            );
+        }
+        for refused_elsewhere in ["not a url", "ftp://evil.example/v1"] {
+            assert_eq!(kept(refused_elsewhere).unwrap(), "sk-stored", "no http(s) URL: refused on its own field");
+        }
+        let typed = key_for_edit(&current, "https://evil.example/v1", Some(SecretString::from("sk-new".to_string())));
+        assert_eq!(typed.unwrap().expose_secret(), "sk-new", "a typed key goes with the new address");
+    }
+
     use super::*;
 
     #[test]
