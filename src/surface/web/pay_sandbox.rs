@@ -19,8 +19,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use super::collect_params;
-use super::epay::{self, Params, TRADE_SUCCESS};
+use crate::domain::payment::collect_params;
+use crate::domain::payment::epay::{self, Params, TRADE_SUCCESS};
 use crate::foundation::clock::{from_micros, to_micros};
 use crate::foundation::error::Result;
 use crate::foundation::money::Money;
