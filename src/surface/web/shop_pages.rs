@@ -300,8 +300,11 @@ async fn buy(
         Ok(next) => Redirect::to(&next).into_response(),
         Err(e) if e.code() == "insufficient_balance" => match shortfall(&state, user_id, id, coupon).await {
             Ok(missing) => {
-                let outcome =
-                    PackagesOutcome { shortfall: missing, errors: FieldErrors::from_error(&signed.ctx, &e), ..Default::default() };
+                let outcome = PackagesOutcome {
+                    shortfall: missing,
+                    errors: FieldErrors::from_error(&signed.ctx, &e),
+                    ..Default::default()
+                };
                 render_packages(&state, &signed, outcome).await
             }
             Err(e) => error_page_for(&signed.ctx, &e),
