@@ -10,11 +10,11 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
+use super::catalog::Catalog;
+use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar, SharedClock};
 use crate::foundation::db::Db;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::secrets::SecretBox;
-use crate::runtime::state::AppState;
 
 /// Consecutive failures after which an upstream is skipped until a probe succeeds.
 pub const UNHEALTHY_AFTER_FAILURES: i64 = 3;
@@ -352,41 +352,47 @@ pub async fn record_success(db: &Db, id: i64, now: DateTime<Utc>) -> Result<()> 
     Ok(())
 }
 
-/// Probes every enabled, unhealthy upstream once (`GET {base}/models` with its key)
-/// and marks those that answer 2xx healthy again. The job scheduler calls this
-/// periodically; returns how many recovered.
-pub async fn probe_unhealthy_once(state: &AppState) -> Result<usize> {
-    let unhealthy: Vec<Upstream> =
-        list(&state.db, &state.secrets).await?.into_iter().filter(|u| u.enabled && !u.healthy).collect();
+/// Probes every enabled, unhealthy upstream once (`GET {base}/models` with its key, within
+/// `timeout`) and marks those that answer 2xx healthy again, dropping the cached catalog
+/// when one recovered. The job scheduler calls this periodically (`runtime::jobs`);
+/// returns how many recovered. Takes what it uses, not the application state.
+pub async fn probe_unhealthy_once(
+    db: &Db,
+    secrets: &SecretBox,
+    http: &reqwest::Client,
+    catalog: &Catalog,
+    timeout: std::time::Duration,
+    clock: &SharedClock,
+) -> Result<usize> {
+    let unhealthy: Vec<Upstream> = list(db, secrets).await?.into_iter().filter(|u| u.enabled && !u.healthy).collect();
     let mut recovered = 0;
     for upstream in unhealthy {
-        let response = state
-            .http
+        let response = http
             .get(upstream.url("/models"))
             .bearer_auth(upstream.api_key.expose_secret())
-            .timeout(state.config.upstream_first_byte_timeout.min(std::time::Duration::from_secs(30)))
+            .timeout(timeout.min(std::time::Duration::from_secs(30)))
             .send()
             .await;
         match response {
             Ok(r) if r.status().is_success() => {
-                record_success(&state.db, upstream.id, state.now()).await?;
+                record_success(db, upstream.id, clock.now()).await?;
                 tracing::info!(upstream = %upstream.name, "upstream recovered");
                 recovered += 1;
             }
             Ok(r) => {
-                record_failure(&state.db, upstream.id, &format!("probe: HTTP {}", r.status()), state.now()).await?;
+                record_failure(db, upstream.id, &format!("probe: HTTP {}", r.status()), clock.now()).await?;
             }
             Err(e) => {
                 let text = crate::foundation::redact::scrub(
                     &crate::foundation::redact::transport_error(e),
                     &[upstream.api_key.expose_secret()],
                 );
-                record_failure(&state.db, upstream.id, &format!("probe: {text}"), state.now()).await?;
+                record_failure(db, upstream.id, &format!("probe: {text}"), clock.now()).await?;
             }
         }
     }
     if recovered > 0 {
-        state.catalog.invalidate();
+        catalog.invalidate();
     }
     Ok(recovered)
 }
