@@ -383,7 +383,6 @@ const KNOWN_UPWARD: &[(&str, &str)] = &[
     ("domain::packages", "runtime::state"),
     ("domain::payment", "runtime::state"),
     ("domain::payment", "surface::web"),
-    ("domain::proxy", "runtime::state"),
 ];
 
 #[test]

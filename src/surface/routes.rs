@@ -31,7 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::surface::api::router())
-        .merge(crate::domain::proxy::router())
+        .merge(crate::surface::v1::router())
         .merge(crate::surface::web::router())
         .merge(crate::domain::payment::page::router());
     if state.config.pay_sandbox {
