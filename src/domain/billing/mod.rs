@@ -488,7 +488,7 @@ pub async fn settle(env: Env<'_>, hold: &Hold, record: &UsageRecord) -> Result<S
 }
 
 /// [`settle`] with only what it needs: the writer and the instant (the journal replay
-/// at start runs before the application env exists).
+/// at start runs before the application state exists).
 pub async fn settle_with(
     writer: &writer::BillingWriter,
     hold: &Hold,
