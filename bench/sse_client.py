@@ -308,8 +308,20 @@ async def _hold_ws(base, key, path, n, sample, settle_s):
            f"OpenAI-Beta: responses_websockets=2026-02-06\r\nsession_id: bench\r\n"
            f"Authorization: Bearer {key}\r\n\r\n").encode()
     state = {"open": 0, "failed": 0, "first_error": None}
-    writers = []
-    before = sample()
+    conns = []
+
+    async def steady():
+        """RSS once two readings a while apart agree (the allocator returns freed pages lazily)."""
+        last = sample()
+        for _ in range(20):
+            await asyncio.sleep(settle_s / 4)
+            now = sample()
+            if abs(now - last) < 256:
+                return now
+            last = now
+        return last
+
+    before = await steady()
 
     async def one():
         try:
@@ -321,7 +333,7 @@ async def _hold_ws(base, key, path, n, sample, settle_s):
             state["failed"] += 1
             state["first_error"] = state["first_error"] or repr(e)[:200]
             return
-        writers.append(writer)
+        conns.append((reader, writer))
         if head.startswith(b"HTTP/1.1 101"):
             state["open"] += 1
         else:
@@ -336,17 +348,12 @@ async def _hold_ws(base, key, path, n, sample, settle_s):
             await asyncio.sleep(0.01)
     await asyncio.gather(*tasks, return_exceptions=True)
     t_open = round(time.time() - started, 2)
-    # Settled: two readings a while apart agree (upgrade tasks spawned and parked).
-    last = sample()
-    for _ in range(20):
-        await asyncio.sleep(settle_s / 4)
-        now = sample()
-        if abs(now - last) < 256:
-            break
-        last = now
-    after = sample()
-    for w in writers:
+    after = await steady()  # upgrade tasks spawned and parked
+    # Still open: the server has not closed the socket (no EOF seen by the client's transport).
+    still_open = sum(1 for reader, _w in conns if not reader.at_eof())
+    for _r, w in conns:
         w.close()
-    return {"sockets": n, "open": state["open"], "failed": state["failed"], "first_error": state["first_error"],
+    return {"sockets": n, "open": state["open"], "still_open_at_sample": still_open, "failed": state["failed"],
+            "first_error": state["first_error"],
             "seconds_to_all_open": t_open, "rss_before_kib": before, "rss_all_open_kib": after,
             "kib_per_socket": round((after - before) / state["open"], 1) if state["open"] else None}
