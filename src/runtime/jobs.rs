@@ -75,7 +75,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(3600),
             run: |state| {
                 Box::pin(async move {
-                    let pruned = crate::domain::payment::notify::prune_once(&state).await?;
+                    let pruned = crate::domain::orders::notify::prune_once(&state).await?;
                     Ok(format!("pruned {pruned} raw notifies"))
                 })
             },
@@ -85,12 +85,26 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(30),
             run: |state| {
                 Box::pin(async move {
-                    let recovered = crate::domain::proxy::upstreams::probe_unhealthy_once(&state).await?;
+                    let recovered = probe_upstreams(&state).await?;
                     Ok(format!("{recovered} upstreams recovered"))
                 })
             },
         },
     ]
+}
+
+/// Probes the unhealthy upstreams once (`domain::proxy::upstreams::probe_unhealthy_once`
+/// with the parts of the state it uses); returns how many recovered.
+pub async fn probe_upstreams(state: &AppState) -> Result<usize> {
+    crate::domain::proxy::upstreams::probe_unhealthy_once(
+        &state.db,
+        &state.secrets,
+        &state.http,
+        &state.catalog,
+        state.config.upstream_first_byte_timeout,
+        &state.clock,
+    )
+    .await
 }
 
 /// Runs one job by name now, ignoring leases (tests, the admin "run now" button).

@@ -4,4 +4,5 @@
 
 pub mod api;
 pub mod routes;
+pub mod v1;
 pub mod web;

@@ -423,6 +423,20 @@ const INVARIANTS: &[(&str, &str)] = &[
            CASE WHEN o.status IN ('fulfilled', 'refunding', 'refunded') THEN 1 ELSE 0 END",
     ),
     (
+        "a delivered package order left a package_purchase ledger row (paid online or from the balance)",
+        "SELECT o.id, o.user_id, CAST(0 AS BIGINT) FROM payment_orders o \
+         WHERE o.kind = 'package' AND o.user_package_id IS NOT NULL \
+           AND o.status IN ('fulfilled', 'refunding', 'refund_confirmed', 'refunded') AND NOT EXISTS \
+           (SELECT 1 FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.kind = 'package_purchase')",
+    ),
+    (
+        "a refunded package order left a refund ledger row naming its user package (also when no balance moved)",
+        "SELECT o.id, o.user_id, CAST(0 AS BIGINT) FROM payment_orders o \
+         WHERE o.kind = 'package' AND o.user_package_id IS NOT NULL AND o.status = 'refunded' AND NOT EXISTS \
+           (SELECT 1 FROM ledger_entries l WHERE l.reference = o.out_trade_no AND l.kind = 'refund' \
+              AND l.user_package_id = o.user_package_id)",
+    ),
+    (
         "a fulfilled order has fulfilled_at",
         "SELECT o.id, CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM payment_orders o WHERE o.status IN ('fulfilled', 'refunded') AND o.fulfilled_at IS NULL",
     ),

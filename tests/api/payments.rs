@@ -17,6 +17,7 @@ on_both_databases_with_sandbox!(
     a_payment_after_expiry_is_still_fulfilled_and_flagged,
     a_package_sold_out_before_payment_is_paid_back_to_the_balance,
     a_purchase_clicks_through_the_sandbox_and_is_refunded,
+    an_online_package_purchase_and_its_refund_each_leave_a_ledger_row,
     notify_racing_reconciliation_fulfils_exactly_once,
     an_admin_check_fulfils_a_paid_order_whose_notify_was_lost,
     a_refund_the_gateway_refuses_changes_nothing,
@@ -313,6 +314,40 @@ async fn a_purchase_clicks_through_the_sandbox_and_is_refunded(app: TestApp) {
     app.assert_money_invariants().await;
 }
 
+/// Every allowance change leaves a ledger row (issue 22): a package paid through the
+/// gateway moves no balance, yet its delivery and its refund each leave one, naming the
+/// order and the user package (before, neither did: the user's history showed nothing).
+async fn an_online_package_purchase_and_its_refund_each_leave_a_ledger_row(app: TestApp) {
+    let s = shop(&app).await;
+    let purchase = order_package(&app, &s.user, s.package_id).await;
+    let otn = purchase["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let trade_no = submit_to_sandbox(&app, &purchase).await;
+    assert_eq!(sandbox_pay(&app, &trade_no, true).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "fulfilled");
+    let refund = app.post(&format!("/api/admin/orders/{otn}/refund"), &s.admin, json!({})).await;
+    assert_eq!(refund.status, StatusCode::OK, "{}", refund.text);
+    assert_eq!(refund.body["order"]["status"], "refunded");
+    let ledger = app.get("/api/user/ledger", &s.user).await;
+    assert_eq!(ledger.status, StatusCode::OK, "{}", ledger.text);
+    let rows: Vec<(String, String)> = ledger.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reference"] == otn.as_str())
+        .map(|e| (e["kind"].as_str().unwrap().to_string(), e["amount"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(rows.contains(&("package_purchase".to_string(), "0.00".to_string())), "delivery row: {rows:?}");
+    assert!(rows.contains(&("refund".to_string(), "0.00".to_string())), "refund row: {rows:?}");
+    assert_eq!(rows.len(), 2, "one row each: {rows:?}");
+    let up_id = app.count("SELECT id FROM user_packages").await;
+    let named = app
+        .count(&format!("SELECT COUNT(*) FROM ledger_entries WHERE reference = '{otn}' AND user_package_id = {up_id}"))
+        .await;
+    assert_eq!(named, 2, "both rows name the user package");
+    assert_eq!(app.balance(&s.user).await, "0.00");
+    app.assert_all_invariants().await;
+}
+
 async fn notify_racing_reconciliation_fulfils_exactly_once(app: TestApp) {
     let s = shop(&app).await;
     let purchase = order_package(&app, &s.user, s.package_id).await;
@@ -419,7 +454,8 @@ async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
     assert_eq!(submit_to_sandbox(&app, &purchase).await, trade_no, "re-submitting the same order reuses the trade");
     let cancel = app.client.post(app.url(&format!("/sandbox/epay/cashier/{trade_no}/cancel"))).send().await.unwrap();
     assert_eq!(cancel.status(), StatusCode::SEE_OTHER);
-    assert_eq!(cancel.headers()["location"].to_str().unwrap(), app.url("/packages"));
+    let back = format!("/packages?out_trade_no={otn}&cancelled=1");
+    assert_eq!(cancel.headers()["location"].to_str().unwrap(), app.url(&back), "back with the order, saying cancelled");
     let late_click = sandbox_pay(&app, &trade_no, true).await;
     assert_eq!(late_click.status(), StatusCode::OK, "a cancelled trade cannot be paid");
     let query = app
@@ -446,4 +482,16 @@ async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
     assert_eq!(wrong_key["code"], -1);
     assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending");
     assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 0);
+
+    // Back on /packages the box says the payment was cancelled (and stops polling).
+    let cookie = format!("cg_session={}", s.user);
+    let page = app.client.get(app.url(&back)).header(reqwest::header::COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"order-cancelled\"") && html.contains("nothing was charged"), "{html}");
+    assert!(!html.contains("hx-get=\"/orders/"), "a cancelled payment is not awaited");
+    // "Pay now" after a Cancel opens the same trade again, payable.
+    assert_eq!(submit_to_sandbox(&app, &purchase).await, trade_no);
+    let cashier = app.client.get(app.url(&format!("/sandbox/epay/cashier/{trade_no}"))).send().await.unwrap();
+    assert!(cashier.text().await.unwrap().contains("id=\"sandbox-pay\""), "the cashier offers to pay again");
 }

@@ -363,7 +363,7 @@ async fn a_failing_upstream_is_skipped_before_the_first_byte_and_marked_unhealth
     assert_eq!(view.body["consecutive_failures"], 3);
     assert!(view.body["last_error"].as_str().unwrap().contains("500"));
     // Its /models answers, so the probe brings it back.
-    let recovered = codex_gateway::domain::proxy::probe_unhealthy_once(&app.state).await.unwrap();
+    let recovered = codex_gateway::runtime::jobs::probe_upstreams(&app.state).await.unwrap();
     assert_eq!(recovered, 1);
     let view = app.get(&format!("/api/admin/upstreams/{broken_id}"), &s.admin).await;
     assert_eq!((view.body["healthy"].clone(), view.body["consecutive_failures"].clone()), (json!(true), json!(0)));

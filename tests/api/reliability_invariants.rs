@@ -77,6 +77,36 @@ async fn the_invariant_checker_reports_every_kind_of_corruption(app: TestApp) {
         &format!("DELETE FROM ledger_entries WHERE reference = '{otn}'"),
     )
     .await;
+    // A package bought from the balance and refunded, whose refund row goes missing
+    // (what a refund of an online-paid package once left: no row at all).
+    let package = app
+        .create_package(&s.admin, json!({"name": "p", "price": "1.00", "duration_days": 30, "daily_limit": 1}))
+        .await;
+    let bought =
+        app.post(&format!("/api/packages/{package}/purchase"), &s.user_token, json!({"pay_with": "balance"})).await;
+    assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.text);
+    let potn = bought.body["order"]["out_trade_no"].as_str().unwrap().to_string();
+    let refund = app.post(&format!("/api/admin/orders/{potn}/refund"), &s.admin, json!({})).await;
+    assert_eq!(refund.status, StatusCode::OK, "{}", refund.text);
     app.assert_all_invariants().await;
-    report("invariant_checker_self_test", app.backend, &[("corruptions_caught", cases.len() as u64 + 1)], 0);
+    expect_caught(
+        &app,
+        &format!("UPDATE ledger_entries SET kind = 'admin_adjust' WHERE reference = '{potn}' AND kind = 'refund'"),
+        "a refunded package order left a refund ledger row",
+        &format!("UPDATE ledger_entries SET kind = 'refund' WHERE reference = '{potn}' AND kind = 'admin_adjust'"),
+    )
+    .await;
+    expect_caught(
+        &app,
+        &format!(
+            "UPDATE ledger_entries SET kind = 'admin_adjust' WHERE reference = '{potn}' AND kind = 'package_purchase'"
+        ),
+        "a delivered package order left a package_purchase ledger row",
+        &format!(
+            "UPDATE ledger_entries SET kind = 'package_purchase' WHERE reference = '{potn}' AND kind = 'admin_adjust'"
+        ),
+    )
+    .await;
+    app.assert_all_invariants().await;
+    report("invariant_checker_self_test", app.backend, &[("corruptions_caught", cases.len() as u64 + 3)], 0);
 }

@@ -19,6 +19,7 @@ on_both_databases_with_sandbox!(
     orders_paid_later_respect_the_per_user_limit,
     a_refund_removes_only_what_its_order_bought,
     notifies_are_stored_bounded_capped_and_rate_limited,
+    moving_an_upstream_to_another_host_needs_its_key_typed_again,
 );
 
 /// A signed-in form post (session cookie and its CSRF token added).
@@ -397,8 +398,11 @@ async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
     let admin = app.admin_token().await;
     app.configure_credit(&admin).await;
     let url = app.url("/api/payment/credit/notify");
-    // A large body is refused before anything is stored.
-    let big = format!("pid=1001&junk={}", "x".repeat(2 * 1024 * 1024 - 100));
+    // A body over the cap is refused before anything is stored. Twice the cap, not megabytes: a
+    // body that fits the socket buffers is sent whole before the 413 comes back, so the client
+    // never races the server closing the connection mid-upload (a flaky reset, seen in CI).
+    let cap = codex_gateway::domain::orders::notify::MAX_NOTIFY_BYTES;
+    let big = format!("pid=1001&junk={}", "x".repeat(2 * cap));
     let r = app
         .client
         .post(&url)
@@ -431,7 +435,70 @@ async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
     assert!(rows <= 200 - limited as i64 + 1, "refused notifies are not stored ({rows} rows)");
     // Raw notifies are kept for a bounded retention.
     app.clock.advance(chrono::Duration::days(91));
-    let pruned = codex_gateway::domain::payment::notify::prune_once(&app.state).await.unwrap();
+    let pruned = codex_gateway::domain::orders::notify::prune_once(&app.state).await.unwrap();
     assert_eq!(pruned as i64, rows);
     assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 0);
+}
+
+/// A server that answers the model list and keeps every `Authorization` header it was sent,
+/// to see which key reached it.
+async fn recording_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let models = move |headers: axum::http::HeaderMap| {
+        let record = record.clone();
+        async move {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            record.lock().unwrap().push(auth.to_string());
+            axum::Json(json!({"object": "list", "data": [{"id": "gpt-5", "object": "model"}]}))
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/v1/models", axum::routing::get(models));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/v1"), seen)
+}
+
+/// The stored key is write-only; without this rule an admin session (or a stolen one) could
+/// move the address to its own server, keep the key, press "Test connection" and read the key
+/// from the request. Moving to another host needs the key typed again, on the API and the page.
+async fn moving_an_upstream_to_another_host_needs_its_key_typed_again(app: TestApp) {
+    const KEY: &str = "sk-upstream-secret-1234";
+    let admin = app.admin_token().await;
+    let (home, home_seen) = recording_upstream().await;
+    let (elsewhere, elsewhere_seen) = recording_upstream().await;
+    let body = json!({"name": "main", "base_url": home, "api_key": KEY});
+    let created = app.post("/api/admin/upstreams", &admin, body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_i64().unwrap();
+    let path = format!("/api/admin/upstreams/{id}");
+
+    let moved = app.put(&path, &admin, json!({"base_url": elsewhere})).await;
+    assert_eq!(moved.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", moved.text);
+    assert_eq!(
+        (moved.body["error"]["code"].as_str(), moved.body["error"]["field"].as_str()),
+        (Some("validation_failed"), Some("api_key"))
+    );
+    let page = format!("/admin/upstreams/{id}");
+    let fields =
+        [("name", "main"), ("base_url", elsewhere.as_str()), ("api_key", ""), ("priority", "0"), ("weight", "1")];
+    let refused = form_post(&app, &admin, &page, &fields).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.text);
+    assert!(refused.text.contains("id=\"api_key-error\""), "the key field says why");
+    assert_eq!(app.get(&path, &admin).await.body["base_url"], home.as_str(), "nothing was changed");
+    let tested = form_post(&app, &admin, &format!("{page}/test"), &[]).await;
+    assert_eq!(tested.status, StatusCode::OK);
+    assert_eq!(home_seen.lock().unwrap().as_slice(), [format!("Bearer {KEY}")], "the test went to the stored host");
+
+    let same_host = app.put(&path, &admin, json!({"base_url": home.replace("/v1", "/v1/")})).await;
+    assert_eq!(same_host.status, StatusCode::OK, "the same host keeps the key: {}", same_host.text);
+    let own = app.put(&path, &admin, json!({"base_url": elsewhere, "api_key": "sk-its-own-key"})).await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.text);
+    form_post(&app, &admin, &format!("{page}/test"), &[]).await;
+    assert_eq!(elsewhere_seen.lock().unwrap().as_slice(), ["Bearer sk-its-own-key".to_string()]);
+    assert!(
+        !elsewhere_seen.lock().unwrap().iter().any(|auth| auth.contains(KEY)),
+        "the stored key never left for the new host"
+    );
 }

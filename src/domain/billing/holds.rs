@@ -6,7 +6,8 @@
 //! The hold is the 95th percentile of the output tokens of the model's last
 //! [`SAMPLES`] settled requests (kept in memory, warmed from `usage_logs` at start and
 //! updated by every settlement of this instance), never below the model's floor
-//! (a setting) and never above the request's own `max_output_tokens`. Until a model
+//! (a setting) and otherwise never above the request's own `max_output_tokens` (the
+//! floor wins: see [`output_tokens`]). Until a model
 //! has [`MIN_SAMPLES`] requests the configured default (`hold_output_tokens`) applies.
 //!
 //! The price: a request may cost more than its hold. What a user can owe is then
@@ -39,14 +40,19 @@ pub struct HoldRule {
     pub max_output_tokens: Option<i64>,
 }
 
-/// The output tokens to hold: the learned percentile (or the default), at least the
-/// floor, at most the request's `max_output_tokens` (never less than one).
+/// The output tokens to hold: the learned percentile (or the default), lowered to the
+/// request's `max_output_tokens` if it names fewer, but never below the model's floor
+/// (never less than one). The floor wins over the client's figure on purpose: the
+/// client chooses `max_output_tokens`, and an upstream that produces more than it asked
+/// for (or counts reasoning apart) would otherwise leave cost − hold unbounded by
+/// anything the operator sets; with the floor it is at most output − floor per request.
 pub fn output_tokens(rule: HoldRule, learned: Option<i64>) -> i64 {
-    let tokens = learned.unwrap_or(rule.default_tokens).max(rule.floor);
+    let tokens = learned.unwrap_or(rule.default_tokens);
     match rule.max_output_tokens {
         Some(max) => tokens.min(max),
         None => tokens,
     }
+    .max(rule.floor)
     .max(1)
 }
 
@@ -128,10 +134,13 @@ mod tests {
         assert_eq!(output_tokens(rule, Some(400)), 400);
         assert_eq!(output_tokens(rule, Some(40)), 256, "never below the floor");
         assert_eq!(output_tokens(rule, Some(9000)), 9000, "long answers are held in full");
-        let bounded = HoldRule { max_output_tokens: Some(100), ..rule };
-        assert_eq!(output_tokens(bounded, Some(400)), 100, "never above max_output_tokens");
-        assert_eq!(output_tokens(bounded, None), 100);
-        assert_eq!(output_tokens(HoldRule { max_output_tokens: Some(0), ..rule }, None), 1);
+        let bounded = HoldRule { max_output_tokens: Some(300), ..rule };
+        assert_eq!(output_tokens(bounded, Some(400)), 300, "never above max_output_tokens");
+        assert_eq!(output_tokens(bounded, None), 300);
+        let tiny = HoldRule { max_output_tokens: Some(16), ..rule };
+        assert_eq!(output_tokens(tiny, Some(400)), 256, "a tiny max_output_tokens stops at the floor");
+        let unfloored = HoldRule { floor: 0, max_output_tokens: Some(0), ..rule };
+        assert_eq!(output_tokens(unfloored, None), 1);
         let floors = [crate::domain::settings::ModelFloor { model: "gpt-5".into(), output_tokens: 1024 }];
         assert_eq!(floor_for("gpt-5", 256, &floors), 1024);
         assert_eq!(floor_for("o3", 256, &floors), 256);

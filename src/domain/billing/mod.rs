@@ -27,8 +27,9 @@
 //! [`user_changed`], which drops the hint here and, on PostgreSQL, on every instance),
 //! so the excess is bounded by what one instance admits on a hint before the next
 //! commit (≤ 10 ms plus any writer backlog) or notice. The holds an instance has taken
-//! on a hint but not yet committed keep counting against it, so its own requests can
-//! never together exceed what it last knew.
+//! on a hint but not yet committed keep counting against it, and an admission that
+//! waits counts them too (and is counted by the hint until it commits), so one
+//! instance's admissions, on the hint or not, never together exceed the user's funds.
 
 pub mod allowance;
 mod batch;

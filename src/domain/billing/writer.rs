@@ -88,10 +88,53 @@ impl Hints {
         }
     }
 
-    /// Records a committed (or failed) admission: its hold is no longer pending when it
-    /// was taken on the hint, and the hint becomes what the database said.
+    /// A waiting admission is on its way to the writer: until it commits its hold
+    /// counts against the hint like one taken on it (so the hint cannot admit what the
+    /// waiting one is about to take).
+    fn reserve(&self, user_id: i64, hold: Money) {
+        self.update(user_id, |room| room.pending = room.pending.saturating_add(hold));
+    }
+
+    /// Per user with a waiting admission among `jobs`: the holds this instance has
+    /// taken and not committed that are not in `jobs` (admitted on the hint, or waiting
+    /// for a later batch). Taken after the batch is formed, so every job of it is pending.
+    fn elsewhere(&self, jobs: &[Job]) -> HashMap<i64, Money> {
+        let Ok(map) = self.0.read() else { return HashMap::new() };
+        let mut out: HashMap<i64, Money> = HashMap::new();
+        for job in jobs {
+            if let Job::Admit { request, forced: false, .. } = job {
+                if let Some(room) = map.get(&request.user_id) {
+                    out.entry(request.user_id).or_insert(room.pending);
+                }
+            }
+        }
+        for job in jobs {
+            if let Job::Admit { request, .. } = job {
+                if let Some(pending) = out.get_mut(&request.user_id) {
+                    *pending = pending.saturating_sub(request.hold);
+                }
+            }
+        }
+        out.retain(|_, pending| pending.is_positive());
+        out
+    }
+
+    /// A settlement that charged more than its hold lowered the user's headroom by the
+    /// difference: the hint follows at once instead of at the next admission's commit.
+    fn settled(&self, job: &Job, outcome: &Outcome) {
+        let (Job::Settle { hold, .. }, Outcome::Settle(Ok(done))) = (job, outcome) else { return };
+        let over = done.package.saturating_add(done.balance).saturating_sub(hold.amount);
+        if !done.applied || !over.is_positive() {
+            return;
+        }
+        self.update(hold.user_id, |room| room.committed = room.committed.map(|c| c.saturating_sub(over)));
+    }
+
+    /// Records a committed (or failed) admission: its hold is no longer pending (taken
+    /// on the hint or waiting, both counted), and the hint becomes what the database said.
     fn admitted(&self, job: &Job, outcome: &Outcome) {
-        let Job::Admit { request, forced, .. } = job else { return };
+        self.settled(job, outcome);
+        let Job::Admit { request, .. } = job else { return };
         let Outcome::Admit(result) = outcome else { return };
         let after = match result {
             Ok(Ok(hold)) if hold.refused.is_none() => Some(hold.headroom),
@@ -99,9 +142,7 @@ impl Hints {
         };
         let capped = matches!(result, Ok(Ok(hold)) if hold.key_capped);
         self.update(request.user_id, |room| {
-            if *forced {
-                room.release(request.hold);
-            }
+            room.release(request.hold);
             room.committed = after;
             if capped && !room.capped_keys.contains(&request.api_key_id) {
                 room.capped_keys.push(request.api_key_id);
@@ -177,7 +218,21 @@ impl BillingWriter {
     pub(super) async fn enqueue(&self, job: Job) -> Result<oneshot::Receiver<Outcome>> {
         let (reply, answer) = oneshot::channel();
         let queue = if job.urgent() { &self.urgent } else { &self.lazy };
-        queue.send((job, reply)).await.map_err(|_| Error::Unavailable("the billing writer stopped".into()))?;
+        // A waiting admission counts as pending from now until the writer records it
+        // (one taken on the hint already does, from `take_headroom`).
+        let waiting = match &job {
+            Job::Admit { request, forced: false, .. } => Some((request.user_id, request.hold)),
+            _ => None,
+        };
+        if let Some((user_id, hold)) = waiting {
+            self.hints.reserve(user_id, hold);
+        }
+        if queue.send((job, reply)).await.is_err() {
+            if let Some((user_id, hold)) = waiting {
+                self.hints.update(user_id, |room| room.release(hold));
+            }
+            return Err(Error::Unavailable("the billing writer stopped".into()));
+        }
         Ok(answer)
     }
 }
@@ -226,9 +281,14 @@ async fn run(
             // Both queues closed (every handle dropped) and drained.
             return;
         }
+        // Admissions taken on the hint first: they are forwarded already, so a waiting
+        // admission of the same batch must see their holds (it also counts those still
+        // outside the batch, `elsewhere`). Otherwise arrival order is kept.
+        waiting.sort_by_key(|(job, _)| !matches!(job, Job::Admit { forced: true, .. }));
         let (jobs, replies): (Vec<Job>, Vec<_>) = std::mem::take(&mut waiting).into_iter().unzip();
         metrics::histogram!("gateway_billing_batch_size").record(jobs.len() as f64);
-        match batch::run(&db, &calendar, &jobs).await {
+        let elsewhere = hints.elsewhere(&jobs);
+        match batch::run(&db, &calendar, &jobs, &elsewhere).await {
             Ok(outcomes) => {
                 for ((outcome, reply), job) in outcomes.into_iter().zip(replies).zip(&jobs) {
                     hints.admitted(job, &outcome);
@@ -238,7 +298,8 @@ async fn run(
             Err(error) if jobs.len() > 1 => {
                 tracing::warn!(error = %error, jobs = jobs.len(), "billing batch failed; running its jobs one by one");
                 for (job, reply) in jobs.into_iter().zip(replies) {
-                    let outcome = match batch::run(&db, &calendar, std::slice::from_ref(&job)).await {
+                    let one = std::slice::from_ref(&job);
+                    let outcome = match batch::run(&db, &calendar, one, &hints.elsewhere(one)).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| job.failed(Error::internal("no outcome"))),
                         Err(error) => job.failed(error),
                     };
@@ -317,16 +378,22 @@ mod tests {
         BillingWriter { urgent, lazy, hints: Hints::default(), sizes: Default::default() }
     }
 
+    /// A waiting admission of user 1 (hold 1) enqueued and committed with `headroom`.
+    fn waited(w: &BillingWriter, headroom: &str) {
+        w.hints.reserve(1, m("1"));
+        w.hints.admitted(&admission("1", false), &admitted(headroom, None));
+    }
+
     #[test]
     fn holds_taken_on_the_hint_count_until_their_admission_commits() {
         let w = writer();
         assert_eq!(available(&w), None, "nothing known yet: admit first");
-        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        waited(&w, "10");
         assert!(w.take_headroom(1, 1, m("4"), m("1")));
         assert!(w.take_headroom(1, 1, m("4"), m("1")));
         // A commit of an older admission reports 10 again (the two above are not in it
         // yet): the pending holds still count, so the hint cannot overstate.
-        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        waited(&w, "10");
         assert_eq!(available(&w), Some(m("8")));
         // The first forced admission commits: 9 left in the database, one still pending.
         w.hints.admitted(&admission("1", true), &admitted("9", None));
@@ -336,13 +403,49 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_admission_counts_the_holds_taken_on_the_hint_outside_its_batch() {
+        let w = writer();
+        waited(&w, "20");
+        // Three forwarded on the hint, their holds not written yet; then one waits.
+        for _ in 0..3 {
+            assert!(w.take_headroom(1, 1, m("4"), m("1")));
+        }
+        w.hints.reserve(1, m("1"));
+        let forced_in_batch = admission("1", true);
+        let waiting = admission("1", false);
+        // In a batch with one of the three: the other two are elsewhere.
+        assert_eq!(w.hints.elsewhere(&[forced_in_batch, waiting]).get(&1), Some(&m("2")));
+        // While the waiting one is pending, the hint cannot hand out its share.
+        assert_eq!(available(&w), Some(m("16")));
+        // A batch of settlements only asks for nothing.
+        assert!(w.hints.elsewhere(&[admission("1", true)]).is_empty());
+    }
+
+    #[test]
+    fn a_settlement_above_its_hold_lowers_the_hint_at_once() {
+        let w = writer();
+        waited(&w, "10");
+        let Outcome::Admit(Ok(Ok(hold))) = admitted("10", None) else { unreachable!() };
+        let record = Box::new(crate::domain::billing::UsageRecord::default());
+        let job = Job::Settle { hold, record, now: Utc::now() };
+        let done = crate::domain::billing::Settlement {
+            package: Money::ZERO,
+            balance: m("3"),
+            balance_after: m("0"),
+            applied: true,
+        };
+        w.hints.admitted(&job, &Outcome::Settle(Ok(done)));
+        assert_eq!(available(&w), Some(m("8")), "charged 3 on a hold of 1: 2 less headroom");
+    }
+
+    #[test]
     fn a_refusal_or_a_notice_drops_the_hint_but_keeps_counting_pending_holds() {
         let w = writer();
-        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        waited(&w, "10");
         assert!(w.take_headroom(1, 1, m("2"), m("1")));
         w.forget_headroom(1);
         assert_eq!(available(&w), None);
-        w.hints.admitted(&admission("1", false), &admitted("10", None));
+        waited(&w, "10");
         assert_eq!(available(&w), Some(m("9")), "the hold taken before the notice is still pending");
         w.hints.admitted(&admission("1", true), &admitted("-1", Some("cannot_pay")));
         assert_eq!(available(&w), None, "a forced admission that would have been refused drops it");

@@ -215,6 +215,19 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
         mode: rules.mode,
     };
     let activation = activation::activate(conn, &grant, now).await?;
+    // Paid through the gateway, so no balance moves; the allowance does, and every
+    // allowance change leaves a ledger row naming its user package.
+    let details = EntryDetails { user_package_id: Some(activation.user_package_id), ..details };
+    ledger::change_balance(
+        conn,
+        order.user_id,
+        ledger::kind::PACKAGE_PURCHASE,
+        Money::ZERO,
+        Overdraft::Refuse,
+        &details,
+        now,
+    )
+    .await?;
     Ok(Fulfilment {
         effect: activation.effect.as_str(),
         user_package_id: Some(activation.user_package_id),

@@ -288,8 +288,13 @@ async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Resu
     let now = state.now();
     let mut tx = state.db.begin().await?;
     let note = format!("refund of order {}", order.out_trade_no);
-    let details =
-        EntryDetails { reference: Some(&order.out_trade_no), note: Some(&note), actor_id, ..Default::default() };
+    let details = EntryDetails {
+        reference: Some(&order.out_trade_no),
+        note: Some(&note),
+        actor_id,
+        user_package_id: order.user_package_id,
+        ..Default::default()
+    };
     // Packages before users, the lock order every other money path uses.
     if let (Some(_), Some(package_id)) = (order.user_package_id, order.package_id) {
         packages::return_stock(tx.conn(), package_id, now).await?;
@@ -313,6 +318,20 @@ async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Resu
         let back = Money::from_micros(order.credit_amount);
         ledger::change_balance(tx.conn(), order.user_id, ledger::kind::REFUND, back, Overdraft::Refuse, &details, now)
             .await?;
+    } else if order.user_package_id.is_some() && !take_back.is_positive() {
+        // Paid online, the money went back through the gateway: no balance moves, but
+        // the package (or its extension) is taken back, and every allowance change
+        // leaves a ledger row naming its user package.
+        ledger::change_balance(
+            tx.conn(),
+            order.user_id,
+            ledger::kind::REFUND,
+            Money::ZERO,
+            Overdraft::Allow,
+            &details,
+            now,
+        )
+        .await?;
     }
     if let (Some(up_id), Some(package_id)) = (order.user_package_id, order.package_id) {
         let row = activation::find_on(tx.conn(), up_id).await?.ok_or(Error::NotFound("user package"))?;

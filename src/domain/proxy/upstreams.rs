@@ -10,11 +10,11 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
+use super::catalog::Catalog;
+use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar, SharedClock};
 use crate::foundation::db::Db;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::secrets::SecretBox;
-use crate::runtime::state::AppState;
 
 /// Consecutive failures after which an upstream is skipped until a probe succeeds.
 pub const UNHEALTHY_AFTER_FAILURES: i64 = 3;
@@ -92,6 +92,29 @@ fn from_row(r: UpstreamRow, secrets: &SecretBox) -> Upstream {
 }
 
 impl Upstream {
+    /// A healthy, enabled upstream with no models or map, for unit tests of the rules that
+    /// pick and edit upstreams.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: i64, base_url: &str, api_key: &str) -> Self {
+        Upstream {
+            id,
+            name: format!("u{id}"),
+            base_url: base_url.into(),
+            api_key: SecretString::from(api_key.to_string()),
+            models: None,
+            model_map: None,
+            priority: 0,
+            weight: 1,
+            enabled: true,
+            healthy: true,
+            consecutive_failures: 0,
+            last_error: None,
+            last_checked_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
     /// Whether this upstream may be asked for `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|models| models.iter().any(|m| m == model))
@@ -169,6 +192,30 @@ pub struct UpstreamInput {
 /// Normalises and checks an upstream before it is stored (the first problem found).
 pub fn validate(input: &mut UpstreamInput) -> Result<()> {
     problems(input).into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Why an edit that moves an upstream to another origin without a new key is refused.
+pub const KEY_AGAIN_FOR_NEW_ORIGIN: &str = "must be entered again when the address moves to another host";
+
+/// The key an edit stores. A stored key only ever goes to the origin (scheme, host, port) it
+/// was entered for: an edit that moves the address elsewhere must bring a key of its own, or
+/// an admin session (a stolen one too) could point the upstream and its "Test connection" at
+/// its own server and read the write-only key off the wire. `typed` is the key given with the
+/// edit, if any; without one the stored key stays only on the same origin.
+/// An address that is not an http(s) URL keeps the stored key here: `problems` refuses it on its
+/// own field, so the edit is never saved and nothing is sent anywhere.
+pub fn key_for_edit(current: &Upstream, new_base_url: &str, typed: Option<SecretString>) -> Result<SecretString> {
+    let origin = |text: &str| {
+        let url = url::Url::parse(text.trim()).ok().filter(|u| matches!(u.scheme(), "http" | "https"))?;
+        Some((url.scheme().to_string(), url.host_str().map(str::to_string), url.port_or_known_default()))
+    };
+    match (typed, origin(new_base_url)) {
+        (Some(key), _) => Ok(key),
+        (None, Some(new)) if origin(&current.base_url).as_ref() != Some(&new) => {
+            Err(Error::validation("api_key", KEY_AGAIN_FOR_NEW_ORIGIN))
+        }
+        (None, _) => Ok(current.api_key.clone()),
+    }
 }
 
 /// Normalises an upstream and lists every rule it breaks, one error per field, so a
@@ -328,47 +375,83 @@ pub async fn record_success(db: &Db, id: i64, now: DateTime<Utc>) -> Result<()> 
     Ok(())
 }
 
-/// Probes every enabled, unhealthy upstream once (`GET {base}/models` with its key)
-/// and marks those that answer 2xx healthy again. The job scheduler calls this
-/// periodically; returns how many recovered.
-pub async fn probe_unhealthy_once(state: &AppState) -> Result<usize> {
-    let unhealthy: Vec<Upstream> =
-        list(&state.db, &state.secrets).await?.into_iter().filter(|u| u.enabled && !u.healthy).collect();
+/// Probes every enabled, unhealthy upstream once (`GET {base}/models` with its key, within
+/// `timeout`) and marks those that answer 2xx healthy again, dropping the cached catalog
+/// when one recovered. The job scheduler calls this periodically (`runtime::jobs`);
+/// returns how many recovered. Takes what it uses, not the application state.
+pub async fn probe_unhealthy_once(
+    db: &Db,
+    secrets: &SecretBox,
+    http: &reqwest::Client,
+    catalog: &Catalog,
+    timeout: std::time::Duration,
+    clock: &SharedClock,
+) -> Result<usize> {
+    let unhealthy: Vec<Upstream> = list(db, secrets).await?.into_iter().filter(|u| u.enabled && !u.healthy).collect();
     let mut recovered = 0;
     for upstream in unhealthy {
-        let response = state
-            .http
+        let response = http
             .get(upstream.url("/models"))
             .bearer_auth(upstream.api_key.expose_secret())
-            .timeout(state.config.upstream_first_byte_timeout.min(std::time::Duration::from_secs(30)))
+            .timeout(timeout.min(std::time::Duration::from_secs(30)))
             .send()
             .await;
         match response {
             Ok(r) if r.status().is_success() => {
-                record_success(&state.db, upstream.id, state.now()).await?;
+                record_success(db, upstream.id, clock.now()).await?;
                 tracing::info!(upstream = %upstream.name, "upstream recovered");
                 recovered += 1;
             }
             Ok(r) => {
-                record_failure(&state.db, upstream.id, &format!("probe: HTTP {}", r.status()), state.now()).await?;
+                record_failure(db, upstream.id, &format!("probe: HTTP {}", r.status()), clock.now()).await?;
             }
             Err(e) => {
                 let text = crate::foundation::redact::scrub(
                     &crate::foundation::redact::transport_error(e),
                     &[upstream.api_key.expose_secret()],
                 );
-                record_failure(&state.db, upstream.id, &format!("probe: {text}"), state.now()).await?;
+                record_failure(db, upstream.id, &format!("probe: {text}"), clock.now()).await?;
             }
         }
     }
     if recovered > 0 {
-        state.catalog.invalidate();
+        catalog.invalidate();
     }
     Ok(recovered)
 }
 
 #[cfg(test)]
 mod tests {
+    fn stored(base_url: &str) -> Upstream {
+        Upstream::for_tests(1, base_url, "sk-stored")
+    }
+
+    #[test]
+    fn the_stored_key_stays_on_its_origin_only() {
+        let current = stored("https://api.openai.com/v1");
+        let kept = |url: &str| key_for_edit(&current, url, None).map(|k| k.expose_secret().to_string());
+        assert_eq!(kept("https://api.openai.com/v2").unwrap(), "sk-stored", "another path is the same origin");
+        assert_eq!(kept("https://API.openai.com:443/v1/").unwrap(), "sk-stored", "case and the default port");
+        for elsewhere in [
+            "https://evil.example/v1",
+            "http://api.openai.com/v1",
+            "https://api.openai.com:8443/v1",
+            "https://api.openai.com.evil.example/v1",
+            "https://user@evil.example/v1",
+        ] {
+            let refused = key_for_edit(&current, elsewhere, None).unwrap_err();
+            assert!(
+                matches!(&refused, Error::Validation { field, message } if field == "api_key" && message == KEY_AGAIN_FOR_NEW_ORIGIN),
+                "{elsewhere}: {refused:?}"
+            );
+        }
+        for refused_elsewhere in ["not a url", "ftp://evil.example/v1"] {
+            assert_eq!(kept(refused_elsewhere).unwrap(), "sk-stored", "no http(s) URL: refused on its own field");
+        }
+        let typed = key_for_edit(&current, "https://evil.example/v1", Some(SecretString::from("sk-new".to_string())));
+        assert_eq!(typed.unwrap().expose_secret(), "sk-new", "a typed key goes with the new address");
+    }
+
     use super::*;
 
     #[test]

@@ -93,10 +93,12 @@ async fn update(
 ) -> ApiResult<impl IntoResponse> {
     let current = upstreams::find(&state.db, &state.secrets, id).await?;
     let before = current.view(state.calendar());
+    let base_url = body.base_url.unwrap_or_else(|| current.base_url.clone());
+    let api_key = upstreams::key_for_edit(&current, &base_url, body.api_key.map(SecretString::from))?;
     let input = UpstreamInput {
         name: body.name.unwrap_or(current.name),
-        base_url: body.base_url.unwrap_or(current.base_url),
-        api_key: body.api_key.map(SecretString::from).unwrap_or(current.api_key),
+        base_url,
+        api_key,
         models: body.models.unwrap_or(current.models),
         model_map: body.model_map.unwrap_or(current.model_map),
         priority: body.priority.unwrap_or(current.priority),

@@ -3,7 +3,8 @@
 //! and its "test connection" (one real `GET {base}/models` with the stored key).
 //!
 //! The credential is write-only: no page shows it back (a masked hint names it), a
-//! refused form does not echo it, and on the edit form a blank key keeps the stored one.
+//! refused form does not echo it, and on the edit form a blank key keeps the stored one
+//! while the address stays on its host (another host needs the key typed again).
 //! Every write refreshes the proxy's catalog and leaves an audit row, as the API does.
 
 use std::collections::BTreeMap;
@@ -100,15 +101,18 @@ impl UpstreamForm {
     }
 
     /// The input with every problem of the form, all at once. `stored` is the upstream
-    /// being edited: its key is kept when the field is blank, and its switch stays as is.
+    /// being edited: its key is kept when the field is blank and the address stays on the same
+    /// host (`upstreams::key_for_edit`), and its switch stays as is.
     fn input(&self, ctx: &Ctx, stored: Option<&Upstream>) -> std::result::Result<UpstreamInput, FieldErrors> {
         let mut errors = FieldErrors::none();
         let models: Vec<String> =
             self.models.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_string).collect();
+        let typed = (!self.api_key.trim().is_empty()).then(|| SecretString::from(self.api_key.clone()));
         let api_key = match stored {
-            Some(current) if self.api_key.trim().is_empty() => current.api_key.clone(),
-            _ => SecretString::from(self.api_key.clone()),
-        };
+            Some(current) => errors.take(ctx, upstreams::key_for_edit(current, &self.base_url, typed)),
+            None => Some(typed.unwrap_or_else(|| SecretString::from(String::new()))),
+        }
+        .unwrap_or_else(|| SecretString::from(String::new()));
         let model_map = errors.take(ctx, parse_model_map(&self.model_map));
         let priority = errors.take(ctx, whole("priority", &self.priority, 0));
         let weight = errors.take(ctx, whole("weight", &self.weight, 1));

@@ -109,8 +109,16 @@ fn needs_database(jobs: &[Job]) -> Vec<bool> {
         .collect()
 }
 
-/// Runs `jobs` in one transaction; an `Err` means nothing was written.
-pub async fn run(db: &Db, calendar: &BusinessCalendar, jobs: &[Job]) -> Result<Vec<Outcome>> {
+/// Runs `jobs` in one transaction; an `Err` means nothing was written. `elsewhere`:
+/// per user, the holds this instance has admitted (or is admitting) outside `jobs` and
+/// not yet written — an admission that waits counts them as held, so that together
+/// with them it never exceeds what the user can pay.
+pub async fn run(
+    db: &Db,
+    calendar: &BusinessCalendar,
+    jobs: &[Job],
+    elsewhere: &std::collections::HashMap<i64, crate::foundation::money::Money>,
+) -> Result<Vec<Outcome>> {
     if !needs_database(jobs).contains(&true) {
         return Ok(jobs.iter().map(|_| Outcome::NotNetted).collect());
     }
@@ -118,6 +126,7 @@ pub async fn run(db: &Db, calendar: &BusinessCalendar, jobs: &[Job]) -> Result<V
     let backend = db.backend();
     let facts = Facts::read(tx.conn(), backend, calendar, jobs).await?;
     let mut plan = Plan::new(facts, *calendar);
+    plan.elsewhere.clone_from(elsewhere);
     let mut outcomes: Vec<Outcome> = jobs.iter().map(|job| plan.apply(job)).collect();
     let hold_ids = plan.write(tx.conn(), backend).await?;
     tx.commit().await?;

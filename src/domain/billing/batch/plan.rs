@@ -90,6 +90,9 @@ pub(super) struct Plan {
     /// Forced admissions of the batch by request id: (index in `holds`, the hold), for
     /// settling them in the same batch without writing their hold.
     admitted: HashMap<String, (usize, Hold)>,
+    /// Per user, holds this instance took outside the batch and has not written yet
+    /// (see [`super::run`]): an admission that waits counts them as held.
+    pub elsewhere: HashMap<i64, Money>,
 }
 
 /// What a user's packages can pay for one request at an instant.
@@ -114,6 +117,7 @@ impl Plan {
             keys: BTreeMap::new(),
             windows: BTreeMap::new(),
             admitted: HashMap::new(),
+            elsewhere: HashMap::new(),
         }
     }
 
@@ -235,14 +239,20 @@ impl Plan {
             key_concurrency: key.and_then(|k| k.max_concurrency),
         };
         let key_capped = key.is_some_and(|k| k.capped());
-        if let Err(refusal) = rules::decide(&facts) {
+        // A waiting admission also counts the holds this instance has admitted on its
+        // hint and not written yet: otherwise the two together could pass the funds.
+        let decided = match self.elsewhere.get(&request.user_id) {
+            Some(pending) if !forced => AdmissionFacts { held: facts.held.saturating_add(*pending), ..facts },
+            _ => facts,
+        };
+        if let Err(refusal) = rules::decide(&decided) {
             metrics::counter!("gateway_billing_admissions_total", "outcome" => refusal.reason()).increment(1);
             if !forced {
                 let resets = super::super::Resets {
                     packages: packages.next_room,
                     block: block_cap.map(|(_, end)| end),
                     hold: request.hold,
-                    available: facts.available(),
+                    available: decided.available(),
                 };
                 return Err(super::super::refusal_error(refusal, &self.calendar, now, resets));
             }

@@ -37,10 +37,10 @@ use serde_json::value::{to_raw_value, RawValue};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 
-use super::error::ProxyError;
 use super::forward;
-use super::metering::Api;
-use super::sse::SseParser;
+use crate::domain::proxy::error::ProxyError;
+use crate::domain::proxy::metering::Api;
+use crate::domain::proxy::sse::SseParser;
 use crate::runtime::state::AppState;
 
 /// Codex itself reconnects after 60 minutes; the gateway refuses new responses on an
@@ -552,7 +552,7 @@ mod tests {
 
     #[test]
     fn a_usage_limit_frame_carries_status_error_and_headers_as_codex_reads_them() {
-        let limit = super::super::error::UsageLimit {
+        let limit = crate::domain::proxy::error::UsageLimit {
             resets_at: Some(1_768_492_800),
             headers: vec![("x-codex-primary-used-percent", "100.0".into())],
         };

@@ -1,6 +1,6 @@
 //! One proxied request: authenticate the key, read and check the body, refuse
 //! unpriced models, admit against the user's money, then try upstreams in order (the
-//! session's preferred upstream first, [`super::affinity`]) —
+//! session's preferred upstream first, [`crate::domain::proxy::affinity`]) —
 //! failing over on connect errors, timeouts, 5xx and 429 while nothing has reached
 //! the client — and stream the chosen answer back through a [`MeteredBody`].
 
@@ -15,17 +15,19 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 
-use super::affinity;
 use super::body::{spawn_settle, MeteredBody, Settlement};
-use super::error::ProxyError;
-use super::journal::Forwarded;
-use super::metering::{estimate_tokens, Api, Meter};
-use super::pricing::{self, ModelPrice, Usage};
 use super::quota;
-use super::request::{bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest};
-use super::upstreams::{self, Upstream};
 use crate::domain::auth::api_keys::{self, KeyOwner};
 use crate::domain::billing::{self, AdmissionRequest, HoldTicket, UsageRecord};
+use crate::domain::proxy::affinity;
+use crate::domain::proxy::error::ProxyError;
+use crate::domain::proxy::journal::Forwarded;
+use crate::domain::proxy::metering::{estimate_tokens, Api, Meter};
+use crate::domain::proxy::pricing::{self, ModelPrice, Usage};
+use crate::domain::proxy::request::{
+    bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest,
+};
+use crate::domain::proxy::upstreams::{self, Upstream};
 use crate::foundation::clock::to_micros;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;

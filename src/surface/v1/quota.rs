@@ -18,8 +18,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::error::{ProxyError, UsageLimit};
 use crate::domain::billing::{self, rules};
+use crate::domain::proxy::error::{ProxyError, UsageLimit};
 use crate::foundation::clock::BusinessCalendar;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Future, Stream, StreamExt};
 
-use super::journal::JournalEntry;
-use super::metering::Meter;
-use super::pricing::{self, ModelPrice};
-use super::upstreams;
 use crate::domain::billing::{self, HoldTicket, UsageRecord};
+use crate::domain::proxy::journal::JournalEntry;
+use crate::domain::proxy::metering::Meter;
+use crate::domain::proxy::pricing::{self, ModelPrice};
+use crate::domain::proxy::upstreams;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
 
