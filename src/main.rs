@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use codex_gateway::app::{open_database, Application};
+use codex_gateway::domain::auth::users;
 use codex_gateway::domain::auth::Role;
-use codex_gateway::domain::users;
 use codex_gateway::foundation::clock::SystemClock;
 use codex_gateway::foundation::config::Config;
 use codex_gateway::foundation::error;

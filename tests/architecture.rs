@@ -351,45 +351,27 @@ fn the_cycle_finder_finds_a_loop_and_only_loops() {
     assert_eq!(found[0], ["app", "billing"].iter().map(|s| s.to_string()).collect());
 }
 
-/// What is left of the import circles may only shrink: the largest group of units
-/// (top-level modules; the children of a layer folder) that reach each other stays within
-/// this many (20 top-level modules before issue 17; 11 after `cluster`, `telemetry` and the
-/// auth extractors stopped naming the application state; 6 units after the layer move put
-/// the state in `runtime::state` and the composition root in `app`, which nothing imports;
-/// 3 after the `/v1` handlers moved to `surface::v1` and the payment page, sandbox and
-/// notify left `domain::payment`; 2 after billing, orders and packages took `billing::Env`
-/// instead of the application state).
-const MAX_CYCLE_MODULES: usize = 2;
-
+/// No cycle between units (issue 17; before it, one import circle held 20 top-level modules
+/// through the application state; 11 after `cluster`, `telemetry` and the auth extractors
+/// stopped naming it; 6 after the layer move put the state in `runtime::state` and the
+/// composition root in `app`; 3 after the `/v1` handlers moved to `surface::v1` and the
+/// payment page, sandbox and notify left `domain::payment`; 2 after billing, orders and
+/// packages took `billing::Env` instead of the state; none after the accounts joined
+/// `domain::auth`, buying a package joined `domain::orders` and the OAuth pages joined
+/// `surface::web`), and no file over 600 lines (`domain::billing` was 652 before
+/// `billing::settle`).
 #[test]
-fn the_import_circle_does_not_grow() {
+fn units_form_no_cycle_and_files_stay_short() {
     let found = cycles(&module_graph());
-    let largest = found.first().map_or(0, BTreeSet::len);
-    assert!(largest <= MAX_CYCLE_MODULES, "a cycle of {largest} top-level modules: {found:?}");
-}
-
-/// The goal of issue 17: no cycle between units and no file over 600 lines.
-#[test]
-#[ignore = "until the last cycle through app::AppState is gone (see ARCHITECTURE.md)"]
-fn top_level_modules_form_no_cycle_and_files_stay_short() {
-    let found = cycles(&module_graph());
-    assert!(found.is_empty(), "cycles between top-level modules: {found:?}");
+    assert!(found.is_empty(), "cycles between units: {found:?}");
     let long = long_files();
     assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:?}");
 }
 
-/// The references that still climb a layer (domains naming the runtime state, chiefly):
-/// issue 17's remaining work. The list may only shrink; a new one fails here.
-const KNOWN_UPWARD: &[(&str, &str)] = &[];
-
+/// The layers are used from the top down only: no domain names the runtime state, no
+/// foundation module a domain, and so on.
 #[test]
-fn no_new_reference_climbs_a_layer() {
-    let graph = module_graph();
-    let known: BTreeSet<(String, String)> = KNOWN_UPWARD.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-    let new: Vec<(String, String)> =
-        upward_references(&graph).into_iter().filter(|edge| !known.contains(edge)).collect();
-    assert!(new.is_empty(), "references to a higher layer: {new:?}");
-    let stale: Vec<&(String, String)> =
-        known.iter().filter(|(a, b)| !graph.get(a).is_some_and(|tos| tos.contains(b))).collect();
-    assert!(stale.is_empty(), "gone (remove them from KNOWN_UPWARD): {stale:?}");
+fn no_reference_climbs_a_layer() {
+    let up = upward_references(&module_graph());
+    assert!(up.is_empty(), "references to a higher layer: {up:?}");
 }

@@ -18,4 +18,3 @@ pub mod ratelimit;
 pub mod redemption;
 pub mod settings;
 pub mod telemetry;
-pub mod users;

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::surface::api::router())
         .merge(crate::surface::v1::router())
         .merge(crate::surface::web::router())
+        .merge(crate::surface::web::oauth_pages::router())
         .merge(crate::surface::web::pay_page::router());
     if state.config.pay_sandbox {
         tracing::warn!(

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use codex_gateway::app::{open_database, Application};
+use codex_gateway::domain::auth::users;
 use codex_gateway::domain::auth::Role;
-use codex_gateway::domain::users;
 use codex_gateway::foundation::clock::Clock;
 use codex_gateway::foundation::config::Config;
 use codex_gateway::foundation::db::Db;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::sessions::{self, SESSION_COOKIE};
-use crate::domain::users::User;
+use crate::domain::auth::users::User;
 use crate::foundation::db::Db;
 use crate::foundation::error::Error;
 

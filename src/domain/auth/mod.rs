@@ -1,4 +1,6 @@
-//! Who is calling: passwords, login sessions, API keys and the extractors that check them.
+//! Who is calling: the accounts, their passwords, login sessions, API keys and the
+//! extractors that check them. (The accounts live here because a session names its user
+//! and suspending a user ends their sessions: one unit, not two that import each other.)
 //!
 //! Secrets (session tokens, API keys) are random, shown to the user once, and stored
 //! only as SHA-256 hashes with a unique index, so a lookup is O(1) and never compares
@@ -10,6 +12,7 @@ pub mod extract;
 pub mod password;
 pub mod sessions;
 pub mod throttle;
+pub mod users;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::{hash_token, random_token};
-use crate::domain::users::{User, USER_COLUMNS};
+use crate::domain::auth::users::{User, USER_COLUMNS};
 use crate::foundation::clock::to_micros;
 use crate::foundation::db::Db;
 use crate::foundation::error::Result;

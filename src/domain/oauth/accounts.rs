@@ -6,8 +6,8 @@ use sqlx::AnyConnection;
 
 use super::provider::Profile;
 use super::PROVIDER;
+use crate::domain::auth::users::{self, User, USER_COLUMNS};
 use crate::domain::settings::OAuthSettings;
-use crate::domain::users::{self, User, USER_COLUMNS};
 use crate::foundation::clock::to_micros;
 use crate::foundation::db::{is_unique_violation, Db};
 use crate::foundation::error::{Error, Result};

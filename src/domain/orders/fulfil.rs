@@ -187,7 +187,7 @@ async fn fulfil_on(conn: &mut AnyConnection, order: &Order, rules: Rules, now: D
         });
     }
     let package = packages::find_on(conn, package_id).await?.ok_or(Error::NotFound("package"))?;
-    if !packages::purchase::under_user_limit(conn, &package, order.user_id, Some(order.id)).await? {
+    if !super::purchase::under_user_limit(conn, &package, order.user_id, Some(order.id)).await? {
         // Several orders were opened and paid later: the ones over the per-user limit are
         // paid back to the balance, like a sold-out one, and the unit goes back to stock.
         packages::return_stock(conn, package_id, now).await?;

@@ -9,6 +9,7 @@
 pub mod fulfil;
 pub mod jobs;
 pub mod notify;
+pub mod purchase;
 pub mod refund;
 
 use chrono::{DateTime, Duration, Utc};

@@ -3,11 +3,12 @@
 //! - this file: the catalog (CRUD, validation, stock);
 //! - [`held`]: the packages users hold, which one applies now, the hourly expiry job;
 //! - [`activation`]: what buying or being granted a package does to a user's packages;
-//! - [`purchase`]: buying from the balance in one transaction, and admin grants.
+//!
+//! Buying one (from the balance, or through a gateway order) and admin grants are
+//! [`crate::domain::orders::purchase`]: they make orders, and orders sit on top of packages.
 
 pub mod activation;
 pub mod held;
-pub mod purchase;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

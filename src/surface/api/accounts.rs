@@ -11,8 +11,8 @@ use serde_json::json;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ClientAddr};
 use crate::domain::auth::sessions::{self, ClientInfo};
+use crate::domain::auth::users;
 use crate::domain::auth::{password, CurrentUser, Role};
-use crate::domain::users;
 use crate::foundation::error::Error;
 use crate::runtime::state::AppState;
 

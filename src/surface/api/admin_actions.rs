@@ -5,10 +5,10 @@
 use serde_json::{json, Value};
 
 use crate::domain::audit::{self, AuditEvent};
+use crate::domain::auth::users::{self, User, UserPatch};
 use crate::domain::auth::{Role, Status};
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
 use crate::domain::settings::Settings;
-use crate::domain::users::{self, User, UserPatch};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;

@@ -11,7 +11,6 @@ pub mod coupons;
 pub mod error;
 pub mod extract;
 pub mod keys;
-pub mod oauth;
 pub mod packages;
 pub mod pagination;
 pub mod payments;
@@ -42,7 +41,6 @@ pub fn router() -> Router<AppState> {
         .merge(audit::router())
         .merge(redemption::router())
         .merge(announcements::router())
-        .merge(oauth::router())
         .merge(coupons::router())
 }
 

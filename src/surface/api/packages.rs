@@ -13,8 +13,8 @@ use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
 use crate::domain::audit::{self, Actor, Change};
 use crate::domain::auth::{AdminUser, CurrentUser};
+use crate::domain::orders::purchase::{self, AdminAction};
 use crate::domain::packages::activation;
-use crate::domain::packages::purchase::{self, AdminAction};
 use crate::domain::packages::{self, Package, PackageInput};
 
 use crate::foundation::error::Error;

@@ -176,7 +176,7 @@ async fn audit_page(
         };
         if !query.actor.trim().is_empty() {
             // An unknown email matches nobody rather than everybody.
-            let found = crate::domain::users::find_by_email(&state.db, query.actor.trim()).await?;
+            let found = crate::domain::auth::users::find_by_email(&state.db, query.actor.trim()).await?;
             filter.actor_id = Some(found.map(|u| u.id).unwrap_or(-1));
         }
         audit::list(&state.db, &filter, PER_PAGE, view::page_offset(page, PER_PAGE)).await

@@ -18,8 +18,8 @@ use super::order_check::CheckNotice;
 use super::shop_pages::OrderRow;
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
+use crate::domain::orders::purchase::AdminAction;
 use crate::domain::orders::{self, OrderFilter};
-use crate::domain::packages::purchase::AdminAction;
 use crate::domain::packages::{self, held, Package, PackageInput};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
@@ -310,8 +310,9 @@ async fn render_orders(
             ..Default::default()
         };
         if !query.user.trim().is_empty() {
-            filter.user_id =
-                Some(crate::domain::users::find_by_email(&state.db, &query.user).await?.map(|u| u.id).unwrap_or(-1));
+            filter.user_id = Some(
+                crate::domain::auth::users::find_by_email(&state.db, &query.user).await?.map(|u| u.id).unwrap_or(-1),
+            );
         }
         let (rows, total) =
             orders::list(&state.db, &filter, ORDERS_PER_PAGE, view::page_offset(page, ORDERS_PER_PAGE)).await?;
@@ -319,7 +320,7 @@ async fn render_orders(
         for row in &rows {
             if let std::collections::hash_map::Entry::Vacant(slot) = emails.entry(row.user_id) {
                 slot.insert(
-                    crate::domain::users::find_by_id(&state.db, row.user_id)
+                    crate::domain::auth::users::find_by_id(&state.db, row.user_id)
                         .await?
                         .map(|u| u.email)
                         .unwrap_or_default(),

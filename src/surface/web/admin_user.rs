@@ -15,9 +15,9 @@ use super::admin_pages::UserRow;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::view;
 use super::{error_page_for, render, FieldErrors};
+use crate::domain::auth::users::{self, UserPatch};
 use crate::domain::auth::Status;
 use crate::domain::ledger;
-use crate::domain::users::{self, UserPatch};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
@@ -227,7 +227,7 @@ struct GrantForm {
     package_id: i64,
 }
 
-/// Gives a user a package without payment (recorded by `packages::purchase::grant`).
+/// Gives a user a package without payment (recorded by `orders::purchase::grant`).
 async fn grant_package(
     State(state): State<AppState>,
     AdminPage(signed): AdminPage,
@@ -236,8 +236,8 @@ async fn grant_package(
     CsrfForm(form): CsrfForm<GrantForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = crate::domain::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
-    let outcome = match crate::domain::packages::purchase::grant(state.env(), &by, id, form.package_id).await {
+    let by = crate::domain::orders::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let outcome = match crate::domain::orders::purchase::grant(state.env(), &by, id, form.package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.granted")), ..Default::default() },
         Err(e) if e.status_code().is_client_error() => {
             UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }
@@ -247,7 +247,7 @@ async fn grant_package(
     render_user(&state, ctx, id, outcome).await
 }
 
-/// Ends a user's active or queued package now (`packages::purchase::end`: audited; a
+/// Ends a user's active or queued package now (`orders::purchase::end`: audited; a
 /// package already over is refused with a readable page).
 async fn end_package(
     State(state): State<AppState>,
@@ -257,8 +257,8 @@ async fn end_package(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = crate::domain::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
-    let outcome = match crate::domain::packages::purchase::end(state.env(), &by, id, user_package_id).await {
+    let by = crate::domain::orders::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let outcome = match crate::domain::orders::purchase::end(state.env(), &by, id, user_package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.package_ended_notice")), ..Default::default() },
         Err(e @ Error::Conflict { .. }) => {
             UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }

@@ -13,8 +13,8 @@ use super::ctx::{safe_next, with_cookies, CsrfForm, Ctx, Guest, GuestForm, Signe
 use super::i18n::Lang;
 use super::{error_page_for, render, session_cookie, FieldErrors};
 use crate::domain::auth::sessions;
+use crate::domain::auth::users::{self, User};
 use crate::domain::auth::Role;
-use crate::domain::users::{self, User};
 use crate::foundation::error::Error;
 use crate::runtime::state::AppState;
 use crate::surface::api::accounts::{check_credentials, client_info};

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::i18n::{self, Lang};
 use crate::domain::auth::extract::{cookie_value, csrf_matches, csrf_token};
 use crate::domain::auth::sessions::{self, SESSION_COOKIE};
-use crate::domain::users::User;
+use crate::domain::auth::users::User;
 use crate::runtime::state::AppState;
 
 /// Cookie holding the chosen language (`en` or `zh`).

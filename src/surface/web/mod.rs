@@ -18,6 +18,7 @@ pub mod ctx;
 pub mod dashboard;
 pub mod i18n;
 pub mod ledger_page;
+pub mod oauth_pages;
 pub mod ops_figures;
 pub mod order_check;
 pub mod order_outcome;

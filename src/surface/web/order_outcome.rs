@@ -26,7 +26,8 @@ pub async fn outcome(state: &AppState, ctx: &Ctx, order: &Order) -> Result<Strin
         }
         None => None,
     };
-    let balance = crate::domain::users::find_by_id(&state.db, order.user_id).await?.map(|u| u.balance).unwrap_or(0);
+    let balance =
+        crate::domain::auth::users::find_by_id(&state.db, order.user_id).await?.map(|u| u.balance).unwrap_or(0);
     Ok(sentence(ctx, order, held.as_ref(), balance, state))
 }
 

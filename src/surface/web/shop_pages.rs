@@ -1,6 +1,6 @@
 //! Buying: `/packages` (catalog cards, buy with Credit or balance, the returning order's
 //! state polled with htmx while pending), `/orders` and the balance top-up. Purchases go
-//! through `packages::purchase` and `orders`, the same functions as the JSON API.
+//! through `orders::purchase` and `orders`, the same functions as the JSON API.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -14,8 +14,8 @@ use super::ctx::{CsrfForm, Ctx, Signed};
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
 use crate::domain::orders::pay_url;
-use crate::domain::orders::{self, status, Order, OrderFilter};
-use crate::domain::packages::{self, activation, purchase, Package};
+use crate::domain::orders::{self, purchase, status, Order, OrderFilter};
+use crate::domain::packages::{self, activation, Package};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
@@ -169,7 +169,7 @@ async fn render_packages(state: &AppState, signed: &Signed, outcome: PackagesOut
         };
         let settings = state.settings.get().await?;
         let balance =
-            crate::domain::users::find_by_id(&state.db, signed.user.id).await?.map(|u| u.balance).unwrap_or(0);
+            crate::domain::auth::users::find_by_id(&state.db, signed.user.id).await?.map(|u| u.balance).unwrap_or(0);
         Ok::<_, Error>((catalog, held, order, settings.credit.is_usable(), balance))
     }
     .await;
@@ -265,7 +265,7 @@ async fn shortfall(state: &AppState, user_id: i64, package_id: i64, coupon: Opti
             price = q.price;
         }
     }
-    let balance = crate::domain::users::find_by_id(&state.db, user_id).await?.map(|u| u.balance).unwrap_or(0);
+    let balance = crate::domain::auth::users::find_by_id(&state.db, user_id).await?.map(|u| u.balance).unwrap_or(0);
     let missing = price.saturating_sub(Money::from_micros(balance));
     Ok(missing.is_positive().then(|| missing.to_string()))
 }

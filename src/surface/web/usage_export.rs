@@ -95,7 +95,7 @@ pub async fn admin_csv(
     let answer = async {
         let mut filter = query.filter()?;
         if !query.user.trim().is_empty() {
-            let user = crate::domain::users::find_by_email(&state.db, &query.user).await?;
+            let user = crate::domain::auth::users::find_by_email(&state.db, &query.user).await?;
             filter.user_id = Some(user.map(|u| u.id).unwrap_or(-1));
         }
         csv(&state, &filter, "usage-all.csv").await

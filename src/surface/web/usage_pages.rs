@@ -17,8 +17,8 @@ use super::ctx::{AdminPage, Ctx, Signed};
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
 use crate::domain::auth::api_keys;
+use crate::domain::auth::users;
 use crate::domain::billing::usage::{self, UsageFilter, UsageRow, UsageSummary};
-use crate::domain::users;
 use crate::foundation::error::{Error, Result};
 use crate::runtime::state::AppState;
 

@@ -12,7 +12,7 @@ use super::ctx::{CsrfForm, Ctx, Signed};
 use super::view::{self, KeyRow};
 use super::{error_page_for, render, FieldErrors};
 use crate::domain::auth::api_keys::{self, NewKey};
-use crate::domain::users;
+use crate::domain::auth::users;
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;

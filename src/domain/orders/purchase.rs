@@ -1,18 +1,18 @@
 //! Buying a package: from the balance (one transaction: stock, debit, activation), or by
-//! creating a gateway order that [`crate::domain::orders::fulfil`] completes when paid. Also
+//! creating a gateway order that [`super::fulfil`] completes when paid. Also
 //! admin grants and admin ends.
 
 use chrono::Duration;
 use serde_json::json;
 
-use super::activation::{self, Activation, Grant, SwitchMode, UserPackage};
-use super::Package;
 use crate::domain::audit::{self, AuditEvent};
 use crate::domain::billing::Env;
 use crate::domain::coupons::pricing::{self, Claim, Quote, Target};
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
 use crate::domain::orders::fulfil::{mark_fulfilled, Fulfilment};
 use crate::domain::orders::{self, kind, to_balance, NewOrder, Order};
+use crate::domain::packages::activation::{self, Activation, Grant, SwitchMode, UserPackage};
+use crate::domain::packages::{self, Package};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 
@@ -40,7 +40,7 @@ fn limit_reached(package: &Package) -> Error {
 
 /// Whether the user may have one more of `package` beside the orders already paid
 /// (`this_order` excluded: it is the one being decided). On a transaction, call it after
-/// [`super::take_stock`] (packages are locked before users on every money path): it takes
+/// [`packages::take_stock`] (packages are locked before users on every money path): it takes
 /// the user's lock, so two purchases of one user cannot both count the same past.
 pub async fn under_user_limit(
     conn: &mut sqlx::AnyConnection,
@@ -65,7 +65,7 @@ pub async fn under_user_limit(
 }
 
 async fn buyable_package(env: Env<'_>, package_id: i64, user_id: i64) -> Result<Package> {
-    let package = super::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let package = packages::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     ensure_buyable(env, &package, user_id).await?;
     Ok(package)
 }
@@ -122,7 +122,7 @@ pub async fn buy_with_balance_coupon(
     if let Some(quote) = &quote {
         pricing::attach(tx.conn(), order.id, quote).await?;
     }
-    if !super::take_stock(tx.conn(), package.id, now).await? {
+    if !packages::take_stock(tx.conn(), package.id, now).await? {
         return Err(Error::conflict("sold_out", "this package is sold out"));
     }
     if !under_user_limit(tx.conn(), &package, user_id, Some(order.id)).await? {
@@ -212,7 +212,7 @@ pub struct AdminAction {
 /// never replaces something paid for and does not consume stock. It leaves a
 /// zero-amount ledger entry and an audit record.
 pub async fn grant(env: Env<'_>, by: &AdminAction, user_id: i64, package_id: i64) -> Result<UserPackage> {
-    let package = super::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let package = packages::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     let settings = env.settings.get().await?;
     let now = env.now();
     let mut tx = env.db.begin().await?;

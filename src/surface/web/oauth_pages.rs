@@ -1,6 +1,7 @@
 //! `GET /api/auth/oauth/linuxdo` (→ 302 to LINUX DO) and its callback, which signs in,
 //! links or registers and returns the browser to the site. These are browser
-//! navigations, so failures answer with a readable HTML page, not JSON.
+//! navigations, so failures answer with a readable HTML page, not JSON: they live with the
+//! pages, though their paths are under `/api` (mounted as they are, by `routes`).
 
 use axum::extract::{Query, State};
 use axum::http::request::Parts;
@@ -10,14 +11,14 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use super::accounts::client_info;
-use super::extract::ClientAddr;
 use crate::domain::auth::extract::{cookie_value, resolve};
 use crate::domain::auth::sessions;
 use crate::domain::oauth::accounts::{self, Outcome};
 use crate::domain::oauth::{self, provider, FlowCookie};
 use crate::foundation::error::Error;
 use crate::runtime::state::AppState;
+use crate::surface::api::accounts::client_info;
+use crate::surface::api::extract::ClientAddr;
 use crate::surface::web;
 
 /// Where the browser lands after signing in, and after linking from the account page.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::AnyConnection;
 
-use crate::domain::auth::{password, Role, Status};
+use super::{password, Role, Status};
 use crate::foundation::clock::{to_micros, BusinessCalendar};
 use crate::foundation::db::{is_unique_violation, Db};
 use crate::foundation::error::{Error, Result};
@@ -224,7 +224,7 @@ pub async fn update(db: &Db, id: i64, patch: &UserPatch, now: DateTime<Utc>) -> 
     .await?;
     let user = user.ok_or(Error::NotFound("user"))?;
     if patch.status == Some(Status::Suspended) {
-        crate::domain::auth::sessions::revoke_all_for_user(db, id, now).await?;
+        super::sessions::revoke_all_for_user(db, id, now).await?;
     }
     Ok(user)
 }
@@ -252,7 +252,7 @@ pub async fn change_own_password(db: &Db, user: &User, change: &PasswordChange<'
         return Err(Error::validation("old_password", "is not the current password"));
     }
     set_password(db, user.id, change.new_password, now).await?;
-    crate::domain::auth::sessions::revoke_others(db, user.id, change.keep_session_id, now).await
+    super::sessions::revoke_others(db, user.id, change.keep_session_id, now).await
 }
 
 /// The inputs of [`change_own_password`].
