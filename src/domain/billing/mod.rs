@@ -52,8 +52,8 @@ use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use batch::{Job, Outcome};
 pub use env::Env;
-pub use settle::{settle, settle_ticket_with_retry, settle_with, settle_with_retry, SETTLE_RETRY_FOR};
 use rules::{Preference, Refusal};
+pub use settle::{settle, settle_ticket_with_retry, settle_with, settle_with_retry, SETTLE_RETRY_FOR};
 
 /// How long a hold may live before the janitor job releases it (a crashed instance's
 /// holds must not block a user forever; streams longer than this are still settled).

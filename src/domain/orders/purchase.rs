@@ -5,7 +5,7 @@
 use chrono::Duration;
 use serde_json::json;
 
-use crate::domain::audit::{self, AuditEvent};
+use crate::domain::audit::{Actor, AuditedTx, Change};
 use crate::domain::billing::Env;
 use crate::domain::coupons::pricing::{self, Claim, Quote, Target};
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
@@ -200,22 +200,15 @@ pub async fn create_credit_order_coupon(
     Ok(order)
 }
 
-/// Who grants or ends, for the ledger and audit trail.
-#[derive(Debug, Clone)]
-pub struct AdminAction {
-    pub actor_id: i64,
-    pub ip: Option<String>,
-}
-
 /// Gives a package without payment. A grant queues behind a current package, or starts
 /// beside it when packages stack (`package_switch_mode = "stack"`, as purchases do); it
 /// never replaces something paid for and does not consume stock. It leaves a
 /// zero-amount ledger entry and an audit record.
-pub async fn grant(env: Env<'_>, by: &AdminAction, user_id: i64, package_id: i64) -> Result<UserPackage> {
+pub async fn grant(env: Env<'_>, by: &Actor, user_id: i64, package_id: i64) -> Result<UserPackage> {
     let package = packages::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     let settings = env.settings.get().await?;
-    let now = env.now();
-    let mut tx = env.db.begin().await?;
+    let mut tx = AuditedTx::begin(&env.db, by.clone(), env.now()).await?;
+    let now = tx.now();
     let grant = Grant {
         user_id,
         package: &package,
@@ -231,7 +224,7 @@ pub async fn grant(env: Env<'_>, by: &AdminAction, user_id: i64, package_id: i64
     let details = EntryDetails {
         reference: Some(&reference),
         note: Some(&package.name),
-        actor_id: Some(by.actor_id),
+        actor_id: Some(by.id),
         user_package_id: Some(activation.user_package_id),
         ..Default::default()
     };
@@ -247,23 +240,15 @@ pub async fn grant(env: Env<'_>, by: &AdminAction, user_id: i64, package_id: i64
     .await?;
     let row =
         activation::find_on(tx.conn(), activation.user_package_id).await?.ok_or(Error::NotFound("user package"))?;
-    let event = AuditEvent {
-        actor_id: Some(by.actor_id),
-        action: "package.grant",
-        target: Some(format!("user:{user_id}")),
-        before: None,
-        after: Some(json!({"package_id": package.id, "user_package_id": row.id, "effect": activation.effect})),
-        ip: by.ip.clone(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    let after = json!({"package_id": package.id, "user_package_id": row.id, "effect": activation.effect});
+    tx.commit(Change::new("package.grant", format!("user:{user_id}")).after(&after)).await?;
     Ok(row)
 }
 
 /// Ends a user's package now (no credit; adjust the balance separately if owed).
-pub async fn end(env: Env<'_>, by: &AdminAction, user_id: i64, user_package_id: i64) -> Result<UserPackage> {
-    let now = env.now();
-    let mut tx = env.db.begin().await?;
+pub async fn end(env: Env<'_>, by: &Actor, user_id: i64, user_package_id: i64) -> Result<UserPackage> {
+    let mut tx = AuditedTx::begin(&env.db, by.clone(), env.now()).await?;
+    let now = tx.now();
     let row = activation::find_on(tx.conn(), user_package_id)
         .await?
         .filter(|r| r.user_id == user_id)
@@ -278,23 +263,17 @@ pub async fn end(env: Env<'_>, by: &AdminAction, user_id: i64, user_package_id: 
     let details = EntryDetails {
         reference: Some(&reference),
         note: Some(&row.name),
-        actor_id: Some(by.actor_id),
+        actor_id: Some(by.id),
         user_package_id: Some(row.id),
         ..Default::default()
     };
     ledger::change_balance(tx.conn(), user_id, ledger::kind::PACKAGE_END, Money::ZERO, Overdraft::Allow, &details, now)
         .await?;
-    let event = AuditEvent {
-        actor_id: Some(by.actor_id),
-        action: "package.end",
-        target: Some(format!("user:{user_id}")),
-        before: Some(json!({"user_package_id": row.id, "status": row.status})),
-        after: Some(json!({"status": activation::status::ENDED})),
-        ip: by.ip.clone(),
-    };
-    audit::record(tx.conn(), &event, now).await?;
     let ended = activation::find_on(tx.conn(), user_package_id).await?.ok_or(Error::NotFound("user package"))?;
-    tx.commit().await?;
+    let change = Change::new("package.end", format!("user:{user_id}"))
+        .before(&json!({"user_package_id": row.id, "status": row.status}))
+        .after(&json!({"status": activation::status::ENDED}));
+    tx.commit(change).await?;
     crate::domain::billing::user_changed(env, user_id).await;
     Ok(ended)
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::Serialize;
 
+use crate::domain::audit::{Actor, AuditedTx, Change};
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
 use crate::domain::packages::activation::Effect;
 use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
@@ -96,24 +97,17 @@ pub async fn generate_audited(
     ip: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Batch> {
-    let mut tx = db.begin().await?;
+    let actor = Actor { id: request.actor_id, ip };
+    let mut tx = AuditedTx::begin(db, actor, now).await?;
     let batch = create_batch(tx.conn(), request, now).await?;
-    let event = crate::domain::audit::AuditEvent {
-        actor_id: Some(request.actor_id),
-        action: "redemption.generate",
-        target: Some(format!("redemption_batch:{}", batch.batch_id)),
-        before: None,
-        after: Some(serde_json::json!({
-            "batch_id": batch.batch_id,
-            "count": request.count,
-            "amount": request.amount,
-            "package_id": request.package_id,
-            "note": request.note,
-        })),
-        ip,
-    };
-    crate::domain::audit::record(tx.conn(), &event, now).await?;
-    tx.commit().await?;
+    let after = serde_json::json!({
+        "batch_id": batch.batch_id,
+        "count": request.count,
+        "amount": request.amount,
+        "package_id": request.package_id,
+        "note": request.note,
+    });
+    tx.commit(Change::new("redemption.generate", format!("redemption_batch:{}", batch.batch_id)).after(&after)).await?;
     Ok(batch)
 }
 

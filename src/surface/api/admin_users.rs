@@ -7,7 +7,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin_actions::{self, Actor, BalanceAdjustment};
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
@@ -17,6 +16,7 @@ use crate::domain::ledger;
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::users::{self as admin_users, BalanceAdjustment};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -100,8 +100,7 @@ async fn update(
         daily_cap: body.daily_cap,
         five_hour_cap: body.five_hour_cap,
     };
-    let actor = Actor { id: admin.user.id, ip: client.ip() };
-    let after = admin_actions::update_user(&state, &actor, id, &patch).await?;
+    let after = admin_users::update_user(&state, &client.actor(admin.user.id), id, &patch).await?;
     Ok(Json(after.view(state.calendar())))
 }
 
@@ -119,9 +118,8 @@ async fn adjust_balance(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<BalanceBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = Actor { id: admin.user.id, ip: client.ip() };
     let adjustment = BalanceAdjustment { user_id: id, amount: body.amount, reason: &body.reason };
-    let balance = admin_actions::adjust_balance(&state, &actor, &adjustment).await?;
+    let balance = admin_users::adjust_balance(&state, &client.actor(admin.user.id), &adjustment).await?;
     Ok(Json(json!({ "user_id": id, "balance": balance, "amount": body.amount })))
 }
 

@@ -14,10 +14,10 @@ use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::domain::announcements::{self, AnnouncementInput};
-use crate::domain::audit::{AuditedTx, Change};
 use crate::domain::auth::AdminUser;
 use crate::foundation::error::Error;
 use crate::runtime::state::AppState;
+use crate::surface::admin::announcements as admin_announcements;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -96,12 +96,8 @@ async fn create(
     let empty =
         AnnouncementInput { title: String::new(), body: String::new(), enabled: true, starts_at: None, ends_at: None };
     let input = body.merge_into(empty)?;
-    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
-    let now = tx.now();
-    let created = announcements::create(tx.conn(), &input, admin.user.id, now).await?;
-    let view = created.view(state.calendar());
-    tx.commit(Change::new("announcement.create", format!("announcement:{}", created.id)).after(&view)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "announcement": view }))))
+    let created = admin_announcements::create(&state, client.actor(admin.user.id), &input).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "announcement": created.view(state.calendar()) }))))
 }
 
 async fn update(
@@ -111,19 +107,11 @@ async fn update(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<AnnouncementBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
-    let now = tx.now();
-    let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
-    let input = body.merge_into(AnnouncementInput::from_row(&before))?;
-    let after = announcements::update(tx.conn(), id, &input, now).await?;
-    let view = after.view(state.calendar());
-    tx.commit(
-        Change::new("announcement.update", format!("announcement:{id}"))
-            .before(&before.view(state.calendar()))
-            .after(&view),
-    )
-    .await?;
-    Ok(Json(json!({ "announcement": view })))
+    let actor = client.actor(admin.user.id);
+    let after =
+        admin_announcements::update(&state, actor, id, |before| body.merge_into(AnnouncementInput::from_row(before)))
+            .await?;
+    Ok(Json(json!({ "announcement": after.view(state.calendar()) })))
 }
 
 async fn remove(
@@ -132,10 +120,6 @@ async fn remove(
     client: ClientAddr,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
-    let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
-    announcements::delete(tx.conn(), id).await?;
-    tx.commit(Change::new("announcement.delete", format!("announcement:{id}")).before(&before.view(state.calendar())))
-        .await?;
+    admin_announcements::delete(&state, client.actor(admin.user.id), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -14,12 +14,12 @@ use serde_json::json;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
-use crate::domain::audit::{AuditedTx, Change};
 use crate::domain::auth::{AdminUser, CurrentUser};
 use crate::domain::coupons::{self, pricing, CouponInput};
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::coupons as admin_coupons;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -112,12 +112,8 @@ async fn create(
     ApiJson(body): ApiJson<CouponBody>,
 ) -> ApiResult<impl IntoResponse> {
     let input = body.into_input()?;
-    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
-    let now = tx.now();
-    let coupon = coupons::create(tx.conn(), &input, now).await?;
-    let view = coupon.view(state.calendar());
-    tx.commit(Change::new("coupon.create", format!("coupon:{}", coupon.id)).after(&view)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "coupon": view }))))
+    let coupon = admin_coupons::create(&state, client.actor(admin.user.id), &input).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "coupon": coupon.view(state.calendar()) }))))
 }
 
 async fn update(
@@ -128,14 +124,8 @@ async fn update(
     ApiJson(body): ApiJson<CouponBody>,
 ) -> ApiResult<impl IntoResponse> {
     let input = body.into_input()?;
-    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
-    let now = tx.now();
-    let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
-    let after = coupons::update(tx.conn(), id, &input, now).await?;
-    let view = after.view(state.calendar());
-    tx.commit(Change::new("coupon.update", format!("coupon:{id}")).before(&before.view(state.calendar())).after(&view))
-        .await?;
-    Ok(Json(json!({ "coupon": view })))
+    let after = admin_coupons::update(&state, client.actor(admin.user.id), id, &input).await?;
+    Ok(Json(json!({ "coupon": after.view(state.calendar()) })))
 }
 
 async fn remove(
@@ -144,14 +134,6 @@ async fn remove(
     client: ClientAddr,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut tx = AuditedTx::begin(&state.db, client.actor(admin.user.id), state.now()).await?;
-    let now = tx.now();
-    let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
-    let after = coupons::disable(tx.conn(), id, now).await?;
-    let view = after.view(state.calendar());
-    tx.commit(
-        Change::new("coupon.disable", format!("coupon:{id}")).before(&before.view(state.calendar())).after(&view),
-    )
-    .await?;
-    Ok(Json(json!({ "coupon": view })))
+    let after = admin_coupons::switch(&state, client.actor(admin.user.id), id, Some(false)).await?;
+    Ok(Json(json!({ "coupon": after.view(state.calendar()) })))
 }

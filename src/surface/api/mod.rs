@@ -2,7 +2,6 @@
 //! Errors leave as `{"error": {"code", "message"}}` through [`error::ApiError`].
 
 pub mod accounts;
-pub mod admin_actions;
 pub mod admin_users;
 pub mod announcements;
 pub mod audit;

@@ -11,15 +11,14 @@ use serde_json::json;
 
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
-use crate::domain::audit::{self, Actor, Change};
 use crate::domain::auth::{AdminUser, CurrentUser};
-use crate::domain::orders::purchase::{self, AdminAction};
+use crate::domain::orders::purchase;
 use crate::domain::packages::activation;
 use crate::domain::packages::{self, Package, PackageInput};
-
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::catalog;
 
 /// The Packages routes of `docs/api.md`, plus admin listing and ending of a user's packages.
 pub fn router() -> Router<AppState> {
@@ -111,22 +110,6 @@ async fn admin_list(State(state): State<AppState>, _admin: AdminUser) -> ApiResu
     Ok(Json(json!({ "items": items })))
 }
 
-/// Records an admin change to a package (shared with the web pages).
-pub async fn audit_package(
-    state: &AppState,
-    by: AdminAction,
-    action: &str,
-    before: Option<&Package>,
-    after: &Package,
-) -> Result<(), Error> {
-    let calendar = state.calendar();
-    let change = Change {
-        before: before.and_then(|b| audit::snapshot(&b.view(calendar))),
-        ..Change::new(action, format!("package:{}", after.id)).after(&after.view(calendar))
-    };
-    audit::record_change(&state.db, &Actor { id: by.actor_id, ip: by.ip }, change, state.now()).await
-}
-
 async fn create(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -134,9 +117,7 @@ async fn create(
     ApiJson(body): ApiJson<PackageBody>,
 ) -> ApiResult<impl IntoResponse> {
     let input = body.into_new()?;
-    let package = packages::create(&state.db, &input, state.now()).await?;
-    audit_package(&state, AdminAction { actor_id: admin.user.id, ip: client.ip() }, "package.create", None, &package)
-        .await?;
+    let package = catalog::create_package(&state, &client.actor(admin.user.id), &input).await?;
     // `docs/api.md` answers `201 {package}` (wrapped, like `{user}` on register); the fields are
     // also given flat so clients that read `id` directly work too.
     let view = serde_json::to_value(package.view(state.calendar())).map_err(|e| Error::internal(e.to_string()))?;
@@ -163,15 +144,7 @@ async fn update(
 ) -> ApiResult<impl IntoResponse> {
     let before = packages::find(&state.db, id).await?.ok_or(Error::NotFound("package"))?;
     let input = body.merge_into(&before);
-    let after = packages::update(&state.db, id, &input, state.now()).await?;
-    audit_package(
-        &state,
-        AdminAction { actor_id: admin.user.id, ip: client.ip() },
-        "package.update",
-        Some(&before),
-        &after,
-    )
-    .await?;
+    let after = catalog::update_package(&state, &client.actor(admin.user.id), &before, &input).await?;
     Ok(Json(after.view(state.calendar())))
 }
 
@@ -182,15 +155,7 @@ async fn disable(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
     let before = packages::find(&state.db, id).await?.ok_or(Error::NotFound("package"))?;
-    let after = packages::disable(&state.db, id, state.now()).await?;
-    audit_package(
-        &state,
-        AdminAction { actor_id: admin.user.id, ip: client.ip() },
-        "package.disable",
-        Some(&before),
-        &after,
-    )
-    .await?;
+    let after = catalog::disable_package(&state, &client.actor(admin.user.id), &before).await?;
     Ok(Json(after.view(state.calendar())))
 }
 
@@ -285,8 +250,7 @@ async fn grant(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let by = AdminAction { actor_id: admin.user.id, ip: client.ip() };
-    let row = purchase::grant(state.env(), &by, id, body.package_id).await?;
+    let row = purchase::grant(state.env(), &client.actor(admin.user.id), id, body.package_id).await?;
     Ok((StatusCode::CREATED, Json(row.view(state.calendar(), state.now()))))
 }
 
@@ -296,7 +260,6 @@ async fn end(
     client: ClientAddr,
     ApiPath((id, user_package_id)): ApiPath<(i64, i64)>,
 ) -> ApiResult<impl IntoResponse> {
-    let by = AdminAction { actor_id: admin.user.id, ip: client.ip() };
-    let row = purchase::end(state.env(), &by, id, user_package_id).await?;
+    let row = purchase::end(state.env(), &client.actor(admin.user.id), id, user_package_id).await?;
     Ok(Json(row.view(state.calendar(), state.now())))
 }

@@ -13,16 +13,15 @@ use serde_json::json;
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
-use crate::domain::audit::{self, Actor, Change};
 use crate::domain::auth::{AdminUser, CurrentUser};
 use crate::domain::orders::notify;
-use crate::domain::orders::refund::RefundBy;
-use crate::domain::orders::{self, jobs, Order, OrderFilter};
+use crate::domain::orders::{self, jobs, OrderFilter};
 use crate::domain::payment;
 use crate::foundation::clock::to_micros;
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin;
 
 /// The Payments routes of `docs/api.md`, plus `GET /api/user/orders/{out_trade_no}` for polling.
 pub fn router() -> Router<AppState> {
@@ -171,14 +170,6 @@ async fn refund(
     client: ClientAddr,
     ApiPath(otn): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let order = refund_audited(&state, &client.actor(admin.user.id), &otn).await?;
+    let order = admin::refund_order(&state, &client.actor(admin.user.id), &otn).await?;
     Ok(Json(json!({ "order": order.view(state.calendar()) })))
-}
-
-/// An admin's refund of order `otn` (from the API and the orders page alike), audited.
-pub(crate) async fn refund_audited(state: &AppState, actor: &Actor, otn: &str) -> Result<Order, Error> {
-    let order = orders::refund::refund(state.env(), otn, RefundBy { actor_id: actor.id }).await?;
-    let change = Change::new("order.refund", format!("order:{otn}")).after(&order.view(state.calendar()));
-    audit::record_change(&state.db, actor, change, state.now()).await?;
-    Ok(order)
 }

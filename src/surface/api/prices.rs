@@ -12,13 +12,12 @@ use serde_json::json;
 
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
-use super::upstreams::catalog_changed;
-use crate::domain::audit::Change;
 use crate::domain::auth::AdminUser;
 use crate::domain::proxy::pricing::{self, ModelPrice};
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::catalog;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -65,9 +64,7 @@ async fn create(
         cache_write: body.cache_write.flatten(),
         enabled: body.enabled.unwrap_or(true),
     };
-    pricing::create(&state.db, &price, state.now()).await?;
-    let change = Change::new("price.create", format!("price:{}", price.model)).after(&price);
-    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
+    catalog::save_price(&state, &addr.actor(admin.0.user.id), None, &price).await?;
     Ok((StatusCode::CREATED, Json(price)))
 }
 
@@ -87,9 +84,7 @@ async fn update(
         cache_write: body.cache_write.unwrap_or(current.cache_write),
         enabled: body.enabled.unwrap_or(current.enabled),
     };
-    pricing::update(&state.db, &price, state.now()).await?;
-    let change = Change::new("price.update", format!("price:{model}")).before(&current).after(&price);
-    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
+    catalog::save_price(&state, &addr.actor(admin.0.user.id), Some(&current), &price).await?;
     Ok(Json(price))
 }
 
@@ -99,9 +94,6 @@ async fn remove(
     addr: ClientAddr,
     ApiPath(model): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
-    pricing::delete(&state.db, &model).await?;
-    let change = Change::new("price.delete", format!("price:{model}")).before(&current);
-    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
+    catalog::delete_price(&state, &addr.actor(admin.0.user.id), &model).await?;
     Ok(StatusCode::NO_CONTENT)
 }

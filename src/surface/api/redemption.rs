@@ -6,17 +6,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
-use crate::domain::audit::{self, Change};
 use crate::domain::auth::{AdminUser, CurrentUser};
 use crate::domain::redemption::{self, BatchRequest};
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin;
 
 /// Most rows one CSV export carries.
 const MAX_EXPORT_ROWS: i64 = 10_000;
@@ -81,13 +80,7 @@ async fn list(
             };
             let disposition = format!("attachment; filename=\"{name}\"");
             let csv = redemption::to_csv(&rows, state.calendar());
-            // Exporting hands out spendable codes, so it is on the trail like a write.
-            let change = match query.batch {
-                Some(id) => Change::new("redemption.export", format!("redemption_batch:{id}")),
-                None => Change::of_all("redemption.export"),
-            };
-            let change = change.after(&json!({ "batch_id": query.batch, "rows": rows.len() }));
-            audit::record_change(&state.db, &client.actor(admin.user.id), change, state.now()).await?;
+            admin::codes_exported(&state, &client.actor(admin.user.id), query.batch, rows.len()).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

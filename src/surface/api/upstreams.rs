@@ -13,18 +13,11 @@ use serde_json::json;
 
 use super::error::ApiResult;
 use super::extract::{ApiJson, ApiPath, ClientAddr};
-use crate::domain::audit::{self, Actor, Change};
 use crate::domain::auth::AdminUser;
 use crate::domain::proxy::upstreams::{self, UpstreamInput};
 use crate::foundation::error::Error;
 use crate::runtime::state::AppState;
-
-/// After a write to upstreams or prices: the proxy's catalog is reloaded at once and the
-/// change audited (from the API and the admin pages alike; views carry no credential).
-pub(crate) async fn catalog_changed(state: &AppState, actor: &Actor, change: Change<'_>) -> Result<(), Error> {
-    state.catalog.invalidate();
-    audit::record_change(&state.db, actor, change, state.now()).await
-}
+use crate::surface::admin::catalog;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -77,11 +70,8 @@ async fn create(
         weight: body.weight.unwrap_or(1),
         enabled: body.enabled.unwrap_or(true),
     };
-    let created = upstreams::create(&state.db, &state.secrets, input, state.now()).await?;
-    let view = created.view(state.calendar());
-    let change = Change::new("upstream.create", format!("upstream:{}", created.id)).after(&view);
-    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let created = catalog::create_upstream(&state, &addr.actor(admin.0.user.id), input).await?;
+    Ok((StatusCode::CREATED, Json(created.view(state.calendar()))))
 }
 
 async fn update(
@@ -92,24 +82,20 @@ async fn update(
     ApiJson(body): ApiJson<UpstreamBody>,
 ) -> ApiResult<impl IntoResponse> {
     let current = upstreams::find(&state.db, &state.secrets, id).await?;
-    let before = current.view(state.calendar());
     let base_url = body.base_url.unwrap_or_else(|| current.base_url.clone());
     let api_key = upstreams::key_for_edit(&current, &base_url, body.api_key.map(SecretString::from))?;
     let input = UpstreamInput {
-        name: body.name.unwrap_or(current.name),
+        name: body.name.unwrap_or_else(|| current.name.clone()),
         base_url,
         api_key,
-        models: body.models.unwrap_or(current.models),
-        model_map: body.model_map.unwrap_or(current.model_map),
+        models: body.models.unwrap_or_else(|| current.models.clone()),
+        model_map: body.model_map.unwrap_or_else(|| current.model_map.clone()),
         priority: body.priority.unwrap_or(current.priority),
         weight: body.weight.unwrap_or(current.weight),
         enabled: body.enabled.unwrap_or(current.enabled),
     };
-    let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
-    let view = updated.view(state.calendar());
-    let change = Change::new("upstream.update", format!("upstream:{id}")).before(&before).after(&view);
-    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
-    Ok(Json(view))
+    let updated = catalog::update_upstream(&state, &addr.actor(admin.0.user.id), &current, input).await?;
+    Ok(Json(updated.view(state.calendar())))
 }
 
 async fn remove(
@@ -118,9 +104,6 @@ async fn remove(
     addr: ClientAddr,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
-    upstreams::delete(&state.db, id).await?;
-    let change = Change::new("upstream.delete", format!("upstream:{id}")).before(&before);
-    catalog_changed(&state, &addr.actor(admin.0.user.id), change).await?;
+    catalog::delete_upstream(&state, &addr.actor(admin.0.user.id), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,10 +15,10 @@ use super::admin_write::FormWrite;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, FieldErrors};
 use crate::domain::announcements::{self, Announcement, AnnouncementInput};
-use crate::domain::audit::{AuditedTx, Change};
 use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
 use crate::foundation::error::{Error, Result};
 use crate::runtime::state::AppState;
+use crate::surface::admin::announcements as admin_announcements;
 use crate::surface::api::extract::ClientAddr;
 
 pub fn router() -> Router<AppState> {
@@ -166,11 +166,7 @@ async fn create(
     let ctx = &signed.ctx;
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let now = tx.now();
-        let created = announcements::create(tx.conn(), &input, signed.user.id, now).await?;
-        let change = Change::new("announcement.create", format!("announcement:{}", created.id));
-        tx.commit(change.after(&created.view(state.calendar()))).await
+        admin_announcements::create(&state, client.actor(signed.user.id), &input).await.map(|_| ())
     }
     .await;
     let form_write = FormWrite::new(ctx, "/admin/announcements");
@@ -213,13 +209,7 @@ async fn save(
     let ctx = &signed.ctx;
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let now = tx.now();
-        let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
-        let after = announcements::update(tx.conn(), id, &input, now).await?;
-        let calendar = state.calendar();
-        let change = Change::new("announcement.update", format!("announcement:{id}"));
-        tx.commit(change.before(&before.view(calendar)).after(&after.view(calendar))).await
+        admin_announcements::update(&state, client.actor(signed.user.id), id, |_| Ok(input)).await.map(|_| ())
     }
     .await;
     let form_write = FormWrite::new(ctx, "/admin/announcements").editing();
@@ -241,14 +231,7 @@ async fn delete(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let result = async {
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let before = announcements::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("announcement"))?;
-        announcements::delete(tx.conn(), id).await?;
-        let change = Change::new("announcement.delete", format!("announcement:{id}"));
-        tx.commit(change.before(&before.view(state.calendar()))).await
-    }
-    .await;
+    let result = admin_announcements::delete(&state, client.actor(signed.user.id), id).await;
     match result {
         Ok(()) => {
             let form = AnnouncementForm { enabled: "on".into(), ..Default::default() };

@@ -9,16 +9,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
-use crate::domain::audit::{self, Change};
 use crate::domain::redemption::{self, batches, Batch, BatchRequest};
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin;
 use crate::surface::api::extract::ClientAddr;
 
 pub fn router() -> Router<AppState> {
@@ -196,10 +195,7 @@ async fn export_csv(
         if rows.is_empty() {
             return Err(Error::NotFound("redemption batch"));
         }
-        // Exporting hands out spendable codes, so it is on the trail like a write.
-        let change = Change::new("redemption.export", format!("redemption_batch:{batch}"))
-            .after(&json!({ "batch_id": batch, "rows": rows.len() }));
-        audit::record_change(&state.db, &client.actor(signed.user.id), change, state.now()).await?;
+        admin::codes_exported(&state, &client.actor(signed.user.id), Some(batch), rows.len()).await?;
         Ok(redemption::to_csv(&rows, state.calendar()))
     }
     .await;

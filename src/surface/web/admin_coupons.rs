@@ -15,12 +15,11 @@ use super::admin_write::{back_or_error_page, FormWrite};
 use super::coupon_form::CouponForm;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, view, FieldErrors};
-use crate::domain::audit::{AuditedTx, Change};
-use crate::domain::coupons::{self, Coupon, CouponInput};
-use crate::foundation::clock::from_micros;
+use crate::domain::coupons::{self, Coupon};
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::coupons as admin_coupons;
 use crate::surface::api::extract::ClientAddr;
 
 pub fn router() -> Router<AppState> {
@@ -152,12 +151,7 @@ async fn create_coupon(
     let form = CouponForm::from_pairs(&pairs);
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let now = tx.now();
-        let coupon = coupons::create(tx.conn(), &input, now).await?;
-        let calendar = state.calendar();
-        let change = Change::new("coupon.create", format!("coupon:{}", coupon.id)).after(&coupon.view(calendar));
-        tx.commit(change).await
+        admin_coupons::create(&state, client.actor(signed.user.id), &input).await.map(|_| ())
     }
     .await;
     let form_write = FormWrite::new(ctx, "/admin/coupons").errors_by(coupon_errors);
@@ -218,34 +212,11 @@ async fn save_coupon(
     let form = CouponForm::from_pairs(&pairs);
     let result = async {
         let input = form.input(state.calendar())?;
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let now = tx.now();
-        let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
-        let after = coupons::update(tx.conn(), id, &input, now).await?;
-        let calendar = state.calendar();
-        let change = Change::new("coupon.update", format!("coupon:{id}"))
-            .before(&before.view(calendar))
-            .after(&after.view(calendar));
-        tx.commit(change).await
+        admin_coupons::update(&state, client.actor(signed.user.id), id, &input).await.map(|_| ())
     }
     .await;
     let form_write = FormWrite::new(ctx, "/admin/coupons").errors_by(coupon_errors).editing();
     form_write.answer(result, async |errors| render_edit(&state, ctx, id, Some(form), errors).await).await
-}
-
-fn input_of(c: &Coupon) -> CouponInput {
-    CouponInput {
-        code: c.code.clone(),
-        percent_off: c.percent_off.map(Money::from_micros),
-        amount_off: c.amount_off.map(Money::from_micros),
-        package_ids: c.package_ids(),
-        applies_to_topup: c.applies_to_topup != 0,
-        valid_from: c.valid_from.map(from_micros),
-        valid_until: c.valid_until.map(from_micros),
-        max_uses: c.max_uses,
-        max_uses_per_user: c.max_uses_per_user,
-        enabled: c.enabled != 0,
-    }
 }
 
 #[derive(Deserialize)]
@@ -260,22 +231,7 @@ async fn toggle_coupon(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let result = async {
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let now = tx.now();
-        let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
-        let (after, action) = if before.enabled != 0 {
-            (coupons::disable(tx.conn(), id, now).await?, "coupon.disable")
-        } else {
-            let input = CouponInput { enabled: true, ..input_of(&before) };
-            (coupons::update(tx.conn(), id, &input, now).await?, "coupon.enable")
-        };
-        let calendar = state.calendar();
-        let change =
-            Change::new(action, format!("coupon:{id}")).before(&before.view(calendar)).after(&after.view(calendar));
-        tx.commit(change).await
-    }
-    .await;
+    let result = admin_coupons::switch(&state, client.actor(signed.user.id), id, None).await.map(|_| ());
     back_or_error_page(ctx, result, "/admin/coupons")
 }
 
@@ -288,15 +244,7 @@ async fn delete_coupon(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let result = async {
-        let mut tx = AuditedTx::begin(&state.db, client.actor(signed.user.id), state.now()).await?;
-        let before = coupons::find_in(tx.conn(), id).await?.ok_or(Error::NotFound("coupon"))?;
-        coupons::delete(tx.conn(), id).await?;
-        let calendar = state.calendar();
-        let change = Change::new("coupon.delete", format!("coupon:{id}")).before(&before.view(calendar));
-        tx.commit(change).await
-    }
-    .await;
+    let result = admin_coupons::delete(&state, client.actor(signed.user.id), id).await;
     match result {
         Ok(()) => {
             let outcome =

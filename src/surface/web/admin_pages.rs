@@ -18,7 +18,7 @@ use crate::domain::auth::users::{self, User, UserFilter};
 use crate::domain::auth::{Role, Status};
 use crate::foundation::error::{Error, Result};
 use crate::runtime::state::AppState;
-use crate::surface::api::admin_actions::{self, Actor};
+use crate::surface::admin::settings as admin_settings;
 use crate::surface::api::extract::ClientAddr;
 
 pub fn router() -> Router<AppState> {
@@ -270,13 +270,13 @@ async fn save_settings(
     CsrfForm(form): CsrfForm<SettingsForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let actor = Actor { id: signed.user.id, ip: client.ip() };
+    let actor = client.actor(signed.user.id);
     // Every problem of the form at once: the fields that are not numbers, else every rule
     // the merged settings break; the write below checks again (the first problem).
     let problems = match (form.to_patch_checked(), state.settings.get().await) {
         (Err(wrong), _) => wrong,
-        (Ok(patch), Ok(current)) => match crate::surface::api::settings::merged(&current, patch) {
-            Ok(next) => crate::surface::api::settings::problems(&next),
+        (Ok(patch), Ok(current)) => match admin_settings::merged(&current, patch) {
+            Ok(next) => admin_settings::problems(&next),
             Err(e) => vec![e],
         },
         (Ok(_), Err(e)) => return error_page_for(ctx, &e),
@@ -285,7 +285,7 @@ async fn save_settings(
         let errors = FieldErrors::from_errors(ctx, &problems);
         return render_settings(&state, ctx, SettingsOutcome { form: Some(form), errors, ..Default::default() }).await;
     }
-    let result = async { admin_actions::update_settings(&state, &actor, form.to_patch()?).await }.await;
+    let result = async { admin_settings::update(&state, &actor, form.to_patch()?).await }.await;
     match result {
         Ok(_) => render_settings(&state, &signed.ctx, SettingsOutcome { saved: true, ..Default::default() }).await,
         Err(e) if e.status_code().is_client_error() => {

@@ -14,13 +14,12 @@ use serde::Deserialize;
 use super::admin_write::{back_or_error_page, FormWrite};
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, FieldErrors};
-use crate::domain::audit::{self, Change};
 use crate::domain::proxy::pricing::{self, ModelPrice};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::catalog;
 use crate::surface::api::extract::ClientAddr;
-use crate::surface::api::upstreams::catalog_changed;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -138,17 +137,7 @@ async fn save_price(
         Ok(price) => price,
         Err(errors) => return render_pricing(&state, ctx, form, errors).await,
     };
-    let result = async {
-        let action = match &current {
-            Some(_) => pricing::update(&state.db, &price, state.now()).await.map(|()| "price.update")?,
-            None => pricing::create(&state.db, &price, state.now()).await.map(|()| "price.create")?,
-        };
-        // A new model has no before (not a JSON null).
-        let before = current.as_ref().and_then(audit::snapshot);
-        let change = Change { before, ..Change::new(action, format!("price:{}", price.model)).after(&price) };
-        catalog_changed(&state, &client.actor(signed.user.id), change).await
-    }
-    .await;
+    let result = catalog::save_price(&state, &client.actor(signed.user.id), current.as_ref(), &price).await;
     let form_write = FormWrite::new(ctx, "/admin/pricing");
     form_write.answer(result, async |errors| render_pricing(&state, ctx, form, errors).await).await
 }
@@ -163,9 +152,7 @@ async fn toggle_price(
     let result = async {
         let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
         let price = ModelPrice { enabled: !current.enabled, ..current.clone() };
-        pricing::update(&state.db, &price, state.now()).await?;
-        let change = Change::new("price.update", format!("price:{model}")).before(&current).after(&price);
-        catalog_changed(&state, &client.actor(signed.user.id), change).await
+        catalog::save_price(&state, &client.actor(signed.user.id), Some(&current), &price).await
     }
     .await;
     back_or_error_page(&signed.ctx, result, "/admin/pricing")
@@ -178,12 +165,6 @@ async fn delete_price(
     Path(model): Path<String>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
-    let result = async {
-        let current = pricing::find(&state.db, &model).await?.ok_or(Error::NotFound("price"))?;
-        pricing::delete(&state.db, &model).await?;
-        let change = Change::new("price.delete", format!("price:{model}")).before(&current);
-        catalog_changed(&state, &client.actor(signed.user.id), change).await
-    }
-    .await;
+    let result = catalog::delete_price(&state, &client.actor(signed.user.id), &model).await;
     back_or_error_page(&signed.ctx, result, "/admin/pricing")
 }

@@ -18,14 +18,13 @@ use super::order_check::CheckNotice;
 use super::shop_pages::OrderRow;
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
-use crate::domain::orders::purchase::AdminAction;
 use crate::domain::orders::{self, OrderFilter};
 use crate::domain::packages::{self, held, Package, PackageInput};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
+use crate::surface::admin::{self, catalog};
 use crate::surface::api::extract::ClientAddr;
-use crate::surface::api::packages::audit_package;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -191,12 +190,9 @@ async fn create_package(
     CsrfForm(form): CsrfForm<PackageForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = AdminAction { actor_id: signed.user.id, ip: client.ip() };
-    let result = async {
-        let package = packages::create(&state.db, &form.input()?, state.now()).await?;
-        audit_package(&state, by, "package.create", None, &package).await
-    }
-    .await;
+    let result =
+        async { catalog::create_package(&state, &client.actor(signed.user.id), &form.input()?).await.map(|_| ()) }
+            .await;
     let form_write = FormWrite::new(ctx, "/admin/packages");
     form_write.answer(result, async |errors| render_list(&state, ctx, form, errors).await).await
 }
@@ -230,11 +226,9 @@ async fn save_package(
     CsrfForm(form): CsrfForm<PackageForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = AdminAction { actor_id: signed.user.id, ip: client.ip() };
     let result = async {
         let before = packages::find(&state.db, id).await?.ok_or(Error::NotFound("package"))?;
-        let after = packages::update(&state.db, id, &form.input()?, state.now()).await?;
-        audit_package(&state, by, "package.update", Some(&before), &after).await
+        catalog::update_package(&state, &client.actor(signed.user.id), &before, &form.input()?).await.map(|_| ())
     }
     .await;
     let form_write = FormWrite::new(ctx, "/admin/packages").editing();
@@ -257,17 +251,17 @@ async fn toggle_package(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let actor = client.actor(signed.user.id);
     let result = async {
         let before = packages::find(&state.db, id).await?.ok_or(Error::NotFound("package"))?;
-        let (after, action) = if before.is_enabled() {
-            (packages::disable(&state.db, id, state.now()).await?, "package.disable")
+        if before.is_enabled() {
+            catalog::disable_package(&state, &actor, &before).await?;
         } else {
             let mut input = PackageForm::from_package(&before).input()?;
             input.enabled = true;
-            (packages::update(&state.db, id, &input, state.now()).await?, "package.update")
-        };
-        audit_package(&state, by, action, Some(&before), &after).await
+            catalog::update_package(&state, &actor, &before, &input).await?;
+        }
+        Ok::<_, Error>(())
     }
     .await;
     let form_write = FormWrite::new(ctx, "/admin/packages").editing();
@@ -366,10 +360,7 @@ async fn refund_order(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let result = async {
-        crate::surface::api::payments::refund_audited(&state, &client.actor(signed.user.id), &otn).await.map(|_| ())
-    }
-    .await;
+    let result = admin::refund_order(&state, &client.actor(signed.user.id), &otn).await.map(|_| ());
     let outcome = match result {
         Ok(()) => {
             let refunded = CheckNotice { tone: "ok", text: format!("{} {otn}", ctx.t("orders.refunded")) };

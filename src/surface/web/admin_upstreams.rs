@@ -22,13 +22,12 @@ use serde::Deserialize;
 use super::admin_write::{back_or_error_page, FormWrite};
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, FieldErrors};
-use crate::domain::audit::Change;
 use crate::domain::proxy::upstream_check::{self, ConnectionCheck, LISTED_MODELS};
 use crate::domain::proxy::upstreams::{self, Upstream, UpstreamInput, UpstreamView};
 use crate::foundation::error::{Error, Result};
 use crate::runtime::state::AppState;
+use crate::surface::admin::catalog;
 use crate::surface::api::extract::ClientAddr;
-use crate::surface::api::upstreams::catalog_changed;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -195,12 +194,7 @@ async fn create_upstream(
         Ok(input) => input,
         Err(errors) => return render_upstreams(&state, ctx, form.without_key(), errors).await,
     };
-    let result = async {
-        let created = upstreams::create(&state.db, &state.secrets, input, state.now()).await?;
-        let change = Change::new("upstream.create", format!("upstream:{}", created.id));
-        catalog_changed(&state, &client.actor(signed.user.id), change.after(&created.view(state.calendar()))).await
-    }
-    .await;
+    let result = catalog::create_upstream(&state, &client.actor(signed.user.id), input).await.map(|_| ());
     let form_write = FormWrite::new(ctx, "/admin/upstreams");
     form_write.answer(result, async |errors| render_upstreams(&state, ctx, form.without_key(), errors).await).await
 }
@@ -303,14 +297,7 @@ async fn save_upstream(
             return render_edit(&state, ctx, Edit { upstream: &current, form: form.without_key(), errors, check: None })
         }
     };
-    let result = async {
-        let before = current.view(state.calendar());
-        let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
-        let change = Change::new("upstream.update", format!("upstream:{id}"));
-        let change = change.before(&before).after(&updated.view(state.calendar()));
-        catalog_changed(&state, &client.actor(signed.user.id), change).await
-    }
-    .await;
+    let result = catalog::update_upstream(&state, &client.actor(signed.user.id), &current, input).await.map(|_| ());
     let form_write = FormWrite::new(ctx, "/admin/upstreams").editing();
     let again = async |errors| {
         render_edit(&state, ctx, Edit { upstream: &current, form: form.without_key(), errors, check: None })
@@ -351,7 +338,6 @@ async fn toggle_upstream(
 ) -> Response {
     let result = async {
         let current = upstreams::find(&state.db, &state.secrets, id).await?;
-        let before = current.view(state.calendar());
         let input = UpstreamInput {
             name: current.name.clone(),
             base_url: current.base_url.clone(),
@@ -362,10 +348,7 @@ async fn toggle_upstream(
             weight: current.weight,
             enabled: !current.enabled,
         };
-        let updated = upstreams::update(&state.db, &state.secrets, id, input, state.now()).await?;
-        let change = Change::new("upstream.update", format!("upstream:{id}"));
-        let change = change.before(&before).after(&updated.view(state.calendar()));
-        catalog_changed(&state, &client.actor(signed.user.id), change).await
+        catalog::update_upstream(&state, &client.actor(signed.user.id), &current, input).await.map(|_| ())
     }
     .await;
     back_or_error_page(&signed.ctx, result, "/admin/upstreams")
@@ -378,13 +361,7 @@ async fn delete_upstream(
     Path(id): Path<i64>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
-    let result = async {
-        let before = upstreams::find(&state.db, &state.secrets, id).await?.view(state.calendar());
-        upstreams::delete(&state.db, id).await?;
-        let change = Change::new("upstream.delete", format!("upstream:{id}")).before(&before);
-        catalog_changed(&state, &client.actor(signed.user.id), change).await
-    }
-    .await;
+    let result = catalog::delete_upstream(&state, &client.actor(signed.user.id), id).await;
     back_or_error_page(&signed.ctx, result, "/admin/upstreams")
 }
 

@@ -21,7 +21,7 @@ use crate::domain::ledger;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
-use crate::surface::api::admin_actions::{self, Actor, BalanceAdjustment};
+use crate::surface::admin::users::{self as admin_users, BalanceAdjustment};
 use crate::surface::api::extract::ClientAddr;
 
 pub fn router() -> Router<AppState> {
@@ -173,9 +173,9 @@ async fn set_status(
     CsrfForm(form): CsrfForm<StatusForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let actor = Actor { id: signed.user.id, ip: client.ip() };
+    let actor = client.actor(signed.user.id);
     let patch = UserPatch { status: Status::parse(&form.status), ..Default::default() };
-    match admin_actions::update_user(&state, &actor, id, &patch).await {
+    match admin_users::update_user(&state, &actor, id, &patch).await {
         Ok(_) => Redirect::to(&format!("/admin/users/{id}")).into_response(),
         Err(e) if e.status_code().is_client_error() && !matches!(e, Error::NotFound(_)) => {
             let outcome = UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() };
@@ -201,11 +201,11 @@ async fn adjust_balance(
     CsrfForm(form): CsrfForm<BalanceForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let actor = Actor { id: signed.user.id, ip: client.ip() };
+    let actor = client.actor(signed.user.id);
     let result = async {
         let amount = Money::parse(form.amount.trim())
             .map_err(|_| Error::validation("amount", "must be an amount such as 10.00 or -5.00"))?;
-        admin_actions::adjust_balance(&state, &actor, &BalanceAdjustment { user_id: id, amount, reason: &form.reason })
+        admin_users::adjust_balance(&state, &actor, &BalanceAdjustment { user_id: id, amount, reason: &form.reason })
             .await
     }
     .await;
@@ -236,7 +236,7 @@ async fn grant_package(
     CsrfForm(form): CsrfForm<GrantForm>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = crate::domain::orders::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let by = client.actor(signed.user.id);
     let outcome = match crate::domain::orders::purchase::grant(state.env(), &by, id, form.package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.granted")), ..Default::default() },
         Err(e) if e.status_code().is_client_error() => {
@@ -257,7 +257,7 @@ async fn end_package(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let by = crate::domain::orders::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
+    let by = client.actor(signed.user.id);
     let outcome = match crate::domain::orders::purchase::end(state.env(), &by, id, user_package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.package_ended_notice")), ..Default::default() },
         Err(e @ Error::Conflict { .. }) => {
@@ -297,9 +297,9 @@ async fn set_caps(
     let five_hour = errors.take(ctx, cap("five_hour_cap", &form.five_hour_cap));
     let result = match (daily, five_hour) {
         (Some(daily), Some(five_hour)) if errors.is_empty() => {
-            let actor = Actor { id: signed.user.id, ip: client.ip() };
+            let actor = client.actor(signed.user.id);
             let patch = UserPatch { daily_cap: Some(daily), five_hour_cap: Some(five_hour), ..Default::default() };
-            admin_actions::update_user(&state, &actor, id, &patch).await.map(|_| ())
+            admin_users::update_user(&state, &actor, id, &patch).await.map(|_| ())
         }
         _ => Ok(()),
     };

@@ -164,7 +164,7 @@ impl SettingsForm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::surface::api::settings::apply_patch;
+    use crate::surface::admin::settings::apply_patch;
 
     #[test]
     fn the_form_round_trips_the_settings_and_keeps_a_blank_key() {
