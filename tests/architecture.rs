@@ -375,3 +375,24 @@ fn no_reference_climbs_a_layer() {
     let up = upward_references(&module_graph());
     assert!(up.is_empty(), "references to a higher layer: {up:?}");
 }
+
+/// Every admin change is written once, in `surface::admin` (or in the domain function it
+/// calls): no other surface opens an audited transaction or writes an audit row itself,
+/// so the API and the pages cannot drift apart or forget the trail.
+#[test]
+fn only_surface_admin_writes_admin_changes() {
+    let written_elsewhere: Vec<String> = source_files()
+        .into_iter()
+        .filter(|(_, module)| {
+            module.first().is_some_and(|m| m == "surface") && module.get(1).is_some_and(|m| m != "admin")
+        })
+        .filter(|(path, _)| {
+            let text = production_text(&std::fs::read_to_string(path).unwrap());
+            ["AuditedTx", "record_change", "record_standalone", "AuditEvent", "audit::record("]
+                .iter()
+                .any(|needle| text.contains(needle))
+        })
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    assert!(written_elsewhere.is_empty(), "admin changes written outside surface::admin: {written_elsewhere:?}");
+}
