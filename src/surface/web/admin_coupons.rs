@@ -16,6 +16,7 @@ use super::coupon_form::CouponForm;
 use super::ctx::{AdminPage, CsrfForm, Ctx};
 use super::{error_page_for, render, view, FieldErrors};
 use crate::domain::coupons::{self, Coupon};
+use crate::foundation::clock::from_micros;
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;

@@ -121,7 +121,8 @@ async fn finish_flow(
     let token = provider::exchange_code(&state.http, &settings.oauth, &code, &flow.verifier, &redirect_uri).await?;
     let profile = provider::fetch_profile(&state.http, &settings.oauth, &token).await?;
     // A valid session (cookie or bearer) means "link to me"; anything else is a sign-in.
-    let signed_in = resolve(parts, super::extract::resolver(state)).await.ok().map(|current| current.user);
+    let signed_in =
+        resolve(parts, crate::surface::api::extract::resolver(state)).await.ok().map(|current| current.user);
     let outcome = accounts::sign_in(&state.db, &settings.oauth, &profile, signed_in.as_ref(), now).await?;
     let clear = oauth::clear_flow_cookie();
     if let Outcome::Linked(_) = outcome {
