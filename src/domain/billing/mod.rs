@@ -389,7 +389,7 @@ pub async fn admit_speculative(
 /// instance is admitted before it is forwarded, so the change takes effect at once.
 pub async fn user_changed(env: Env<'_>, user_id: i64) {
     env.billing.forget_headroom(user_id);
-    crate::foundation::cluster::publish(&env.db, crate::foundation::cluster::Topic::User(user_id)).await;
+    crate::foundation::cluster::publish(env.db, crate::foundation::cluster::Topic::User(user_id)).await;
 }
 
 /// When what refused a request frees up again (for the message and `Retry-After`),
@@ -484,7 +484,7 @@ pub(crate) fn refusal_error(
 /// spend, hold release — one transaction (shared with the other jobs of its batch).
 /// Settling the same `request_id` twice applies it once.
 pub async fn settle(env: Env<'_>, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
-    settle_with(&env.billing, hold, record, env.now()).await
+    settle_with(env.billing, hold, record, env.now()).await
 }
 
 /// [`settle`] with only what it needs: the writer and the instant (the journal replay
@@ -534,7 +534,7 @@ pub async fn settle_ticket_with_retry(env: Env<'_>, ticket: HoldTicket, record: 
     if fallback.request_id == record.request_id {
         let job = Job::SettleAdmitted { user_id: fallback.user_id, record: Box::new(record.clone()), now: env.now() };
         if let Ok(Outcome::Settle(Ok(settlement))) = env.billing.submit(job).await {
-            settled(&env.billing, record, &settlement);
+            settled(env.billing, record, &settlement);
             return Ok(settlement);
         }
     }
@@ -617,7 +617,7 @@ pub async fn release_expired_holds(env: Env<'_>) -> Result<u64> {
     let mut released = 0;
     let mut amount = Money::ZERO;
     for (id, user_id, held, request_id) in expired {
-        if release_hold(&env.db, id, user_id).await? {
+        if release_hold(env.db, id, user_id).await? {
             released += 1;
             amount = amount.saturating_add(Money::from_micros(held));
             tracing::warn!(user_id, request_id = request_id.as_deref().unwrap_or("-"), amount = %Money::from_micros(held),

@@ -65,7 +65,7 @@ pub async fn under_user_limit(
 }
 
 async fn buyable_package(env: Env<'_>, package_id: i64, user_id: i64) -> Result<Package> {
-    let package = super::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let package = super::find(env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     ensure_buyable(env, &package, user_id).await?;
     Ok(package)
 }
@@ -212,7 +212,7 @@ pub struct AdminAction {
 /// never replaces something paid for and does not consume stock. It leaves a
 /// zero-amount ledger entry and an audit record.
 pub async fn grant(env: Env<'_>, by: &AdminAction, user_id: i64, package_id: i64) -> Result<UserPackage> {
-    let package = super::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let package = super::find(env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     let settings = env.settings.get().await?;
     let now = env.now();
     let mut tx = env.db.begin().await?;
