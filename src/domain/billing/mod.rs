@@ -391,7 +391,7 @@ pub async fn admit_speculative(
 /// instance is admitted before it is forwarded, so the change takes effect at once.
 pub async fn user_changed(env: Env<'_>, user_id: i64) {
     env.billing.forget_headroom(user_id);
-    crate::foundation::cluster::publish(&env.db, crate::foundation::cluster::Topic::User(user_id)).await;
+    crate::foundation::cluster::publish(env.db, crate::foundation::cluster::Topic::User(user_id)).await;
 }
 
 /// When what refused a request frees up again (for the message and `Retry-After`),
@@ -497,7 +497,7 @@ pub async fn release_expired_holds(env: Env<'_>) -> Result<u64> {
     let mut released = 0;
     let mut amount = Money::ZERO;
     for (id, user_id, held, request_id) in expired {
-        if release_hold(&env.db, id, user_id).await? {
+        if release_hold(env.db, id, user_id).await? {
             released += 1;
             amount = amount.saturating_add(Money::from_micros(held));
             tracing::warn!(user_id, request_id = request_id.as_deref().unwrap_or("-"), amount = %Money::from_micros(held),

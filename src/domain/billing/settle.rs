@@ -14,7 +14,7 @@ use crate::foundation::money::Money;
 /// spend, hold release — one transaction (shared with the other jobs of its batch).
 /// Settling the same `request_id` twice applies it once.
 pub async fn settle(env: Env<'_>, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
-    settle_with(&env.billing, hold, record, env.now()).await
+    settle_with(env.billing, hold, record, env.now()).await
 }
 
 /// [`settle`] with only what it needs: the writer and the instant (the journal replay
@@ -64,7 +64,7 @@ pub async fn settle_ticket_with_retry(env: Env<'_>, ticket: HoldTicket, record: 
     if fallback.request_id == record.request_id {
         let job = Job::SettleAdmitted { user_id: fallback.user_id, record: Box::new(record.clone()), now: env.now() };
         if let Ok(Outcome::Settle(Ok(settlement))) = env.billing.submit(job).await {
-            settled(&env.billing, record, &settlement);
+            settled(env.billing, record, &settlement);
             return Ok(settlement);
         }
     }

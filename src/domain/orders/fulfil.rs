@@ -99,7 +99,7 @@ pub async fn settle(env: Env<'_>, payment: &Payment<'_>) -> Result<Settled> {
         .await?;
     let Some(order) = claimed else {
         drop(tx);
-        let order = super::find(&env.db, payment.out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+        let order = super::find(env.db, payment.out_trade_no).await?.ok_or(Error::NotFound("order"))?;
         if order.amount != payment.money.micros() {
             return Err(Error::conflict("amount_mismatch", "the paid amount differs from the order amount"));
         }

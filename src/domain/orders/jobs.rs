@@ -55,7 +55,7 @@ pub async fn expire_once(env: Env<'_>) -> Result<u64> {
 /// Asks the gateway about one order and, if it was paid, settles it through the same
 /// path as a notify.
 pub async fn check_with_gateway(env: Env<'_>, credit: &CreditSettings, order: &Order) -> Result<CheckOutcome> {
-    let answer = client::query_order(&env.http, credit, &order.out_trade_no).await?;
+    let answer = client::query_order(env.http, credit, &order.out_trade_no).await?;
     if !answer.paid {
         return Ok(CheckOutcome {
             gateway_found: answer.found,
@@ -89,13 +89,13 @@ pub async fn check_with_gateway(env: Env<'_>, credit: &CreditSettings, order: &O
 
 /// Admin re-check of one order by number.
 pub async fn check_order(env: Env<'_>, out_trade_no: &str) -> Result<(CheckOutcome, Order)> {
-    let order = super::find(&env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+    let order = super::find(env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
     if order.pay_method != "credit" {
         return Err(Error::conflict("not_a_gateway_order", "this order was paid from the balance"));
     }
     if matches!(order.status.as_str(), super::status::REFUNDING | super::status::REFUND_CONFIRMED) {
         let decided = super::refund::decide_now(env, &order).await?;
-        let order = super::find(&env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+        let order = super::find(env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
         let outcome = CheckOutcome {
             gateway_found: true,
             gateway_paid: decided == super::refund::Decided::Restored,
@@ -108,7 +108,7 @@ pub async fn check_order(env: Env<'_>, out_trade_no: &str) -> Result<(CheckOutco
     let settings = env.settings.get().await?;
     super::ensure_payments_usable(&settings.credit)?;
     let outcome = check_with_gateway(env, &settings.credit, &order).await?;
-    let order = super::find(&env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+    let order = super::find(env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
     Ok((outcome, order))
 }
 

@@ -67,7 +67,7 @@ async fn process(env: Env<'_>, params: &Params) -> NotifyReply {
     if notify.pid != credit.pid {
         return NotifyReply::refused("wrong_pid");
     }
-    let order = match orders::find(&env.db, &notify.out_trade_no).await {
+    let order = match orders::find(env.db, &notify.out_trade_no).await {
         Ok(Some(o)) => o,
         Ok(None) => return NotifyReply::refused("unknown_order"),
         Err(e) => return NotifyReply { ok: false, internal: true, outcome: format!("error: {e}") },

@@ -65,7 +65,7 @@ pub async fn under_user_limit(
 }
 
 async fn buyable_package(env: Env<'_>, package_id: i64, user_id: i64) -> Result<Package> {
-    let package = packages::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let package = packages::find(env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     ensure_buyable(env, &package, user_id).await?;
     Ok(package)
 }
@@ -205,9 +205,9 @@ pub async fn create_credit_order_coupon(
 /// never replaces something paid for and does not consume stock. It leaves a
 /// zero-amount ledger entry and an audit record.
 pub async fn grant(env: Env<'_>, by: &Actor, user_id: i64, package_id: i64) -> Result<UserPackage> {
-    let package = packages::find(&env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let package = packages::find(env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
     let settings = env.settings.get().await?;
-    let mut tx = AuditedTx::begin(&env.db, by.clone(), env.now()).await?;
+    let mut tx = AuditedTx::begin(env.db, by.clone(), env.now()).await?;
     let now = tx.now();
     let grant = Grant {
         user_id,
@@ -247,7 +247,7 @@ pub async fn grant(env: Env<'_>, by: &Actor, user_id: i64, package_id: i64) -> R
 
 /// Ends a user's package now (no credit; adjust the balance separately if owed).
 pub async fn end(env: Env<'_>, by: &Actor, user_id: i64, user_package_id: i64) -> Result<UserPackage> {
-    let mut tx = AuditedTx::begin(&env.db, by.clone(), env.now()).await?;
+    let mut tx = AuditedTx::begin(env.db, by.clone(), env.now()).await?;
     let now = tx.now();
     let row = activation::find_on(tx.conn(), user_package_id)
         .await?

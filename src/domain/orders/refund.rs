@@ -111,7 +111,7 @@ async fn set_status(env: Env<'_>, order_id: i64, from: &str, to: &str) -> Result
 /// Refunds an order through the gateway (or to the balance for balance purchases) and
 /// reverses its fulfilment.
 pub async fn refund(env: Env<'_>, out_trade_no: &str, by: RefundBy) -> Result<Order> {
-    let order = super::find(&env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+    let order = super::find(env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
     check_refundable(env, &order).await?;
     // Claim the order so two admins clicking at once cannot refund twice.
     if !set_status(env, order.id, status::FULFILLED, status::REFUNDING).await? {
@@ -124,7 +124,7 @@ pub async fn refund(env: Env<'_>, out_trade_no: &str, by: RefundBy) -> Result<Or
             out_trade_no: &order.out_trade_no,
             money: order.amount(),
         };
-        let answer = client::refund(&env.http, &settings.credit, &request).await;
+        let answer = client::refund(env.http, &settings.credit, &request).await;
         match answer {
             Ok(a) if a.ok => {}
             Ok(a) => {
@@ -256,7 +256,7 @@ async fn settle_unconfirmed(
         tracing::info!(out_trade_no = %order.out_trade_no, "a confirmed refund's reversal is done");
         return Ok(Decided::Reversed);
     }
-    let answer = client::query_order(&env.http, credit, &order.out_trade_no).await?;
+    let answer = client::query_order(env.http, credit, &order.out_trade_no).await?;
     if !answer.found {
         return Err(Error::conflict(
             "gateway_order_unknown",
