@@ -3,8 +3,8 @@
 //! the next daily reset in the named business zone, every plan window and the 30-day
 //! chart. Every amount is exact (the figures of `GET /api/user/daily-usage`). It also
 //! shows what the next request may use: the figure admission compares a request's
-//! worst-case hold with (`billing::rules::funds_available`), so a 402 that names
-//! "X USD is left" matches the page.
+//! worst-case hold with (`billing::rules::funds_available`), per set of models when a
+//! package pays only for some, so a refusal that names "X USD is left" matches the page.
 
 use askama::Template;
 use axum::extract::State;
@@ -113,7 +113,8 @@ impl Admits {
                 package_room: room.unwrap_or(Money::ZERO).to_string(),
             }
         };
-        let named: std::collections::BTreeSet<&String> = packages.iter().flat_map(|p| p.models.iter().flatten()).collect();
+        let named: std::collections::BTreeSet<&String> =
+            packages.iter().flat_map(|p| p.models.iter().flatten()).collect();
         // Models the same packages pay for share a line.
         let mut groups: Vec<(Vec<i64>, Vec<String>)> = Vec::new();
         for model in named {
