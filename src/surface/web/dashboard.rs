@@ -106,7 +106,7 @@ impl Admits {
             let uses_package = preference != billing::rules::Preference::BalanceOnly;
             AdmitLine {
                 models,
-                // Never below zero: the 402 names the same floor ("0.00 USD is left").
+                // Never below zero: a refusal names the same floor ("0.00 USD is left").
                 figure: (!(unlimited && uses_package)).then(|| {
                     billing::rules::funds_available(preference, room, balance, held).max(Money::ZERO).to_string()
                 }),
