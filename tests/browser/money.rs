@@ -64,7 +64,12 @@ async fn api_figures(s: &Session, token: &str) -> Figures {
     Figures {
         balance: money(day["balance"].as_str().unwrap()),
         usage_costs: list(&usage, "cost"),
-        ledger_amounts: ledger["items"].as_array().unwrap().iter().map(|r| r["amount"].as_str().unwrap().into()).collect(),
+        ledger_amounts: ledger["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["amount"].as_str().unwrap().into())
+            .collect(),
         spent_today: money(day["spent_today"]["total"].as_str().unwrap()),
     }
 }
