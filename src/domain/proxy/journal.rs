@@ -278,6 +278,20 @@ impl Orphan {
 /// the requests they recorded and never settled. Unreadable lines (a torn last write
 /// after a power loss) are skipped.
 pub fn take_orphans(dir: &Path) -> std::io::Result<Vec<Orphan>> {
+    take(dir, false)
+}
+
+/// [`take_orphans`] for an instance that is already running, next to others that may
+/// be starting: an empty segment is left alone (never locked), because a starting
+/// instance creates its segment empty and locks it a moment later — locking it first
+/// would make that instance fail, and removing it would lose its journal. A segment
+/// with a line in it was locked by its writer before its first line, so an unlocked
+/// one belongs to a dead instance.
+pub fn take_orphans_while_running(dir: &Path) -> std::io::Result<Vec<Orphan>> {
+    take(dir, true)
+}
+
+fn take(dir: &Path, skip_empty: bool) -> std::io::Result<Vec<Orphan>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -290,6 +304,9 @@ pub fn take_orphans(dir: &Path) -> std::io::Result<Vec<Orphan>> {
     paths.sort();
     let mut orphans = Vec::new();
     for path in paths {
+        if skip_empty && std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
+            continue;
+        }
         let file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(file) => file,
             Err(e) => {

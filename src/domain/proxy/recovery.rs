@@ -54,8 +54,21 @@ impl Recovery<'_> {
     /// segment is removed only when all of its requests settled; otherwise it stays for
     /// the next start and the error is returned.
     pub async fn replay(&self, dir: &Path) -> Result<RecoveryReport> {
-        let mut report = RecoveryReport::default();
         let orphans = take_orphans(dir).map_err(|e| Error::internal(format!("cannot read the journal: {e}")))?;
+        self.settle_orphans(orphans).await
+    }
+
+    /// [`Recovery::replay`] from a running instance (the hold expiry job): a neighbour
+    /// sharing the data directory that died and never came back is charged from what it
+    /// journalled, instead of its holds being released uncharged after 6 h.
+    pub async fn replay_while_running(&self, dir: &Path) -> Result<RecoveryReport> {
+        let orphans = crate::domain::proxy::journal::take_orphans_while_running(dir)
+            .map_err(|e| Error::internal(format!("cannot read the journal: {e}")))?;
+        self.settle_orphans(orphans).await
+    }
+
+    async fn settle_orphans(&self, orphans: Vec<crate::domain::proxy::journal::Orphan>) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
         for orphan in orphans {
             report.segments += 1;
             for unsettled in &orphan.unsettled {
