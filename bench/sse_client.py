@@ -292,3 +292,68 @@ async def _hold(base, key, path, body, n, sample, timeout):
             "rss_before_kib": before, "rss_all_open_kib": at_all_open, "rss_peak_kib": peak,
             "seconds_to_all_open": t_all_open,
             "kib_per_stream": round((peak - before) / state["max_open"], 1) if peak and state["max_open"] else None}
+
+
+def hold_websockets(base, key, path, n, sample, settle_s=2.0):
+    """Opens `n` Responses WebSockets (hand-made upgrade handshake, as Codex sends it) and keeps
+    them idle; `sample()` (the server's RSS in KiB) is read before and once all are open and the
+    server has settled. Returns KiB per idle socket."""
+    return asyncio.run(_hold_ws(base, key, path, n, sample, settle_s))
+
+
+async def _hold_ws(base, key, path, n, sample, settle_s):
+    host, port = host_port(base)
+    req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           f"OpenAI-Beta: responses_websockets=2026-02-06\r\nsession_id: bench\r\n"
+           f"Authorization: Bearer {key}\r\n\r\n").encode()
+    state = {"open": 0, "failed": 0, "first_error": None}
+    conns = []
+
+    async def steady():
+        """RSS once two readings a while apart agree (the allocator returns freed pages lazily)."""
+        last = sample()
+        for _ in range(20):
+            await asyncio.sleep(settle_s / 4)
+            now = sample()
+            if abs(now - last) < 256:
+                return now
+            last = now
+        return last
+
+    before = await steady()
+
+    async def one():
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(req)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            state["failed"] += 1
+            state["first_error"] = state["first_error"] or repr(e)[:200]
+            return
+        conns.append((reader, writer))
+        if head.startswith(b"HTTP/1.1 101"):
+            state["open"] += 1
+        else:
+            state["failed"] += 1
+            state["first_error"] = state["first_error"] or head[:200].decode("latin1")
+
+    started = time.time()
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.ensure_future(one()))
+        if i % 50 == 49:
+            await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    t_open = round(time.time() - started, 2)
+    after = await steady()  # upgrade tasks spawned and parked
+    # Still open: the server has not closed the socket (no EOF seen by the client's transport).
+    still_open = sum(1 for reader, _w in conns if not reader.at_eof())
+    for _r, w in conns:
+        w.close()
+    return {"sockets": n, "open": state["open"], "still_open_at_sample": still_open, "failed": state["failed"],
+            "first_error": state["first_error"],
+            "seconds_to_all_open": t_open, "rss_before_kib": before, "rss_all_open_kib": after,
+            "kib_per_socket": round((after - before) / state["open"], 1) if state["open"] else None}

@@ -475,6 +475,7 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.shot("12-dashboard-zh").await;
     s.go("/account").await;
     s.shot("13-account-zh").await;
+    phone::every_table_fits_the_desktop(s, &phone::USER_PAGES, "desktop-user-zh").await;
     s.go("/admin").await;
     assert!(s.text("h1").await.contains("无权访问"), "a user gets the 403 page on admin pages");
     s.shot("14-admin-forbidden-zh").await;
@@ -508,4 +509,5 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.wait_path("/keys").await;
     assert_eq!(s.text("h1").await, "API keys");
     phone::every_table_fits(s, &phone::USER_PAGES, "41-phone-en").await;
+    phone::every_table_fits_the_desktop(s, &phone::USER_PAGES, "desktop-user-en").await;
 }

@@ -264,7 +264,7 @@ fn masking_helpers_take_any_secret() {
 fn stored_notify_fields_are_bounded() {
     let params = proptest::collection::btree_map(any::<String>(), any::<String>(), 0..40);
     fuzz("fuzz_notify_storage", params, |p| {
-        let kept = codex_gateway::domain::payment::notify::stored_params(&p);
+        let kept = codex_gateway::domain::orders::notify::stored_params(&p);
         prop_assert!(kept.len() <= 11);
         prop_assert!(kept.values().all(|v| v.chars().count() <= 64));
         Ok(())

@@ -81,8 +81,8 @@ impl Application {
             login_throttle: crate::domain::auth::throttle::LoginThrottle::with_store(shared_limits.clone()),
             notify_throttle: crate::domain::auth::throttle::IpThrottle::new(
                 "notify-ip",
-                crate::domain::payment::notify::PER_IP_PER_MINUTE,
-                crate::domain::payment::notify::PER_IP_BURST,
+                crate::domain::orders::notify::PER_IP_PER_MINUTE,
+                crate::domain::orders::notify::PER_IP_BURST,
                 shared_limits.clone(),
             ),
             secrets,

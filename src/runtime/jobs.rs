@@ -84,7 +84,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(3600),
             run: |state| {
                 Box::pin(async move {
-                    let pruned = crate::domain::payment::notify::prune_once(&state).await?;
+                    let pruned = crate::domain::orders::notify::prune_once(&state).await?;
                     Ok(format!("pruned {pruned} raw notifies"))
                 })
             },

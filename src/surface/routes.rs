@@ -33,13 +33,13 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::surface::api::router())
         .merge(crate::surface::v1::router())
         .merge(crate::surface::web::router())
-        .merge(crate::domain::payment::page::router());
+        .merge(crate::surface::web::pay_page::router());
     if state.config.pay_sandbox {
         tracing::warn!(
             "PAYMENT SANDBOX IS ON (GATEWAY_PAY_SANDBOX=true): a simulated gateway is mounted at /sandbox/epay; \
              never run a real shop like this"
         );
-        routes = routes.merge(crate::domain::payment::sandbox::router());
+        routes = routes.merge(crate::surface::web::pay_sandbox::router());
     }
     if state.config.public_url.starts_with("https://") {
         // Innermost, so every cookie any handler sets passes through it.

@@ -454,7 +454,8 @@ async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
     assert_eq!(submit_to_sandbox(&app, &purchase).await, trade_no, "re-submitting the same order reuses the trade");
     let cancel = app.client.post(app.url(&format!("/sandbox/epay/cashier/{trade_no}/cancel"))).send().await.unwrap();
     assert_eq!(cancel.status(), StatusCode::SEE_OTHER);
-    assert_eq!(cancel.headers()["location"].to_str().unwrap(), app.url("/packages"));
+    let back = format!("/packages?out_trade_no={otn}&cancelled=1");
+    assert_eq!(cancel.headers()["location"].to_str().unwrap(), app.url(&back), "back with the order, saying cancelled");
     let late_click = sandbox_pay(&app, &trade_no, true).await;
     assert_eq!(late_click.status(), StatusCode::OK, "a cancelled trade cannot be paid");
     let query = app
@@ -481,4 +482,16 @@ async fn a_cancelled_sandbox_payment_leaves_the_order_pending(app: TestApp) {
     assert_eq!(wrong_key["code"], -1);
     assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending");
     assert_eq!(app.count("SELECT COUNT(*) FROM user_packages").await, 0);
+
+    // Back on /packages the box says the payment was cancelled (and stops polling).
+    let cookie = format!("cg_session={}", s.user);
+    let page = app.client.get(app.url(&back)).header(reqwest::header::COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"order-cancelled\"") && html.contains("nothing was charged"), "{html}");
+    assert!(!html.contains("hx-get=\"/orders/"), "a cancelled payment is not awaited");
+    // "Pay now" after a Cancel opens the same trade again, payable.
+    assert_eq!(submit_to_sandbox(&app, &purchase).await, trade_no);
+    let cashier = app.client.get(app.url(&format!("/sandbox/epay/cashier/{trade_no}"))).send().await.unwrap();
+    assert!(cashier.text().await.unwrap().contains("id=\"sandbox-pay\""), "the cashier offers to pay again");
 }

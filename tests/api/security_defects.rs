@@ -401,7 +401,7 @@ async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
     // A body over the cap is refused before anything is stored. Twice the cap, not megabytes: a
     // body that fits the socket buffers is sent whole before the 413 comes back, so the client
     // never races the server closing the connection mid-upload (a flaky reset, seen in CI).
-    let cap = codex_gateway::domain::payment::notify::MAX_NOTIFY_BYTES;
+    let cap = codex_gateway::domain::orders::notify::MAX_NOTIFY_BYTES;
     let big = format!("pid=1001&junk={}", "x".repeat(2 * cap));
     let r = app
         .client
@@ -435,7 +435,7 @@ async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
     assert!(rows <= 200 - limited as i64 + 1, "refused notifies are not stored ({rows} rows)");
     // Raw notifies are kept for a bounded retention.
     app.clock.advance(chrono::Duration::days(91));
-    let pruned = codex_gateway::domain::payment::notify::prune_once(&app.state).await.unwrap();
+    let pruned = codex_gateway::domain::orders::notify::prune_once(&app.state).await.unwrap();
     assert_eq!(pruned as i64, rows);
     assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 0);
 }

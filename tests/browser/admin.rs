@@ -134,6 +134,7 @@ pub async fn admin_tools_on_desktop_and_phone(s: &Session) {
         "/admin/metrics",
     ];
     super::phone::every_table_fits(s, &admin_pages, "42-phone-admin-en").await;
+    super::phone::every_table_fits_the_desktop(s, &admin_pages, "desktop-admin-en").await;
 
     // The same tools in Chinese.
     s.go(&edit).await;
@@ -148,6 +149,7 @@ pub async fn admin_tools_on_desktop_and_phone(s: &Session) {
     s.go("/admin?days=30").await;
     s.shot("34c-admin-overview-top-zh").await;
     super::phone::every_table_fits(s, &admin_pages, "43-phone-admin-zh").await;
+    super::phone::every_table_fits_the_desktop(s, &admin_pages, "desktop-admin-zh").await;
     s.go("/admin").await;
     s.click("#lang-switch").await;
     s.wait_text("h1", "Administration").await;

@@ -125,3 +125,43 @@ impl fantoccini::wd::WebDriverCompatibleCommand for GrantClipboard {
         (axum::http::Method::POST, Some(body.to_string()))
     }
 }
+
+/// Run in the page at desktop width: the page never scrolls sideways and no table's
+/// `.table-wrap` needs a scrollbar (issue 20: /admin/orders did at 1280 px). Names the
+/// widest cells of a table that does not fit, so a failure says what to fix.
+const DESKTOP_CHECK: &str = r#"
+const width = document.documentElement.clientWidth;
+const problems = [];
+// No tolerance: one pixel too wide is a scrollbar (the admin bar was 1266 > 1265).
+if (document.documentElement.scrollWidth > width) {
+  const wide = [...document.body.querySelectorAll('*')].filter(el => el.getBoundingClientRect().right > width)
+    .slice(0, 4).map(el => el.tagName.toLowerCase() + '.' + el.className + ' ' + Math.round(el.getBoundingClientRect().right));
+  problems.push('the page scrolls sideways: ' + document.documentElement.scrollWidth + ' > ' + width + ' (' + wide.join(', ') + ')');
+}
+for (const wrap of document.querySelectorAll('.table-wrap')) {
+  if (wrap.offsetParent === null || wrap.scrollWidth <= wrap.clientWidth + 1) continue;
+  const table = wrap.querySelector('table');
+  const cells = [...wrap.querySelectorAll('td, th')]
+    .map(c => ({ w: Math.round(c.getBoundingClientRect().width), t: c.textContent.trim().slice(0, 30) }))
+    .sort((a, b) => b.w - a.w).slice(0, 4).map(c => c.w + 'px ' + c.t);
+  problems.push(((table && table.id) || 'a table') + ' scrolls: ' + wrap.scrollWidth + ' > ' + wrap.clientWidth + ' (' + cells.join(' | ') + ')');
+}
+return problems;
+"#;
+
+/// Visits each page at 1280 px and asserts every table fits without a scrollbar.
+pub async fn every_table_fits_the_desktop(s: &Session, pages: &[&str], tag: &str) {
+    s.c.set_window_size(1280, 1400).await.unwrap();
+    let mut problems = Vec::new();
+    for path in pages {
+        s.go(path).await;
+        s.text("h1").await;
+        let found: Value = s.c.execute(DESKTOP_CHECK, vec![]).await.unwrap();
+        if found != json!([]) {
+            problems.push(format!("{path}: {found}"));
+            let name = path.trim_start_matches('/').replace(['/', '?', '='], "-");
+            s.shot(&format!("{tag}-{name}")).await;
+        }
+    }
+    assert!(problems.is_empty(), "at 1280 px ({tag}): {problems:#?}");
+}

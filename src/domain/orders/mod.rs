@@ -8,6 +8,7 @@
 
 pub mod fulfil;
 pub mod jobs;
+pub mod notify;
 pub mod refund;
 
 use chrono::{DateTime, Duration, Utc};
@@ -301,6 +302,34 @@ pub fn ensure_payments_usable(credit: &crate::domain::settings::CreditSettings) 
     } else {
         Err(Error::conflict("payments_unavailable", "online payment is not available; pay from the balance instead"))
     }
+}
+
+/// The gateway URL and signed fields for an order (also returned by the JSON API).
+pub fn gateway_form(
+    credit: &crate::domain::settings::CreditSettings,
+    public_url: &str,
+    order: &Order,
+) -> (String, crate::domain::payment::epay::Params) {
+    let notify_url = credit.notify_url_or_default(public_url);
+    let return_url = credit.return_url_or_default(public_url);
+    let submit = crate::domain::payment::epay::SubmitOrder {
+        pid: &credit.pid,
+        pay_type: &credit.pay_type,
+        out_trade_no: &order.out_trade_no,
+        notify_url: &notify_url,
+        return_url: &return_url,
+        name: &order.subject,
+        money: order.amount(),
+    };
+    (
+        crate::domain::payment::epay::submit_url(&credit.gateway_url),
+        crate::domain::payment::epay::submit_params(&submit, &credit.key),
+    )
+}
+
+/// Our own URL that starts paying an order.
+pub fn pay_url(public_url: &str, out_trade_no: &str) -> String {
+    format!("{public_url}/pay/{out_trade_no}")
 }
 
 #[cfg(test)]

@@ -2,15 +2,13 @@
 //!
 //! - [`epay`]: the protocol (MD5 signing, submit parameters, notify parsing);
 //! - [`client`]: order query and refund calls to the gateway;
-//! - [`notify`]: the gateway's asynchronous notify;
-//! - [`page`]: `/pay/{out_trade_no}`, the auto-submitting form that sends the buyer to the gateway;
-//! - [`sandbox`]: a Credit-compatible simulator, mounted only with `GATEWAY_PAY_SANDBOX=true`.
+//!
+//! The protocol only: the notify's checks and the fulfilment are in `domain::orders::notify`
+//! and `domain::orders::fulfil`; the `/pay/{out_trade_no}` page and the Credit-compatible
+//! sandbox are handlers in `surface::web::{pay_page, pay_sandbox}`.
 
 pub mod client;
 pub mod epay;
-pub mod notify;
-pub mod page;
-pub mod sandbox;
 
 use axum::body::Bytes;
 use axum::extract::RawQuery;

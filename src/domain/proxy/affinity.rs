@@ -74,26 +74,9 @@ fn hash(key: &str, upstream_id: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     fn upstream(id: i64, priority: i64, weight: i64) -> Arc<Upstream> {
-        Arc::new(Upstream {
-            id,
-            name: format!("u{id}"),
-            base_url: String::new(),
-            api_key: SecretString::from(String::new()),
-            models: None,
-            model_map: None,
-            priority,
-            weight,
-            enabled: true,
-            healthy: true,
-            consecutive_failures: 0,
-            last_error: None,
-            last_checked_at: None,
-            created_at: 0,
-            updated_at: 0,
-        })
+        Arc::new(Upstream { priority, weight, ..Upstream::for_tests(id, "", "") })
     }
 
     fn first(candidates: Vec<Arc<Upstream>>, key: &str) -> i64 {

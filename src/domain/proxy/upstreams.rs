@@ -92,6 +92,29 @@ fn from_row(r: UpstreamRow, secrets: &SecretBox) -> Upstream {
 }
 
 impl Upstream {
+    /// A healthy, enabled upstream with no models or map, for unit tests of the rules that
+    /// pick and edit upstreams.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: i64, base_url: &str, api_key: &str) -> Self {
+        Upstream {
+            id,
+            name: format!("u{id}"),
+            base_url: base_url.into(),
+            api_key: SecretString::from(api_key.to_string()),
+            models: None,
+            model_map: None,
+            priority: 0,
+            weight: 1,
+            enabled: true,
+            healthy: true,
+            consecutive_failures: 0,
+            last_error: None,
+            last_checked_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
     /// Whether this upstream may be asked for `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|models| models.iter().any(|m| m == model))
@@ -400,23 +423,7 @@ pub async fn probe_unhealthy_once(
 #[cfg(test)]
 mod tests {
     fn stored(base_url: &str) -> Upstream {
-        Upstream {
-            id: 1,
-            name: "main".into(),
-            base_url: base_url.into(),
-            api_key: SecretString::from("sk-stored".to_string()),
-            models: None,
-            model_map: None,
-            priority: 0,
-            weight: 1,
-            enabled: true,
-            healthy: true,
-            consecutive_failures: 0,
-            last_error: None,
-            last_checked_at: None,
-            created_at: 0,
-            updated_at: 0,
-        }
+        Upstream::for_tests(1, base_url, "sk-stored")
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::domain::auth::{AdminUser, CurrentUser};
 use crate::domain::packages::activation;
 use crate::domain::packages::purchase::{self, AdminAction};
 use crate::domain::packages::{self, Package, PackageInput};
-use crate::domain::payment::page;
+
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
@@ -240,12 +240,12 @@ async fn buy(
         "credit" => {
             let order = purchase::create_credit_order_coupon(&state, user_id, id, coupon).await?;
             let settings = state.settings.get().await?;
-            let (url, params) = page::gateway_form(&settings.credit, &state.config.public_url, &order);
+            let (url, params) = crate::domain::orders::gateway_form(&settings.credit, &state.config.public_url, &order);
             Ok((
                 StatusCode::CREATED,
                 Json(json!({
                     "order": order.view(state.calendar()),
-                    "pay_url": page::pay_url(&state.config.public_url, &order.out_trade_no),
+                    "pay_url": crate::domain::orders::pay_url(&state.config.public_url, &order.out_trade_no),
                     "gateway": { "url": url, "params": params },
                 })),
             ))

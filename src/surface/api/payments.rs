@@ -15,9 +15,10 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::pagination::PageQuery;
 use crate::domain::audit::{self, Actor, Change};
 use crate::domain::auth::{AdminUser, CurrentUser};
+use crate::domain::orders::notify;
 use crate::domain::orders::refund::RefundBy;
 use crate::domain::orders::{self, jobs, Order, OrderFilter};
-use crate::domain::payment::{self, notify, page};
+use crate::domain::payment;
 use crate::foundation::clock::to_micros;
 use crate::foundation::error::Error;
 use crate::foundation::money::Money;
@@ -81,12 +82,12 @@ async fn topup(
     let coupon = body.coupon.as_deref().map(str::trim).filter(|c| !c.is_empty());
     let order = orders::create_topup_coupon(&state, current.user.id, body.amount, coupon).await?;
     let settings = state.settings.get().await?;
-    let (url, params) = page::gateway_form(&settings.credit, &state.config.public_url, &order);
+    let (url, params) = orders::gateway_form(&settings.credit, &state.config.public_url, &order);
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "order": order.view(state.calendar()),
-            "pay_url": page::pay_url(&state.config.public_url, &order.out_trade_no),
+            "pay_url": orders::pay_url(&state.config.public_url, &order.out_trade_no),
             "gateway": { "url": url, "params": params },
         })),
     ))

@@ -247,7 +247,7 @@ async fn render_settings(state: &AppState, ctx: &Ctx, outcome: SettingsOutcome) 
         sandbox_gateway_url: state
             .config
             .pay_sandbox
-            .then(|| format!("{public_url}{}", crate::domain::payment::sandbox::BASE)),
+            .then(|| format!("{public_url}{}", crate::surface::web::pay_sandbox::BASE)),
         check,
         errors,
         oauth: (

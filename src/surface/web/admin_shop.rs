@@ -390,7 +390,11 @@ async fn check_order(
 ) -> Response {
     let ctx = &signed.ctx;
     let outcome = match orders::jobs::check_order(&state, &otn).await {
-        Ok((check, order)) => (Some(super::order_check::notice(ctx, &otn, &check, &order.status)), FieldErrors::none()),
+        Ok((check, order)) => {
+            // The state the badge in the table shows (a lapsed pending order reads Expired).
+            let shown = OrderRow::new(&order, &state).shown_status;
+            (Some(super::order_check::notice(ctx, &otn, &check, &shown)), FieldErrors::none())
+        }
         Err(e) if e.status_code().is_client_error() || e.status_code() == StatusCode::BAD_GATEWAY => {
             (None, FieldErrors::from_error(ctx, &e))
         }

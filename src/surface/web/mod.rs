@@ -21,6 +21,8 @@ pub mod ledger_page;
 pub mod ops_figures;
 pub mod order_check;
 pub mod order_outcome;
+pub mod pay_page;
+pub mod pay_sandbox;
 pub mod plan_pages;
 pub mod settings_form;
 pub mod shop_pages;

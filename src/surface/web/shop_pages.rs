@@ -13,9 +13,9 @@ use serde::Deserialize;
 use super::ctx::{CsrfForm, Ctx, Signed};
 use super::view::{self, Pager};
 use super::{error_page_for, render, FieldErrors};
+use crate::domain::orders::pay_url;
 use crate::domain::orders::{self, status, Order, OrderFilter};
 use crate::domain::packages::{self, activation, purchase, Package};
-use crate::domain::payment::page::pay_url;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
 use crate::runtime::state::AppState;
@@ -87,6 +87,9 @@ pub struct OrderRow {
     pub pay_until: String,
     /// What a fulfilled order did ("queued until …"); filled by the status box only.
     pub outcome: String,
+    /// The buyer came back from the cashier's Cancel and the order is still payable: the
+    /// status box says the payment was cancelled (nothing charged) instead of "waiting".
+    pub cancelled: bool,
     pub method: String,
     pub created: String,
     pub user_id: i64,
@@ -107,6 +110,7 @@ impl OrderRow {
             pending: o.status == status::PENDING && !lapsed,
             pay_until: view::time(state.calendar(), o.expires_at),
             outcome: String::new(),
+            cancelled: false,
             method: o.pay_method.clone(),
             created: view::time(state.calendar(), o.created_at),
             user_id: o.user_id,
@@ -135,18 +139,26 @@ struct PackagesPage<'a> {
 struct ReturnQuery {
     /// Set by the gateway's return redirect, or by a balance purchase.
     out_trade_no: String,
+    /// `1` when the cashier's Cancel sent the buyer back (the sandbox says so).
+    cancelled: String,
 }
+
+/// The query keys `/packages` keeps in the address bar; anything else (the gateway's
+/// signed return parameters) is dropped by a redirect.
+const KEPT_RETURN_KEYS: [&str; 2] = ["out_trade_no", "cancelled"];
 
 /// What the packages page shows besides the catalog: the returning order, or a refusal.
 #[derive(Default)]
 struct PackagesOutcome<'a> {
     otn: &'a str,
+    /// The buyer cancelled at the cashier (shown only while the order is still payable).
+    cancelled: bool,
     shortfall: Option<String>,
     errors: FieldErrors,
 }
 
 async fn render_packages(state: &AppState, signed: &Signed, outcome: PackagesOutcome<'_>) -> Response {
-    let PackagesOutcome { otn, shortfall, errors } = outcome;
+    let PackagesOutcome { otn, cancelled, shortfall, errors } = outcome;
     let ctx = &signed.ctx;
     let loaded = async {
         let catalog = packages::list(&state.db, true).await?;
@@ -182,7 +194,7 @@ async fn render_packages(state: &AppState, signed: &Signed, outcome: PackagesOut
         .collect();
     let order = match order {
         Some(o) => match with_outcome(state, ctx, &o).await {
-            Ok(row) => Some(row),
+            Ok(row) => Some(OrderRow { cancelled: cancelled && row.pending, ..row }),
             Err(e) => return error_page_for(ctx, &e),
         },
         None => None,
@@ -219,17 +231,25 @@ async fn packages_page(
 ) -> Response {
     let only_otn = uri.query().is_none_or(|query| {
         serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-            .map(|pairs| pairs.iter().all(|(k, _)| k == "out_trade_no"))
+            .map(|pairs| pairs.iter().all(|(k, _)| KEPT_RETURN_KEYS.contains(&k.as_str())))
             .unwrap_or(false)
     });
+    let cancelled = q.cancelled == "1";
     if !only_otn {
         let clean = match q.out_trade_no.as_str() {
             "" => "/packages".to_string(),
-            otn => format!("/packages?{}", serde_urlencoded::to_string([("out_trade_no", otn)]).unwrap_or_default()),
+            otn => {
+                let mut kept = vec![("out_trade_no", otn)];
+                if cancelled {
+                    kept.push(("cancelled", "1"));
+                }
+                format!("/packages?{}", serde_urlencoded::to_string(kept).unwrap_or_default())
+            }
         };
         return Redirect::to(&clean).into_response();
     }
-    render_packages(&state, &signed, PackagesOutcome { otn: &q.out_trade_no, ..Default::default() }).await
+    let outcome = PackagesOutcome { otn: &q.out_trade_no, cancelled, ..Default::default() };
+    render_packages(&state, &signed, outcome).await
 }
 
 /// How much more balance the package (at its coupon price, if one applies) needs.
@@ -280,8 +300,11 @@ async fn buy(
         Ok(next) => Redirect::to(&next).into_response(),
         Err(e) if e.code() == "insufficient_balance" => match shortfall(&state, user_id, id, coupon).await {
             Ok(missing) => {
-                let outcome =
-                    PackagesOutcome { shortfall: missing, errors: FieldErrors::from_error(&signed.ctx, &e), otn: "" };
+                let outcome = PackagesOutcome {
+                    shortfall: missing,
+                    errors: FieldErrors::from_error(&signed.ctx, &e),
+                    ..Default::default()
+                };
                 render_packages(&state, &signed, outcome).await
             }
             Err(e) => error_page_for(&signed.ctx, &e),

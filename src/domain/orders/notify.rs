@@ -4,8 +4,8 @@
 //! truncated, kept [`RETENTION_DAYS`] days. The route caps the size of a notify and its
 //! rate per client address.
 
-use super::epay::{self, Params, TRADE_SUCCESS};
 use crate::domain::orders::{self, fulfil};
+use crate::domain::payment::epay::{self, Params, TRADE_SUCCESS};
 use crate::foundation::clock::to_micros;
 use crate::runtime::state::AppState;
 

@@ -19,8 +19,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use super::collect_params;
-use super::epay::{self, Params, TRADE_SUCCESS};
+use crate::domain::payment::collect_params;
+use crate::domain::payment::epay::{self, Params, TRADE_SUCCESS};
 use crate::foundation::clock::{from_micros, to_micros};
 use crate::foundation::error::Result;
 use crate::foundation::money::Money;
@@ -130,6 +130,15 @@ async fn register(state: &AppState, params: &Params) -> Result<std::result::Resu
     .bind(get("return_url"))
     .bind(params.get("param").filter(|p| !p.is_empty()))
     .bind(to_micros(state.now()))
+    .execute(state.db.pool())
+    .await?;
+    // Trying again after a Cancel opens the same trade again, as a cashier does while the
+    // merchant's order is still payable ("Pay now" on the merchant's side is never dead).
+    sqlx::query(
+        "UPDATE sandbox_trades SET status = 'unpaid' WHERE pid = $1 AND out_trade_no = $2 AND status = 'cancelled'",
+    )
+    .bind(get("pid"))
+    .bind(get("out_trade_no"))
     .execute(state.db.pool())
     .await?;
     let sql = format!("SELECT {TRADE_COLUMNS} FROM sandbox_trades WHERE pid = $1 AND out_trade_no = $2");
@@ -272,7 +281,15 @@ async fn cancel(State(state): State<AppState>, axum::extract::Path(trade_no): ax
     }
     .await;
     match result {
-        Ok(Some(trade)) => Redirect::to(&trade.return_url).into_response(),
+        Ok(Some(trade)) => {
+            // Back to the merchant with the order and the word that the buyer cancelled (no
+            // signature: it proves nothing, the merchant shows its own order state with it).
+            let separator = if trade.return_url.contains('?') { '&' } else { '?' };
+            let query =
+                serde_urlencoded::to_string([("out_trade_no", trade.out_trade_no.as_str()), ("cancelled", "1")])
+                    .unwrap_or_default();
+            Redirect::to(&format!("{}{separator}{query}", trade.return_url)).into_response()
+        }
         Ok(None) => crate::surface::web::not_found_page(),
         Err(e) => crate::surface::web::error_page(&e),
     }

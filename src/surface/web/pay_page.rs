@@ -9,9 +9,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use super::epay::{self, SubmitOrder};
-use crate::domain::orders::{self, status, Order};
-use crate::domain::settings::CreditSettings;
+use crate::domain::orders::{self, gateway_form, status};
 use crate::foundation::error::{Error, Result};
 use crate::runtime::state::AppState;
 use crate::surface::web::ctx::{Ctx, Guest};
@@ -31,27 +29,6 @@ struct PayPage<'a> {
     out_trade_no: String,
     action: String,
     fields: Vec<(String, String)>,
-}
-
-/// The gateway URL and signed fields for an order (also returned by the JSON API).
-pub fn gateway_form(credit: &CreditSettings, public_url: &str, order: &Order) -> (String, epay::Params) {
-    let notify_url = credit.notify_url_or_default(public_url);
-    let return_url = credit.return_url_or_default(public_url);
-    let submit = SubmitOrder {
-        pid: &credit.pid,
-        pay_type: &credit.pay_type,
-        out_trade_no: &order.out_trade_no,
-        notify_url: &notify_url,
-        return_url: &return_url,
-        name: &order.subject,
-        money: order.amount(),
-    };
-    (epay::submit_url(&credit.gateway_url), epay::submit_params(&submit, &credit.key))
-}
-
-/// Our own URL that starts paying an order.
-pub fn pay_url(public_url: &str, out_trade_no: &str) -> String {
-    format!("{public_url}/pay/{out_trade_no}")
 }
 
 async fn build<'a>(state: &AppState, ctx: &'a Ctx, out_trade_no: &str) -> Result<PayPage<'a>> {
