@@ -197,6 +197,16 @@ async fn open_journal(
             "crash journal replayed: requests a stopped instance served and had not settled are charged now"
         );
     }
+    // This is the SQLite file's only instance (it holds the claim) and every journal
+    // was replayed: a hold still written is one no journal knows, never forwarded.
+    if db.backend() == db::Backend::Sqlite {
+        let (released, amount) = crate::domain::billing::release_holds_of_dead_processes(db)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot release the holds a stopped instance left: {e}"))?;
+        if released > 0 {
+            tracing::warn!(released, amount = %amount, "holds of requests never forwarded released at start");
+        }
+    }
     Journal::open(&dir)
         .map_err(|e| anyhow::anyhow!("cannot open the crash journal in {} (GATEWAY_DATA_DIR): {e}", dir.display()))
 }
