@@ -149,8 +149,11 @@ fn a_second_instance_on_one_sqlite_file_refuses_to_start_and_a_killed_one_restar
     first.kill().unwrap();
     first.wait().unwrap();
     let log = dir.join("restart.log");
-    let mut restarted =
-        serve_on(&dir, &second_listen).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let mut restarted = serve_on(&dir, &second_listen)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     if !wait_healthy(&dir, &second_listen) {
         let _ = restarted.kill();
         let _ = restarted.wait();
