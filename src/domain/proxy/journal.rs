@@ -447,7 +447,15 @@ mod tests {
         kept.keep();
         drop(journal);
         assert!(second.exists(), "a segment with an unsettled request stays for replay");
-        let orphans = take_orphans(&dir).unwrap();
+        // The flush thread may still hold the segment (and its lock) for one `fsync`.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let orphans = loop {
+            let orphans = take_orphans(&dir).unwrap();
+            if !orphans.is_empty() || Instant::now() > deadline {
+                break orphans;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         assert_eq!(orphans.len(), 1);
         assert_eq!(orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(), ["req_c"]);
         std::fs::remove_dir_all(&dir).unwrap();
