@@ -194,6 +194,7 @@ async fn open_journal(
             charged = report.charged,
             estimated = report.estimated,
             amount = %report.amount,
+            released = report.released,
             "crash journal replayed: requests a stopped instance served and had not settled are charged now"
         );
     }

@@ -36,8 +36,8 @@ pub fn all_jobs() -> Vec<Job> {
                     let released = crate::domain::billing::release_expired_holds(&state).await?;
                     Ok(match replayed {
                         Some(r) if r.segments > 0 => format!(
-                            "replayed {} dead journal segments ({} requests charged, {} on the estimate, {} USD); released {released} holds",
-                            r.segments, r.charged, r.estimated, r.amount
+                            "replayed {} dead journal segments ({} requests charged, {} on the estimate, {} USD; {} holds of requests never forwarded released); released {released} holds",
+                            r.segments, r.charged, r.estimated, r.amount, r.released
                         ),
                         _ => format!("released {released} holds"),
                     })
@@ -218,6 +218,7 @@ async fn replay_dead_journals(state: &AppState) -> Result<Option<crate::domain::
             charged = report.charged,
             estimated = report.estimated,
             amount = %report.amount,
+            released = report.released,
             "dead instance's crash journal replayed by a running instance: its requests are charged"
         );
     }

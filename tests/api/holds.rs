@@ -247,16 +247,33 @@ async fn a_dead_neighbours_stale_hold_is_charged_from_its_journal_not_released_u
         "request_bytes": 400, "price_input": 1_250_000, "price_cached": 125_000, "price_output": 10_000_000,
         "markup": 1_000_000}});
     let progress = json!({"progress": {"id": request_id, "text_bytes": 1200}});
+    // A second request was killed between its hold's commit and its `forwarded` line:
+    // nothing of it reached an upstream.
+    let unforwarded = "req_dead_neighbour_2";
+    billing::admit(&app.state, &AdmissionRequest { request_id: Some(unforwarded.into()), ..hold.clone() })
+        .await
+        .unwrap();
+    let admitting = |id: &str| json!({"admitting": {"id": id, "user_id": s.user_id}});
     let dir = app.state.config.data_dir.join("journal");
     std::fs::create_dir_all(&dir).unwrap();
     let dead = dir.join("20260115T040000-1-00000000000dead1.journal");
-    std::fs::write(&dead, format!("{forwarded}\n{progress}\n")).unwrap();
+    std::fs::write(&dead, format!("{}\n{forwarded}\n{progress}\n{}\n", admitting(request_id), admitting(unforwarded)))
+        .unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) FROM holds").await, 2);
     let starting = dir.join("20260115T040000-2-0000000000000002.journal");
     std::fs::write(&starting, "").unwrap();
     app.clock.advance(chrono::Duration::hours(billing::HOLD_LIFETIME_HOURS));
     let summary = codex_gateway::runtime::jobs::run_once(&app.state, "release_expired_holds").await.unwrap();
     assert!(summary.contains("replayed 1 dead journal segments (1 requests charged, 1 on the estimate"), "{summary}");
+    assert!(summary.contains("; 1 holds of requests never forwarded released)"), "{summary}");
     assert!(summary.ends_with("released 0 holds"), "nothing left to release uncharged: {summary}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM holds").await, 0, "both holds settled or released");
+    let unforwarded_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs WHERE request_id = $1")
+        .bind(unforwarded)
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(unforwarded_rows, 0, "a request never forwarded is not charged");
     // The documented estimate: 400 bytes / 4 = 100 input tokens × 1.25 + 1,200 / 4 = 300
     // output tokens × 10.00 per 1M = 3,125 micro-USD.
     let (cost, estimated): (i64, i64) = sqlx::query_as("SELECT cost, estimated FROM usage_logs WHERE request_id = $1")
@@ -271,6 +288,12 @@ async fn a_dead_neighbours_stale_hold_is_charged_from_its_journal_not_released_u
     let usage = app.get("/api/user/usage", &s.user_token).await;
     assert!(usage.text.contains(request_id), "the user sees the charge: {}", usage.text);
     app.assert_all_invariants().await;
-    let figures = [("requests", 1), ("faults", 1), ("charged_from_journal", 1), ("released_uncharged", 0)];
+    let figures = [
+        ("requests", 2),
+        ("faults", 1),
+        ("charged_from_journal", 1),
+        ("never_forwarded_released", 1),
+        ("released_uncharged_by_expiry", 0),
+    ];
     crate::helpers::report("stale_hold_of_dead_instance", app.backend, &figures, 0);
 }

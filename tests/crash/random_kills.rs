@@ -60,6 +60,7 @@ enum Kill {
 }
 
 async fn scenario(backend: Backend, instances: usize, kill: Kill) {
+    let _alone = super::ONE_AT_A_TIME.lock().await;
     let root = TempDir(std::env::temp_dir().join(format!("cg-kills-{}-{}", std::process::id(), rand::random::<u32>())));
     std::fs::create_dir_all(&root.0).unwrap();
     let url = match backend {
