@@ -24,6 +24,10 @@ mod phone;
 #[path = "browser/cancelled.rs"]
 mod cancelled;
 
+/// Sub-cent costs and a negative balance, read off every page against the API.
+#[path = "browser/money.rs"]
+mod money;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -211,6 +215,7 @@ async fn flow(s: &Session) {
     community::admin_sees_the_community_trail(s).await;
     admin::admin_tools_on_desktop_and_phone(s).await;
     cancelled::a_cancelled_payment_expires_honestly(s).await;
+    money::sub_cent_costs_and_a_debt_read_exactly_everywhere(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
