@@ -33,7 +33,7 @@ pub fn all_jobs() -> Vec<Job> {
                     // A dead neighbour's journal first: what it measured is charged, so
                     // only holds no journal here knows of are left to release uncharged.
                     let replayed = replay_dead_journals(&state).await?;
-                    let released = crate::domain::billing::release_expired_holds(&state).await?;
+                    let released = crate::domain::billing::release_expired_holds(state.env()).await?;
                     Ok(match replayed {
                         Some(r) if r.segments > 0 => format!(
                             "replayed {} dead journal segments ({} requests charged, {} on the estimate, {} USD; {} holds of requests never forwarded released); released {released} holds",
@@ -59,7 +59,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(60),
             run: |state| {
                 Box::pin(async move {
-                    let expired = crate::domain::orders::jobs::expire_once(&state).await?;
+                    let expired = crate::domain::orders::jobs::expire_once(state.env()).await?;
                     Ok(format!("expired {expired} orders"))
                 })
             },
@@ -69,8 +69,8 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(120),
             run: |state| {
                 Box::pin(async move {
-                    let report = crate::domain::orders::jobs::reconcile_once(&state).await?;
-                    let refunds = crate::domain::orders::refund::reconcile_refunds_once(&state).await?;
+                    let report = crate::domain::orders::jobs::reconcile_once(state.env()).await?;
+                    let refunds = crate::domain::orders::refund::reconcile_refunds_once(state.env()).await?;
                     Ok(format!(
                         "checked {}, fulfilled {}, unpaid {}, errors {}; unconfirmed refunds: checked {}, refunded {}, restored {}, errors {}",
                         report.checked, report.fulfilled, report.unpaid, report.errors,
@@ -84,7 +84,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(3600),
             run: |state| {
                 Box::pin(async move {
-                    let pruned = crate::domain::orders::notify::prune_once(&state).await?;
+                    let pruned = crate::domain::orders::notify::prune_once(state.env()).await?;
                     Ok(format!("pruned {pruned} raw notifies"))
                 })
             },

@@ -239,7 +239,7 @@ async fn a_dead_neighbours_stale_hold_is_charged_from_its_journal_not_released_u
         api_key_id: s.key_id,
         hold: Money::from_micros(50_000),
     };
-    billing::admit(&app.state, &hold).await.unwrap();
+    billing::admit(app.state.env(), &hold).await.unwrap();
     let admitted_at = codex_gateway::foundation::clock::to_micros(app.state.now());
     let forwarded = json!({"forwarded": {
         "request_id": request_id, "user_id": s.user_id, "api_key_id": s.key_id, "admitted_at": admitted_at,
@@ -250,7 +250,7 @@ async fn a_dead_neighbours_stale_hold_is_charged_from_its_journal_not_released_u
     // A second request was killed between its hold's commit and its `forwarded` line:
     // nothing of it reached an upstream.
     let unforwarded = "req_dead_neighbour_2";
-    billing::admit(&app.state, &AdmissionRequest { request_id: Some(unforwarded.into()), ..hold.clone() })
+    billing::admit(app.state.env(), &AdmissionRequest { request_id: Some(unforwarded.into()), ..hold.clone() })
         .await
         .unwrap();
     let admitting = |id: &str| json!({"admitting": {"id": id, "user_id": s.user_id}});

@@ -18,7 +18,7 @@ const EMAIL: &str = "cents@example.com";
 async fn spend(s: &Session, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(&s.app.state, &request).await.unwrap();
+    let hold = billing::admit(s.app.state.env(), &request).await.unwrap();
     let record = UsageRecord {
         request_id: request_id.into(),
         endpoint: "/v1/responses".into(),
@@ -29,7 +29,7 @@ async fn spend(s: &Session, user_id: i64, key_id: i64, request_id: &str, cost: &
         cost: Money::parse(cost).unwrap(),
         ..Default::default()
     };
-    billing::settle(&s.app.state, &hold, &record).await.unwrap();
+    billing::settle(s.app.state.env(), &hold, &record).await.unwrap();
 }
 
 fn money(text: &str) -> Money {
@@ -84,6 +84,8 @@ async fn pages_show_the_api_figures(s: &Session, api: &Figures, owed: &str, tag:
     let debt = s.text("#debt").await;
     assert!(debt.contains(owed), "the debt is said plainly ({tag}): {debt}");
     s.c.find(Locator::Css("#debt a[href='/account#amount']")).await.expect("the debt links to top-up");
+    s.c.find(Locator::Css("#no-package a[href='/packages']")).await.expect("no package: a link to buy one");
+    s.c.find(Locator::Css("#no-package a[href='/account#amount']")).await.expect("and one to top up");
     assert_eq!(money(&s.text("#spent-today").await), api.spent_today, "{tag}");
     let ticks = texts(s, ".chart svg text[text-anchor='end']").await;
     let mut distinct = ticks.clone();
@@ -132,7 +134,8 @@ async fn log_in(s: &Session, email: &str, password: &str) {
 /// Runs signed in as the admin (the end of the flow) and leaves the admin signed in.
 pub async fn sub_cent_costs_and_a_debt_read_exactly_everywhere(s: &Session) {
     let (id, token) = s.app.register_and_login(EMAIL).await;
-    let admin = s.app.admin_token().await;
+    // The operator of the flow.
+    let admin = s.app.login("boss@example.com", "correct horse battery").await;
     s.app.fund(&admin, id, "0.02").await;
     let created = s.app.post("/api/user/keys", &token, json!({"name": "cents"})).await.body;
     let (key, secret) = (created["id"].as_i64().unwrap(), created["key"].as_str().unwrap().to_string());
@@ -175,6 +178,8 @@ pub async fn sub_cent_costs_and_a_debt_read_exactly_everywhere(s: &Session) {
     s.click("#lang-switch").await;
     s.wait_text("h1", "余额明细").await;
     pages_show_the_api_figures(s, &api, owed, "62-money-zh").await;
+    // Ledger kinds and notes in Chinese, not topup/usage (on /ledger, where the figures ended).
+    assert_eq!(texts(s, "#ledger-table .badge").await, ["请求扣费", "请求扣费", "管理员调整"]);
     super::phone::every_table_fits(s, &["/dashboard", "/usage", "/ledger"], "63-phone-money-zh").await;
     s.c.set_window_size(390, 844).await.unwrap();
     pages_show_the_api_figures(s, &api, owed, "63-phone-money-zh").await;

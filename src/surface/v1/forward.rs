@@ -122,12 +122,12 @@ pub async fn proxy_with_quota(
     // Before its hold can be written: a process killed between the hold's commit and the
     // `forwarded` line leaves a hold its journal's replay releases uncharged (`journal`).
     state.journal.admitting(&request_id, owner.user_id);
-    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, &policy).await {
+    let admission = match billing::admit_speculative(state.env(), &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
-        None => match billing::admit_with(&state, &admission_request, &policy).await {
+        None => match billing::admit_with(state.env(), &admission_request, &policy).await {
             Ok(Ok(hold)) => HoldTicket::ready(hold),
             Ok(Err(refusal)) => return Err(ProxyError::from_refusal(refusal)),
             Err(e) => return Err(quota::admission_refusal(&state, owner.user_id, default_cap, hold_amount, e).await),
