@@ -37,6 +37,7 @@ pub mod caps;
 pub mod holds;
 pub mod quota;
 pub mod rules;
+pub mod standing;
 pub mod usage;
 pub mod writer;
 
