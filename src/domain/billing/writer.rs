@@ -300,6 +300,7 @@ async fn run(
         let (jobs, replies): (Vec<Job>, Vec<_>) = std::mem::take(&mut waiting).into_iter().unzip();
         metrics::histogram!("gateway_billing_batch_size").record(jobs.len() as f64);
         let elsewhere = hints.elsewhere(&jobs);
+        written.committing(&jobs);
         match batch::run(&db, &calendar, &jobs, &elsewhere).await {
             Ok(outcomes) => {
                 for ((outcome, reply), job) in outcomes.into_iter().zip(replies).zip(&jobs) {
@@ -337,6 +338,19 @@ struct Written {
 }
 
 impl Written {
+    /// Before a batch runs: a standing cached before it starts is never used once it may
+    /// have committed (the writer is told of the commit only after the database, so a
+    /// client that sees its settlement's row could otherwise still be shown the figures
+    /// from before it). Told again in [`Written::record`], which retires any standing
+    /// read while the batch ran.
+    fn committing(&self, jobs: &[Job]) {
+        for job in jobs {
+            if matches!(job, Job::Settle { .. } | Job::SettleAdmitted { .. }) {
+                self.standings.changed(job.user_id());
+            }
+        }
+    }
+
     fn record(&self, job: &Job, outcome: &Outcome) {
         self.hints.admitted(job, outcome);
         if let Outcome::Settle(Ok(done)) = outcome {
