@@ -32,7 +32,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 const MAX_USERS: usize = 100_000;
 
 /// What the quota figures of a user are made of, as read at one instant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Standing {
     pub balance: Money,
     /// The user's own daily cap (`None`: the global default applies).
