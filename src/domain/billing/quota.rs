@@ -40,6 +40,10 @@ pub struct PackageWindows {
     pub name: String,
     pub ends_at: String,
     pub windows: Vec<WindowView>,
+    /// The models the package pays for (absent = every model): admission counts its room
+    /// only for those, so the dashboard states per model what a request may use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
 }
 
 /// The packages in force for `user_id` at `now` (earliest-ending first, the order they
@@ -68,6 +72,7 @@ pub async fn packages_in_force(
             name: row.name,
             ends_at: calendar.format(from_micros(row.ends_at)),
             windows,
+            models: terms.models,
         });
     }
     Ok(out)

@@ -3,8 +3,8 @@
 //! the next daily reset in the named business zone, every plan window and the 30-day
 //! chart. Every amount is exact (the figures of `GET /api/user/daily-usage`). It also
 //! shows what the next request may use: the figure admission compares a request's
-//! worst-case hold with (`billing::rules::funds_available`), so a 402 that names
-//! "X USD is left" matches the page.
+//! worst-case hold with (`billing::rules::funds_available`), per set of models when a
+//! package pays only for some, so a refusal that names "X USD is left" matches the page.
 
 use askama::Template;
 use axum::extract::State;
@@ -52,34 +52,84 @@ struct DashboardPage<'a> {
 /// What the gateway admits the next request against, and its parts, as the page shows them.
 #[derive(Debug, PartialEq, Eq)]
 struct Admits {
-    /// Package room + balance (as the preference allows) − running holds; `None` when a
-    /// package in force has no limit at all.
-    figure: Option<String>,
-    package_room: String,
+    /// One line when every package in force pays for every model; otherwise one line per
+    /// set of models the same packages pay for, then the line for every other model
+    /// (admission counts a package's room only for the models it covers).
+    lines: Vec<AdmitLine>,
     balance: String,
     held: String,
 }
 
+/// The figure for requests to some models.
+#[derive(Debug, PartialEq, Eq)]
+struct AdmitLine {
+    /// The models of this line; `None` for any model not named on another line.
+    models: Option<Vec<String>>,
+    /// Package room + balance (as the preference allows) − running holds; `None` when a
+    /// package paying for these models has no limit at all.
+    figure: Option<String>,
+    package_room: String,
+}
+
+impl AdmitLine {
+    /// The models joined for the page, or "" for the line of every other model.
+    fn names(&self) -> String {
+        self.models.as_ref().map(|m| m.join(", ")).unwrap_or_default()
+    }
+
+    /// The models joined by spaces (a `data-models` attribute tests and scripts read).
+    fn key(&self) -> String {
+        self.models.as_ref().map(|m| m.join(" ")).unwrap_or_else(|| "*".to_string())
+    }
+}
+
 impl Admits {
-    /// The packages' room is each package's tightest window summed, as admission counts it.
+    /// The packages' room is the tightest window of each package that pays for the
+    /// request's model, summed, as admission counts it (`batch::plan::packages_now`).
     fn new(
         preference: billing::rules::Preference,
         packages: &[billing::quota::PackageWindows],
         balance: Money,
         held: Money,
     ) -> Self {
-        let rooms: Vec<Option<Money>> = packages.iter().map(|p| p.windows.iter().map(|w| w.remaining).min()).collect();
-        let unlimited = rooms.iter().any(Option::is_none);
-        let room =
-            (!packages.is_empty()).then(|| rooms.iter().flatten().fold(Money::ZERO, |sum, r| sum.saturating_add(*r)));
-        let uses_package = preference != billing::rules::Preference::BalanceOnly;
-        Admits {
-            figure: (!(unlimited && uses_package))
-                .then(|| billing::rules::funds_available(preference, room, balance, held).to_string()),
-            package_room: room.unwrap_or(Money::ZERO).to_string(),
-            balance: balance.to_string(),
-            held: held.to_string(),
+        let pays = |p: &billing::quota::PackageWindows, model: Option<&str>| match (&p.models, model) {
+            (Some(models), Some(model)) => models.iter().any(|m| m == model),
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let line = |models: Option<Vec<String>>, paying: Vec<&billing::quota::PackageWindows>| {
+            let rooms: Vec<Option<Money>> =
+                paying.iter().map(|p| p.windows.iter().map(|w| w.remaining).min()).collect();
+            let unlimited = rooms.iter().any(Option::is_none);
+            let room =
+                (!paying.is_empty()).then(|| rooms.iter().flatten().fold(Money::ZERO, |sum, r| sum.saturating_add(*r)));
+            let uses_package = preference != billing::rules::Preference::BalanceOnly;
+            AdmitLine {
+                models,
+                // Never below zero: a refusal names the same floor ("0.00 USD is left").
+                figure: (!(unlimited && uses_package)).then(|| {
+                    billing::rules::funds_available(preference, room, balance, held).max(Money::ZERO).to_string()
+                }),
+                package_room: room.unwrap_or(Money::ZERO).to_string(),
+            }
+        };
+        let named: std::collections::BTreeSet<&String> =
+            packages.iter().flat_map(|p| p.models.iter().flatten()).collect();
+        // Models the same packages pay for share a line.
+        let mut groups: Vec<(Vec<i64>, Vec<String>)> = Vec::new();
+        for model in named {
+            let ids: Vec<i64> = packages.iter().filter(|p| pays(p, Some(model))).map(|p| p.id).collect();
+            match groups.iter_mut().find(|(g, _)| *g == ids) {
+                Some((_, models)) => models.push(model.clone()),
+                None => groups.push((ids, vec![model.clone()])),
+            }
         }
+        let mut lines: Vec<AdmitLine> = groups
+            .into_iter()
+            .map(|(ids, models)| line(Some(models), packages.iter().filter(|p| ids.contains(&p.id)).collect()))
+            .collect();
+        lines.push(line(None, packages.iter().filter(|p| pays(p, None)).collect()));
+        Admits { lines, balance: balance.to_string(), held: held.to_string() }
     }
 }
 
@@ -232,7 +282,7 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn package(remaining: &[&str]) -> billing::quota::PackageWindows {
+    fn package(id: i64, models: Option<&[&str]>, remaining: &[&str]) -> billing::quota::PackageWindows {
         let window = |left: &&str| billing::quota::WindowView {
             window: crate::foundation::clock::windows::WindowKind::Day,
             limit: Money::parse("10").unwrap(),
@@ -244,26 +294,59 @@ mod tests {
             minutes: 0,
         };
         billing::quota::PackageWindows {
-            id: 1,
+            id,
             name: "p".into(),
             ends_at: String::new(),
             windows: remaining.iter().map(window).collect(),
+            models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
         }
+    }
+
+    fn figures(a: &Admits) -> Vec<(String, Option<&str>)> {
+        a.lines.iter().map(|l| (l.key(), l.figure.as_deref())).collect()
     }
 
     #[test]
     fn the_admitted_figure_sums_each_packages_tightest_window_with_the_balance_minus_holds() {
         use billing::rules::Preference;
         let m = |s: &str| Money::parse(s).unwrap();
-        let two = [package(&["1.5", "0.25"]), package(&["0.5"])];
+        let two = [package(1, None, &["1.5", "0.25"]), package(2, None, &["0.5"])];
         let a = Admits::new(Preference::PackageFirst, &two, m("1"), m("0.1"));
-        assert_eq!(a.figure.as_deref(), Some("1.65"), "0.25 + 0.5 + 1 − 0.1");
-        assert_eq!(a.package_room, "0.75");
-        assert_eq!(Admits::new(Preference::BalanceOnly, &two, m("1"), m("0.1")).figure.as_deref(), Some("0.90"));
-        assert_eq!(Admits::new(Preference::PackageOnly, &[], m("1"), m("0")).figure.as_deref(), Some("0.00"));
-        let open = [package(&[])];
-        assert_eq!(Admits::new(Preference::PackageFirst, &open, m("1"), m("0")).figure, None, "no limit");
-        assert_eq!(Admits::new(Preference::BalanceOnly, &open, m("1"), m("0")).figure.as_deref(), Some("1.00"));
+        assert_eq!(figures(&a), [("*".to_string(), Some("1.65"))], "0.25 + 0.5 + 1 − 0.1");
+        assert_eq!(a.lines[0].package_room, "0.75");
+        let only = |pref, p: &[_]| figures(&Admits::new(pref, p, m("1"), m("0.1")))[0].1.map(str::to_string);
+        assert_eq!(only(Preference::BalanceOnly, &two).as_deref(), Some("0.90"));
+        assert_eq!(only(Preference::PackageOnly, &[]).as_deref(), Some("0.00"), "−0.1 held, never below zero");
+        let open = [package(1, None, &[])];
+        assert_eq!(only(Preference::PackageFirst, &open), None, "no limit");
+        assert_eq!(only(Preference::BalanceOnly, &open).as_deref(), Some("0.90"));
+    }
+
+    #[test]
+    fn a_model_restricted_package_counts_only_on_the_lines_of_its_models() {
+        use billing::rules::Preference;
+        let m = |s: &str| Money::parse(s).unwrap();
+        let held = [
+            package(1, Some(&["gpt-5-codex", "gpt-5"]), &["0.4"]),
+            package(2, Some(&["gpt-5"]), &["0.2"]),
+            package(3, None, &["0.1"]),
+        ];
+        let a = Admits::new(Preference::PackageFirst, &held, m("1"), m("0"));
+        let want = |k: &str, f: &str| (k.to_string(), Some(f.to_string()));
+        let got: Vec<_> = figures(&a).into_iter().map(|(k, f)| (k, f.map(str::to_string))).collect();
+        assert_eq!(
+            got,
+            [want("gpt-5", "1.70"), want("gpt-5-codex", "1.50"), want("*", "1.10")],
+            "gpt-5: all three + 1; gpt-5-codex: packages 1 and 3 + 1; any other model: package 3 + 1"
+        );
+        assert_eq!(a.lines[0].names(), "gpt-5");
+        // Two models the same packages pay for share a line; with none unrestricted, the
+        // other models have the balance only.
+        let a = Admits::new(Preference::PackageFirst, &held[..1], m("1"), m("0"));
+        let got: Vec<_> = figures(&a).into_iter().map(|(k, f)| (k, f.map(str::to_string))).collect();
+        assert_eq!(got, [want("gpt-5 gpt-5-codex", "1.40"), want("*", "1.00")]);
+        assert_eq!(a.lines[1].package_room, "0.00");
+        assert_eq!(a.lines[0].names(), "gpt-5, gpt-5-codex");
     }
 
     #[test]
