@@ -163,7 +163,9 @@ impl StandingCache {
 
     #[cfg(test)]
     fn cached(&self, user_id: i64) -> bool {
-        self.0.lock().is_ok_and(|inner| inner.entries.get(&user_id).is_some_and(|e| e.generation == inner.generation(user_id)))
+        self.0
+            .lock()
+            .is_ok_and(|inner| inner.entries.get(&user_id).is_some_and(|e| e.generation == inner.generation(user_id)))
     }
 
     #[cfg(test)]
@@ -176,7 +178,8 @@ impl StandingCache {
             balance_used: Money::ZERO,
             plans: Vec::new(),
         });
-        let entry = Entry { generation, read_at: Instant::now(), at: now, date: now.date_naive(), until: None, standing };
+        let entry =
+            Entry { generation, read_at: Instant::now(), at: now, date: now.date_naive(), until: None, standing };
         if let Ok(mut inner) = self.0.lock() {
             inner.entries.insert(user_id, entry);
         }

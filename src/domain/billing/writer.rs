@@ -418,7 +418,13 @@ mod tests {
     fn writer() -> BillingWriter {
         let (urgent, _) = mpsc::channel(1);
         let (lazy, _) = mpsc::channel(1);
-        BillingWriter { urgent, lazy, hints: Hints::default(), sizes: Default::default(), standings: Default::default() }
+        BillingWriter {
+            urgent,
+            lazy,
+            hints: Hints::default(),
+            sizes: Default::default(),
+            standings: Default::default(),
+        }
     }
 
     /// A waiting admission of user 1 (hold 1) enqueued and committed with `headroom`.
