@@ -228,7 +228,9 @@ mod tests {
         let old = cache.generation(5);
         if let Ok(mut inner) = cache.0.lock() {
             for user in 0..MAX_USERS as i64 {
-                inner.changed.insert(user + 1_000_000, 1);
+                inner.next += 1;
+                let generation = inner.next;
+                inner.changed.insert(user + 1_000_000, generation);
             }
         }
         cache.changed(9);
