@@ -24,6 +24,14 @@ mod phone;
 #[path = "browser/cancelled.rs"]
 mod cancelled;
 
+/// What a buyer sees: the shortfall, what each order did, the queue on the dashboard.
+#[path = "browser/packages.rs"]
+mod packages;
+
+/// Sub-cent costs and a negative balance, read off every page against the API.
+#[path = "browser/money.rs"]
+mod money;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -205,12 +213,14 @@ async fn flow(s: &Session) {
     community::user_redeems_a_code_on_the_account_page(s).await;
     user_buys_the_package_through_the_sandbox_cashier(s).await;
     usage_moves_the_dashboard(s).await;
+    packages::orders_say_what_they_did_and_the_dashboard_lists_the_queue(s).await;
     user_revokes_the_key(s).await;
     switches_language_and_uses_a_phone(s).await;
     admin_sees_orders_and_usage(s).await;
     community::admin_sees_the_community_trail(s).await;
     admin::admin_tools_on_desktop_and_phone(s).await;
     cancelled::a_cancelled_payment_expires_honestly(s).await;
+    money::sub_cent_costs_and_a_debt_read_exactly_everywhere(s).await;
 }
 
 async fn admin_first_run(s: &Session) {
@@ -363,6 +373,8 @@ async fn user_revokes_the_key(s: &Session) {
 async fn user_buys_the_package_through_the_sandbox_cashier(s: &Session) {
     s.click("a[href='/packages']").await;
     s.wait_path("/packages").await;
+    packages::a_balance_too_low_says_what_is_missing(s).await;
+    s.go("/packages").await;
     s.shot("10a-packages").await;
     // The coupon is priced with htmx while typing, before anything is paid.
     s.fill(".package-card .coupon-input", "nope").await;
@@ -383,8 +395,15 @@ async fn user_buys_the_package_through_the_sandbox_cashier(s: &Session) {
     s.shot("10b-sandbox-cashier").await;
     s.click("#sandbox-pay").await;
     s.wait_path("/packages").await;
+    let query = s.c.current_url().await.unwrap().query().unwrap_or_default().to_string();
+    assert!(
+        query.starts_with("out_trade_no=") && !query.contains("sign"),
+        "the signed return query is dropped: {query}"
+    );
     let status = s.c.wait().for_element(Locator::Css("#order-status[data-status='fulfilled']")).await.unwrap();
     assert!(status.text().await.unwrap().contains("Starter"));
+    let said = s.text("#order-outcome").await;
+    assert!(said.starts_with("Payment received: Starter is active until "), "says what happened: {said}");
     assert!(s.text("#my-packages").await.contains("Starter"));
     s.shot("10c-packages-paid").await;
     s.go("/dashboard").await;
@@ -436,7 +455,9 @@ async fn admin_sees_orders_and_usage(s: &Session) {
     s.click("#submit").await;
     s.wait_path("/dashboard").await;
     s.go("/admin").await;
-    assert_eq!(s.text("#revenue-today").await, "8.91");
+    // Paid at the cashier: Starter with the coupon 8.91, the top-up 5.00, the renewal 9.90
+    // (Weekly was paid from the balance, already counted when it was topped up).
+    assert_eq!(s.text("#revenue-today").await, "23.81");
     assert_eq!(s.text("#requests-today").await, "1");
     assert_eq!(s.text("#spend-today").await, "1.25");
     s.shot("16c-admin-overview-busy").await;
@@ -472,12 +493,38 @@ async fn switches_language_and_uses_a_phone(s: &Session) {
     s.shot("11-keys-zh").await;
     s.go("/dashboard").await;
     assert_eq!(s.text("h1").await, "概览");
+    let package = s.text("#package-status").await;
+    assert!(
+        package.contains("使用中") && package.contains("排队中的套餐"),
+        "the badge /packages uses, the queue: {package}"
+    );
+    assert!(!package.contains("正常"), "{package}");
     s.shot("12-dashboard-zh").await;
+    // Stored order items are translated: the top-up reads 余额充值 5.00, not "Balance top-up".
+    s.go("/orders").await;
+    let orders = s.text("#orders-table").await;
+    assert!(orders.contains("余额充值 5.00") && !orders.contains("Balance top-up"), "{orders}");
+    s.shot("12b-orders-zh").await;
     s.go("/account").await;
     s.shot("13-account-zh").await;
     phone::every_table_fits_the_desktop(s, &phone::USER_PAGES, "desktop-user-zh").await;
     s.go("/admin").await;
     assert!(s.text("h1").await.contains("无权访问"), "a user gets the 403 page on admin pages");
+    assert_eq!(s.text("header .who").await, "dev@example.com", "the 403 page keeps the signed-in header");
+    s.c.find(Locator::Css("#logout")).await.expect("and its log-out button");
+    // The favicon every page links to is served (the browser's default /favicon.ico too).
+    let icons = s
+        .c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             const href = document.querySelector('link[rel=icon]').getAttribute('href'); \
+             Promise.all([href, '/favicon.ico'].map(u => fetch(u).then(r => u + ' ' + r.status + ' ' + r.headers.get('content-type')))) \
+               .then(done, e => done('failed: ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(icons, json!(["/static/favicon.svg 200 image/svg+xml", "/favicon.ico 200 image/svg+xml"]));
     s.shot("14-admin-forbidden-zh").await;
 
     s.c.set_window_size(390, 844).await.unwrap();
