@@ -2,6 +2,7 @@
 //! `x-codex-*` headers, usage-limit refusals in the shape it does not retry.
 
 use codex_gateway::domain::proxy::mock::MockOptions;
+use codex_gateway::foundation::money::Money;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -14,6 +15,7 @@ on_both_databases!(
     a_used_up_package_is_refused_as_a_usage_limit_with_the_daily_reset,
     codex_gets_its_model_catalogue_with_an_etag_and_sdks_keep_the_openai_list,
     responses_answers_and_the_websocket_handshake_carry_the_catalogue_s_etag,
+    the_credits_balance_shows_each_charge_and_each_adjustment_in_the_next_answer,
 );
 
 /// 2026-01-15T16:00:00Z: the first Shanghai midnight after the test clock's start.
@@ -70,6 +72,36 @@ async fn a_responses_answer_carries_the_package_window_and_the_balance_in_codex_
     chat.text().await.unwrap();
     usage_rows(&app, 3).await;
     app.assert_money_invariants().await;
+}
+
+/// The quota figures come from a standing the instance caches (`billing::standing`): a
+/// settlement committed here and a change the instance is told of (an admin adjustment)
+/// retire it, so the next answer shows them even within the cache's second.
+async fn the_credits_balance_shows_each_charge_and_each_adjustment_in_the_next_answer(app: TestApp) {
+    let s = setup(&app, MockOptions::default(), Some("5")).await;
+    let body = json!({"model": "gpt-5", "input": "hi"});
+    let send = || v1(&app, "/v1/responses", &s.key).json(&body).send();
+    let balance = |r: &reqwest::Response| header(r, "x-codex-credits-balance").map(String::from);
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(balance(&first).as_deref(), Some("5.00"));
+    first.text().await.unwrap();
+    usage_rows(&app, 1).await;
+    let (left, held) = balance_and_held(&app, s.user_id).await;
+    assert!(left < 5_000_000 && held == 0, "the first request was charged to the balance: {left}");
+
+    let second = send().await.unwrap();
+    assert_eq!(balance(&second), Some(Money::from_micros(left).to_string()), "the charge shows at once");
+    second.text().await.unwrap();
+    usage_rows(&app, 2).await;
+
+    let path = format!("/api/admin/users/{}/balance", s.user_id);
+    let adjusted = app.post(&path, &s.admin, json!({"amount": "10", "reason": "gift"})).await;
+    assert_eq!(adjusted.status, StatusCode::OK, "{}", adjusted.text);
+    let (left, _) = balance_and_held(&app, s.user_id).await;
+    let third = send().await.unwrap();
+    assert_eq!(balance(&third), Some(Money::from_micros(left).to_string()), "the adjustment shows at once");
+    third.text().await.unwrap();
 }
 
 async fn a_used_up_package_is_refused_as_a_usage_limit_with_the_daily_reset(app: TestApp) {

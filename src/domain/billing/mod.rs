@@ -39,6 +39,7 @@ pub mod holds;
 pub mod quota;
 pub mod rules;
 mod settle;
+pub mod standing;
 pub mod usage;
 pub mod writer;
 

@@ -38,6 +38,8 @@ pub struct BillingWriter {
     hints: Hints,
     /// What this instance learned of each model's output, for sizing holds.
     sizes: super::holds::HoldSizes,
+    /// The users' standings for the quota figures, told of every settlement committed here.
+    standings: super::standing::StandingCache,
 }
 
 type Queued = (Job, oneshot::Sender<Outcome>);
@@ -157,8 +159,15 @@ impl BillingWriter {
         let (urgent, urgent_jobs) = mpsc::channel(QUEUE);
         let (lazy, lazy_jobs) = mpsc::channel(QUEUE);
         let hints = Hints::default();
-        tokio::spawn(run(db, calendar, urgent_jobs, lazy_jobs, hints.clone()));
-        BillingWriter { urgent, lazy, hints, sizes: super::holds::HoldSizes::default() }
+        let standings = super::standing::StandingCache::default();
+        let written = Written { hints: hints.clone(), standings: standings.clone() };
+        tokio::spawn(run(db, calendar, urgent_jobs, lazy_jobs, written));
+        BillingWriter { urgent, lazy, hints, sizes: super::holds::HoldSizes::default(), standings }
+    }
+
+    /// The users' standings (quota figures), kept fresh by this writer's commits.
+    pub fn standings(&self) -> &super::standing::StandingCache {
+        &self.standings
     }
 
     /// The recent output tokens per model this instance settled (see [`super::holds`]).
@@ -196,10 +205,12 @@ impl BillingWriter {
     /// other instances' notifications of such changes).
     pub fn forget_headroom(&self, user_id: i64) {
         self.hints.update(user_id, |room| room.committed = None);
+        self.standings.changed(user_id);
     }
 
     /// Drops every hint (the invalidation listener may have missed notifications).
     pub fn forget_all_headroom(&self) {
+        self.standings.changed_all();
         if let Ok(mut map) = self.hints.0.write() {
             map.retain(|_, room| room.pending.is_positive());
             for room in map.values_mut() {
@@ -247,8 +258,9 @@ async fn run(
     calendar: BusinessCalendar,
     mut urgent: mpsc::Receiver<Queued>,
     mut lazy: mpsc::Receiver<Queued>,
-    hints: Hints,
+    written: Written,
 ) {
+    let hints = &written.hints;
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -288,10 +300,11 @@ async fn run(
         let (jobs, replies): (Vec<Job>, Vec<_>) = std::mem::take(&mut waiting).into_iter().unzip();
         metrics::histogram!("gateway_billing_batch_size").record(jobs.len() as f64);
         let elsewhere = hints.elsewhere(&jobs);
+        written.committing(&jobs);
         match batch::run(&db, &calendar, &jobs, &elsewhere).await {
             Ok(outcomes) => {
                 for ((outcome, reply), job) in outcomes.into_iter().zip(replies).zip(&jobs) {
-                    hints.admitted(job, &outcome);
+                    written.record(job, &outcome);
                     deliver(&db, outcome, reply).await;
                 }
             }
@@ -303,16 +316,46 @@ async fn run(
                         Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| job.failed(Error::internal("no outcome"))),
                         Err(error) => job.failed(error),
                     };
-                    hints.admitted(&job, &outcome);
+                    written.record(&job, &outcome);
                     deliver(&db, outcome, reply).await;
                 }
             }
             Err(error) => {
                 if let (Some(job), Some(reply)) = (jobs.first(), replies.into_iter().next()) {
                     let outcome = job.failed(error);
-                    hints.admitted(job, &outcome);
+                    written.record(job, &outcome);
                     deliver(&db, outcome, reply).await;
                 }
+            }
+        }
+    }
+}
+
+/// What the writer tells of each job it committed (or failed).
+struct Written {
+    hints: Hints,
+    standings: super::standing::StandingCache,
+}
+
+impl Written {
+    /// Before a batch runs: a standing cached before it starts is never used once it may
+    /// have committed (the writer is told of the commit only after the database, so a
+    /// client that sees its settlement's row could otherwise still be shown the figures
+    /// from before it). Told again in [`Written::record`], which retires any standing
+    /// read while the batch ran.
+    fn committing(&self, jobs: &[Job]) {
+        for job in jobs {
+            if matches!(job, Job::Settle { .. } | Job::SettleAdmitted { .. }) {
+                self.standings.changed(job.user_id());
+            }
+        }
+    }
+
+    fn record(&self, job: &Job, outcome: &Outcome) {
+        self.hints.admitted(job, outcome);
+        if let Outcome::Settle(Ok(done)) = outcome {
+            if done.applied {
+                self.standings.changed(job.user_id());
             }
         }
     }
@@ -375,7 +418,13 @@ mod tests {
     fn writer() -> BillingWriter {
         let (urgent, _) = mpsc::channel(1);
         let (lazy, _) = mpsc::channel(1);
-        BillingWriter { urgent, lazy, hints: Hints::default(), sizes: Default::default() }
+        BillingWriter {
+            urgent,
+            lazy,
+            hints: Hints::default(),
+            sizes: Default::default(),
+            standings: Default::default(),
+        }
     }
 
     /// A waiting admission of user 1 (hold 1) enqueued and committed with `headroom`.

@@ -71,31 +71,38 @@ pub struct Quota {
 }
 
 /// Computes every allowance window of a user at `now`: the daily window of the
-/// package in force (its daily limit and today's package spend) and the daily spending
-/// cap (the user's own, else the default). Plan windows are added here when they land.
+/// package in force (its daily limit and today's package spend), the daily spending
+/// cap (the user's own, else the default) and the plan windows, from the user's
+/// standing as this instance caches it ([`billing::standing`]: read again after each
+/// of the user's settlements committed here, and at least every second).
 pub async fn windows(state: &AppState, user_id: i64, default_cap: Option<Money>) -> Result<Quota> {
     let now = state.now();
-    let calendar = state.calendar();
-    let today = calendar.business_date(now);
-    let mut conn = state.db.acquire().await?;
-    let user: Option<(i64, Option<i64>)> = sqlx::query_as("SELECT balance, daily_cap FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (balance, own_cap) = user.unwrap_or((0, None));
-    let package = billing::applicable_package(&mut conn, user_id, now).await?;
-    let (package_used, balance_used) = billing::day_usage(&mut conn, user_id, today).await?;
-    let plans = billing::quota::packages_in_force(&mut conn, calendar, user_id, now).await?;
-    drop(conn);
+    let standing = state.billing.standings().get(&state.db, state.calendar(), user_id, now).await?;
+    Ok(quota_of(&standing, state.calendar(), now, default_cap))
+}
+
+/// [`windows`] read from the database, not the cache (a refusal names exact figures).
+pub async fn windows_fresh(state: &AppState, user_id: i64, default_cap: Option<Money>) -> Result<Quota> {
+    let now = state.now();
+    let standing = billing::standing::read(&state.db, state.calendar(), user_id, now).await?;
+    Ok(quota_of(&standing, state.calendar(), now, default_cap))
+}
+
+fn quota_of(
+    standing: &billing::standing::Standing,
+    calendar: &BusinessCalendar,
+    now: DateTime<Utc>,
+    default_cap: Option<Money>,
+) -> Quota {
     let facts = DayFacts {
-        package_daily_limit: package.and_then(|p| p.daily_limit).map(Money::from_micros),
-        package_used,
-        spent_today: package_used.saturating_add(balance_used),
-        daily_cap: own_cap.map(Money::from_micros).or(default_cap),
+        package_daily_limit: standing.package_daily_limit,
+        package_used: standing.package_used,
+        spent_today: standing.package_used.saturating_add(standing.balance_used),
+        daily_cap: standing.own_cap.or(default_cap),
     };
     let mut windows = daily_windows(&facts, calendar, now);
-    windows.extend(plan_windows(&plans, now));
-    Ok(Quota { windows, balance: Money::from_micros(balance) })
+    windows.extend(plan_windows(&standing.plans, now));
+    Quota { windows, balance: standing.balance }
 }
 
 /// The plan windows of the packages in force besides the day (issue 19): the 5-hour
@@ -219,7 +226,7 @@ pub async fn admission_refusal(
         Error::RateLimited { .. } => "Your daily spending cap is reached: raise it in your account",
         _ => return ProxyError::from(err),
     };
-    let (resets_at, mut headers) = match windows(state, user_id, default_cap).await {
+    let (resets_at, mut headers) = match windows_fresh(state, user_id, default_cap).await {
         Ok(quota) => (quota.blocking_reset(hold).map(|t| t.timestamp()), quota.headers()),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the quota windows of a refused request");

@@ -75,7 +75,8 @@ impl Job {
         matches!(self, Job::Admit { forced: false, .. })
     }
 
-    fn user_id(&self) -> i64 {
+    /// The user the job bills.
+    pub(in crate::domain::billing) fn user_id(&self) -> i64 {
         match self {
             Job::Admit { request, .. } => request.user_id,
             Job::Settle { hold, .. } => hold.user_id,
