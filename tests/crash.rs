@@ -253,7 +253,7 @@ async fn a_gateway_killed_mid_stream_loses_no_settled_charge_and_applies_nothing
     let clock = FakeClock::at(&(Utc::now() + chrono::Duration::hours(7)).to_rfc3339());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Application::with_listener(config, clock, db.clone(), listener).await.unwrap();
-    let released = codex_gateway::domain::billing::release_expired_holds(app.state()).await.unwrap();
+    let released = codex_gateway::domain::billing::release_expired_holds(app.state().env()).await.unwrap();
     assert_eq!(released as i64, open_holds);
     let held: i64 =
         sqlx::query_scalar("SELECT held FROM users WHERE id = $1").bind(user_id).fetch_one(db.pool()).await.unwrap();

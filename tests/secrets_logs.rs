@@ -120,7 +120,7 @@ async fn exercise(backend: Backend) -> (u64, String) {
         assert!(!r.text.contains(CREDIT_KEY), "{path}: {}", r.text);
         requests += 1;
     }
-    let reconciled = codex_gateway::domain::orders::jobs::reconcile_once(&app.state).await.unwrap();
+    let reconciled = codex_gateway::domain::orders::jobs::reconcile_once(app.state.env()).await.unwrap();
     assert_eq!(reconciled.errors, 1, "the reconcile pass met the unreachable gateway");
 
     let key = app.post("/api/user/keys", &user, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_string();

@@ -30,7 +30,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(300),
             run: |state| {
                 Box::pin(async move {
-                    let released = crate::domain::billing::release_expired_holds(&state).await?;
+                    let released = crate::domain::billing::release_expired_holds(state.env()).await?;
                     Ok(format!("released {released} holds"))
                 })
             },
@@ -50,7 +50,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(60),
             run: |state| {
                 Box::pin(async move {
-                    let expired = crate::domain::orders::jobs::expire_once(&state).await?;
+                    let expired = crate::domain::orders::jobs::expire_once(state.env()).await?;
                     Ok(format!("expired {expired} orders"))
                 })
             },
@@ -60,8 +60,8 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(120),
             run: |state| {
                 Box::pin(async move {
-                    let report = crate::domain::orders::jobs::reconcile_once(&state).await?;
-                    let refunds = crate::domain::orders::refund::reconcile_refunds_once(&state).await?;
+                    let report = crate::domain::orders::jobs::reconcile_once(state.env()).await?;
+                    let refunds = crate::domain::orders::refund::reconcile_refunds_once(state.env()).await?;
                     Ok(format!(
                         "checked {}, fulfilled {}, unpaid {}, errors {}; unconfirmed refunds: checked {}, refunded {}, restored {}, errors {}",
                         report.checked, report.fulfilled, report.unpaid, report.errors,
@@ -75,7 +75,7 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(3600),
             run: |state| {
                 Box::pin(async move {
-                    let pruned = crate::domain::orders::notify::prune_once(&state).await?;
+                    let pruned = crate::domain::orders::notify::prune_once(state.env()).await?;
                     Ok(format!("pruned {pruned} raw notifies"))
                 })
             },

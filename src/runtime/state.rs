@@ -69,4 +69,17 @@ impl Services {
     pub fn calendar(&self) -> &BusinessCalendar {
         &self.config.calendar
     }
+
+    /// The narrow parts a domain function takes ([`crate::domain::billing::Env`]).
+    pub fn env(&self) -> crate::domain::billing::Env<'_> {
+        crate::domain::billing::Env {
+            db: &self.db,
+            clock: &*self.clock,
+            calendar: &self.config.calendar,
+            settings: &self.settings,
+            http: &self.http,
+            billing: &self.billing,
+            tasks: &self.tasks,
+        }
+    }
 }

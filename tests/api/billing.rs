@@ -73,7 +73,7 @@ async fn admit(
     hold: &str,
 ) -> Result<Hold, codex_gateway::foundation::error::Error> {
     billing::admit(
-        &app.state,
+        app.state.env(),
         &AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse(hold).unwrap() },
     )
     .await
@@ -81,7 +81,7 @@ async fn admit(
 
 async fn charge(app: &TestApp, user_id: i64, key_id: i64, id: &str, cost: &str) -> billing::Settlement {
     let hold = admit(app, user_id, key_id, "0.01").await.unwrap();
-    billing::settle(&app.state, &hold, &record(id, cost)).await.unwrap()
+    billing::settle(app.state.env(), &hold, &record(id, cost)).await.unwrap()
 }
 
 async fn a_charge_splits_exactly_at_the_daily_allowance(app: TestApp) {
@@ -144,7 +144,7 @@ async fn the_allowance_resets_at_midnight_in_shanghai_and_a_straddling_request_s
 
     // The request admitted at 23:59:59 is billed to the 15th (from the balance, the
     // allowance of that day being gone), not to the fresh day.
-    let s = billing::settle(&app.state, &straddler, &record("straddler", "0.20")).await.unwrap();
+    let s = billing::settle(app.state.env(), &straddler, &record("straddler", "0.20")).await.unwrap();
     assert_eq!((s.package, s.balance), (Money::ZERO, Money::parse("0.2").unwrap()));
     let fresh = charge(&app, user_id, key, "new-day", "0.30").await;
     assert_eq!(fresh.package, Money::parse("0.3").unwrap());
@@ -227,7 +227,7 @@ async fn concurrent_requests_cannot_overspend_beyond_their_holds(app: TestApp) {
     for (i, hold) in admitted {
         let app = app.clone();
         settles.push(tokio::spawn(async move {
-            billing::settle(&app.state, &hold, &record(&format!("race-{i}"), "0.12")).await.unwrap()
+            billing::settle(app.state.env(), &hold, &record(&format!("race-{i}"), "0.12")).await.unwrap()
         }));
     }
     for s in settles {
@@ -271,17 +271,17 @@ async fn settling_twice_applies_once_and_stale_holds_are_released(app: TestApp) 
     let key = key_for(&app, &token).await;
     app.fund(&admin, user_id, "1.00").await;
     let hold = admit(&app, user_id, key, "0.50").await.unwrap();
-    let first = billing::settle(&app.state, &hold, &record("dup", "0.30")).await.unwrap();
-    let second = billing::settle(&app.state, &hold, &record("dup", "0.30")).await.unwrap();
+    let first = billing::settle(app.state.env(), &hold, &record("dup", "0.30")).await.unwrap();
+    let second = billing::settle(app.state.env(), &hold, &record("dup", "0.30")).await.unwrap();
     assert!(first.applied && !second.applied);
     assert_eq!(app.get("/api/user/me", &token).await.body["balance"], "0.70");
 
     // A hold whose request never settles (crashed instance) blocks until the janitor frees it.
     let _orphan = admit(&app, user_id, key, "0.70").await.unwrap();
     assert!(admit(&app, user_id, key, "0.10").await.is_err());
-    assert_eq!(billing::release_expired_holds(&app.state).await.unwrap(), 0);
+    assert_eq!(billing::release_expired_holds(app.state.env()).await.unwrap(), 0);
     app.clock.advance(chrono::Duration::hours(billing::HOLD_LIFETIME_HOURS));
-    assert_eq!(billing::release_expired_holds(&app.state).await.unwrap(), 1);
+    assert_eq!(billing::release_expired_holds(app.state.env()).await.unwrap(), 1);
     assert!(admit(&app, user_id, key, "0.10").await.is_ok());
     app.assert_money_invariants().await;
 }

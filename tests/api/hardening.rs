@@ -443,7 +443,7 @@ async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(ap
     // A refund still in flight is left alone; once the gateway answers again, the job asks it.
     let r = app.put("/api/admin/settings", &admin, json!({"credit": {"gateway_url": sandbox_url}})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(reconcile_refunds_once(&app.state).await.unwrap().checked, 0, "too recent to ask about");
+    assert_eq!(reconcile_refunds_once(app.state.env()).await.unwrap().checked, 0, "too recent to ask about");
     // An admin's re-check applies the same rule at once: the refunded one is reversed, the
     // one the gateway still reports paid (for minutes only) is left undecided, said plainly.
     let r = app.post(&format!("/api/admin/orders/{lost}/check"), &admin, json!({})).await;
@@ -460,20 +460,20 @@ async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(ap
     assert!(again.body["check"]["refund"].is_null(), "a refunded order is checked as any other: {}", again.text);
     assert_eq!(app.count(&refunds).await, 1, "reversed once");
     app.clock.advance(chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES + 1));
-    let report = reconcile_refunds_once(&app.state).await.unwrap();
+    let report = reconcile_refunds_once(app.state.env()).await.unwrap();
     assert_eq!((report.checked, report.refunded, report.restored, report.undecided), (1, 0, 0, 1), "{report:?}");
     assert_eq!(order_status(&app, &lost).await, "refunded");
     assert_eq!(order_status(&app, &unsent).await, "refunding", "a refund may show late: not believed yet");
     // Still reported paid long after: the gateway did not refund.
     app.clock.advance(chrono::Duration::minutes(REFUND_RESTORE_AFTER_MINUTES));
-    let report = reconcile_refunds_once(&app.state).await.unwrap();
+    let report = reconcile_refunds_once(app.state.env()).await.unwrap();
     assert_eq!((report.checked, report.refunded, report.restored, report.errors), (1, 0, 1, 0), "{report:?}");
     assert_eq!(order_status(&app, &unsent).await, "fulfilled", "the gateway still holds the payment");
     assert_eq!(app.balance(&user).await, "2.00", "the refunded 5.00 taken back once");
     assert_eq!(app.count(&refunds).await, 1);
 
     // Never twice: another pass finds nothing, and the restored order refunds normally.
-    let report = reconcile_refunds_once(&app.state).await.unwrap();
+    let report = reconcile_refunds_once(app.state.env()).await.unwrap();
     assert_eq!(report.checked, 0, "{report:?}");
     let r = app.post(&format!("/api/admin/orders/{unsent}/refund"), &admin, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

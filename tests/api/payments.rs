@@ -223,9 +223,9 @@ async fn a_payment_after_expiry_is_still_fulfilled_and_flagged(app: TestApp) {
     let purchase = order_package(&app, &s.user, s.package_id).await;
     let otn = purchase["order"]["out_trade_no"].as_str().unwrap();
     app.clock.advance(Duration::minutes(14));
-    assert_eq!(jobs::expire_once(&app.state).await.unwrap(), 0);
+    assert_eq!(jobs::expire_once(app.state.env()).await.unwrap(), 0);
     app.clock.advance(Duration::minutes(1));
-    assert_eq!(jobs::expire_once(&app.state).await.unwrap(), 1);
+    assert_eq!(jobs::expire_once(app.state.env()).await.unwrap(), 1);
     assert_eq!(order_of(&app, &s.admin, otn).await["status"], "expired");
     let page = app.client.get(app.url(&format!("/pay/{otn}"))).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::CONFLICT, "an expired order cannot be paid from our page");
@@ -353,14 +353,14 @@ async fn notify_racing_reconciliation_fulfils_exactly_once(app: TestApp) {
     let purchase = order_package(&app, &s.user, s.package_id).await;
     let otn = purchase["order"]["out_trade_no"].as_str().unwrap().to_string();
     let trade_no = submit_to_sandbox(&app, &purchase).await;
-    let unpaid = jobs::reconcile_once(&app.state).await.unwrap();
+    let unpaid = jobs::reconcile_once(app.state.env()).await.unwrap();
     assert_eq!((unpaid.checked, unpaid.unpaid, unpaid.fulfilled), (1, 1, 0));
     assert_eq!(sandbox_pay(&app, &trade_no, false).await.status(), StatusCode::SEE_OTHER);
     assert_eq!(order_of(&app, &s.admin, &otn).await["status"], "pending", "the notify was lost");
 
     let params = notify(&otn, "30.00", &[("trade_no", &trade_no)]);
     let notifies = futures::future::join_all((0..10).map(|_| app.send_notify(&params)));
-    let reconciles = futures::future::join_all((0..3).map(|_| jobs::reconcile_once(&app.state)));
+    let reconciles = futures::future::join_all((0..3).map(|_| jobs::reconcile_once(app.state.env())));
     let (answers, reports) = tokio::join!(notifies, reconciles);
     assert!(answers.iter().all(|(_, b)| b == "success"), "{answers:?}");
     let by_reconcile: u64 = reports.into_iter().map(|r| r.unwrap().fulfilled).sum();

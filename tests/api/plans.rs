@@ -124,12 +124,12 @@ async fn admit(
     hold: &str,
 ) -> Result<Hold, codex_gateway::foundation::error::Error> {
     let request = AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: m(hold) };
-    billing::admit(&app.state, &request).await
+    billing::admit(app.state.env(), &request).await
 }
 
 async fn charge(app: &TestApp, user_id: i64, key_id: i64, id: &str, cost: &str) -> billing::Settlement {
     let hold = admit(app, user_id, key_id, "0.01").await.unwrap();
-    billing::settle(&app.state, &hold, &record(id, cost)).await.unwrap()
+    billing::settle(app.state.env(), &hold, &record(id, cost)).await.unwrap()
 }
 
 fn window<'a>(usage: &'a Value, name: &str) -> &'a Value {
@@ -185,7 +185,7 @@ async fn a_request_admitted_in_one_block_is_settled_in_that_block_after_it_ended
     let fresh = charge(&app, user_id, key, "s1", "0.30").await;
     assert_eq!(fresh.package, m("0.30"));
     // The request admitted in the first block is paid from what was left of it (0.60).
-    let late = billing::settle(&app.state, &straddler, &record("s2", "0.80")).await.unwrap();
+    let late = billing::settle(app.state.env(), &straddler, &record("s2", "0.80")).await.unwrap();
     assert_eq!((late.package, late.balance), (m("0.60"), m("0.20")));
     let blocks: Vec<(i64, i64)> =
         sqlx::query_as("SELECT starts_at, used FROM window_usage WHERE scope = $1 AND kind = '5h' ORDER BY starts_at")
@@ -223,7 +223,7 @@ async fn forty_racing_requests_never_spend_a_window_past_its_limit_beyond_the_ho
     for (i, hold) in admitted {
         let app = app.clone();
         settles.push(tokio::spawn(async move {
-            billing::settle(&app.state, &hold, &record(&format!("rw-{i}"), "0.12")).await.unwrap()
+            billing::settle(app.state.env(), &hold, &record(&format!("rw-{i}"), "0.12")).await.unwrap()
         }));
     }
     for s in settles {
@@ -322,7 +322,7 @@ async fn a_renewal_mid_block_keeps_the_windows_and_an_expiry_mid_block_stops_pay
     let after = charge(&app, user_id, key, "r3", "0.20").await;
     assert_eq!((after.package, after.balance), (Money::ZERO, m("0.20")), "expired: the balance pays");
     // Admitted while it applied: still paid by it.
-    let s = billing::settle(&app.state, &before, &record("r4", "0.20")).await.unwrap();
+    let s = billing::settle(app.state.env(), &before, &record("r4", "0.20")).await.unwrap();
     assert_eq!(s.package, m("0.20"));
     let usage = app.get("/api/user/daily-usage", &token).await;
     assert!(usage.body["package"].is_null() && usage.body["windows"] == json!([]));
@@ -339,8 +339,8 @@ async fn a_key_daily_cap_and_concurrency_cap_refuse(app: TestApp) {
     let b = admit(&app, user_id, key, "0.10").await.unwrap();
     let busy = admit(&app, user_id, key, "0.10").await.unwrap_err();
     assert_eq!(busy.status_code(), StatusCode::TOO_MANY_REQUESTS);
-    billing::settle(&app.state, &a, &record("k1", "0.85")).await.unwrap();
-    billing::settle(&app.state, &b, &record("k2", "0.05")).await.unwrap();
+    billing::settle(app.state.env(), &a, &record("k1", "0.85")).await.unwrap();
+    billing::settle(app.state.env(), &b, &record("k2", "0.05")).await.unwrap();
     let capped = admit(&app, user_id, key, "0.20").await.unwrap_err();
     assert!(capped.to_string().contains("daily spending cap"), "{capped}");
     assert!(admit(&app, user_id, key, "0.05").await.is_ok(), "0.90 spent: 0.05 still fits under 1.00");
@@ -444,14 +444,14 @@ async fn an_admin_sets_and_clears_a_users_five_hour_cap(app: TestApp) {
     assert_eq!(refused.status_code(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.to_string().contains("5-hour spending cap"), "{refused}");
     let fits = admit(&app, user_id, key, "0.10").await.unwrap();
-    billing::settle(&app.state, &fits, &record("cap2", "0.10")).await.unwrap();
+    billing::settle(app.state.env(), &fits, &record("cap2", "0.10")).await.unwrap();
     // Other fields leave the cap alone; null clears it.
     let r = app.patch(&path, &admin, json!({"daily_cap": "5"})).await;
     assert_eq!(r.body["five_hour_cap"], "0.50");
     let r = app.patch(&path, &admin, json!({"five_hour_cap": null})).await;
     assert!(r.body["five_hour_cap"].is_null(), "{}", r.text);
     let hold = admit(&app, user_id, key, "0.20").await.expect("no cap any more");
-    billing::settle(&app.state, &hold, &record("cap3", "0.20")).await.unwrap();
+    billing::settle(app.state.env(), &hold, &record("cap3", "0.20")).await.unwrap();
     app.assert_money_invariants().await;
 }
 
@@ -546,7 +546,7 @@ async fn a_key_daily_cap_set_mid_day_counts_the_whole_day(app: TestApp) {
     let r = app.patch(&format!("/api/user/keys/{key}"), &token, json!({"daily_cap": "1.00"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // Admitted before the cap was set, settled after: it counts too.
-    billing::settle(&app.state, &in_flight, &record("kd2", "0.20")).await.unwrap();
+    billing::settle(app.state.env(), &in_flight, &record("kd2", "0.20")).await.unwrap();
     let used: i64 = sqlx::query_scalar("SELECT used FROM window_usage WHERE scope = $1 AND kind = 'day'")
         .bind(format!("k:{key}"))
         .fetch_one(app.db.pool())
@@ -556,13 +556,13 @@ async fn a_key_daily_cap_set_mid_day_counts_the_whole_day(app: TestApp) {
     let capped = admit(&app, user_id, key, "0.20").await.unwrap_err();
     assert!(capped.to_string().contains("daily spending cap"), "{capped}");
     let fits = admit(&app, user_id, key, "0.10").await.unwrap();
-    billing::settle(&app.state, &fits, &record("kd3", "0.10")).await.unwrap();
+    billing::settle(app.state.env(), &fits, &record("kd3", "0.10")).await.unwrap();
     // Changing the cap later keeps the count (derived again from the usage log).
     let r = app.patch(&format!("/api/user/keys/{key}"), &token, json!({"daily_cap": "2.00"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(admit(&app, user_id, key, "1.01").await.is_err(), "1.00 spent of 2.00");
     let hold = admit(&app, user_id, key, "1.00").await.unwrap();
-    billing::settle(&app.state, &hold, &record("kd4", "0.50")).await.unwrap();
+    billing::settle(app.state.env(), &hold, &record("kd4", "0.50")).await.unwrap();
     app.assert_money_invariants().await;
 }
 

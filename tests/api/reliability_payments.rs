@@ -145,7 +145,7 @@ async fn a_notify_racing_reconciliation_and_a_refund_ends_exactly_once(app: Test
         let refund_path = format!("/api/admin/orders/{otn}/refund");
         // The refund starts after a varying head start of the notifies.
         let notifies = futures::future::join_all((0..20).map(|_| app.send_notify(&params)));
-        let reconciles = futures::future::join_all((0..3).map(|_| jobs::reconcile_once(&app.state)));
+        let reconciles = futures::future::join_all((0..3).map(|_| jobs::reconcile_once(app.state.env())));
         let refund = async {
             for _ in 0..round {
                 tokio::task::yield_now().await;

@@ -70,9 +70,10 @@ async fn an_unreachable_gateway_never_shows_the_merchant_key(app: TestApp) {
     // The reconcile job formats the same error into its WARN line.
     let order = codex_gateway::domain::orders::find(&app.db, &pending).await.unwrap().unwrap();
     let credit = app.state.settings.get().await.unwrap().credit.clone();
-    let err = codex_gateway::domain::orders::jobs::check_with_gateway(&app.state, &credit, &order).await.unwrap_err();
+    let err =
+        codex_gateway::domain::orders::jobs::check_with_gateway(app.state.env(), &credit, &order).await.unwrap_err();
     assert!(!err.to_string().contains(TEST_KEY), "{err}");
-    let report = codex_gateway::domain::orders::jobs::reconcile_once(&app.state).await.unwrap();
+    let report = codex_gateway::domain::orders::jobs::reconcile_once(app.state.env()).await.unwrap();
     assert_eq!(report.errors, 1);
 
     // The settings page's "check configuration" shows the same text.
@@ -435,7 +436,7 @@ async fn notifies_are_stored_bounded_capped_and_rate_limited(app: TestApp) {
     assert!(rows <= 200 - limited as i64 + 1, "refused notifies are not stored ({rows} rows)");
     // Raw notifies are kept for a bounded retention.
     app.clock.advance(chrono::Duration::days(91));
-    let pruned = codex_gateway::domain::orders::notify::prune_once(&app.state).await.unwrap();
+    let pruned = codex_gateway::domain::orders::notify::prune_once(app.state.env()).await.unwrap();
     assert_eq!(pruned as i64, rows);
     assert_eq!(app.count("SELECT COUNT(*) FROM payment_notifies").await, 0);
 }

@@ -50,7 +50,7 @@ async fn a_recheck_of_a_cancelled_then_expired_trade_says_so_in_amber(app: TestA
     let r = form(&app, &format!("/admin/orders/{otn}/check"), &admin).await;
     assert!(r.text.contains(&format!("{otn}: not paid at the gateway · order: Expired")), "{}", r.text);
     assert!(!r.text.contains("order: Awaiting payment"), "the badge says Expired, so does the notice");
-    assert_eq!(jobs::expire_once(&app.state).await.unwrap(), 1);
+    assert_eq!(jobs::expire_once(app.state.env()).await.unwrap(), 1);
     let r = form(&app, &format!("/admin/orders/{otn}/check"), &admin).await;
     assert!(r.text.contains("data-tone=\"warn\"") && r.text.contains("order: Expired"), "{}", r.text);
     let expired = page(&app, "/admin/orders?status=expired", &admin).await;

@@ -21,7 +21,7 @@ async fn page_zh(app: &TestApp, path: &str, session: &str) -> String {
 async fn failed(app: &TestApp, user_id: i64, key_id: i64, request_id: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(&app.state, &request).await.unwrap();
+    let hold = billing::admit(app.state.env(), &request).await.unwrap();
     let record = UsageRecord {
         request_id: request_id.into(),
         endpoint: "/v1/responses".into(),
@@ -30,7 +30,7 @@ async fn failed(app: &TestApp, user_id: i64, key_id: i64, request_id: &str) {
         error: Some("upstream answered 502 Bad Gateway".into()),
         ..Default::default()
     };
-    billing::settle(&app.state, &hold, &record).await.unwrap();
+    billing::settle(app.state.env(), &hold, &record).await.unwrap();
 }
 
 async fn the_usage_page_totals_breaks_down_exports_and_finds_a_request(app: TestApp) {

@@ -20,7 +20,7 @@ pub async fn page(app: &TestApp, path: &str, session: &str) -> Answer {
 pub async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(&app.state, &request).await.unwrap();
+    let hold = billing::admit(app.state.env(), &request).await.unwrap();
     let record = UsageRecord {
         request_id: request_id.into(),
         endpoint: "/v1/responses".into(),
@@ -31,7 +31,7 @@ pub async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, c
         cost: Money::parse(cost).unwrap(),
         ..Default::default()
     };
-    billing::settle(&app.state, &hold, &record).await.unwrap();
+    billing::settle(app.state.env(), &hold, &record).await.unwrap();
 }
 
 /// Every text between `open` and the next `<` in `html`, in page order.

@@ -42,7 +42,7 @@ async fn the_dashboard_shows_the_figure_a_refusal_names(app: TestApp) {
         api_key_id: s.key_id,
         hold: Money::parse("0.02").unwrap(),
     };
-    let _hold = billing::admit(&app.state, &running).await.unwrap();
+    let _hold = billing::admit(app.state.env(), &running).await.unwrap();
     let r = page(&app, "/dashboard", &s.user_token).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(text_of(&r.text, "admits"), "0.03", "balance 0.05 − 0.02 held");

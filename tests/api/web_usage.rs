@@ -47,7 +47,7 @@ async fn give_package(app: &TestApp, user_id: i64, name: &str, daily_limit: &str
 pub(crate) async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, model: &str, cost: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(&app.state, &request).await.unwrap();
+    let hold = billing::admit(app.state.env(), &request).await.unwrap();
     let record = UsageRecord {
         request_id: request_id.into(),
         endpoint: "/v1/responses".into(),
@@ -58,7 +58,7 @@ pub(crate) async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: 
         cost: Money::parse(cost).unwrap(),
         ..Default::default()
     };
-    billing::settle(&app.state, &hold, &record).await.unwrap();
+    billing::settle(app.state.env(), &hold, &record).await.unwrap();
 }
 
 async fn the_dashboard_shows_the_package_allowance_and_a_30_day_chart(app: TestApp) {

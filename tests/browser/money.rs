@@ -18,7 +18,7 @@ const EMAIL: &str = "cents@example.com";
 async fn spend(s: &Session, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
     let request =
         AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(&s.app.state, &request).await.unwrap();
+    let hold = billing::admit(s.app.state.env(), &request).await.unwrap();
     let record = UsageRecord {
         request_id: request_id.into(),
         endpoint: "/v1/responses".into(),
@@ -29,7 +29,7 @@ async fn spend(s: &Session, user_id: i64, key_id: i64, request_id: &str, cost: &
         cost: Money::parse(cost).unwrap(),
         ..Default::default()
     };
-    billing::settle(&s.app.state, &hold, &record).await.unwrap();
+    billing::settle(s.app.state.env(), &hold, &record).await.unwrap();
 }
 
 fn money(text: &str) -> Money {

@@ -34,6 +34,7 @@
 pub mod allowance;
 mod batch;
 pub mod caps;
+pub mod env;
 pub mod holds;
 pub mod quota;
 pub mod rules;
@@ -48,8 +49,8 @@ use crate::foundation::clock::{self, date_key, to_micros, BusinessCalendar};
 use crate::foundation::db::Db;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
-use crate::runtime::state::AppState;
 use batch::{Job, Outcome};
+pub use env::Env;
 use rules::{Preference, Refusal};
 
 /// How long a hold may live before the janitor job releases it (a crashed instance's
@@ -310,28 +311,25 @@ pub async fn day_usage(conn: &mut AnyConnection, user_id: i64, date: NaiveDate) 
 /// Reserves `hold` for a request, or refuses it with an error the proxy shows as-is
 /// (402 when the user cannot pay, 429 when a daily cap is reached, 401/403 for a key
 /// revoked, expired or over its limit, or a suspended user).
-pub async fn admit(state: &AppState, request: &AdmissionRequest) -> Result<Hold> {
-    admit_checked(state, request).await?.map_err(|refusal| Error::forbidden(refusal.code(), refusal.message()))
+pub async fn admit(env: Env<'_>, request: &AdmissionRequest) -> Result<Hold> {
+    admit_checked(env, request).await?.map_err(|refusal| Error::forbidden(refusal.code(), refusal.message()))
 }
 
 /// [`admit`], with the key's refusal kept apart so the proxy can answer it in the
 /// OpenAI shape of an authentication error.
-pub async fn admit_checked(
-    state: &AppState,
-    request: &AdmissionRequest,
-) -> Result<std::result::Result<Hold, KeyRefusal>> {
-    let settings = state.settings.get().await?;
-    admit_with(state, request, &Policy::new(&settings, None)).await
+pub async fn admit_checked(env: Env<'_>, request: &AdmissionRequest) -> Result<std::result::Result<Hold, KeyRefusal>> {
+    let settings = env.settings.get().await?;
+    admit_with(env, request, &Policy::new(&settings, None)).await
 }
 
 /// [`admit_checked`] with the policy already taken from the settings.
 pub async fn admit_with(
-    state: &AppState,
+    env: Env<'_>,
     request: &AdmissionRequest,
     policy: &Policy,
 ) -> Result<std::result::Result<Hold, KeyRefusal>> {
-    let job = Job::Admit { request: request.clone(), now: state.now(), policy: policy.clone(), forced: false };
-    let result = match state.billing.submit(job).await {
+    let job = Job::Admit { request: request.clone(), now: env.now(), policy: policy.clone(), forced: false };
+    let result = match env.billing.submit(job).await {
         Ok(Outcome::Admit(result)) => result,
         Ok(_) => Err(Error::internal("billing writer answered an admission with a settlement")),
         Err(e) => Err(e),
@@ -348,15 +346,15 @@ pub async fn admit_with(
 /// a direct database edit). Gateway changes that make a user poorer or a key unusable
 /// drop the hint at once ([`user_changed`]). `None`: admit synchronously instead.
 pub async fn admit_speculative(
-    state: &AppState,
+    env: Env<'_>,
     request: &AdmissionRequest,
     needed: Money,
     policy: &Policy,
 ) -> Option<HoldTicket> {
-    if !state.billing.take_headroom(request.user_id, request.api_key_id, needed, request.hold) {
+    if !env.billing.take_headroom(request.user_id, request.api_key_id, needed, request.hold) {
         return None;
     }
-    let now = state.now();
+    let now = env.now();
     let request_id = request.request_id.clone().unwrap_or_else(crate::domain::telemetry::new_request_id);
     let request = AdmissionRequest { request_id: Some(request_id.clone()), ..request.clone() };
     let fallback = Hold {
@@ -366,7 +364,7 @@ pub async fn admit_speculative(
         api_key_id: request.api_key_id,
         amount: Money::ZERO,
         admitted_at: now,
-        business_date: state.calendar().business_date(now),
+        business_date: env.calendar().business_date(now),
         user_package_id: None,
         packages: Vec::new(),
         blocks: Vec::new(),
@@ -377,10 +375,10 @@ pub async fn admit_speculative(
     };
     let request_hold = request.hold;
     let job = Job::Admit { request, now, policy: policy.clone(), forced: true };
-    match state.billing.enqueue(job).await {
+    match env.billing.enqueue(job).await {
         Ok(answer) => Some(HoldTicket(Ticket::Pending { answer, fallback })),
         Err(_) => {
-            state.billing.untake_headroom(fallback.user_id, request_hold);
+            env.billing.untake_headroom(fallback.user_id, request_hold);
             None
         }
     }
@@ -389,9 +387,9 @@ pub async fn admit_speculative(
 /// Call after any change that may make a user poorer or one of their keys unusable
 /// (debit, refund, suspension, cap, key revoked or limited): their next request on any
 /// instance is admitted before it is forwarded, so the change takes effect at once.
-pub async fn user_changed(state: &AppState, user_id: i64) {
-    state.billing.forget_headroom(user_id);
-    crate::foundation::cluster::publish(&state.db, crate::foundation::cluster::Topic::User(user_id)).await;
+pub async fn user_changed(env: Env<'_>, user_id: i64) {
+    env.billing.forget_headroom(user_id);
+    crate::foundation::cluster::publish(env.db, crate::foundation::cluster::Topic::User(user_id)).await;
 }
 
 /// When what refused a request frees up again (for the message and `Retry-After`),
@@ -485,8 +483,8 @@ pub(crate) fn refusal_error(
 /// Charges a finished request: usage log, package/balance split, ledger entry, key
 /// spend, hold release — one transaction (shared with the other jobs of its batch).
 /// Settling the same `request_id` twice applies it once.
-pub async fn settle(state: &AppState, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
-    settle_with(&state.billing, hold, record, state.now()).await
+pub async fn settle(env: Env<'_>, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
+    settle_with(env.billing, hold, record, env.now()).await
 }
 
 /// [`settle`] with only what it needs: the writer and the instant (the journal replay
@@ -522,30 +520,26 @@ fn settled(writer: &writer::BillingWriter, record: &UsageRecord, settlement: &Se
 /// all (see [`batch::Job::SettleAdmitted`]). Otherwise — the admission committed
 /// already, or it was in another batch, or that batch failed — the request is settled
 /// against its committed hold with [`settle_with_retry`], exactly as before.
-pub async fn settle_ticket_with_retry(
-    state: &AppState,
-    ticket: HoldTicket,
-    record: &UsageRecord,
-) -> Result<Settlement> {
+pub async fn settle_ticket_with_retry(env: Env<'_>, ticket: HoldTicket, record: &UsageRecord) -> Result<Settlement> {
     use tokio::sync::oneshot::error::TryRecvError;
     let (mut answer, fallback) = match ticket.0 {
-        Ticket::Ready(hold) => return settle_with_retry(state, &hold, record).await,
+        Ticket::Ready(hold) => return settle_with_retry(env, &hold, record).await,
         Ticket::Pending { answer, fallback } => (answer, fallback),
     };
     match answer.try_recv() {
-        Ok(outcome) => return settle_with_retry(state, &resolved(Ok(outcome), fallback), record).await,
-        Err(TryRecvError::Closed) => return settle_with_retry(state, &resolved(Err(()), fallback), record).await,
+        Ok(outcome) => return settle_with_retry(env, &resolved(Ok(outcome), fallback), record).await,
+        Err(TryRecvError::Closed) => return settle_with_retry(env, &resolved(Err(()), fallback), record).await,
         Err(TryRecvError::Empty) => {}
     }
     if fallback.request_id == record.request_id {
-        let job = Job::SettleAdmitted { user_id: fallback.user_id, record: Box::new(record.clone()), now: state.now() };
-        if let Ok(Outcome::Settle(Ok(settlement))) = state.billing.submit(job).await {
-            settled(&state.billing, record, &settlement);
+        let job = Job::SettleAdmitted { user_id: fallback.user_id, record: Box::new(record.clone()), now: env.now() };
+        if let Ok(Outcome::Settle(Ok(settlement))) = env.billing.submit(job).await {
+            settled(env.billing, record, &settlement);
             return Ok(settlement);
         }
     }
     let hold = resolved(answer.await.map_err(|_| ()), fallback);
-    settle_with_retry(state, &hold, record).await
+    settle_with_retry(env, &hold, record).await
 }
 
 /// Requests by model and status, billed amounts by source, upstream latencies.
@@ -576,13 +570,13 @@ pub const SETTLE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs
 /// outage, a restart), so a served request's charge is never dropped: the request was
 /// already written to the crash journal, so if the outage outlasts
 /// [`SETTLE_RETRY_FOR`] or the instance is shutting down, the charge waits there.
-pub async fn settle_with_retry(state: &AppState, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
+pub async fn settle_with_retry(env: Env<'_>, hold: &Hold, record: &UsageRecord) -> Result<Settlement> {
     let started = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(100);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match settle(state, hold, record).await {
+        match settle(env, hold, record).await {
             Ok(s) => {
                 if attempt > 1 {
                     tracing::info!(request_id = %record.request_id, attempt, "settlement caught up after the database came back");
@@ -592,7 +586,7 @@ pub async fn settle_with_retry(state: &AppState, hold: &Hold, record: &UsageReco
             Err(e)
                 if e.status_code().as_u16() == 503
                     && started.elapsed() < SETTLE_RETRY_FOR
-                    && !state.tasks.is_closed() =>
+                    && !env.tasks.is_closed() =>
             {
                 if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(request_id = %record.request_id, attempt, error = %e, "settlement failed; retrying");
@@ -613,17 +607,17 @@ pub async fn settle_with_retry(state: &AppState, hold: &Hold, record: &UsageReco
 /// journal when it starts again; what is left here belongs to an instance that never
 /// came back (or lost its data directory), so each release is reported with its
 /// request id and amount: the operator can tell what went uncharged.
-pub async fn release_expired_holds(state: &AppState) -> Result<u64> {
-    let now = to_micros(state.now());
+pub async fn release_expired_holds(env: Env<'_>) -> Result<u64> {
+    let now = to_micros(env.now());
     let expired: Vec<(i64, i64, i64, Option<String>)> =
         sqlx::query_as("SELECT id, user_id, amount, request_id FROM holds WHERE expires_at <= $1")
             .bind(now)
-            .fetch_all(state.db.pool())
+            .fetch_all(env.db.pool())
             .await?;
     let mut released = 0;
     let mut amount = Money::ZERO;
     for (id, user_id, held, request_id) in expired {
-        if release_hold(&state.db, id, user_id).await? {
+        if release_hold(env.db, id, user_id).await? {
             released += 1;
             amount = amount.saturating_add(Money::from_micros(held));
             tracing::warn!(user_id, request_id = request_id.as_deref().unwrap_or("-"), amount = %Money::from_micros(held),

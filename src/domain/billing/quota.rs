@@ -8,11 +8,11 @@ use sqlx::AnyConnection;
 
 use super::allowance::{package_scope, Terms, TermsRow, TERMS_COLUMNS};
 use super::rules::Preference;
+use super::Env;
 use crate::foundation::clock::windows::{WindowKind, BLOCK_HOURS};
 use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
-use crate::runtime::state::AppState;
 
 /// One window of a package as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -147,30 +147,30 @@ pub struct PreferenceView {
 }
 
 /// The preference in force for a user.
-pub async fn preference(state: &AppState, user_id: i64) -> Result<PreferenceView> {
+pub async fn preference(env: Env<'_>, user_id: i64) -> Result<PreferenceView> {
     let stored: Option<String> = sqlx::query_scalar("SELECT billing_preference FROM users WHERE id = $1")
         .bind(user_id)
-        .fetch_optional(state.db.pool())
+        .fetch_optional(env.db.pool())
         .await?
         .ok_or(Error::NotFound("user"))?;
-    let default = state.settings.get().await?.default_billing_preference;
+    let default = env.settings.get().await?.default_billing_preference;
     let chosen = stored.as_deref().and_then(Preference::parse);
     Ok(PreferenceView { preference: chosen.unwrap_or(default), chosen: chosen.is_some() })
 }
 
 /// Sets a user's preference; their next request is admitted under it (the hint of
 /// what they may spend is dropped, since it was computed under the old one).
-pub async fn set_preference(state: &AppState, user_id: i64, preference: Preference) -> Result<PreferenceView> {
+pub async fn set_preference(env: Env<'_>, user_id: i64, preference: Preference) -> Result<PreferenceView> {
     let done = sqlx::query("UPDATE users SET billing_preference = $1, updated_at = $2 WHERE id = $3")
         .bind(preference.as_str())
-        .bind(to_micros(state.now()))
+        .bind(to_micros(env.now()))
         .bind(user_id)
-        .execute(state.db.pool())
+        .execute(env.db.pool())
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound("user"));
     }
-    super::user_changed(state, user_id).await;
+    super::user_changed(env, user_id).await;
     Ok(PreferenceView { preference, chosen: true })
 }
 

@@ -4,11 +4,11 @@
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 
+use super::Env;
 use super::{applicable_package, day_usage};
 use crate::foundation::clock::{date_key, from_micros, BusinessCalendar};
 use crate::foundation::error::Result;
 use crate::foundation::money::Money;
-use crate::runtime::state::AppState;
 
 /// `GET /api/user/daily-usage`.
 #[derive(Debug, Serialize)]
@@ -60,11 +60,11 @@ pub struct DaySpend {
 }
 
 /// Where a user stands now; `history_days` adds that many days of spend (today last).
-pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u32>) -> Result<DailyUsageView> {
-    let now = state.now();
-    let calendar = state.calendar();
+pub async fn daily_usage(env: Env<'_>, user_id: i64, history_days: Option<u32>) -> Result<DailyUsageView> {
+    let now = env.now();
+    let calendar = env.calendar();
     let today = calendar.business_date(now);
-    let mut conn = state.db.pool().acquire().await?;
+    let mut conn = env.db.pool().acquire().await?;
     let balance: i64 =
         sqlx::query_scalar("SELECT balance FROM users WHERE id = $1").bind(user_id).fetch_one(&mut *conn).await?;
     let package = applicable_package(&mut conn, user_id, now).await?;
@@ -89,9 +89,9 @@ pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u3
         .or(in_force.first())
         .map(|f| f.windows.clone())
         .unwrap_or_default();
-    let billing_preference = super::quota::preference(state, user_id).await?.preference;
+    let billing_preference = super::quota::preference(env, user_id).await?.preference;
     let history = match history_days {
-        Some(days) => Some(history(state, user_id, today, days.clamp(1, 366)).await?),
+        Some(days) => Some(history(env, user_id, today, days.clamp(1, 366)).await?),
         None => None,
     };
     Ok(DailyUsageView {
@@ -113,7 +113,7 @@ pub async fn daily_usage(state: &AppState, user_id: i64, history_days: Option<u3
 }
 
 /// Spend per day for the `days` days ending `today`, zero-filled.
-pub async fn history(state: &AppState, user_id: i64, today: NaiveDate, days: u32) -> Result<Vec<DaySpend>> {
+pub async fn history(env: Env<'_>, user_id: i64, today: NaiveDate, days: u32) -> Result<Vec<DaySpend>> {
     let first = today.checked_sub_days(Days::new(u64::from(days) - 1)).unwrap_or(today);
     let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT business_date, package_used, balance_used, requests FROM daily_usage \
@@ -122,7 +122,7 @@ pub async fn history(state: &AppState, user_id: i64, today: NaiveDate, days: u32
     .bind(user_id)
     .bind(date_key(first))
     .bind(date_key(today))
-    .fetch_all(state.db.pool())
+    .fetch_all(env.db.pool())
     .await?;
     Ok(zero_filled(&rows, first, today))
 }
@@ -289,7 +289,7 @@ pub struct ModelTotal {
 
 /// The period total and per-model breakdown of everything `filter` matches (all pages),
 /// summed by SQL in integer micros.
-pub async fn summary(state: &AppState, filter: &UsageFilter) -> Result<UsageSummary> {
+pub async fn summary(env: Env<'_>, filter: &UsageFilter) -> Result<UsageSummary> {
     type Line = (String, i64, i64, i64, i64, i64, i64);
     let sql = format!(
         "SELECT model, COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
@@ -297,7 +297,7 @@ pub async fn summary(state: &AppState, filter: &UsageFilter) -> Result<UsageSumm
            CAST(COALESCE(SUM(package_cost), 0) AS BIGINT), CAST(COALESCE(SUM(balance_cost), 0) AS BIGINT) \
          FROM usage_logs {FILTER_WHERE} GROUP BY model"
     );
-    let mut lines: Vec<Line> = bind_filter(sqlx::query_as::<_, Line>(&sql), filter).fetch_all(state.db.pool()).await?;
+    let mut lines: Vec<Line> = bind_filter(sqlx::query_as::<_, Line>(&sql), filter).fetch_all(env.db.pool()).await?;
     lines.sort_by(|a, b| b.4.cmp(&a.4).then_with(|| a.0.cmp(&b.0)));
     let mut total = UsageSummary::default();
     for (model, requests, input_tokens, output_tokens, cost, package_cost, balance_cost) in lines {
@@ -311,15 +311,15 @@ pub async fn summary(state: &AppState, filter: &UsageFilter) -> Result<UsageSumm
 }
 
 /// One page of usage rows, newest first, and the total matching.
-pub async fn list(state: &AppState, filter: &UsageFilter, limit: i64, offset: i64) -> Result<(Vec<UsageRow>, i64)> {
+pub async fn list(env: Env<'_>, filter: &UsageFilter, limit: i64, offset: i64) -> Result<(Vec<UsageRow>, i64)> {
     let sql = format!("SELECT {USAGE_COLUMNS} FROM usage_logs {FILTER_WHERE} ORDER BY id DESC LIMIT $7 OFFSET $8");
     let rows = bind_filter(sqlx::query_as::<_, UsageRow>(&sql), filter)
         .bind(limit)
         .bind(offset)
-        .fetch_all(state.db.pool())
+        .fetch_all(env.db.pool())
         .await?;
     let count_sql = format!("SELECT COUNT(*) FROM usage_logs {FILTER_WHERE}");
     let (total,): (i64,) =
-        bind_filter(sqlx::query_as::<_, (i64,)>(&count_sql), filter).fetch_one(state.db.pool()).await?;
+        bind_filter(sqlx::query_as::<_, (i64,)>(&count_sql), filter).fetch_one(env.db.pool()).await?;
     Ok((rows, total))
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
 use super::{kind, status, to_balance, Order, COLUMNS};
+use crate::domain::billing::Env;
 use crate::domain::coupons;
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
 use crate::domain::packages::activation::{self, Grant, SwitchMode};
@@ -14,7 +15,6 @@ use crate::domain::packages::{self};
 use crate::foundation::clock::to_micros;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
-use crate::runtime::state::AppState;
 
 /// Fulfilment of a package order paid back to the balance: sold out when paid.
 pub const SOLD_OUT_CREDIT: &str = "sold_out_credit";
@@ -70,18 +70,18 @@ pub struct Rules {
 
 impl Rules {
     /// The rules in force now (settings are cached for a few seconds).
-    pub async fn current(state: &AppState) -> Result<Rules> {
-        let settings = state.settings.get().await?;
+    pub async fn current(env: Env<'_>) -> Result<Rules> {
+        let settings = env.settings.get().await?;
         Ok(Rules { mode: SwitchMode::from_setting(&settings.package_switch_mode), rate: settings.credit.topup_rate })
     }
 }
 
 /// Marks the order paid and fulfils it in one transaction, or reports a repeat.
-pub async fn settle(state: &AppState, payment: &Payment<'_>) -> Result<Settled> {
-    let rules = Rules::current(state).await?;
-    let now = state.now();
+pub async fn settle(env: Env<'_>, payment: &Payment<'_>) -> Result<Settled> {
+    let rules = Rules::current(env).await?;
+    let now = env.now();
     let t = to_micros(now);
-    let mut tx = state.db.begin().await?;
+    let mut tx = env.db.begin().await?;
     let sql = format!(
         "UPDATE payment_orders SET status = 'paid', trade_no = COALESCE($2, trade_no), paid_at = $3, updated_at = $3, \
            flags = CASE WHEN status = 'expired' THEN \
@@ -99,7 +99,7 @@ pub async fn settle(state: &AppState, payment: &Payment<'_>) -> Result<Settled> 
         .await?;
     let Some(order) = claimed else {
         drop(tx);
-        let order = super::find(&state.db, payment.out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+        let order = super::find(env.db, payment.out_trade_no).await?.ok_or(Error::NotFound("order"))?;
         if order.amount != payment.money.micros() {
             return Err(Error::conflict("amount_mismatch", "the paid amount differs from the order amount"));
         }

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use serde::Serialize;
 
+use crate::domain::billing::Env;
 use crate::domain::coupons::pricing;
 use crate::foundation::clock::{from_micros, to_micros, BusinessCalendar};
 use crate::foundation::db::Db;
@@ -242,19 +243,14 @@ pub async fn list(db: &Db, filter: &OrderFilter, limit: i64, offset: i64) -> Res
 
 /// Creates a pending balance top-up order after checking `settings.credit`'s switch,
 /// bounds and whole cents; the balance it will credit is fixed now, at today's rate.
-pub async fn create_topup(state: &crate::runtime::state::AppState, user_id: i64, amount: Money) -> Result<Order> {
-    create_topup_coupon(state, user_id, amount, None).await
+pub async fn create_topup(env: Env<'_>, user_id: i64, amount: Money) -> Result<Order> {
+    create_topup_coupon(env, user_id, amount, None).await
 }
 
 /// [`create_topup`] with an optional coupon (one with `applies_to_topup`): the order asks
 /// for the discounted amount and still credits the full amount's balance.
-pub async fn create_topup_coupon(
-    state: &crate::runtime::state::AppState,
-    user_id: i64,
-    amount: Money,
-    coupon: Option<&str>,
-) -> Result<Order> {
-    let settings = state.settings.get().await?;
+pub async fn create_topup_coupon(env: Env<'_>, user_id: i64, amount: Money, coupon: Option<&str>) -> Result<Order> {
+    let settings = env.settings.get().await?;
     let credit = &settings.credit;
     ensure_payments_usable(credit)?;
     if !credit.topup_enabled {
@@ -269,8 +265,8 @@ pub async fn create_topup_coupon(
         return Err(Error::validation("amount", message));
     }
     let subject = format!("Balance top-up {}", amount.format_2dp());
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let now = env.now();
+    let mut tx = env.db.begin().await?;
     let quote = match coupon {
         Some(code) => Some(pricing::quote(tx.conn(), code, user_id, pricing::Target::TopUp, amount, now).await?),
         None => None,

@@ -4,10 +4,11 @@
 //! truncated, kept [`RETENTION_DAYS`] days. The route caps the size of a notify and its
 //! rate per client address.
 
+use crate::domain::auth::throttle::IpThrottle;
+use crate::domain::billing::Env;
 use crate::domain::orders::{self, fulfil};
 use crate::domain::payment::epay::{self, Params, TRADE_SUCCESS};
 use crate::foundation::clock::to_micros;
-use crate::runtime::state::AppState;
 
 /// What to answer the gateway, and what the log records.
 #[derive(Debug, Clone)]
@@ -25,13 +26,13 @@ impl NotifyReply {
     }
 }
 
-/// Handles one notify and logs it.
-pub async fn handle(state: &AppState, params: &Params, remote_addr: Option<String>) -> NotifyReply {
-    let reply = process(state, params).await;
+/// Handles one notify and logs it; a refused one spends its sender's budget in `throttle`.
+pub async fn handle(env: Env<'_>, throttle: &IpThrottle, params: &Params, remote_addr: Option<String>) -> NotifyReply {
+    let reply = process(env, params).await;
     // Only refused notifies spend the sender's budget: a genuine one (signed with our key)
     // is always processed, however many the gateway sends; a flood of forged ones from one
     // address is answered 429 and no longer stored.
-    if !reply.ok && !state.notify_throttle.allow(remote_addr.as_deref()).await {
+    if !reply.ok && !throttle.allow(remote_addr.as_deref()).await {
         metrics::counter!("gateway_payment_notifies_total", "outcome" => RATE_LIMITED).increment(1);
         tracing::warn!(client = ?remote_addr, "refused payment notifies over the per-address limit; not stored");
         return NotifyReply { ok: false, internal: false, outcome: RATE_LIMITED.into() };
@@ -41,14 +42,14 @@ pub async fn handle(state: &AppState, params: &Params, remote_addr: Option<Strin
     if !reply.ok {
         tracing::warn!(outcome = %reply.outcome, out_trade_no = ?params.get("out_trade_no"), "payment notify refused");
     }
-    if let Err(e) = log(state, params, &reply, remote_addr).await {
+    if let Err(e) = log(env, params, &reply, remote_addr).await {
         tracing::error!(error = %e, "could not log a payment notify");
     }
     reply
 }
 
-async fn process(state: &AppState, params: &Params) -> NotifyReply {
-    let settings = match state.settings.get().await {
+async fn process(env: Env<'_>, params: &Params) -> NotifyReply {
+    let settings = match env.settings.get().await {
         Ok(s) => s,
         Err(e) => return NotifyReply { ok: false, internal: true, outcome: format!("error: {e}") },
     };
@@ -66,7 +67,7 @@ async fn process(state: &AppState, params: &Params) -> NotifyReply {
     if notify.pid != credit.pid {
         return NotifyReply::refused("wrong_pid");
     }
-    let order = match orders::find(&state.db, &notify.out_trade_no).await {
+    let order = match orders::find(env.db, &notify.out_trade_no).await {
         Ok(Some(o)) => o,
         Ok(None) => return NotifyReply::refused("unknown_order"),
         Err(e) => return NotifyReply { ok: false, internal: true, outcome: format!("error: {e}") },
@@ -79,7 +80,7 @@ async fn process(state: &AppState, params: &Params) -> NotifyReply {
     }
     let payment =
         fulfil::Payment { out_trade_no: &order.out_trade_no, trade_no: Some(&notify.trade_no), money: notify.money };
-    match fulfil::settle(state, &payment).await {
+    match fulfil::settle(env, &payment).await {
         Ok(fulfil::Settled::Fulfilled(o)) if o.has_flag("late_payment") => ok("fulfilled_late"),
         Ok(fulfil::Settled::Fulfilled(_)) => ok("fulfilled"),
         Ok(fulfil::Settled::AlreadyPaid(o)) if fulfil::accepts_payment(&o.status) || o.pay_method != "credit" => {
@@ -131,21 +132,21 @@ pub fn stored_params(params: &Params) -> Params {
 }
 
 /// Deletes raw notifies older than [`RETENTION_DAYS`]; returns how many.
-pub async fn prune_once(state: &AppState) -> crate::foundation::error::Result<u64> {
-    let cutoff = to_micros(state.now() - chrono::Duration::days(RETENTION_DAYS));
+pub async fn prune_once(env: Env<'_>) -> crate::foundation::error::Result<u64> {
+    let cutoff = to_micros(env.now() - chrono::Duration::days(RETENTION_DAYS));
     let done =
-        sqlx::query("DELETE FROM payment_notifies WHERE created_at < $1").bind(cutoff).execute(state.db.pool()).await?;
+        sqlx::query("DELETE FROM payment_notifies WHERE created_at < $1").bind(cutoff).execute(env.db.pool()).await?;
     Ok(done.rows_affected())
 }
 
 async fn log(
-    state: &AppState,
+    env: Env<'_>,
     params: &Params,
     reply: &NotifyReply,
     remote_addr: Option<String>,
 ) -> crate::foundation::error::Result<()> {
     let json = serde_json::to_string(&stored_params(params)).unwrap_or_default();
-    let now = to_micros(state.now());
+    let now = to_micros(env.now());
     let out_trade_no =
         params.get("out_trade_no").filter(|v| !v.is_empty()).map(|v| v.chars().take(64).collect::<String>());
     sqlx::query(
@@ -156,14 +157,14 @@ async fn log(
     .bind(&json)
     .bind(remote_addr.as_deref())
     .bind(now)
-    .execute(state.db.pool())
+    .execute(env.db.pool())
     .await?;
     if reply.outcome != "bad_signature" {
         if let Some(otn) = &out_trade_no {
             sqlx::query("UPDATE payment_orders SET last_notify = $1 WHERE out_trade_no = $2")
                 .bind(&json)
                 .bind(otn)
-                .execute(state.db.pool())
+                .execute(env.db.pool())
                 .await?;
         }
     }

@@ -13,13 +13,13 @@
 //! requires one of those two states, so the admin path and the job can never both credit.
 
 use super::{fulfil, status, Order, COLUMNS};
+use crate::domain::billing::Env;
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
 use crate::domain::packages::{self, activation};
 use crate::domain::payment::client::{self, RefundRequest};
 use crate::foundation::clock::to_micros;
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
-use crate::runtime::state::AppState;
 
 /// Who asks for the refund (for the ledger and the audit trail).
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +37,7 @@ fn balance_to_take_back(order: &Order) -> Money {
     }
 }
 
-async fn check_refundable(state: &AppState, order: &Order) -> Result<()> {
+async fn check_refundable(env: Env<'_>, order: &Order) -> Result<()> {
     if order.status != status::FULFILLED {
         return Err(Error::conflict(
             "not_refundable",
@@ -48,7 +48,7 @@ async fn check_refundable(state: &AppState, order: &Order) -> Result<()> {
     if take_back.is_positive() {
         let balance: i64 = sqlx::query_scalar("SELECT balance FROM users WHERE id = $1")
             .bind(order.user_id)
-            .fetch_one(state.db.pool())
+            .fetch_one(env.db.pool())
             .await?;
         if balance < take_back.micros() {
             return Err(Error::conflict(
@@ -58,7 +58,7 @@ async fn check_refundable(state: &AppState, order: &Order) -> Result<()> {
         }
     }
     if let Some(up_id) = order.user_package_id {
-        let mut conn = state.db.pool().acquire().await?;
+        let mut conn = env.db.pool().acquire().await?;
         let later = later_extensions(&mut conn, order).await?;
         if !later.is_empty() {
             return Err(Error::conflict(
@@ -97,38 +97,38 @@ async fn later_extensions(conn: &mut sqlx::AnyConnection, order: &Order) -> Resu
     .await?)
 }
 
-async fn set_status(state: &AppState, order_id: i64, from: &str, to: &str) -> Result<bool> {
+async fn set_status(env: Env<'_>, order_id: i64, from: &str, to: &str) -> Result<bool> {
     let done = sqlx::query("UPDATE payment_orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
         .bind(to)
-        .bind(to_micros(state.now()))
+        .bind(to_micros(env.now()))
         .bind(order_id)
         .bind(from)
-        .execute(state.db.pool())
+        .execute(env.db.pool())
         .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Refunds an order through the gateway (or to the balance for balance purchases) and
 /// reverses its fulfilment.
-pub async fn refund(state: &AppState, out_trade_no: &str, by: RefundBy) -> Result<Order> {
-    let order = super::find(&state.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
-    check_refundable(state, &order).await?;
+pub async fn refund(env: Env<'_>, out_trade_no: &str, by: RefundBy) -> Result<Order> {
+    let order = super::find(env.db, out_trade_no).await?.ok_or(Error::NotFound("order"))?;
+    check_refundable(env, &order).await?;
     // Claim the order so two admins clicking at once cannot refund twice.
-    if !set_status(state, order.id, status::FULFILLED, status::REFUNDING).await? {
+    if !set_status(env, order.id, status::FULFILLED, status::REFUNDING).await? {
         return Err(Error::conflict("refund_in_progress", "this order is already being refunded"));
     }
     if order.pay_method == "credit" {
-        let settings = state.settings.get().await?;
+        let settings = env.settings.get().await?;
         let request = RefundRequest {
             trade_no: order.trade_no.as_deref(),
             out_trade_no: &order.out_trade_no,
             money: order.amount(),
         };
-        let answer = client::refund(&state.http, &settings.credit, &request).await;
+        let answer = client::refund(env.http, &settings.credit, &request).await;
         match answer {
             Ok(a) if a.ok => {}
             Ok(a) => {
-                set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
+                set_status(env, order.id, status::REFUNDING, status::FULFILLED).await?;
                 return Err(Error::conflict(
                     "refund_refused",
                     format!("the gateway refused the refund: {}", a.message),
@@ -147,12 +147,12 @@ pub async fn refund(state: &AppState, out_trade_no: &str, by: RefundBy) -> Resul
             }
         }
     }
-    let result = reverse(state, &order, Some(by.actor_id)).await;
+    let result = reverse(env, &order, Some(by.actor_id)).await;
     if let Err(e) = &result {
         tracing::error!(out_trade_no = %order.out_trade_no, error = %e,
             "the gateway refunded but reversing the fulfilment failed; the reconcile job reverses it");
         if order.pay_method == "credit" {
-            if let Err(e) = set_status(state, order.id, status::REFUNDING, status::REFUND_CONFIRMED).await {
+            if let Err(e) = set_status(env, order.id, status::REFUNDING, status::REFUND_CONFIRMED).await {
                 tracing::error!(out_trade_no = %order.out_trade_no, error = %e,
                     "cannot mark the confirmed refund; it stays 'refunding' and is decided by the order query");
             }
@@ -184,21 +184,21 @@ pub struct RefundReconcileReport {
 
 /// Settles gateway orders left `refunding` (an unanswered refund call, or a reversal that
 /// failed after the gateway refunded) by asking the gateway's order query.
-pub async fn reconcile_refunds_once(state: &AppState) -> Result<RefundReconcileReport> {
-    let settings = state.settings.get().await?;
+pub async fn reconcile_refunds_once(env: Env<'_>) -> Result<RefundReconcileReport> {
+    let settings = env.settings.get().await?;
     let mut report = RefundReconcileReport::default();
     if !settings.credit.is_usable() {
         return Ok(report);
     }
-    let before = to_micros(state.now() - chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES));
+    let before = to_micros(env.now() - chrono::Duration::minutes(REFUND_CHECK_AFTER_MINUTES));
     let sql = format!(
         "SELECT {COLUMNS} FROM payment_orders WHERE pay_method = 'credit' \
            AND status IN ('refunding', 'refund_confirmed') AND updated_at <= $1 ORDER BY id LIMIT 200"
     );
-    let orders = sqlx::query_as::<_, Order>(&sql).bind(before).fetch_all(state.db.pool()).await?;
+    let orders = sqlx::query_as::<_, Order>(&sql).bind(before).fetch_all(env.db.pool()).await?;
     for order in orders {
         report.checked += 1;
-        match settle_unconfirmed(state, &settings.credit, &order).await {
+        match settle_unconfirmed(env, &settings.credit, &order).await {
             Ok(Decided::Reversed) => report.refunded += 1,
             Ok(Decided::Restored) => report.restored += 1,
             Ok(Decided::Undecided) => report.undecided += 1,
@@ -228,10 +228,10 @@ pub enum Decided {
 /// applied now instead of at the job's next pass (same code, same guards: the reversal's
 /// update is conditional on the status, so a job running at the same moment cannot
 /// reverse it twice).
-pub async fn decide_now(state: &AppState, order: &Order) -> Result<Decided> {
-    let settings = state.settings.get().await?;
+pub async fn decide_now(env: Env<'_>, order: &Order) -> Result<Decided> {
+    let settings = env.settings.get().await?;
     super::ensure_payments_usable(&settings.credit)?;
-    settle_unconfirmed(state, &settings.credit, order).await
+    settle_unconfirmed(env, &settings.credit, order).await
 }
 
 /// The rule for an unanswered refund, from the order query's explicit answer and how long
@@ -247,31 +247,31 @@ fn decide_unanswered(answer: &client::GatewayOrder, waited: chrono::Duration) ->
 }
 
 async fn settle_unconfirmed(
-    state: &AppState,
+    env: Env<'_>,
     credit: &crate::domain::settings::CreditSettings,
     order: &Order,
 ) -> Result<Decided> {
     if order.status == status::REFUND_CONFIRMED {
-        reverse(state, order, None).await?;
+        reverse(env, order, None).await?;
         tracing::info!(out_trade_no = %order.out_trade_no, "a confirmed refund's reversal is done");
         return Ok(Decided::Reversed);
     }
-    let answer = client::query_order(&state.http, credit, &order.out_trade_no).await?;
+    let answer = client::query_order(env.http, credit, &order.out_trade_no).await?;
     if !answer.found {
         return Err(Error::conflict(
             "gateway_order_unknown",
             format!("the gateway does not know it: {}", answer.message),
         ));
     }
-    let waited = state.now() - crate::foundation::clock::from_micros(order.updated_at);
+    let waited = env.now() - crate::foundation::clock::from_micros(order.updated_at);
     let decided = decide_unanswered(&answer, waited);
     match decided {
         Decided::Reversed => {
-            reverse(state, order, None).await?;
+            reverse(env, order, None).await?;
             tracing::info!(out_trade_no = %order.out_trade_no, "the gateway reports the payment undone; the fulfilment is reversed");
         }
         Decided::Restored => {
-            set_status(state, order.id, status::REFUNDING, status::FULFILLED).await?;
+            set_status(env, order.id, status::REFUNDING, status::FULFILLED).await?;
             tracing::info!(out_trade_no = %order.out_trade_no, "the gateway still reports it paid; the order is fulfilled again");
         }
         Decided::Undecided => {
@@ -284,9 +284,9 @@ async fn settle_unconfirmed(
 
 /// Reverses the fulfilment of a `refunding` order the gateway refunded (`actor_id`: the
 /// admin who asked, `None` for the reconcile job).
-async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Result<Order> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+async fn reverse(env: Env<'_>, order: &Order, actor_id: Option<i64>) -> Result<Order> {
+    let now = env.now();
+    let mut tx = env.db.begin().await?;
     let note = format!("refund of order {}", order.out_trade_no);
     let details = EntryDetails {
         reference: Some(&order.out_trade_no),
@@ -361,7 +361,7 @@ async fn reverse(state: &AppState, order: &Order, actor_id: Option<i64>) -> Resu
         .await?
         .ok_or_else(|| Error::conflict("refund_in_progress", "the order left 'refunding' during its refund"))?;
     tx.commit().await?;
-    crate::domain::billing::user_changed(state, order.user_id).await;
+    crate::domain::billing::user_changed(env, order.user_id).await;
     Ok(refunded)
 }
 

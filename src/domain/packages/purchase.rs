@@ -8,16 +8,16 @@ use serde_json::json;
 use super::activation::{self, Activation, Grant, SwitchMode, UserPackage};
 use super::Package;
 use crate::domain::audit::{self, AuditEvent};
+use crate::domain::billing::Env;
 use crate::domain::coupons::pricing::{self, Claim, Quote, Target};
 use crate::domain::ledger::{self, EntryDetails, Overdraft};
 use crate::domain::orders::fulfil::{mark_fulfilled, Fulfilment};
 use crate::domain::orders::{self, kind, to_balance, NewOrder, Order};
 use crate::foundation::error::{Error, Result};
 use crate::foundation::money::Money;
-use crate::runtime::state::AppState;
 
 /// Checks a package can be bought by this user now (enabled, in stock, under the per-user limit).
-pub async fn ensure_buyable(state: &AppState, package: &Package, user_id: i64) -> Result<()> {
+pub async fn ensure_buyable(env: Env<'_>, package: &Package, user_id: i64) -> Result<()> {
     if !package.is_enabled() {
         return Err(Error::NotFound("package"));
     }
@@ -26,7 +26,7 @@ pub async fn ensure_buyable(state: &AppState, package: &Package, user_id: i64) -
     }
     // A courtesy check, so a buyer over the limit is told before paying; the binding one
     // is `under_user_limit`, inside the purchase or fulfilment transaction.
-    let mut conn = state.db.pool().acquire().await?;
+    let mut conn = env.db.pool().acquire().await?;
     if !under_user_limit(&mut conn, package, user_id, None).await? {
         return Err(limit_reached(package));
     }
@@ -64,16 +64,16 @@ pub async fn under_user_limit(
     Ok(bought < limit)
 }
 
-async fn buyable_package(state: &AppState, package_id: i64, user_id: i64) -> Result<Package> {
-    let package = super::find(&state.db, package_id).await?.ok_or(Error::NotFound("package"))?;
-    ensure_buyable(state, &package, user_id).await?;
+async fn buyable_package(env: Env<'_>, package_id: i64, user_id: i64) -> Result<Package> {
+    let package = super::find(env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    ensure_buyable(env, &package, user_id).await?;
     Ok(package)
 }
 
 /// Buys a package from the balance: stock, conditional debit, activation and the order
 /// record commit together or not at all.
-pub async fn buy_with_balance(state: &AppState, user_id: i64, package_id: i64) -> Result<(Order, Activation)> {
-    buy_with_balance_coupon(state, user_id, package_id, None).await
+pub async fn buy_with_balance(env: Env<'_>, user_id: i64, package_id: i64) -> Result<(Order, Activation)> {
+    buy_with_balance_coupon(env, user_id, package_id, None).await
 }
 
 /// Prices a package for `user_id`, with a coupon if one is given (see [`crate::domain::coupons::pricing`]).
@@ -96,15 +96,15 @@ async fn priced(
 /// [`buy_with_balance`] with an optional coupon: the discounted price is debited and the
 /// coupon use is counted in the same transaction (409 `coupon_used_up` if it ran out).
 pub async fn buy_with_balance_coupon(
-    state: &AppState,
+    env: Env<'_>,
     user_id: i64,
     package_id: i64,
     coupon: Option<&str>,
 ) -> Result<(Order, Activation)> {
-    let package = buyable_package(state, package_id, user_id).await?;
-    let settings = state.settings.get().await?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let package = buyable_package(env, package_id, user_id).await?;
+    let settings = env.settings.get().await?;
+    let now = env.now();
+    let mut tx = env.db.begin().await?;
     let (price, quote) = priced(tx.conn(), &package, user_id, coupon, now).await?;
     let value = to_balance(price, settings.credit.topup_rate);
     let new = NewOrder {
@@ -154,28 +154,28 @@ pub async fn buy_with_balance_coupon(
     }
     let order = mark_fulfilled(tx.conn(), order.id, &done, now).await?;
     tx.commit().await?;
-    crate::domain::billing::user_changed(state, user_id).await;
+    crate::domain::billing::user_changed(env, user_id).await;
     Ok((order, activation))
 }
 
 /// Creates a pending gateway order for a package (stock is taken only when it is paid).
-pub async fn create_credit_order(state: &AppState, user_id: i64, package_id: i64) -> Result<Order> {
-    create_credit_order_coupon(state, user_id, package_id, None).await
+pub async fn create_credit_order(env: Env<'_>, user_id: i64, package_id: i64) -> Result<Order> {
+    create_credit_order_coupon(env, user_id, package_id, None).await
 }
 
 /// [`create_credit_order`] with an optional coupon: the order asks for the discounted
 /// price; the coupon use is counted when the payment arrives.
 pub async fn create_credit_order_coupon(
-    state: &AppState,
+    env: Env<'_>,
     user_id: i64,
     package_id: i64,
     coupon: Option<&str>,
 ) -> Result<Order> {
-    let settings = state.settings.get().await?;
+    let settings = env.settings.get().await?;
     orders::ensure_payments_usable(&settings.credit)?;
-    let package = buyable_package(state, package_id, user_id).await?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+    let package = buyable_package(env, package_id, user_id).await?;
+    let now = env.now();
+    let mut tx = env.db.begin().await?;
     let (price, quote) = priced(tx.conn(), &package, user_id, coupon, now).await?;
     let new = NewOrder {
         user_id,
@@ -211,11 +211,11 @@ pub struct AdminAction {
 /// beside it when packages stack (`package_switch_mode = "stack"`, as purchases do); it
 /// never replaces something paid for and does not consume stock. It leaves a
 /// zero-amount ledger entry and an audit record.
-pub async fn grant(state: &AppState, by: &AdminAction, user_id: i64, package_id: i64) -> Result<UserPackage> {
-    let package = super::find(&state.db, package_id).await?.ok_or(Error::NotFound("package"))?;
-    let settings = state.settings.get().await?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+pub async fn grant(env: Env<'_>, by: &AdminAction, user_id: i64, package_id: i64) -> Result<UserPackage> {
+    let package = super::find(env.db, package_id).await?.ok_or(Error::NotFound("package"))?;
+    let settings = env.settings.get().await?;
+    let now = env.now();
+    let mut tx = env.db.begin().await?;
     let grant = Grant {
         user_id,
         package: &package,
@@ -261,9 +261,9 @@ pub async fn grant(state: &AppState, by: &AdminAction, user_id: i64, package_id:
 }
 
 /// Ends a user's package now (no credit; adjust the balance separately if owed).
-pub async fn end(state: &AppState, by: &AdminAction, user_id: i64, user_package_id: i64) -> Result<UserPackage> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
+pub async fn end(env: Env<'_>, by: &AdminAction, user_id: i64, user_package_id: i64) -> Result<UserPackage> {
+    let now = env.now();
+    let mut tx = env.db.begin().await?;
     let row = activation::find_on(tx.conn(), user_package_id)
         .await?
         .filter(|r| r.user_id == user_id)
@@ -295,6 +295,6 @@ pub async fn end(state: &AppState, by: &AdminAction, user_id: i64, user_package_
     audit::record(tx.conn(), &event, now).await?;
     let ended = activation::find_on(tx.conn(), user_package_id).await?.ok_or(Error::NotFound("user package"))?;
     tx.commit().await?;
-    crate::domain::billing::user_changed(state, user_id).await;
+    crate::domain::billing::user_changed(env, user_id).await;
     Ok(ended)
 }

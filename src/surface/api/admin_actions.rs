@@ -32,7 +32,7 @@ pub async fn update_user(state: &AppState, actor: &Actor, id: i64, patch: &UserP
         ip: actor.ip.clone(),
     };
     audit::record_standalone(&state.db, &event, now).await?;
-    crate::domain::billing::user_changed(state, id).await;
+    crate::domain::billing::user_changed(state.env(), id).await;
     Ok(after)
 }
 
@@ -78,7 +78,7 @@ pub async fn adjust_balance(state: &AppState, actor: &Actor, adj: &BalanceAdjust
     };
     audit::record(tx.conn(), &event, now).await?;
     tx.commit().await?;
-    crate::domain::billing::user_changed(state, adj.user_id).await;
+    crate::domain::billing::user_changed(state.env(), adj.user_id).await;
     Ok(balance)
 }
 

@@ -40,11 +40,11 @@ async fn daily_usage(
     current: CurrentUser,
     ApiQuery(query): ApiQuery<DailyUsageQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(usage::daily_usage(&state, current.user.id, query.days).await?))
+    Ok(Json(usage::daily_usage(state.env(), current.user.id, query.days).await?))
 }
 
 async fn get_preference(State(state): State<AppState>, current: CurrentUser) -> ApiResult<impl IntoResponse> {
-    Ok(Json(quota::preference(&state, current.user.id).await?))
+    Ok(Json(quota::preference(state.env(), current.user.id).await?))
 }
 
 #[derive(Deserialize)]
@@ -60,7 +60,7 @@ async fn put_preference(
     let preference = Preference::parse(body.preference.trim()).ok_or_else(|| {
         Error::validation("preference", "must be package_first, balance_first, package_only or balance_only")
     })?;
-    Ok(Json(quota::set_preference(&state, current.user.id, preference).await?))
+    Ok(Json(quota::set_preference(state.env(), current.user.id, preference).await?))
 }
 
 /// `GET /api/user/quota` with an `sk-` key: the daily-usage figures for scripts and
@@ -71,7 +71,7 @@ async fn key_quota(State(state): State<AppState>, headers: HeaderMap) -> ApiResu
     let owner = api_keys::authenticate(&state.db, presented, state.now())
         .await?
         .map_err(|refusal| Error::Unauthorized(refusal.message().into()))?;
-    Ok(Json(usage::daily_usage(&state, owner.user_id, None).await?))
+    Ok(Json(usage::daily_usage(state.env(), owner.user_id, None).await?))
 }
 
 async fn user_ledger(
@@ -114,7 +114,7 @@ async fn list_usage(state: &AppState, query: UsageQuery, user_id: Option<i64>) -
         date_to: business_date("to", query.to)?,
         request_id: None,
     };
-    let (rows, total) = usage::list(state, &filter, page.limit(), page.offset()).await?;
+    let (rows, total) = usage::list(state.env(), &filter, page.limit(), page.offset()).await?;
     let items = rows.iter().map(|r| r.view(state.calendar())).collect();
     Ok(Json(page.wrap(items, total)))
 }

@@ -87,7 +87,7 @@ async fn update(
     // A cap set mid-day counts what the key spent since the day began (same transaction).
     let change = crate::domain::billing::caps::KeyChange { user_id: current.user.id, key_id: id, patch: &patch };
     let key = crate::domain::billing::caps::update_key(&state.db, state.calendar(), change, state.now()).await?;
-    crate::domain::billing::user_changed(&state, current.user.id).await;
+    crate::domain::billing::user_changed(state.env(), current.user.id).await;
     Ok(Json(key.view(state.calendar())))
 }
 
@@ -97,6 +97,6 @@ async fn revoke(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     api_keys::revoke(&state.db, current.user.id, id, state.now()).await?;
-    crate::domain::billing::user_changed(&state, current.user.id).await;
+    crate::domain::billing::user_changed(state.env(), current.user.id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -226,7 +226,7 @@ async fn buy(
     let user_id = current.user.id;
     match body.pay_with.as_deref().unwrap_or("credit") {
         "balance" => {
-            let (order, activation) = purchase::buy_with_balance_coupon(&state, user_id, id, coupon).await?;
+            let (order, activation) = purchase::buy_with_balance_coupon(state.env(), user_id, id, coupon).await?;
             let mut conn = state.db.pool().acquire().await?;
             let row = activation::find_on(&mut conn, activation.user_package_id).await?;
             let view = row.map(|r| r.view(state.calendar(), state.now()));
@@ -238,7 +238,7 @@ async fn buy(
             ))
         }
         "credit" => {
-            let order = purchase::create_credit_order_coupon(&state, user_id, id, coupon).await?;
+            let order = purchase::create_credit_order_coupon(state.env(), user_id, id, coupon).await?;
             let settings = state.settings.get().await?;
             let (url, params) = crate::domain::orders::gateway_form(&settings.credit, &state.config.public_url, &order);
             Ok((
@@ -286,7 +286,7 @@ async fn grant(
     ApiJson(body): ApiJson<GrantBody>,
 ) -> ApiResult<impl IntoResponse> {
     let by = AdminAction { actor_id: admin.user.id, ip: client.ip() };
-    let row = purchase::grant(&state, &by, id, body.package_id).await?;
+    let row = purchase::grant(state.env(), &by, id, body.package_id).await?;
     Ok((StatusCode::CREATED, Json(row.view(state.calendar(), state.now()))))
 }
 
@@ -297,6 +297,6 @@ async fn end(
     ApiPath((id, user_package_id)): ApiPath<(i64, i64)>,
 ) -> ApiResult<impl IntoResponse> {
     let by = AdminAction { actor_id: admin.user.id, ip: client.ip() };
-    let row = purchase::end(&state, &by, id, user_package_id).await?;
+    let row = purchase::end(state.env(), &by, id, user_package_id).await?;
     Ok(Json(row.view(state.calendar(), state.now())))
 }

@@ -56,7 +56,7 @@ async fn credit_notify(
         return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
     }
     let params = payment::collect_params(&query, &body);
-    let reply = notify::handle(&state, &params, client.ip()).await;
+    let reply = notify::handle(state.env(), &state.notify_throttle, &params, client.ip()).await;
     if reply.ok {
         (StatusCode::OK, "success").into_response()
     } else if reply.outcome == notify::RATE_LIMITED {
@@ -80,7 +80,7 @@ async fn topup(
     ApiJson(body): ApiJson<TopupBody>,
 ) -> ApiResult<impl IntoResponse> {
     let coupon = body.coupon.as_deref().map(str::trim).filter(|c| !c.is_empty());
-    let order = orders::create_topup_coupon(&state, current.user.id, body.amount, coupon).await?;
+    let order = orders::create_topup_coupon(state.env(), current.user.id, body.amount, coupon).await?;
     let settings = state.settings.get().await?;
     let (url, params) = orders::gateway_form(&settings.credit, &state.config.public_url, &order);
     Ok((
@@ -161,7 +161,7 @@ async fn check(
     _admin: AdminUser,
     ApiPath(otn): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let (outcome, order) = jobs::check_order(&state, &otn).await?;
+    let (outcome, order) = jobs::check_order(state.env(), &otn).await?;
     Ok(Json(json!({ "order": order.view(state.calendar()), "check": outcome })))
 }
 
@@ -177,7 +177,7 @@ async fn refund(
 
 /// An admin's refund of order `otn` (from the API and the orders page alike), audited.
 pub(crate) async fn refund_audited(state: &AppState, actor: &Actor, otn: &str) -> Result<Order, Error> {
-    let order = orders::refund::refund(state, otn, RefundBy { actor_id: actor.id }).await?;
+    let order = orders::refund::refund(state.env(), otn, RefundBy { actor_id: actor.id }).await?;
     let change = Change::new("order.refund", format!("order:{otn}")).after(&order.view(state.calendar()));
     audit::record_change(&state.db, actor, change, state.now()).await?;
     Ok(order)

@@ -101,7 +101,7 @@ pub fn spawn_settle(
                 }
             }
         }
-        match billing::settle_ticket_with_retry(&state, hold, &record).await {
+        match billing::settle_ticket_with_retry(state.env(), hold, &record).await {
             Ok(_) => {
                 if let Some(entry) = journal {
                     entry.settled();

@@ -119,12 +119,12 @@ pub async fn proxy_with_quota(
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
     let policy = billing::Policy::new(&settings, Some(&request.model));
     let default_cap = policy.default_cap;
-    let admission = match billing::admit_speculative(&state, &admission_request, headroom_needed, &policy).await {
+    let admission = match billing::admit_speculative(state.env(), &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
         // Admitted before anything is forwarded: a client gone meanwhile drops the
         // answer and the writer releases the hold at once.
-        None => match billing::admit_with(&state, &admission_request, &policy).await {
+        None => match billing::admit_with(state.env(), &admission_request, &policy).await {
             Ok(Ok(hold)) => HoldTicket::ready(hold),
             Ok(Err(refusal)) => return Err(ProxyError::from_refusal(refusal)),
             Err(e) => return Err(quota::admission_refusal(&state, owner.user_id, default_cap, hold_amount, e).await),

@@ -389,7 +389,7 @@ async fn check_order(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Response {
     let ctx = &signed.ctx;
-    let outcome = match orders::jobs::check_order(&state, &otn).await {
+    let outcome = match orders::jobs::check_order(state.env(), &otn).await {
         Ok((check, order)) => {
             // The state the badge in the table shows (a lapsed pending order reads Expired).
             let shown = OrderRow::new(&order, &state).shown_status;

@@ -237,7 +237,7 @@ async fn grant_package(
 ) -> Response {
     let ctx = &signed.ctx;
     let by = crate::domain::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
-    let outcome = match crate::domain::packages::purchase::grant(&state, &by, id, form.package_id).await {
+    let outcome = match crate::domain::packages::purchase::grant(state.env(), &by, id, form.package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.granted")), ..Default::default() },
         Err(e) if e.status_code().is_client_error() => {
             UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }
@@ -258,7 +258,7 @@ async fn end_package(
 ) -> Response {
     let ctx = &signed.ctx;
     let by = crate::domain::packages::purchase::AdminAction { actor_id: signed.user.id, ip: client.ip() };
-    let outcome = match crate::domain::packages::purchase::end(&state, &by, id, user_package_id).await {
+    let outcome = match crate::domain::packages::purchase::end(state.env(), &by, id, user_package_id).await {
         Ok(_) => UserOutcome { notice: Some(ctx.t("admin.package_ended_notice")), ..Default::default() },
         Err(e @ Error::Conflict { .. }) => {
             UserOutcome { errors: FieldErrors::from_error(ctx, &e), ..Default::default() }

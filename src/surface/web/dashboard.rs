@@ -230,7 +230,7 @@ pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Respons
     let ctx = &signed.ctx;
     let loaded = async {
         let keys = api_keys::list_for_user(&state.db, signed.user.id).await?;
-        let usage = billing::usage::daily_usage(&state, signed.user.id, Some(CHART_DAYS)).await?;
+        let usage = billing::usage::daily_usage(state.env(), signed.user.id, Some(CHART_DAYS)).await?;
         let news = crate::domain::announcements::current(&state.db, state.now()).await?;
         let held = held::list_for_user(&state.db, signed.user.id).await?;
         let holding: i64 = sqlx::query_scalar("SELECT held FROM users WHERE id = $1")

@@ -111,7 +111,7 @@ async fn set_preference(
             Error::validation("preference", "must be package_first, balance_first, package_only or balance_only");
         return error_page_for(&signed.ctx, &error);
     };
-    match quota::set_preference(&state, signed.user.id, preference).await {
+    match quota::set_preference(state.env(), signed.user.id, preference).await {
         Ok(_) => Redirect::to("/dashboard").into_response(),
         Err(e) => error_page_for(&signed.ctx, &e),
     }

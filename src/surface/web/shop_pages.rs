@@ -287,12 +287,12 @@ async fn buy(
     let user_id = signed.user.id;
     let coupon = Some(form.coupon.trim()).filter(|c| !c.is_empty());
     let result: Result<String> = match form.pay_with.as_str() {
-        "balance" => purchase::buy_with_balance_coupon(&state, user_id, id, coupon).await.map(|(order, _)| {
+        "balance" => purchase::buy_with_balance_coupon(state.env(), user_id, id, coupon).await.map(|(order, _)| {
             let query =
                 serde_urlencoded::to_string([("out_trade_no", order.out_trade_no.as_str())]).unwrap_or_default();
             format!("/packages?{query}")
         }),
-        _ => purchase::create_credit_order_coupon(&state, user_id, id, coupon)
+        _ => purchase::create_credit_order_coupon(state.env(), user_id, id, coupon)
             .await
             .map(|order| pay_url("", &order.out_trade_no)),
     };
@@ -441,7 +441,7 @@ async fn topup(State(state): State<AppState>, signed: Signed, CsrfForm(form): Cs
         let amount = Money::parse_cents(form.amount.trim())
             .map_err(|_| Error::validation("amount", "must be an amount such as 10.00"))?;
         let coupon = Some(form.coupon.trim()).filter(|c| !c.is_empty());
-        orders::create_topup_coupon(&state, signed.user.id, amount, coupon).await
+        orders::create_topup_coupon(state.env(), signed.user.id, amount, coupon).await
     }
     .await;
     match result {

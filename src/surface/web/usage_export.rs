@@ -55,7 +55,7 @@ fn line(row: &UsageRow, state: &AppState) -> String {
 }
 
 async fn csv(state: &AppState, filter: &UsageFilter, name: &str) -> Result<Response> {
-    let (rows, _) = usage::list(state, filter, MAX_ROWS, 0).await?;
+    let (rows, _) = usage::list(state.env(), filter, MAX_ROWS, 0).await?;
     let mut body = String::with_capacity(64 * (rows.len() + 1));
     body.push_str(HEADER);
     body.push('\n');

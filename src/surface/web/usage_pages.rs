@@ -175,8 +175,8 @@ impl SummaryView {
 
 /// One page of rows, the number matching and their totals.
 async fn load(state: &AppState, filter: &UsageFilter, page: i64) -> Result<(Vec<UsageRow>, i64, SummaryView)> {
-    let (rows, total) = usage::list(state, filter, PER_PAGE, view::page_offset(page, PER_PAGE)).await?;
-    let summary = usage::summary(state, filter).await?;
+    let (rows, total) = usage::list(state.env(), filter, PER_PAGE, view::page_offset(page, PER_PAGE)).await?;
+    let summary = usage::summary(state.env(), filter).await?;
     Ok((rows, total, SummaryView::new(&summary)))
 }
 

@@ -139,7 +139,7 @@ async fn revoke_key(
     if let Err(e) = api_keys::revoke(&state.db, signed.user.id, id, state.now()).await {
         return error_page_for(ctx, &e);
     }
-    crate::domain::billing::user_changed(&state, signed.user.id).await;
+    crate::domain::billing::user_changed(state.env(), signed.user.id).await;
     if headers.contains_key("hx-request") {
         let keys = match api_keys::list_for_user(&state.db, signed.user.id).await {
             Ok(keys) => keys,
