@@ -97,6 +97,81 @@ fn serve_answers_health_checks_and_stops_gracefully_on_sigterm() {
     assert!(status.success(), "graceful stop exits 0, got {status}");
 }
 
+/// Waits until the instance on `listen` answers its health check (start-up, not a timing
+/// assumption of the test).
+fn wait_healthy(dir: &std::path::Path, listen: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let check =
+            bin().arg("healthcheck").env("GATEWAY_DATA_DIR", dir).env("GATEWAY_LISTEN", listen).output().unwrap();
+        if check.status.success() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn serve_on(dir: &std::path::Path, listen: &str) -> Command {
+    let mut c = bin();
+    c.arg("serve").env("GATEWAY_DATA_DIR", dir).env("GATEWAY_LISTEN", listen);
+    c
+}
+
+/// A second instance on one SQLite file refuses to start and says why; an instance
+/// killed with SIGKILL does not block its own restart.
+#[test]
+fn a_second_instance_on_one_sqlite_file_refuses_to_start_and_a_killed_one_restarts() {
+    let dir = temp_dir("single");
+    let first_listen = format!("127.0.0.1:{}", free_port());
+    let mut first = serve_on(&dir, &first_listen).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_healthy(&dir, &first_listen), "the first instance did not become ready");
+
+    let second_listen = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let second = serve_on(&dir, &second_listen).output().unwrap();
+    assert!(!second.status.success(), "a second instance on the same SQLite file must not serve");
+    assert!(started.elapsed() < Duration::from_secs(20), "the refusal comes at start, not after a hang");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already serving the SQLite database"), "{stderr}");
+    assert!(stderr.contains(&format!("process {}", first.id())), "names the holder: {stderr}");
+    assert!(stderr.contains("PostgreSQL"), "says what to do instead: {stderr}");
+    assert!(
+        std::net::TcpStream::connect(&second_listen).is_err(),
+        "the refused instance is not listening on {second_listen}"
+    );
+    // The first instance is unaffected.
+    assert!(wait_healthy(&dir, &first_listen));
+
+    // kill -9: the kernel drops the lock with the process, so the restart is not blocked.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let log = dir.join("restart.log");
+    let mut restarted = serve_on(&dir, &second_listen)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    if !wait_healthy(&dir, &second_listen) {
+        let _ = restarted.kill();
+        let _ = restarted.wait();
+        panic!("the restart after kill -9 did not serve: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    send_sigterm(restarted.id());
+    let status = restarted.wait().unwrap();
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+    // A graceful stop releases the file too.
+    let mut again = serve_on(&dir, &first_listen).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_healthy(&dir, &first_listen), "a start after a graceful stop serves");
+    send_sigterm(again.id());
+    assert!(again.wait().unwrap().success());
+    // Reached only when every check above held (scripts/reliability-report).
+    println!("RELIABILITY|sqlite_second_instance_refused|db=sqlite|starts=4|refused=1|faults=1|violations=0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn send_sigterm(pid: u32) {
     let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(ok.success());

@@ -21,6 +21,11 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// One crash scenario at a time: each runs several gateway processes, a mock and a load
+/// on its own, and six of them at once on a small machine make a restart miss its
+/// start-up deadline (and blur where the kills land).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Gateway {
     child: Child,
     base: String,
@@ -137,6 +142,7 @@ mod random_kills;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_stream_loses_no_settled_charge_and_applies_nothing_by_half() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let rounds = if std::env::var_os("RELIABILITY_LONG").is_some() { 5 } else { 2 };
     let dir = helpers::TempDir(std::env::temp_dir().join(format!("cg-crash-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);

@@ -21,6 +21,9 @@ use crate::runtime::state::{AppState, Services};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// This instance's claim on its SQLite file, held until it stops serving (none on
+    /// PostgreSQL): a second instance on one SQLite file refuses to start.
+    _sqlite_claim: Option<db::single_instance::SqliteClaim>,
 }
 
 impl Application {
@@ -40,6 +43,9 @@ impl Application {
         db: Db,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
+        // Before anything is replayed or served: a second instance on this SQLite file
+        // stops here, saying why (foundation::db::single_instance).
+        let sqlite_claim = db::single_instance::claim_sqlite_file(&config.database_url)?;
         let secrets = crate::foundation::secrets::SecretBox::new(config.secret_bytes());
         let settings = SettingsStore::load(db.clone(), secrets.clone()).await?;
         crate::domain::proxy::pricing::seed_defaults(&db, clock.now()).await?;
@@ -93,7 +99,7 @@ impl Application {
             keys: Default::default(),
             journal,
         });
-        Ok(Application { listener, state })
+        Ok(Application { listener, state, _sqlite_claim: sqlite_claim })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,7 +112,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then lets tracked tasks finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let state = self.state.clone();
+        let Application { listener, state, _sqlite_claim: sqlite_claim } = self;
         crate::domain::telemetry::handle();
         let jobs_stop = tokio_util::sync::CancellationToken::new();
         state.db.spawn_health_probe(jobs_stop.clone());
@@ -116,7 +122,7 @@ impl Application {
         let router: Router = crate::surface::routes::router(state.clone());
         // Small SSE writes must leave at once: with Nagle's algorithm on, each event
         // after the first waits for the client's delayed ACK (~40 ms on Linux).
-        let listener = self.listener.tap_io(|tcp| {
+        let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
             }
@@ -127,6 +133,8 @@ impl Application {
         jobs_stop.cancel();
         state.tasks.close();
         state.tasks.wait().await;
+        // Settlements are done: another instance may take the SQLite file now.
+        drop(sqlite_claim);
         Ok(())
     }
 }
@@ -186,8 +194,19 @@ async fn open_journal(
             charged = report.charged,
             estimated = report.estimated,
             amount = %report.amount,
+            released = report.released,
             "crash journal replayed: requests a stopped instance served and had not settled are charged now"
         );
+    }
+    // This is the SQLite file's only instance (it holds the claim) and every journal
+    // was replayed: a hold still written is one no journal knows, never forwarded.
+    if db.backend() == db::Backend::Sqlite {
+        let (released, amount) = crate::domain::billing::release_holds_of_dead_processes(db)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot release the holds a stopped instance left: {e}"))?;
+        if released > 0 {
+            tracing::warn!(released, amount = %amount, "holds of requests never forwarded released at start");
+        }
     }
     Journal::open(&dir)
         .map_err(|e| anyhow::anyhow!("cannot open the crash journal in {} (GATEWAY_DATA_DIR): {e}", dir.display()))

@@ -30,8 +30,17 @@ pub fn all_jobs() -> Vec<Job> {
             every: Duration::from_secs(300),
             run: |state| {
                 Box::pin(async move {
+                    // A dead neighbour's journal first: what it measured is charged, so
+                    // only holds no journal here knows of are left to release uncharged.
+                    let replayed = replay_dead_journals(&state).await?;
                     let released = crate::domain::billing::release_expired_holds(state.env()).await?;
-                    Ok(format!("released {released} holds"))
+                    Ok(match replayed {
+                        Some(r) if r.segments > 0 => format!(
+                            "replayed {} dead journal segments ({} requests charged, {} on the estimate, {} USD; {} holds of requests never forwarded released); released {released} holds",
+                            r.segments, r.charged, r.estimated, r.amount, r.released
+                        ),
+                        _ => format!("released {released} holds"),
+                    })
                 })
             },
         },
@@ -185,4 +194,33 @@ fn spawn_local_housekeeping(state: &AppState, shutdown: tokio_util::sync::Cancel
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "gateway".into())
+}
+
+/// Replays the journal segments of dead instances sharing this data directory (see
+/// [`crate::domain::proxy::recovery::Recovery::replay_while_running`]); `None` when
+/// the journal is off.
+async fn replay_dead_journals(state: &AppState) -> Result<Option<crate::domain::proxy::recovery::RecoveryReport>> {
+    if !state.config.journal {
+        return Ok(None);
+    }
+    let settings = state.settings.get().await?;
+    let recovery = crate::domain::proxy::recovery::Recovery {
+        db: &state.db,
+        writer: &state.billing,
+        calendar: state.calendar(),
+        now: state.now(),
+        default_preference: settings.default_billing_preference,
+    };
+    let report = recovery.replay_while_running(&state.config.data_dir.join("journal")).await?;
+    if report.segments > 0 {
+        tracing::warn!(
+            segments = report.segments,
+            charged = report.charged,
+            estimated = report.estimated,
+            amount = %report.amount,
+            released = report.released,
+            "dead instance's crash journal replayed by a running instance: its requests are charged"
+        );
+    }
+    Ok(Some(report))
 }

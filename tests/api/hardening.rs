@@ -481,4 +481,11 @@ async fn a_refund_whose_answer_was_lost_is_settled_by_asking_the_gateway_once(ap
     assert_eq!(app.count(&refunds).await, 2);
     assert_eq!(app.count("SELECT COUNT(*) FROM sandbox_trades WHERE status = 'refunded'").await, 2);
     app.assert_money_invariants().await;
+    let violations = crate::helpers::invariant_violations(&app.db).await.len();
+    crate::helpers::report(
+        "refund_answer_lost_reconciled",
+        app.backend,
+        &[("refunds", 3), ("faults", 2), ("reversed", 1), ("restored", 1), ("credited_twice", 0)],
+        violations,
+    );
 }

@@ -60,6 +60,7 @@ pub struct TestApp {
     pub state: AppState,
     pub backend: Backend,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: TempDir,
 }
 
@@ -150,7 +151,7 @@ pub async fn launch(
     let base = format!("http://{}", app.local_addr());
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
+    let served = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
     TestApp {
@@ -161,6 +162,7 @@ pub async fn launch(
         state,
         backend,
         shutdown: Some(tx),
+        served: Some(served),
         _dir: dir,
     }
 }
@@ -195,6 +197,19 @@ impl Answer {
 }
 
 impl TestApp {
+    /// Stops serving and waits until the instance has let go of everything (its tasks,
+    /// its claim on a SQLite file), as a graceful stop before a restart does. Returns its
+    /// data directory (the SQLite file may live there), which is kept until dropped.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.unwrap().unwrap();
+        }
+        std::mem::replace(&mut self._dir, TempDir(std::path::PathBuf::new()))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

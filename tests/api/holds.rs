@@ -18,6 +18,7 @@ on_both_databases!(
     the_hold_follows_what_the_model_really_produces,
     thirty_parallel_streams_owe_at_most_the_sum_of_cost_minus_hold,
     thirty_tiny_streams_owe_at_most_the_cap_times_cost_minus_the_floor_hold,
+    a_dead_neighbours_stale_hold_is_charged_from_its_journal_not_released_uncharged,
 );
 
 /// The mock's usage (1,000 input of which 200 cached, 300 output) at gpt-5's price.
@@ -219,4 +220,80 @@ async fn thirty_tiny_streams_owe_at_most_the_cap_times_cost_minus_the_floor_hold
     ];
     crate::helpers::report("holds_tiny_max_output_debt_bound", app.backend, &figures, 0);
     app.assert_all_invariants().await;
+}
+
+/// Issue 22: the stale hold of an instance that died and never came back is settled
+/// from what it journalled, by the hold expiry job of a running instance sharing the
+/// data directory — not released uncharged after 6 h (before, only a start replayed
+/// dead segments). A segment still empty (a neighbour starting) is left alone.
+async fn a_dead_neighbours_stale_hold_is_charged_from_its_journal_not_released_uncharged(app: TestApp) {
+    use codex_gateway::domain::billing::{self, AdmissionRequest};
+    use codex_gateway::foundation::money::Money;
+    let s = setup(&app, MockOptions::default(), Some("1.00")).await;
+    let request_id = "req_dead_neighbour_1";
+    // The neighbour admitted the request (its hold is written) and streamed 1,200 bytes
+    // of text before it was killed.
+    let hold = AdmissionRequest {
+        request_id: Some(request_id.into()),
+        user_id: s.user_id,
+        api_key_id: s.key_id,
+        hold: Money::from_micros(50_000),
+    };
+    billing::admit(app.state.env(), &hold).await.unwrap();
+    let admitted_at = codex_gateway::foundation::clock::to_micros(app.state.now());
+    let forwarded = json!({"forwarded": {
+        "request_id": request_id, "user_id": s.user_id, "api_key_id": s.key_id, "admitted_at": admitted_at,
+        "endpoint": "/v1/responses", "model": "gpt-5", "upstream_id": null, "streamed": true,
+        "request_bytes": 400, "price_input": 1_250_000, "price_cached": 125_000, "price_output": 10_000_000,
+        "markup": 1_000_000}});
+    let progress = json!({"progress": {"id": request_id, "text_bytes": 1200}});
+    // A second request was killed between its hold's commit and its `forwarded` line:
+    // nothing of it reached an upstream.
+    let unforwarded = "req_dead_neighbour_2";
+    billing::admit(app.state.env(), &AdmissionRequest { request_id: Some(unforwarded.into()), ..hold.clone() })
+        .await
+        .unwrap();
+    let admitting = |id: &str| json!({"admitting": {"id": id, "user_id": s.user_id}});
+    let dir = app.state.config.data_dir.join("journal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dead = dir.join("20260115T040000-1-00000000000dead1.journal");
+    std::fs::write(&dead, format!("{}\n{forwarded}\n{progress}\n{}\n", admitting(request_id), admitting(unforwarded)))
+        .unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) FROM holds").await, 2);
+    let starting = dir.join("20260115T040000-2-0000000000000002.journal");
+    std::fs::write(&starting, "").unwrap();
+    app.clock.advance(chrono::Duration::hours(billing::HOLD_LIFETIME_HOURS));
+    let summary = codex_gateway::runtime::jobs::run_once(&app.state, "release_expired_holds").await.unwrap();
+    assert!(summary.contains("replayed 1 dead journal segments (1 requests charged, 1 on the estimate"), "{summary}");
+    assert!(summary.contains("; 1 holds of requests never forwarded released)"), "{summary}");
+    assert!(summary.ends_with("released 0 holds"), "nothing left to release uncharged: {summary}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM holds").await, 0, "both holds settled or released");
+    let unforwarded_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs WHERE request_id = $1")
+        .bind(unforwarded)
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(unforwarded_rows, 0, "a request never forwarded is not charged");
+    // The documented estimate: 400 bytes / 4 = 100 input tokens × 1.25 + 1,200 / 4 = 300
+    // output tokens × 10.00 per 1M = 3,125 micro-USD.
+    let (cost, estimated): (i64, i64) = sqlx::query_as("SELECT cost, estimated FROM usage_logs WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!((cost, estimated), (3_125, 1), "charged on the estimate, marked so");
+    assert_eq!(balance_of(&app, s.user_id).await, 1_000_000 - 3_125);
+    assert!(!dead.exists(), "a replayed segment is removed");
+    assert!(starting.exists(), "an empty segment (an instance starting) is not touched");
+    let usage = app.get("/api/user/usage", &s.user_token).await;
+    assert!(usage.text.contains(request_id), "the user sees the charge: {}", usage.text);
+    app.assert_all_invariants().await;
+    let figures = [
+        ("requests", 2),
+        ("faults", 1),
+        ("charged_from_journal", 1),
+        ("never_forwarded_released", 1),
+        ("released_uncharged_by_expiry", 0),
+    ];
+    crate::helpers::report("stale_hold_of_dead_instance", app.backend, &figures, 0);
 }

@@ -631,6 +631,32 @@ pub async fn release_expired_holds(env: Env<'_>) -> Result<u64> {
     Ok(released)
 }
 
+/// At the start of the only instance a SQLite file serves (`foundation::db::single_instance`),
+/// after its crash journal was replayed: every hold still written belongs to a process
+/// that died between committing the hold and journalling its request — and since the
+/// journal line is written before any byte goes upstream, that request never reached an
+/// upstream. Each is released uncharged now (logged with its request id and counted like
+/// an expired one) instead of blocking the user's money for 6 h. Returns how many and how much.
+pub async fn release_holds_of_dead_processes(db: &Db) -> Result<(u64, Money)> {
+    let left: Vec<(i64, i64, i64, Option<String>)> =
+        sqlx::query_as("SELECT id, user_id, amount, request_id FROM holds ORDER BY id").fetch_all(db.pool()).await?;
+    let mut released = 0;
+    let mut amount = Money::ZERO;
+    for (id, user_id, held, request_id) in left {
+        if release_hold(db, id, user_id).await? {
+            released += 1;
+            amount = amount.saturating_add(Money::from_micros(held));
+            tracing::warn!(user_id, request_id = request_id.as_deref().unwrap_or("-"), amount = %Money::from_micros(held),
+                "released the hold of a request a killed process admitted and never forwarded (not in its journal)");
+        }
+    }
+    if released > 0 {
+        metrics::counter!("gateway_expired_holds_released_total").increment(released);
+        metrics::counter!("gateway_expired_holds_released_micros_total").increment(amount.micros().unsigned_abs());
+    }
+    Ok((released, amount))
+}
+
 /// Deletes one hold and gives its amount back to the user's available funds, under
 /// the user's lock; false when it was already gone (settled or released).
 pub async fn release_hold(db: &Db, hold_id: i64, user_id: i64) -> Result<bool> {

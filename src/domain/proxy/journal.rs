@@ -11,15 +11,18 @@
 //! batched (every [`SYNC_EVERY`]) by a background thread: it only matters for a power
 //! loss or a kernel crash, whose window is therefore that long.
 //!
-//! Records are JSON lines, keyed by request id: `forwarded` (who, what, at which price,
-//! how many request bytes), `progress` (text bytes streamed so far, at most once a
+//! Records are JSON lines, keyed by request id: `admitting` (the request and its user,
+//! written before its admission is asked for, so that a hold committed by a process that
+//! then died is known to belong to a request that was never forwarded), `forwarded` (who,
+//! what, at which price, how many request bytes), `progress` (text bytes streamed so far, at most once a
 //! second per request), `measured` (the usage record about to be settled) and
 //! `settled`. Each running instance appends to a segment file of its own, holding an
 //! exclusive lock on it; a segment nobody holds locked belongs to a dead instance and
 //! is replayed ([`take_orphans`]) at start: every request without `settled` is settled
 //! through the ordinary billing path — from its measured record, or else estimated
 //! from what was seen — which is idempotent by request id, so replaying a request that
-//! did reach the database changes nothing. A segment is deleted once it is rotated out
+//! did reach the database changes nothing; a request `admitting` and never `forwarded`
+//! has its hold, if one was written, released uncharged. A segment is deleted once it is rotated out
 //! and every request it recorded has settled.
 
 use std::collections::HashMap;
@@ -70,6 +73,7 @@ pub struct Forwarded {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
+    Admitting { id: String, user_id: i64 },
     Forwarded(Forwarded),
     Progress { id: String, text_bytes: u64 },
     Measured { id: String, record: UsageRecord },
@@ -84,6 +88,15 @@ pub struct Unsettled {
     pub text_bytes: u64,
     /// The usage record the proxy measured, if it got that far.
     pub measured: Option<UsageRecord>,
+}
+
+/// A request of a dead instance's journal that was being admitted and never forwarded:
+/// nothing of it reached an upstream, and its hold (if the admission committed) is to be
+/// released uncharged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeverForwarded {
+    pub request_id: String,
+    pub user_id: i64,
 }
 
 /// This instance's journal (disabled: every call does nothing).
@@ -167,6 +180,14 @@ impl Journal {
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(weak))?;
         Ok(Journal(Some(inner)))
+    }
+
+    /// Records a request about to be admitted (before its hold can be written): a process
+    /// killed before [`Journal::forwarded`] leaves a hold the replay knows to release.
+    pub fn admitting(&self, request_id: &str, user_id: i64) {
+        let Some(inner) = self.0.as_ref() else { return };
+        inner.segment().append(&Line::Admitting { id: request_id.to_string(), user_id });
+        inner.dirty.store(true, Ordering::Release);
     }
 
     /// Records a request about to be sent upstream; keep the entry until it settles.
@@ -261,6 +282,7 @@ pub struct Orphan {
     path: PathBuf,
     _lock: File,
     pub unsettled: Vec<Unsettled>,
+    pub never_forwarded: Vec<NeverForwarded>,
 }
 
 impl Orphan {
@@ -278,6 +300,20 @@ impl Orphan {
 /// the requests they recorded and never settled. Unreadable lines (a torn last write
 /// after a power loss) are skipped.
 pub fn take_orphans(dir: &Path) -> std::io::Result<Vec<Orphan>> {
+    take(dir, false)
+}
+
+/// [`take_orphans`] for an instance that is already running, next to others that may
+/// be starting: an empty segment is left alone (never locked), because a starting
+/// instance creates its segment empty and locks it a moment later — locking it first
+/// would make that instance fail, and removing it would lose its journal. A segment
+/// with a line in it was locked by its writer before its first line, so an unlocked
+/// one belongs to a dead instance.
+pub fn take_orphans_while_running(dir: &Path) -> std::io::Result<Vec<Orphan>> {
+    take(dir, true)
+}
+
+fn take(dir: &Path, skip_empty: bool) -> std::io::Result<Vec<Orphan>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -290,6 +326,9 @@ pub fn take_orphans(dir: &Path) -> std::io::Result<Vec<Orphan>> {
     paths.sort();
     let mut orphans = Vec::new();
     for path in paths {
+        if skip_empty && std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
+            continue;
+        }
         let file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(file) => file,
             Err(e) => {
@@ -300,20 +339,27 @@ pub fn take_orphans(dir: &Path) -> std::io::Result<Vec<Orphan>> {
         if file.try_lock().is_err() {
             continue; // a live instance's own segment
         }
-        let unsettled = read_unsettled(&file)?;
-        orphans.push(Orphan { path, _lock: file, unsettled });
+        let (unsettled, never_forwarded) = read_unsettled(&file)?;
+        orphans.push(Orphan { path, _lock: file, unsettled, never_forwarded });
     }
     Ok(orphans)
 }
 
-fn read_unsettled(file: &File) -> std::io::Result<Vec<Unsettled>> {
+fn read_unsettled(file: &File) -> std::io::Result<(Vec<Unsettled>, Vec<NeverForwarded>)> {
     let mut order = Vec::new();
     let mut open: HashMap<String, Unsettled> = HashMap::new();
+    let mut admitting_order = Vec::new();
+    let mut admitting: HashMap<String, i64> = HashMap::new();
     for line in BufReader::new(file).split(b'\n') {
         let line = line?;
         let Ok(line) = serde_json::from_slice::<Line>(&line) else { continue };
         match line {
+            Line::Admitting { id, user_id } => {
+                admitting_order.push(id.clone());
+                admitting.insert(id, user_id);
+            }
             Line::Forwarded(forwarded) => {
+                admitting.remove(&forwarded.request_id);
                 order.push(forwarded.request_id.clone());
                 open.insert(forwarded.request_id.clone(), Unsettled { forwarded, text_bytes: 0, measured: None });
             }
@@ -332,7 +378,12 @@ fn read_unsettled(file: &File) -> std::io::Result<Vec<Unsettled>> {
             }
         }
     }
-    Ok(order.into_iter().filter_map(|id| open.remove(&id)).collect())
+    let unsettled = order.into_iter().filter_map(|id| open.remove(&id)).collect();
+    let never_forwarded = admitting_order
+        .into_iter()
+        .filter_map(|id| admitting.remove(&id).map(|user_id| NeverForwarded { request_id: id, user_id }))
+        .collect();
+    Ok((unsettled, never_forwarded))
 }
 
 #[cfg(test)]
@@ -430,9 +481,46 @@ mod tests {
         kept.keep();
         drop(journal);
         assert!(second.exists(), "a segment with an unsettled request stays for replay");
-        let orphans = take_orphans(&dir).unwrap();
+        // The flush thread may still hold the segment (and its lock) for one `fsync`.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let orphans = loop {
+            let orphans = take_orphans(&dir).unwrap();
+            if !orphans.is_empty() || Instant::now() > deadline {
+                break orphans;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         assert_eq!(orphans.len(), 1);
         assert_eq!(orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(), ["req_c"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_request_admitting_and_never_forwarded_is_listed_apart() {
+        let dir = temp_dir("admitting");
+        let journal = Journal::open(&dir).unwrap();
+        journal.admitting("req_killed_in_admission", 7);
+        journal.admitting("req_forwarded", 7);
+        let entry = journal.forwarded(&forwarded("req_forwarded")).unwrap();
+        entry.keep();
+        drop(journal);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let orphans = loop {
+            let orphans = take_orphans(&dir).unwrap();
+            if !orphans.is_empty() || Instant::now() > deadline {
+                break orphans;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(
+            orphans[0].never_forwarded,
+            [NeverForwarded { request_id: "req_killed_in_admission".into(), user_id: 7 }]
+        );
+        assert_eq!(
+            orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(),
+            ["req_forwarded"]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,7 +7,9 @@
 //! bytes last recorded as streamed / 4, rounded up) at the price and markup in force
 //! when it was forwarded, marked `estimated`. It belongs to the day and the package in
 //! force at its admission; its hold, if the admission had been written, is released by
-//! the same settlement.
+//! the same settlement. A request the journal saw `admitting` and never `forwarded`
+//! reached no upstream: its hold, if its admission committed before the process died,
+//! is released uncharged (no usage row).
 
 use std::path::Path;
 
@@ -36,6 +38,8 @@ pub struct RecoveryReport {
     pub estimated: usize,
     /// The total charged now.
     pub amount: Money,
+    /// Holds of requests admitted and never forwarded, released uncharged.
+    pub released: usize,
 }
 
 /// What the replay needs: the database, the billing writer, the calendar, "now", and
@@ -54,10 +58,40 @@ impl Recovery<'_> {
     /// segment is removed only when all of its requests settled; otherwise it stays for
     /// the next start and the error is returned.
     pub async fn replay(&self, dir: &Path) -> Result<RecoveryReport> {
-        let mut report = RecoveryReport::default();
         let orphans = take_orphans(dir).map_err(|e| Error::internal(format!("cannot read the journal: {e}")))?;
+        self.settle_orphans(orphans).await
+    }
+
+    /// [`Recovery::replay`] from a running instance (the hold expiry job): a neighbour
+    /// sharing the data directory that died and never came back is charged from what it
+    /// journalled, instead of its holds being released uncharged after 6 h.
+    pub async fn replay_while_running(&self, dir: &Path) -> Result<RecoveryReport> {
+        let orphans = crate::domain::proxy::journal::take_orphans_while_running(dir)
+            .map_err(|e| Error::internal(format!("cannot read the journal: {e}")))?;
+        self.settle_orphans(orphans).await
+    }
+
+    async fn settle_orphans(&self, orphans: Vec<crate::domain::proxy::journal::Orphan>) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        // Open holds by request id (the table holds only in-flight requests: small).
+        let mut written: std::collections::HashMap<String, (i64, i64)> = std::collections::HashMap::new();
+        if orphans.iter().any(|o| !o.never_forwarded.is_empty()) {
+            let rows: Vec<(i64, i64, String)> =
+                sqlx::query_as("SELECT id, user_id, request_id FROM holds WHERE request_id IS NOT NULL")
+                    .fetch_all(self.db.pool())
+                    .await?;
+            written = rows.into_iter().map(|(id, user_id, request_id)| (request_id, (id, user_id))).collect();
+        }
         for orphan in orphans {
             report.segments += 1;
+            for never in &orphan.never_forwarded {
+                let Some(&(hold_id, user_id)) = written.get(&never.request_id) else { continue };
+                if user_id == never.user_id && billing::release_hold(self.db, hold_id, user_id).await? {
+                    report.released += 1;
+                    tracing::warn!(user_id, request_id = %never.request_id,
+                        "released the hold of a request a dead instance admitted and never forwarded");
+                }
+            }
             for unsettled in &orphan.unsettled {
                 report.unsettled += 1;
                 let (record, estimated) = charge_of(unsettled);

@@ -10,6 +10,7 @@
 
 pub mod health;
 mod migrations;
+pub mod single_instance;
 
 use std::sync::Arc;
 use std::time::Duration;

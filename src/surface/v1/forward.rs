@@ -119,6 +119,9 @@ pub async fn proxy_with_quota(
     let headroom_needed = Money::from_micros(hold_amount.micros().saturating_mul(SPECULATION_MARGIN));
     let policy = billing::Policy::new(&settings, Some(&request.model));
     let default_cap = policy.default_cap;
+    // Before its hold can be written: a process killed between the hold's commit and the
+    // `forwarded` line leaves a hold its journal's replay releases uncharged (`journal`).
+    state.journal.admitting(&request_id, owner.user_id);
     let admission = match billing::admit_speculative(state.env(), &admission_request, headroom_needed, &policy).await {
         // Admitted on this instance's hint; the hold is written while the request is upstream.
         Some(ticket) => ticket,
