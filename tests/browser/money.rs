@@ -152,6 +152,28 @@ pub async fn sub_cent_costs_and_a_debt_read_exactly_everywhere(s: &Session) {
     log_in(s, EMAIL, "password123").await;
     pages_show_the_api_figures(s, &api, owed, "60-money-en").await;
 
+    // On /usage: the request id finds its row, and the CSV export carries the exact costs.
+    s.go("/usage").await;
+    s.click("#usage-table tbody tr:last-child a.request-id").await;
+    s.wait_text("#usage-table", "req_cents_1").await;
+    let query = s.c.current_url().await.unwrap().query().unwrap_or_default().to_string();
+    assert_eq!(query, "request=req_cents_1");
+    assert_eq!(texts(s, "#usage-table .cost").await, ["0.004025"], "only the request searched for");
+    assert_eq!(s.text("#period-total").await, "0.004025");
+    let csv = s
+        .c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             fetch(document.getElementById('usage-csv').getAttribute('href')).then(r => r.text()).then(done, e => done('failed: ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap_or_default();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(rows.len() == 1 && rows[0].contains(",req_cents_1,") && rows[0].contains(",0.004025,"), "{csv}");
+    shot_at(s, "#usage-table", "60b-money-en-usage-request").await;
+
     // Item 6: a request now is refused naming the figure the dashboard shows ("0.00 left").
     let refused = reqwest::Client::new()
         .post(s.app.url("/v1/responses"))
