@@ -10,12 +10,7 @@ use serde_json::json;
 
 use crate::helpers::{signed_notify, TestApp};
 use crate::on_both_databases_with_sandbox;
-use crate::web_money::{all_between, page, spend};
-
-async fn page_zh(app: &TestApp, path: &str, session: &str) -> String {
-    let req = app.client.get(app.url(path)).header(COOKIE, format!("cg_session={session}; cg_lang=zh"));
-    req.send().await.unwrap().text().await.unwrap()
-}
+use crate::web_money::{all_between, page, page_zh, spend};
 
 /// A request the upstream failed: nothing charged, the reason recorded.
 async fn failed(app: &TestApp, user_id: i64, key_id: i64, request_id: &str) {

@@ -16,6 +16,12 @@ pub async fn page(app: &TestApp, path: &str, session: &str) -> Answer {
     TestApp::answer(req.send().await.unwrap()).await
 }
 
+/// The page's HTML as the signed-in user sees it in Chinese (the `cg_lang` cookie).
+pub async fn page_zh(app: &TestApp, path: &str, session: &str) -> String {
+    let req = app.client.get(app.url(path)).header(COOKIE, format!("cg_session={session}; cg_lang=zh"));
+    req.send().await.unwrap().text().await.unwrap()
+}
+
 /// Settles one request of `cost` as the proxy would (hold one cent, settle the cost).
 pub async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
     let request =
@@ -131,8 +137,7 @@ async fn the_403_page_keeps_the_signed_in_header_the_favicon_is_served_and_badge
     let r = app.post(&format!("/api/admin/users/{id}/packages"), &admin, json!({"package_id": package})).await;
     assert!(r.status.is_success(), "{}", r.text);
     for path in ["/dashboard", "/packages"] {
-        let req = app.client.get(app.url(path)).header(COOKIE, format!("cg_session={user}; cg_lang=zh"));
-        let zh = req.send().await.unwrap().text().await.unwrap();
+        let zh = page_zh(&app, path, &user).await;
         assert!(zh.contains("badge ok\">使用中</span>"), "{path} says 使用中");
         assert!(!zh.contains("badge ok\">正常</span>"), "{path}");
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::helpers::{signed_notify, Answer, TestApp};
 use crate::on_both_databases_with_sandbox;
-use crate::web_money::page;
+use crate::web_money::{page, page_zh};
 
 async fn form(app: &TestApp, path: &str, session: &str, fields: &[(&str, &str)]) -> Answer {
     let csrf = csrf_token(app.state.config.secret_bytes(), session);
@@ -75,16 +75,7 @@ async fn buying_says_what_happened_and_what_is_missing(app: TestApp) {
     assert!(dash.text.contains("id=\"days-left\">30 days left</span>"));
     assert!(dash.text.contains("2026-01-16 00:00 (Asia/Shanghai)"), "the reset names its zone");
     assert!(dash.text.contains("id=\"countdown\">in 12 h 0 min</span>"));
-    let zh = app
-        .client
-        .get(app.url("/dashboard"))
-        .header(COOKIE, format!("cg_session={user}; cg_lang=zh"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let zh = page_zh(&app, "/dashboard", &user).await;
     assert!(zh.contains("12 小时 0 分钟后") && zh.contains("排队中的套餐") && zh.contains("剩余 30 天"));
     app.assert_money_invariants().await;
 }

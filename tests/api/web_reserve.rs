@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::helpers::TestApp;
 use crate::on_both_databases;
 use crate::proxy::{setup, v1};
-use crate::web_money::page;
+use crate::web_money::{page, page_zh};
 
 on_both_databases!(
     the_dashboard_shows_the_figure_a_refusal_names,
@@ -61,16 +61,7 @@ async fn the_dashboard_shows_the_figure_a_refusal_names(app: TestApp) {
     assert!(reserve > Money::parse("0.03").unwrap(), "refused because the reserve is more than the figure: {text}");
 
     // In Chinese the same figure and the same advice.
-    let zh = app
-        .client
-        .get(app.url("/dashboard"))
-        .header(reqwest::header::COOKIE, format!("cg_session={}; cg_lang=zh", s.user_token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let zh = page_zh(&app, "/dashboard", &s.user_token).await;
     assert_eq!(text_of(&zh, "admits"), "0.03");
     assert!(text_of(&zh, "admits-help").contains("max_output_tokens"), "{zh}");
     assert!(text_of(&zh, "admits-parts").contains("进行中请求预留 0.02"));
@@ -154,15 +145,6 @@ async fn a_model_restricted_package_shows_per_model_the_figure_admission_uses(ap
     app.assert_money_invariants().await;
 
     // In Chinese the same lines.
-    let zh = app
-        .client
-        .get(app.url("/dashboard"))
-        .header(reqwest::header::COOKIE, format!("cg_session={}; cg_lang=zh", s.user_token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let zh = page_zh(&app, "/dashboard", &s.user_token).await;
     assert!(zh.contains("其他模型") && zh.contains("按模型"), "{zh}");
 }

@@ -481,18 +481,23 @@ mod tests {
         kept.keep();
         drop(journal);
         assert!(second.exists(), "a segment with an unsettled request stays for replay");
-        // The flush thread may still hold the segment (and its lock) for one `fsync`.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let orphans = loop {
-            let orphans = take_orphans(&dir).unwrap();
-            if !orphans.is_empty() || Instant::now() > deadline {
-                break orphans;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let orphans = orphans_once_released(&dir);
         assert_eq!(orphans.len(), 1);
         assert_eq!(orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(), ["req_c"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The dead segments in `dir`, once a dropped journal's flush thread has let go of its
+    /// segment (and its lock) after its last `fsync`: empty only after 5 s.
+    fn orphans_once_released(dir: &Path) -> Vec<Orphan> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let orphans = take_orphans(dir).unwrap();
+            if !orphans.is_empty() || Instant::now() > deadline {
+                return orphans;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -504,14 +509,7 @@ mod tests {
         let entry = journal.forwarded(&forwarded("req_forwarded")).unwrap();
         entry.keep();
         drop(journal);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let orphans = loop {
-            let orphans = take_orphans(&dir).unwrap();
-            if !orphans.is_empty() || Instant::now() > deadline {
-                break orphans;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let orphans = orphans_once_released(&dir);
         assert_eq!(orphans.len(), 1);
         assert_eq!(
             orphans[0].never_forwarded,
