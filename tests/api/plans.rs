@@ -676,7 +676,8 @@ async fn a_replayed_request_is_split_by_the_admin_default_preference(backend: cr
             price_output: 0,
             markup: 1_000_000,
         };
-        let entry = journal.forwarded(&forwarded).unwrap();
+        let entry = journal.forwarding(forwarded).unwrap();
+        entry.send_mark().sent(1);
         entry.measured(&record("replayed-1", "0.75"));
         entry.keep();
     }

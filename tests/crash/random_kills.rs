@@ -9,9 +9,12 @@
 //! reaching the upstream socket — is not what they measure; everything after it is:
 //! streams mid-body, answers mid-transfer, settlements waiting in the writer's batch.
 //! The ungated scenarios kill at any instant at all (requests mid-admission and
-//! mid-forward included) and measure that window: a request charged on its estimate that
-//! the upstream never received is counted (`charged_not_received`), and must be the only
-//! difference — none lost, none twice.
+//! mid-forward included) and measure that window — since the `forwarded` line is written
+//! when hyper first polls the request body on its upstream connection (`proxy::outgoing`),
+//! it is the few microseconds before that poll's write, plus however long the thread is
+//! descheduled there: a request charged on its estimate that the upstream never received
+//! is counted (`charged_not_received`), and must be the only difference — none lost, none
+//! twice.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -7,7 +7,8 @@
 //! - [`metering`], [`sse`]: reading the usage from the stream.
 //! - [`pricing`], [`upstreams`], [`catalog`]: prices, providers and their cache;
 //!   [`upstream_check`]: an admin's "test connection"; [`codex_models`]: Codex's catalogue shape.
-//! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start.
+//! - [`journal`], [`recovery`]: the crash journal of forwarded requests and its replay at start;
+//!   [`outgoing`]: the upstream request body that journals the request when it is sent.
 //! - [`limits`]: request rate and concurrent streams.
 //! - [`error`]: the OpenAI error shape. [`mock`]: a fake upstream for tests and benchmarks.
 
@@ -19,6 +20,7 @@ pub mod journal;
 pub mod limits;
 pub mod metering;
 pub mod mock;
+pub mod outgoing;
 pub mod pricing;
 pub mod recovery;
 pub mod request;

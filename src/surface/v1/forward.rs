@@ -21,8 +21,9 @@ use crate::domain::auth::api_keys::{self, KeyOwner};
 use crate::domain::billing::{self, AdmissionRequest, HoldTicket, UsageRecord};
 use crate::domain::proxy::affinity;
 use crate::domain::proxy::error::ProxyError;
-use crate::domain::proxy::journal::Forwarded;
+use crate::domain::proxy::journal::{Forwarded, JournalEntry};
 use crate::domain::proxy::metering::{estimate_tokens, Api, Meter};
+use crate::domain::proxy::outgoing::OutgoingBody;
 use crate::domain::proxy::pricing::{self, ModelPrice, Usage};
 use crate::domain::proxy::request::{
     bearer_key, forwarded_headers, keep_response_header, read_body, with_model, ClientRequest,
@@ -236,9 +237,10 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
         ..UsageRecord::default()
     };
     let started = arrived;
-    // Written before any byte goes upstream: a process that dies from here on is
-    // charged for this request at its next start (see `journal`).
-    let mut journal = state.journal.forwarded(&Forwarded {
+    // Its `forwarded` line is written when an attempt's body is handed to a connection,
+    // before any byte goes upstream: a process that dies from then on is charged for this
+    // request at its next start (see `journal`).
+    let mut journal = state.journal.forwarding(Forwarded {
         request_id: request_id.clone(),
         user_id,
         api_key_id,
@@ -260,6 +262,7 @@ async fn forward_admitted(a: Admitted) -> Result<Response, ProxyError> {
             Some(name) => with_model(&upstream_body, name).unwrap_or_else(|_| upstream_body.clone()),
             None => upstream_body.clone(),
         };
+        let body = OutgoingBody::new(body, journal.as_ref().map(JournalEntry::send_mark), upstream.id);
         let call = Call { state: &state, upstream, api, headers: &outgoing, body };
         match attempt(call).await {
             Ok(answer) => {
@@ -353,7 +356,7 @@ struct Call<'a> {
     upstream: &'a Arc<Upstream>,
     api: Api,
     headers: &'a reqwest::header::HeaderMap,
-    body: Bytes,
+    body: OutgoingBody,
 }
 
 /// Sends to one upstream and waits for its first byte (bounded by the first-byte timeout).
@@ -366,7 +369,7 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
             .post(call.upstream.url(call.api.path()))
             .headers(call.headers.clone())
             .bearer_auth(call.upstream.api_key.expose_secret())
-            .body(call.body)
+            .body(reqwest::Body::wrap(call.body))
             .send()
             .await
             .map_err(|e| {

@@ -14,7 +14,8 @@
 //! Records are JSON lines, keyed by request id: `admitting` (the request and its user,
 //! written before its admission is asked for, so that a hold committed by a process that
 //! then died is known to belong to a request that was never forwarded), `forwarded` (who,
-//! what, at which price, how many request bytes), `progress` (text bytes streamed so far, at most once a
+//! what, at which price, how many request bytes; written when the request's body is
+//! handed to an upstream connection, see [`Journal::forwarding`]), `progress` (text bytes streamed so far, at most once a
 //! second per request), `measured` (the usage record about to be settled) and
 //! `settled`. Each running instance appends to a segment file of its own, holding an
 //! exclusive lock on it; a segment nobody holds locked belongs to a dead instance and
@@ -190,19 +191,55 @@ impl Journal {
         inner.dirty.store(true, Ordering::Release);
     }
 
-    /// Records a request about to be sent upstream; keep the entry until it settles.
-    pub fn forwarded(&self, forwarded: &Forwarded) -> Option<JournalEntry> {
+    /// Registers a request about to be tried upstream; keep the entry until it settles.
+    /// Its `forwarded` line is not written yet: the entry's [`SendMark`] writes it when an
+    /// attempt's body is first handed to an upstream connection, the last instant the
+    /// gateway sees before the bytes leave. A process killed while the request was still
+    /// waiting for (or opening) a connection thus leaves only its `admitting` line: the
+    /// request reached no upstream, and the replay releases its hold uncharged instead of
+    /// charging an estimate for it.
+    pub fn forwarding(&self, forwarded: Forwarded) -> Option<JournalEntry> {
         let inner = self.0.as_ref()?;
         let segment = inner.segment();
-        segment.append(&Line::Forwarded(forwarded.clone()));
-        inner.dirty.store(true, Ordering::Release);
+        let request_id = forwarded.request_id.clone();
+        let mark = SendMark(Arc::new(PendingLine {
+            inner: inner.clone(),
+            segment: segment.clone(),
+            line: Mutex::new(Some(forwarded)),
+        }));
         Some(JournalEntry {
             inner: inner.clone(),
             segment,
-            request_id: forwarded.request_id.clone(),
+            request_id,
             last_progress: Instant::now(),
             text_bytes: 0,
+            mark,
         })
+    }
+}
+
+/// Writes a request's `forwarded` line, once, when its body is first handed to an
+/// upstream connection (see [`Journal::forwarding`]); cloned into each attempt's body.
+#[derive(Clone)]
+pub struct SendMark(Arc<PendingLine>);
+
+struct PendingLine {
+    inner: Arc<Inner>,
+    segment: Arc<Segment>,
+    /// Taken by the first attempt whose body is sent.
+    line: Mutex<Option<Forwarded>>,
+}
+
+impl SendMark {
+    /// The request's bytes are going to `upstream_id` now: write its `forwarded` line
+    /// (naming that upstream) unless an earlier attempt did.
+    pub fn sent(&self, upstream_id: i64) {
+        let taken = self.0.line.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(mut forwarded) = taken {
+            forwarded.upstream_id = Some(upstream_id);
+            self.0.segment.append(&Line::Forwarded(forwarded));
+            self.0.inner.dirty.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -243,9 +280,15 @@ pub struct JournalEntry {
     request_id: String,
     last_progress: Instant,
     text_bytes: u64,
+    mark: SendMark,
 }
 
 impl JournalEntry {
+    /// What each attempt's body carries to write the `forwarded` line when it is sent.
+    pub fn send_mark(&self) -> SendMark {
+        self.mark.clone()
+    }
+
     /// Notes how much text has streamed so far (written at most once a second).
     pub fn progress(&mut self, text_bytes: u64) {
         if text_bytes == self.text_bytes || self.last_progress.elapsed() < PROGRESS_EVERY {
@@ -387,150 +430,4 @@ fn read_unsettled(file: &File) -> std::io::Result<(Vec<Unsettled>, Vec<NeverForw
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn forwarded(id: &str) -> Forwarded {
-        Forwarded {
-            request_id: id.into(),
-            user_id: 7,
-            api_key_id: 3,
-            admitted_at: 1_000,
-            endpoint: "/responses".into(),
-            model: "gpt-5".into(),
-            upstream_id: Some(1),
-            streamed: true,
-            request_bytes: 400,
-            price_input: 1_250_000,
-            price_cached: 125_000,
-            price_output: 10_000_000,
-            markup: 1_000_000,
-        }
-    }
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("cg-journal-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn a_live_segment_is_not_an_orphan_and_a_dead_one_yields_what_never_settled() {
-        let dir = temp_dir("orphans");
-        let journal = Journal::open(&dir).unwrap();
-        let settled = journal.forwarded(&forwarded("req_a")).unwrap();
-        let mut streaming = journal.forwarded(&forwarded("req_b")).unwrap();
-        let measured = journal.forwarded(&forwarded("req_c")).unwrap();
-        settled.measured(&UsageRecord { request_id: "req_a".into(), ..Default::default() });
-        settled.settled();
-        streaming.last_progress = Instant::now() - PROGRESS_EVERY;
-        streaming.progress(120);
-        streaming.progress(180); // too soon: not written
-        let record = UsageRecord {
-            request_id: "req_c".into(),
-            output_tokens: 9,
-            cost: crate::foundation::money::Money::from_micros(4_025),
-            ..Default::default()
-        };
-        measured.measured(&record);
-
-        // While this instance lives, its segment is locked: nothing to replay.
-        assert!(take_orphans(&dir).unwrap().is_empty());
-
-        // A process that dies leaves its file unlocked; simulate by releasing the lock.
-        let path = journal.0.as_ref().unwrap().current.lock().unwrap().path.clone();
-        let copy = dir.join("dead.journal");
-        std::fs::copy(&path, &copy).unwrap();
-        let orphans = take_orphans(&dir).unwrap();
-        assert_eq!(orphans.len(), 1);
-        let unsettled = &orphans[0].unsettled;
-        assert_eq!(unsettled.len(), 2);
-        assert_eq!(unsettled[0].forwarded, forwarded("req_b"));
-        assert_eq!(unsettled[0].text_bytes, 120);
-        assert_eq!(unsettled[0].measured, None);
-        assert_eq!(unsettled[1].forwarded.request_id, "req_c");
-        assert_eq!(unsettled[1].measured.as_ref(), Some(&record), "read back exactly, cost included");
-
-        // Taken once: a second scan while the first holds the lock finds nothing.
-        assert!(take_orphans(&dir).unwrap().is_empty());
-        for orphan in orphans {
-            orphan.finish().unwrap();
-        }
-        assert!(!copy.exists());
-        drop((streaming, measured));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_segment_is_removed_once_rotated_out_and_every_request_settled() {
-        let dir = temp_dir("rotate");
-        let journal = Journal::open(&dir).unwrap();
-        let entry = journal.forwarded(&forwarded("req_a")).unwrap();
-        let first = entry.segment.path.clone();
-        entry.segment.size.store(SEGMENT_BYTES, Ordering::Relaxed);
-        let next = journal.forwarded(&forwarded("req_b")).unwrap();
-        assert_ne!(next.segment.path, first, "a full segment is rotated");
-        assert!(first.exists(), "kept while a request in it is open");
-        entry.settled();
-        assert!(!first.exists(), "removed once its last request settled");
-
-        let kept = journal.forwarded(&forwarded("req_c")).unwrap();
-        let second = kept.segment.path.clone();
-        next.settled();
-        kept.keep();
-        drop(journal);
-        assert!(second.exists(), "a segment with an unsettled request stays for replay");
-        let orphans = orphans_once_released(&dir);
-        assert_eq!(orphans.len(), 1);
-        assert_eq!(orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(), ["req_c"]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// The dead segments in `dir`, once a dropped journal's flush thread has let go of its
-    /// segment (and its lock) after its last `fsync`: empty only after 5 s.
-    fn orphans_once_released(dir: &Path) -> Vec<Orphan> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let orphans = take_orphans(dir).unwrap();
-            if !orphans.is_empty() || Instant::now() > deadline {
-                return orphans;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn a_request_admitting_and_never_forwarded_is_listed_apart() {
-        let dir = temp_dir("admitting");
-        let journal = Journal::open(&dir).unwrap();
-        journal.admitting("req_killed_in_admission", 7);
-        journal.admitting("req_forwarded", 7);
-        let entry = journal.forwarded(&forwarded("req_forwarded")).unwrap();
-        entry.keep();
-        drop(journal);
-        let orphans = orphans_once_released(&dir);
-        assert_eq!(orphans.len(), 1);
-        assert_eq!(
-            orphans[0].never_forwarded,
-            [NeverForwarded { request_id: "req_killed_in_admission".into(), user_id: 7 }]
-        );
-        assert_eq!(
-            orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(),
-            ["req_forwarded"]
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn torn_and_foreign_lines_are_skipped() {
-        let dir = temp_dir("torn");
-        let path = dir.join("x.journal");
-        let mut text = serde_json::to_string(&Line::Forwarded(forwarded("req_a"))).unwrap();
-        text.push_str("\nnot json\n{\"forwarded\":{\"request_id\":");
-        std::fs::write(&path, text).unwrap();
-        let orphans = take_orphans(&dir).unwrap();
-        assert_eq!(orphans[0].unsettled.len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;
