@@ -32,6 +32,10 @@ mod packages;
 #[path = "browser/money.rs"]
 mod money;
 
+/// Failure reasons, per-model reserve lines, and the operator's forms and top tables.
+#[path = "browser/operator.rs"]
+mod operator;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -221,6 +225,7 @@ async fn flow(s: &Session) {
     admin::admin_tools_on_desktop_and_phone(s).await;
     cancelled::a_cancelled_payment_expires_honestly(s).await;
     money::sub_cent_costs_and_a_debt_read_exactly_everywhere(s).await;
+    operator::failures_reserve_lines_and_the_operators_forms(s).await;
 }
 
 async fn admin_first_run(s: &Session) {

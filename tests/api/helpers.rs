@@ -144,9 +144,14 @@ pub async fn launch(
     clock: Arc<FakeClock>,
     extra: &[(&str, &str)],
 ) -> TestApp {
-    let config = test_config(url, &dir.0, extra);
-    let db = open_database(&config).await.unwrap();
+    // The public address is the one bound (unless a test sets its own), so the addresses
+    // pages offer (sandbox gateway, OAuth callback, notify URL) are ones a browser can reach.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let mut vars: Vec<(&str, &str)> = vec![("GATEWAY_PUBLIC_URL", public.as_str())];
+    vars.extend_from_slice(extra);
+    let config = test_config(url, &dir.0, &vars);
+    let db = open_database(&config).await.unwrap();
     let app = Application::with_listener(config, clock.clone(), db.clone(), listener).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     let state = app.state().clone();

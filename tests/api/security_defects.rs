@@ -20,6 +20,7 @@ on_both_databases_with_sandbox!(
     a_refund_removes_only_what_its_order_bought,
     notifies_are_stored_bounded_capped_and_rate_limited,
     moving_an_upstream_to_another_host_needs_its_key_typed_again,
+    an_upstream_that_echoes_its_key_in_an_error_never_shows_it_to_the_user,
 );
 
 /// A signed-in form post (session cookie and its CSRF token added).
@@ -502,4 +503,39 @@ async fn moving_an_upstream_to_another_host_needs_its_key_typed_again(app: TestA
         !elsewhere_seen.lock().unwrap().iter().any(|auth| auth.contains(KEY)),
         "the stored key never left for the new host"
     );
+}
+
+/// An upstream that refuses the gateway's credential and echoes it in its error body (some
+/// OpenAI-compatible providers do: "invalid api key sk-…"). The body reaches the client's
+/// 502 message, the usage row and the /usage page: the key is scrubbed from all three.
+async fn an_upstream_that_echoes_its_key_in_an_error_never_shows_it_to_the_user(app: TestApp) {
+    const KEY: &str = "sk-upstream-echoed-5f4e3d2c1b";
+    let echo = |headers: axum::http::HeaderMap| async move {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let body = json!({"error": {"message": format!("Incorrect API key provided: {}", auth.trim_start_matches("Bearer "))}});
+        (StatusCode::UNAUTHORIZED, axum::Json(body))
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/v1/responses", axum::routing::post(echo));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let admin = app.admin_token().await;
+    let upstream = json!({"name": "echo", "base_url": format!("http://{addr}/v1"), "api_key": KEY});
+    assert_eq!(app.post("/api/admin/upstreams", &admin, upstream).await.status, StatusCode::CREATED);
+    let (user_id, token) = app.register_and_login("echoed@example.com").await;
+    app.fund(&admin, user_id, "5").await;
+    let key = app.post("/api/user/keys", &token, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_string();
+
+    let r = app.client.post(app.url("/v1/responses")).bearer_auth(&key).json(&json!({"model": "gpt-5", "input": "hi"}));
+    let answer = TestApp::answer(r.send().await.unwrap()).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text);
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Incorrect API key provided: [redacted]"), "the reason stays readable: {message}");
+    assert!(!answer.text.contains(KEY), "{}", answer.text);
+    app.wait_until_settled().await;
+    let usage = app.get("/api/user/usage", &token).await;
+    assert!(usage.text.contains("[redacted]") && !usage.text.contains(KEY), "{}", usage.text);
+    let page = app.client.get(app.url("/usage")).header(COOKIE, format!("cg_session={token}"));
+    let page = TestApp::answer(page.send().await.unwrap()).await;
+    assert!(page.text.contains("[redacted]") && !page.text.contains(KEY), "{}", page.text);
 }

@@ -32,12 +32,12 @@ async fn spend(s: &Session, user_id: i64, key_id: i64, request_id: &str, cost: &
     billing::settle(s.app.state.env(), &hold, &record).await.unwrap();
 }
 
-fn money(text: &str) -> Money {
+pub(crate) fn money(text: &str) -> Money {
     Money::parse(text.trim()).unwrap_or_else(|e| panic!("`{text}` is not an amount: {e}"))
 }
 
 /// The texts of every element matching `css`, in page order.
-async fn texts(s: &Session, css: &str) -> Vec<String> {
+pub(crate) async fn texts(s: &Session, css: &str) -> Vec<String> {
     let mut out = Vec::new();
     for element in s.c.find_all(Locator::Css(css)).await.unwrap() {
         out.push(element.text().await.unwrap().trim().to_string());
@@ -117,13 +117,13 @@ async fn pages_show_the_api_figures(s: &Session, api: &Figures, owed: &str, tag:
 }
 
 /// A screenshot with the element `css` scrolled to the top of the window.
-async fn shot_at(s: &Session, css: &str, name: &str) {
+pub(crate) async fn shot_at(s: &Session, css: &str, name: &str) {
     let script = format!("document.querySelector({css:?}).scrollIntoView()");
     s.c.execute(&script, vec![]).await.unwrap();
     s.shot(name).await;
 }
 
-async fn log_in(s: &Session, email: &str, password: &str) {
+pub(crate) async fn log_in(s: &Session, email: &str, password: &str) {
     s.go("/login").await;
     s.fill("#email", email).await;
     s.fill("#password", password).await;

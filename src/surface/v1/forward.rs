@@ -381,7 +381,11 @@ async fn attempt(call: Call<'_>) -> Result<Answer, Failure> {
             })?;
         let status = response.status();
         if is_upstream_failure(status) {
+            // The body goes into the client's error and the usage row the user reads: a
+            // provider that echoes the key it was sent ("invalid api key sk-…") must not
+            // hand the operator's key to a user.
             let text = response.text().await.unwrap_or_default();
+            let text = crate::foundation::redact::scrub(&text, &[call.upstream.api_key.expose_secret()]);
             return Err(Failure::Status(status.as_u16(), text.chars().take(300).collect()));
         }
         let headers = response.headers().clone();
