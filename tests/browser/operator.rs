@@ -2,7 +2,7 @@
 //! a user's failed requests say why on /usage (a 502 and a stream that died on a green
 //! "200"), a package restricted to one model shows one "next request may use" line per
 //! model with the figures the API gives, and the operator's forms: granting an off-sale
-//! (trial) package, the pricing form's own button and every error at once, the settings
+//! (trial) package (with three windows, each on the dashboard as the API has it), the pricing form's own button and every error at once, the settings
 //! form's every error at once, Credit refused when switched on without its merchant id,
 //! the sandbox's gateway address offered, and the overview's top spenders and top models
 //! equal to the API's usage rows to the micro-dollar.
@@ -31,8 +31,8 @@ pub async fn failures_reserve_lines_and_the_operators_forms(s: &Session) {
         .app
         .create_package(
             &admin,
-            json!({"name": "Codex trial", "price": "1", "duration_days": 3, "daily_limit": "0.005",
-                   "models": ["gpt-5-codex"], "enabled": false}),
+            json!({"name": "Codex trial", "price": "1", "duration_days": 3, "five_hour_limit": "0.004",
+                   "daily_limit": "0.005", "weekly_limit": "0.02", "models": ["gpt-5-codex"], "enabled": false}),
         )
         .await;
     grants_the_off_sale_trial_package(s, user_id, trial, &admin).await;
@@ -132,14 +132,29 @@ async fn failures_and_reserve_lines_read_as_the_api_says(s: &Session, token: &st
         let day = s.app.get("/api/user/daily-usage", token).await.body;
         // Nothing is running: no reserve is held, the figures are the balance and the room.
         let balance = money(day["balance"].as_str().unwrap());
+        let windows = day["windows"].as_array().unwrap();
+        let figure = |w: &Value, field: &str| money(w[field].as_str().unwrap());
+        let api_windows: Vec<[Money; 3]> =
+            windows.iter().map(|w| [figure(w, "used"), figure(w, "limit"), figure(w, "remaining")]).collect();
+        assert_eq!(api_windows.len(), 3, "5 h, day and week: {day}");
         s.go("/dashboard").await;
+        // Every window of the package, as the API has it (used / limit USD · remaining).
+        let shown: Vec<Vec<Money>> = texts(s, "#plan-windows .window-figures")
+            .await
+            .iter()
+            .map(|t| t.split([' ', '/']).filter_map(|w| Money::parse(w).ok()).collect())
+            .collect();
+        assert_eq!(shown, api_windows.iter().map(|w| w.to_vec()).collect::<Vec<_>>(), "{tag} at {width} px");
+        // The package's room is its tightest window's remainder (the 5-hour block here).
+        let package_room = api_windows.iter().map(|w| w[2]).min().unwrap();
+        assert_eq!(package_room, Money::parse("0.004").unwrap());
         let line = |models: &str| format!("#admits-by-model .admits-line[data-models='{models}'] .admits-figure");
         let codex = money(&s.text(&line("gpt-5-codex")).await);
         let others = money(&s.text(&line("*")).await);
-        let package_room = Money::parse("0.005").unwrap();
         assert_eq!(codex, package_room.saturating_add(balance), "{tag} at {width} px");
         assert_eq!(others, balance, "{tag} at {width} px");
         shot_at(s, "#admits-card", &format!("{tag}-dashboard-reserve-lines-{width}")).await;
+        shot_at(s, "#plan-windows", &format!("{tag}-dashboard-windows-{width}")).await;
     }
     super::phone::every_table_fits(s, &["/usage", "/dashboard"], &format!("{tag}-phone")).await;
 }
