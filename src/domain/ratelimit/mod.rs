@@ -168,6 +168,12 @@ impl SharedStore {
     /// Spends one hit of `rule` in `bucket`. Never fails: a store error or timeout
     /// allows the hit (fail open) with a warning and a metric.
     pub async fn hit(&self, bucket: &str, rule: Gcra) -> Verdict {
+        self.hit_telling(bucket, rule).await.0
+    }
+
+    /// [`SharedStore::hit`], also saying whether the verdict is the store's or a fail-open
+    /// (`true`): what tells a contended store that timed out from a lost update.
+    pub async fn hit_telling(&self, bucket: &str, rule: Gcra) -> (Verdict, bool) {
         let bucket = bucket_name(bucket);
         let now = to_micros(self.clock.now());
         let started = Instant::now();
@@ -184,7 +190,7 @@ impl SharedStore {
             }
         };
         metrics::counter!("gateway_rate_limit_checks_total", "backend" => backend, "outcome" => outcome).increment(1);
-        verdict
+        (verdict, outcome == "failed_open")
     }
 
     /// Runs store work within [`STORE_TIMEOUT`].
