@@ -164,6 +164,10 @@ async fn a_streamed_responses_request_passes_through_and_bills_the_reported_usag
     assert_eq!(seen.headers["session_id"], "sess-1");
     assert_eq!(seen.headers["x-codex-turn-metadata"], "t1");
     assert_eq!(seen.headers["openai-beta"], "responses=experimental");
+    // The body (proxy::outgoing, which journals the request as it is sent) goes with its
+    // length, as a plain byte body would: not chunked.
+    assert_eq!(seen.headers["content-length"], seen.body.len().to_string().as_str());
+    assert!(!seen.headers.contains_key("transfer-encoding"));
 
     let rows = usage_rows(&app, 1).await;
     let row = &rows[0];
