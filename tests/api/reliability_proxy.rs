@@ -203,6 +203,9 @@ async fn a_stream_that_never_ends_is_cut_and_settled(backend: Backend) {
     body.next().await.unwrap().unwrap();
     drop(body);
 
+    // The gateway learns of the disconnect when its side of the socket closes, a moment
+    // after the drop: until then nothing is pending that `wait_until_settled` could see.
+    crate::proxy::usage_rows(&app, 2).await;
     app.wait_until_settled().await;
     let rows: Vec<(Option<String>, i64)> =
         sqlx::query_as("SELECT error, cost FROM usage_logs ORDER BY id").fetch_all(app.db.pool()).await.unwrap();
