@@ -242,11 +242,8 @@ impl Journal {
     pub fn open(dir: &Path) -> std::io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
         let segment = Arc::new(Segment::create(dir)?);
-        let inner = Arc::new(Inner {
-            dir: dir.to_path_buf(),
-            current: Mutex::new(segment),
-            dirty: AtomicBool::new(false),
-        });
+        let inner =
+            Arc::new(Inner { dir: dir.to_path_buf(), current: Mutex::new(segment), dirty: AtomicBool::new(false) });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(weak))?;
         Ok(Journal(Some(inner)))
@@ -328,7 +325,6 @@ impl Inner {
         }
         current.clone()
     }
-
 }
 
 fn sync_loop(inner: Weak<Inner>) {
