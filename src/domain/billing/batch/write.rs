@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::Duration;
 use sqlx::AnyConnection;
 
-use super::plan::Plan;
+use super::plan::{DayChange, Plan, UserChange};
 use super::rows;
 use crate::domain::billing::HOLD_LIFETIME_HOURS;
 use crate::domain::ledger;
@@ -47,54 +47,7 @@ impl Plan {
         if !self.usage.is_empty() {
             self.insert_usage(conn, backend).await?;
         }
-        if !self.entries.is_empty() {
-            self.insert_entries(conn, backend).await?;
-        }
-        for ((user_id, date), d) in &self.days {
-            sqlx::query(
-                "INSERT INTO daily_usage (user_id, business_date, package_used, balance_used, requests, user_package_id, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (user_id, business_date) DO UPDATE SET \
-                   package_used = daily_usage.package_used + excluded.package_used, \
-                   balance_used = daily_usage.balance_used + excluded.balance_used, \
-                   requests = daily_usage.requests + excluded.requests, \
-                   user_package_id = CASE WHEN excluded.user_package_id IS NULL THEN daily_usage.user_package_id \
-                                          ELSE excluded.user_package_id END, \
-                   updated_at = excluded.updated_at",
-            )
-            .bind(user_id)
-            .bind(date)
-            .bind(d.package)
-            .bind(d.balance)
-            .bind(d.requests)
-            .bind(d.user_package_id)
-            .bind(d.updated_at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !self.windows.is_empty() {
-            self.upsert_windows(conn, backend).await?;
-        }
-        for (user_id, change) in &self.users {
-            sqlx::query(
-                "UPDATE users SET balance = balance + $1, held = CASE WHEN held + $2 < 0 THEN 0 ELSE held + $2 END, \
-                   updated_at = CASE WHEN $3 IS NULL THEN updated_at ELSE $3 END WHERE id = $4",
-            )
-            .bind(change.balance)
-            .bind(change.held)
-            .bind(change.updated_at)
-            .bind(user_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        for (key_id, (spent, last_used_at)) in &self.keys {
-            sqlx::query("UPDATE api_keys SET spent = spent + $1, last_used_at = $2 WHERE id = $3")
-                .bind(spent)
-                .bind(last_used_at)
-                .bind(key_id)
-                .execute(&mut *conn)
-                .await?;
-        }
+        self.write_counters(conn, backend).await?;
         Ok(hold_ids)
     }
 
@@ -142,50 +95,153 @@ impl Plan {
         Ok(())
     }
 
-    async fn insert_entries(&self, conn: &mut AnyConnection, backend: Backend) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO ledger_entries (user_id, kind, amount, balance_after, package_amount, user_package_id, \
-               business_date, reference, note, actor_id, created_at) VALUES {}",
-            rows(backend, self.entries.len(), 11)
-        );
-        let mut query = sqlx::query(&sql);
-        for e in &self.entries {
-            query = query
-                .bind(e.user_id)
-                .bind(ledger::kind::USAGE)
-                .bind(e.amount)
-                .bind(e.balance_after)
-                .bind(e.package_amount)
-                .bind(e.user_package_id)
-                .bind(&e.business_date)
-                .bind(&e.reference)
-                .bind(&e.note)
-                .bind(None::<i64>)
-                .bind(e.created_at);
+    /// Writes the batch's ledger entries and its day, window, user and key counters: on
+    /// SQLite in one multi-statement `execute`, on PostgreSQL one statement at a time.
+    ///
+    /// Why: every statement on SQLite is a round trip to the connection's worker thread
+    /// (two thread hand-offs, the biggest cost left per request: README's Benchmark
+    /// section), and none of these returns anything the batch reads. sqlx binds the
+    /// arguments of a multi-statement SQLite query in order across its statements (`?`
+    /// placeholders), stopping at the first failing statement, which fails the batch's
+    /// transaction as before. PostgreSQL's extended protocol takes one statement per
+    /// query, and its statements cost no thread hand-off there. Same statements, same
+    /// order, same arguments on both.
+    async fn write_counters(&self, conn: &mut AnyConnection, backend: Backend) -> Result<()> {
+        let mut parts = Vec::new();
+        if !self.entries.is_empty() {
+            parts.push(Counter::Entries);
         }
-        query.execute(&mut *conn).await?;
+        parts.extend(self.days.iter().map(|(key, change)| Counter::Day(key, change)));
+        if !self.windows.is_empty() {
+            parts.push(Counter::Windows);
+        }
+        parts.extend(self.users.iter().map(|(user_id, change)| Counter::User(*user_id, change)));
+        parts.extend(self.keys.iter().map(|(key_id, used)| Counter::Key(*key_id, used)));
+        match backend {
+            Backend::Sqlite => {
+                if parts.is_empty() {
+                    return Ok(());
+                }
+                let sql = parts.iter().map(|part| part.sql(self, backend)).collect::<Vec<_>>().join(";\n");
+                let mut query = sqlx::query(&sql);
+                for part in &parts {
+                    query = part.bind(self, query);
+                }
+                query.execute(&mut *conn).await?;
+            }
+            Backend::Postgres => {
+                for part in &parts {
+                    let sql = part.sql(self, backend);
+                    part.bind(self, sqlx::query(&sql)).execute(&mut *conn).await?;
+                }
+            }
+        }
         Ok(())
     }
+}
 
-    /// Adds the batch's use of each window to `window_usage` (one statement).
-    async fn upsert_windows(&self, conn: &mut AnyConnection, backend: Backend) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO window_usage (scope, kind, period, starts_at, used, updated_at) VALUES {} \
-             ON CONFLICT (scope, kind, period) DO UPDATE SET used = window_usage.used + excluded.used, \
-               updated_at = excluded.updated_at",
-            rows(backend, self.windows.len(), 6)
-        );
-        let mut query = sqlx::query(&sql);
-        for ((scope, kind, period), change) in &self.windows {
-            query = query
-                .bind(scope)
-                .bind(*kind)
-                .bind(period)
-                .bind(change.starts_at)
-                .bind(change.used)
-                .bind(change.updated_at);
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// One statement of [`Plan::write_counters`].
+enum Counter<'a> {
+    /// Every ledger entry of the batch (one multi-row insert).
+    Entries,
+    Day(&'a (i64, String), &'a DayChange),
+    /// Every window the batch used (one multi-row upsert).
+    Windows,
+    User(i64, &'a UserChange),
+    Key(i64, &'a (i64, i64)),
+}
+
+impl<'a> Counter<'a> {
+    /// The statement, its parameters numbered from 1 (`?` on SQLite, see [`rows`]).
+    fn sql(&self, plan: &Plan, backend: Backend) -> String {
+        let p = |i: usize| super::placeholders(backend, i, 1);
+        match self {
+            Counter::Entries => format!(
+                "INSERT INTO ledger_entries (user_id, kind, amount, balance_after, package_amount, user_package_id, \
+                   business_date, reference, note, actor_id, created_at) VALUES {}",
+                rows(backend, plan.entries.len(), 11)
+            ),
+            Counter::Day(..) => format!(
+                "INSERT INTO daily_usage (user_id, business_date, package_used, balance_used, requests, user_package_id, updated_at) \
+                 VALUES ({}) \
+                 ON CONFLICT (user_id, business_date) DO UPDATE SET \
+                   package_used = daily_usage.package_used + excluded.package_used, \
+                   balance_used = daily_usage.balance_used + excluded.balance_used, \
+                   requests = daily_usage.requests + excluded.requests, \
+                   user_package_id = CASE WHEN excluded.user_package_id IS NULL THEN daily_usage.user_package_id \
+                                          ELSE excluded.user_package_id END, \
+                   updated_at = excluded.updated_at",
+                super::placeholders(backend, 1, 7)
+            ),
+            Counter::Windows => format!(
+                "INSERT INTO window_usage (scope, kind, period, starts_at, used, updated_at) VALUES {} \
+                 ON CONFLICT (scope, kind, period) DO UPDATE SET used = window_usage.used + excluded.used, \
+                   updated_at = excluded.updated_at",
+                rows(backend, plan.windows.len(), 6)
+            ),
+            // Each parameter appears once (the held change and the instant are bound
+            // twice): anonymous `?` parameters are bound in order of appearance.
+            Counter::User(..) => format!(
+                "UPDATE users SET balance = balance + {}, held = CASE WHEN held + {} < 0 THEN 0 ELSE held + {} END, \
+                   updated_at = CASE WHEN {} IS NULL THEN updated_at ELSE {} END WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6)
+            ),
+            Counter::Key(..) => format!("UPDATE api_keys SET spent = spent + {}, last_used_at = {} WHERE id = {}", p(1), p(2), p(3)),
         }
-        query.execute(&mut *conn).await?;
-        Ok(())
+    }
+
+    /// Binds the statement's arguments, in the order of its parameters.
+    fn bind<'q>(&self, plan: &'q Plan, query: Query<'q>) -> Query<'q>
+    where
+        'a: 'q,
+    {
+        match *self {
+            Counter::Entries => plan.entries.iter().fold(query, |query, e| {
+                query
+                    .bind(e.user_id)
+                    .bind(ledger::kind::USAGE)
+                    .bind(e.amount)
+                    .bind(e.balance_after)
+                    .bind(e.package_amount)
+                    .bind(e.user_package_id)
+                    .bind(&e.business_date)
+                    .bind(&e.reference)
+                    .bind(&e.note)
+                    .bind(None::<i64>)
+                    .bind(e.created_at)
+            }),
+            Counter::Day((user_id, date), d) => query
+                .bind(*user_id)
+                .bind(date)
+                .bind(d.package)
+                .bind(d.balance)
+                .bind(d.requests)
+                .bind(d.user_package_id)
+                .bind(d.updated_at),
+            Counter::Windows => plan.windows.iter().fold(query, |query, ((scope, kind, period), change)| {
+                query
+                    .bind(scope)
+                    .bind(*kind)
+                    .bind(period)
+                    .bind(change.starts_at)
+                    .bind(change.used)
+                    .bind(change.updated_at)
+            }),
+            Counter::User(user_id, change) => query
+                .bind(change.balance)
+                .bind(change.held)
+                .bind(change.held)
+                .bind(change.updated_at)
+                .bind(change.updated_at)
+                .bind(user_id),
+            Counter::Key(key_id, (spent, last_used_at)) => query.bind(*spent).bind(*last_used_at).bind(key_id),
+        }
     }
 }

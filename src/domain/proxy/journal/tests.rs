@@ -52,6 +52,9 @@ fn a_live_segment_is_not_an_orphan_and_a_dead_one_yields_what_never_settled() {
         ..Default::default()
     };
     measured.measured(&record);
+    // The flush thread's tick (it may also have come already): req_a's buffered
+    // `settled` line reaches the file.
+    journal.0.as_ref().unwrap().current.lock().unwrap().write_settled();
 
     // While this instance lives, its segment is locked: nothing to replay.
     assert!(take_orphans(&dir).unwrap().is_empty());
@@ -102,6 +105,34 @@ fn a_segment_is_removed_once_rotated_out_and_every_request_settled() {
     let orphans = orphans_once_released(&dir);
     assert_eq!(orphans.len(), 1);
     assert_eq!(orphans[0].unsettled.iter().map(|u| u.forwarded.request_id.as_str()).collect::<Vec<_>>(), ["req_c"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_settled_line_is_written_at_the_next_flush_tick_and_at_once_in_a_rotated_segment() {
+    let dir = temp_dir("settled-tick");
+    let journal = Journal::open(&dir).unwrap();
+    let entry = sent(&journal, "req_a");
+    let path = entry.segment.path.clone();
+    let keep = sent(&journal, "req_keep"); // holds the segment open after req_a settled
+    entry.settled();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&path).unwrap().contains(r#"{"settled":{"id":"req_a"}}"#) {
+        assert!(Instant::now() < deadline, "the flush thread never wrote the buffered settled line");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Rotated out: a request of the old segment that settles now writes its line at once.
+    keep.segment.size.store(SEGMENT_BYTES, Ordering::Relaxed);
+    let next = sent(&journal, "req_next");
+    assert_ne!(next.segment.path, path);
+    let late = keep.segment.clone();
+    keep.settled();
+    assert!(std::fs::read_to_string(&path).unwrap().contains(r#"{"settled":{"id":"req_keep"}}"#));
+    drop(late);
+    assert!(!path.exists(), "removed once its last request settled");
+    next.keep();
+    drop(journal);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
