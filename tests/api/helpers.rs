@@ -297,6 +297,27 @@ impl TestApp {
         assert_eq!(r.status, StatusCode::OK, "fund: {}", r.text);
     }
 
+    /// Settles one request of `cost` as the proxy would (hold one cent, settle the cost):
+    /// sub-cent charges and debts without an upstream.
+    pub async fn spend(&self, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
+        use codex_gateway::domain::billing::{self, AdmissionRequest, UsageRecord};
+        use codex_gateway::foundation::money::Money;
+        let request =
+            AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
+        let hold = billing::admit(self.state.env(), &request).await.unwrap();
+        let record = UsageRecord {
+            request_id: request_id.into(),
+            endpoint: "/v1/responses".into(),
+            model: "gpt-5".into(),
+            status_code: 200,
+            input_tokens: 100,
+            output_tokens: 20,
+            cost: Money::parse(cost).unwrap(),
+            ..Default::default()
+        };
+        billing::settle(self.state.env(), &hold, &record).await.unwrap();
+    }
+
     /// Fails the test if any user's balance differs from their ledger sum.
     pub async fn assert_money_invariants(&self) {
         let mismatches = codex_gateway::domain::ledger::balance_mismatches(&self.db).await.unwrap();

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::helpers::{signed_notify, TestApp};
 use crate::on_both_databases_with_sandbox;
-use crate::web_money::{all_between, page, page_zh, spend};
+use crate::web_money::{all_between, page, page_zh};
 
 /// A request the upstream failed: nothing charged, the reason recorded.
 async fn failed(app: &TestApp, user_id: i64, key_id: i64, request_id: &str) {
@@ -33,8 +33,8 @@ async fn the_usage_page_totals_breaks_down_exports_and_finds_a_request(app: Test
     let admin = app.admin_token().await;
     app.fund(&admin, id, "10").await;
     let key = app.post("/api/user/keys", &user, json!({"name": "laptop"})).await.body["id"].as_i64().unwrap();
-    spend(&app, id, key, "req_one", "0.004025").await;
-    spend(&app, id, key, "req_two", "1.2").await;
+    app.spend(id, key, "req_one", "0.004025").await;
+    app.spend(id, key, "req_two", "1.2").await;
     failed(&app, id, key, "req_bad").await;
 
     let r = page(&app, "/usage", &user).await;
@@ -87,7 +87,7 @@ async fn the_ledger_page_lists_the_balance_history_in_both_languages(app: TestAp
     app.configure_credit(&admin).await;
     app.fund(&admin, id, "10").await;
     let key = app.post("/api/user/keys", &user, json!({"name": "laptop"})).await.body["id"].as_i64().unwrap();
-    spend(&app, id, key, "req_one", "0.004025").await;
+    app.spend(id, key, "req_one", "0.004025").await;
     let topup = app.post("/api/user/topup", &user, json!({"amount": "3.00"})).await;
     let otn = topup.body["order"]["out_trade_no"].as_str().unwrap().to_string();
     assert_eq!(app.send_notify(&signed_notify(&otn, "T-9", "3.00", &[])).await.1, "success");

@@ -2,7 +2,6 @@
 //! API's figure to the micro-dollar (no rounding to cents), a negative balance keeps its
 //! sign with the debt said plainly, and the chart's y-axis ticks are distinct.
 
-use codex_gateway::domain::billing::{self, AdmissionRequest, UsageRecord};
 use codex_gateway::foundation::money::Money;
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
@@ -20,24 +19,6 @@ pub async fn page(app: &TestApp, path: &str, session: &str) -> Answer {
 pub async fn page_zh(app: &TestApp, path: &str, session: &str) -> String {
     let req = app.client.get(app.url(path)).header(COOKIE, format!("cg_session={session}; cg_lang=zh"));
     req.send().await.unwrap().text().await.unwrap()
-}
-
-/// Settles one request of `cost` as the proxy would (hold one cent, settle the cost).
-pub async fn spend(app: &TestApp, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
-    let request =
-        AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(app.state.env(), &request).await.unwrap();
-    let record = UsageRecord {
-        request_id: request_id.into(),
-        endpoint: "/v1/responses".into(),
-        model: "gpt-5".into(),
-        status_code: 200,
-        input_tokens: 100,
-        output_tokens: 20,
-        cost: Money::parse(cost).unwrap(),
-        ..Default::default()
-    };
-    billing::settle(app.state.env(), &hold, &record).await.unwrap();
 }
 
 /// Every text between `open` and the next `<` in `html`, in page order.
@@ -60,7 +41,7 @@ async fn usage_costs_and_dashboard_figures_equal_the_api_to_the_micro_dollar(app
     app.fund(&admin, id, "10").await;
     let key = app.post("/api/user/keys", &user, json!({"name": "laptop"})).await.body["id"].as_i64().unwrap();
     for (n, cost) in ["0.004025", "0.01", "1.234567"].iter().enumerate() {
-        spend(&app, id, key, &format!("r{n}"), cost).await;
+        app.spend(id, key, &format!("r{n}"), cost).await;
     }
 
     let api = app.get("/api/user/usage", &user).await.body;
@@ -93,7 +74,7 @@ async fn a_negative_balance_shows_its_sign_and_the_debt(app: TestApp) {
     let admin = app.admin_token().await;
     app.fund(&admin, id, "0.01").await;
     let key = app.post("/api/user/keys", &user, json!({"name": "laptop"})).await.body["id"].as_i64().unwrap();
-    spend(&app, id, key, "over", "0.012075").await;
+    app.spend(id, key, "over", "0.012075").await;
     let api = app.get("/api/user/daily-usage", &user).await.body;
     assert_eq!(api["balance"], "-0.002075");
     let r = page(&app, "/dashboard", &user).await;
@@ -111,7 +92,7 @@ async fn the_chart_ticks_are_distinct_readable_values(app: TestApp) {
     let admin = app.admin_token().await;
     app.fund(&admin, id, "10").await;
     let key = app.post("/api/user/keys", &user, json!({"name": "laptop"})).await.body["id"].as_i64().unwrap();
-    spend(&app, id, key, "a", "0.0125").await;
+    app.spend(id, key, "a", "0.0125").await;
     let r = page(&app, "/dashboard", &user).await;
     let ticks: Vec<&str> = all_between(&r.text, "fill=\"#5f6b7a\">");
     assert!(ticks.starts_with(&["0.02", "0.01"]), "top and half: {ticks:?}");

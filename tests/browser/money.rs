@@ -5,7 +5,6 @@
 //! in both languages, at 1280 px and at 390 px; the chart's y-axis ticks are distinct;
 //! and the operator's /admin/usage and user page show the same figures.
 
-use codex_gateway::domain::billing::{self, AdmissionRequest, UsageRecord};
 use codex_gateway::foundation::money::Money;
 use fantoccini::Locator;
 use serde_json::{json, Value};
@@ -13,24 +12,6 @@ use serde_json::{json, Value};
 use super::Session;
 
 const EMAIL: &str = "cents@example.com";
-
-/// Settles one request of `cost` as the proxy would (hold one cent, settle the cost).
-async fn spend(s: &Session, user_id: i64, key_id: i64, request_id: &str, cost: &str) {
-    let request =
-        AdmissionRequest { request_id: None, user_id, api_key_id: key_id, hold: Money::parse("0.01").unwrap() };
-    let hold = billing::admit(s.app.state.env(), &request).await.unwrap();
-    let record = UsageRecord {
-        request_id: request_id.into(),
-        endpoint: "/v1/responses".into(),
-        model: "gpt-5".into(),
-        status_code: 200,
-        input_tokens: 100,
-        output_tokens: 20,
-        cost: Money::parse(cost).unwrap(),
-        ..Default::default()
-    };
-    billing::settle(s.app.state.env(), &hold, &record).await.unwrap();
-}
 
 pub(crate) fn money(text: &str) -> Money {
     Money::parse(text.trim()).unwrap_or_else(|e| panic!("`{text}` is not an amount: {e}"))
@@ -140,8 +121,8 @@ pub async fn sub_cent_costs_and_a_debt_read_exactly_everywhere(s: &Session) {
     let created = s.app.post("/api/user/keys", &token, json!({"name": "cents"})).await.body;
     let (key, secret) = (created["id"].as_i64().unwrap(), created["key"].as_str().unwrap().to_string());
     // 0.02 − 0.004025 − 0.018050 = −0.002075: the second request settles past the balance.
-    spend(s, id, key, "req_cents_1", "0.004025").await;
-    spend(s, id, key, "req_cents_2", "0.018050").await;
+    s.app.spend(id, key, "req_cents_1", "0.004025").await;
+    s.app.spend(id, key, "req_cents_2", "0.018050").await;
     s.app.wait_until_settled().await;
     let api = api_figures(s, &token).await;
     assert_eq!(api.balance.to_string(), "-0.002075");
