@@ -181,6 +181,7 @@ impl SharedStore {
         let backend = self.backend_name();
         metrics::histogram!("gateway_rate_limit_check_seconds", "backend" => backend)
             .record(started.elapsed().as_secs_f64());
+        let failed_open = result.is_err();
         let (verdict, outcome) = match result {
             Ok(v @ Verdict::Allowed) => (v, "allowed"),
             Ok(v @ Verdict::Refused { .. }) => (v, "refused"),
@@ -190,7 +191,7 @@ impl SharedStore {
             }
         };
         metrics::counter!("gateway_rate_limit_checks_total", "backend" => backend, "outcome" => outcome).increment(1);
-        (verdict, outcome == "failed_open")
+        (verdict, failed_open)
     }
 
     /// Runs store work within [`STORE_TIMEOUT`].

@@ -195,16 +195,11 @@ impl Segment {
         true
     }
 
-    /// Rotated out: the buffered lines are written now, later ones at once.
+    /// Rotated out: the buffered lines are written now, later ones at once (their order
+    /// does not matter: a `settled` line only closes its own request).
     fn rotated_out(&self) {
-        let lines = {
-            let mut settled = self.settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            settled.rotated = true;
-            std::mem::take(&mut settled.lines)
-        };
-        if !lines.is_empty() {
-            self.write_bytes(&lines);
-        }
+        self.settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).rotated = true;
+        self.write_settled();
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -250,7 +245,8 @@ impl Journal {
     }
 
     /// Records a request about to be admitted (before its hold can be written): a process
-    /// killed before [`Journal::forwarded`] leaves a hold the replay knows to release.
+    /// killed before its `forwarded` line ([`SendMark::sent`]) leaves a hold the replay
+    /// knows to release.
     pub fn admitting(&self, request_id: &str, user_id: i64) {
         let Some(inner) = self.0.as_ref() else { return };
         inner.segment().append(&Line::Admitting { id: request_id.to_string(), user_id });
